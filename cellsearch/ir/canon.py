@@ -1,0 +1,236 @@
+"""Canonical form and structural hash.
+
+``canonicalize`` turns any valid node list into the one ``Cell`` that every equivalent text maps to:
+identities removed, constants folded, equal pure sub-expressions merged, dead code dropped, and the
+nodes put in a canonical topological order. The order comes from colours found by iterated
+refinement (Weisfeiler-Lehman style): a node's colour hashes its op and attributes, its arguments'
+colours (sorted for commutative ops) and its consumers' colours. So renaming temporaries, swapping
+operands of ``+``/``*``/``linear``, reordering independent lines and dead code all leave the
+canonical form, and therefore the hash, unchanged. Two ``linear`` nodes with the same arguments
+stay distinct: each owns its own weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+import re
+from collections.abc import Sequence
+
+from ..errors import IRError
+from .cell import Cell, Node, arity_ok, make_attrs
+from .ops import LEAVES, OP_INFO, PURE, Op
+
+ANONYMOUS = re.compile(r"t\d+$")
+RESERVED = frozenset({"x", "state", "return"}) | {
+    info.dsl for info in OP_INFO.values() if info.dsl and info.dsl.isidentifier()
+}
+
+
+def _h(*parts: object) -> bytes:
+    return hashlib.blake2b(repr(parts).encode(), digest_size=16).digest()
+
+
+def _sigmoid(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
+
+
+_FOLD = {
+    Op.ADD: lambda a, b: a + b,
+    Op.SUB: lambda a, b: a - b,
+    Op.MUL: lambda a, b: a * b,
+    Op.BLEND: lambda a, b, g: g * a + (1.0 - g) * b,
+    Op.SIGMOID: _sigmoid,
+    Op.TANH: math.tanh,
+    Op.RELU: lambda a: max(a, 0.0),
+}
+
+
+def check_topological(nodes: Sequence[Node]) -> None:
+    for k, node in enumerate(nodes):
+        if not arity_ok(node.op, len(node.args)):
+            raise IRError(f"node {k} ({node.op.name}) has {len(node.args)} arguments; expected {OP_INFO[node.op].arity}")
+        for a in node.args:
+            if not 0 <= a < k:
+                raise IRError(
+                    f"node {k} ({node.op.name}) reads node {a}: arguments must come earlier (a cycle or a forward reference)"
+                )
+
+
+def _simplify(nodes: Sequence[Node], roots: list[int]) -> tuple[list[Node], list[int]]:
+    """Remove identities, fold constants, merge equal pure nodes. Returns new nodes and root map."""
+    out: list[Node] = []
+    where: list[int] = []  # old index -> new index
+    seen: dict[tuple[object, ...], int] = {}
+    for node in nodes:
+        args = tuple(where[a] for a in node.args)
+        if node.op is Op.IDENTITY:
+            target = args[0]
+            if node.label and out[target].label is None and not out[target].is_leaf:
+                out[target] = out[target].replace(label=node.label)
+            where.append(target)
+            continue
+        if node.op in _FOLD and all(out[a].op is Op.CONST for a in args):
+            value = float(_FOLD[node.op](*(out[a].attr("value") for a in args)))
+            node = Node(Op.CONST, (), make_attrs(value=value))
+            args = ()
+        if OP_INFO[node.op].commutative:
+            args = tuple(sorted(args))
+        node = node.replace(args=args)
+        if node.op in PURE or node.op in LEAVES:
+            key = (node.op, args, node.attrs)
+            if key in seen:
+                k = seen[key]
+                if out[k].label is None and node.label and not node.is_leaf:
+                    out[k] = out[k].replace(label=node.label)
+                where.append(k)
+                continue
+            seen[key] = len(out)
+        out.append(node)
+        where.append(len(out) - 1)
+    return out, [where[r] for r in roots]
+
+
+def _live(nodes: Sequence[Node], roots: Sequence[int]) -> list[bool]:
+    live = [False] * len(nodes)
+    for r in roots:
+        live[r] = True
+    for k in range(len(nodes) - 1, -1, -1):
+        if live[k]:
+            for a in nodes[k].args:
+                live[a] = True
+    return live
+
+
+def colours(nodes: Sequence[Node], states: Sequence[str], updates: Sequence[int], output: int) -> list[bytes]:
+    """Refined structural colour of each node (labels ignored)."""
+    n = len(nodes)
+    uses: list[list[tuple[int, str]]] = [[] for _ in range(n)]
+    for k, node in enumerate(nodes):
+        comm = OP_INFO[node.op].commutative
+        for pos, a in enumerate(node.args):
+            uses[a].append((k, "*" if comm else str(pos)))
+    tags: list[list[str]] = [[] for _ in range(n)]
+    for s, u in zip(states, updates, strict=True):
+        tags[u].append("update:" + s)
+    tags[output].append("output")
+    colour = [_h(node.op.value, node.attrs) for node in nodes]
+    distinct = len(set(colour))
+    for _ in range(n + 1):
+        up: list[bytes] = []
+        for k, node in enumerate(nodes):
+            args = [up[a] for a in node.args]
+            if OP_INFO[node.op].commutative:
+                args.sort()
+            up.append(_h(colour[k], args))
+        down: list[bytes] = [b""] * n
+        for k in range(n - 1, -1, -1):
+            ctx = sorted(_h(down[c], up[c], pos) for c, pos in uses[k])
+            down[k] = _h(sorted(tags[k]), ctx)
+        colour = [_h(u, d) for u, d in zip(up, down, strict=True)]
+        now = len(set(colour))
+        if now == distinct:
+            break
+        distinct = now
+    return colour
+
+
+def _normalise_labels(nodes: list[Node], states: Sequence[str], updates: Sequence[int]) -> list[Node]:
+    """Labels: none on leaves, none anonymous (t0, t1, ...), unique, and a state name only on that
+    state's update; an unlabelled update takes its state's name."""
+    owner: dict[str, int] = {}
+    for s, u in zip(states, updates, strict=True):
+        owner.setdefault(s, u)
+    taken: set[str] = set()
+    out = []
+    for k, node in enumerate(nodes):
+        label = node.label
+        if label is not None and (
+            node.is_leaf
+            or ANONYMOUS.match(label)
+            or label in RESERVED
+            or not label.isidentifier()
+            or label in taken
+            or (label in owner and owner[label] != k)
+        ):
+            label = None
+        if label is None and not node.is_leaf:
+            label = next((s for s in states if owner.get(s) == k and s not in taken), None)
+        if label is not None:
+            taken.add(label)
+        out.append(node.replace(label=label))
+    return out
+
+
+def canonicalize(
+    nodes: Sequence[Node],
+    states: Sequence[str],
+    updates: Sequence[int],
+    output: int,
+    name: str = "cell",
+) -> Cell:
+    """The canonical ``Cell`` for a node list (any topological order). Raises ``IRError``."""
+    if len(states) != len(updates):
+        raise IRError(f"{len(states)} states but {len(updates)} updates")
+    if len(set(states)) != len(states):
+        raise IRError(f"a state is declared twice: {list(states)}")
+    check_topological(nodes)
+    for r in (*updates, output):
+        if not 0 <= r < len(nodes):
+            raise IRError(f"root {r} is not a node (the cell has {len(nodes)})")
+    order_states = sorted(range(len(states)), key=lambda i: states[i])
+    states = [states[i] for i in order_states]
+    updates = [updates[i] for i in order_states]
+    simple, roots = _simplify(nodes, [*updates, output])
+    updates, output = roots[:-1], roots[-1]
+    live = _live(simple, roots)
+    keep = [k for k in range(len(simple)) if live[k]]
+    remap = {old: new for new, old in enumerate(keep)}
+    pruned = [simple[k].replace(args=tuple(remap[a] for a in simple[k].args)) for k in keep]
+    updates = [remap[u] for u in updates]
+    output = remap[output]
+    pruned = _normalise_labels(pruned, states, updates)
+
+    colour = colours(pruned, states, updates, output)
+    # Kahn's algorithm; ties broken by colour, then label, then position
+    waiting = [len(set(node.args)) for node in pruned]
+    readers: list[set[int]] = [set() for _ in pruned]
+    for k, node in enumerate(pruned):
+        for a in node.args:
+            readers[a].add(k)
+    heap = [(colour[k], pruned[k].label or "", k) for k in range(len(pruned)) if waiting[k] == 0]
+    heapq.heapify(heap)
+    order: list[int] = []
+    while heap:
+        _, _, k = heapq.heappop(heap)
+        order.append(k)
+        for r in readers[k]:
+            waiting[r] -= 1
+            if waiting[r] == 0:
+                heapq.heappush(heap, (colour[r], pruned[r].label or "", r))
+    pos = {old: new for new, old in enumerate(order)}
+    final = []
+    for old in order:
+        node = pruned[old]
+        args = tuple(pos[a] for a in node.args)
+        if OP_INFO[node.op].commutative:
+            args = tuple(sorted(args))
+        final.append(node.replace(args=args))
+    new_updates = tuple(pos[u] for u in updates)
+    return Cell(tuple(final), tuple(states), new_updates, pos[output], name=name)
+
+
+def recanonicalize(cell: Cell) -> Cell:
+    return canonicalize(cell.nodes, cell.states, cell.updates, cell.output, cell.name)
+
+
+def serialise(cell: Cell) -> tuple[object, ...]:
+    """The label-free structure of a canonical cell, the input of the hash."""
+    body = tuple((n.op.value, n.attrs, n.args) for n in cell.nodes)
+    return (body, cell.states, cell.updates, cell.output)
+
+
+def structural_hash(cell: Cell) -> str:
+    canon = recanonicalize(cell)
+    return hashlib.blake2b(repr(serialise(canon)).encode(), digest_size=16).hexdigest()
