@@ -163,7 +163,7 @@ class _Builder:
             allowed = KEYWORDS.get(op, frozenset())
             if kw.arg is None or kw.arg not in allowed:
                 hint = f" (it accepts: {', '.join(sorted(allowed))})" if allowed else ""
-                raise DSLError(f"{fname}() has no keyword '{kw.arg or '**'}'{hint}", *_at(kw.value))
+                raise DSLError(f"{fname}() has no keyword '{kw.arg or '**'}'{hint}", *_at(kw))
             value = kw.value
             sign = 1.0
             if isinstance(value, ast.UnaryOp) and isinstance(value.op, ast.USub):

@@ -193,22 +193,32 @@ def canonicalize(
     pruned = _normalise_labels(pruned, states, updates)
 
     colour = colours(pruned, states, updates, output)
-    # Kahn's algorithm; ties broken by colour, then label, then position
+    # Kahn's algorithm. Ties are broken by colour, then by where the arguments were placed (so
+    # equal branches are laid out consistently), then by label, then by position.
     waiting = [len(set(node.args)) for node in pruned]
     readers: list[set[int]] = [set() for _ in pruned]
     for k, node in enumerate(pruned):
         for a in node.args:
             readers[a].add(k)
-    heap = [(colour[k], pruned[k].label or "", k) for k in range(len(pruned)) if waiting[k] == 0]
+    placed: dict[int, int] = {}
+
+    def key(k: int) -> tuple[bytes, tuple[int, ...], str, int]:
+        args = [placed[a] for a in pruned[k].args]
+        if OP_INFO[pruned[k].op].commutative:
+            args.sort()
+        return (colour[k], tuple(args), pruned[k].label or "", k)
+
+    heap = [key(k) for k in range(len(pruned)) if waiting[k] == 0]
     heapq.heapify(heap)
     order: list[int] = []
     while heap:
-        _, _, k = heapq.heappop(heap)
+        k = heapq.heappop(heap)[-1]
+        placed[k] = len(order)
         order.append(k)
         for r in readers[k]:
             waiting[r] -= 1
             if waiting[r] == 0:
-                heapq.heappush(heap, (colour[r], pruned[r].label or "", r))
+                heapq.heappush(heap, key(r))
     pos = {old: new for new, old in enumerate(order)}
     final = []
     for old in order:

@@ -31,7 +31,7 @@ class ParamSpec:
 
 @lru_cache(maxsize=4096)
 def param_names(cell: Cell) -> dict[int, ParamNames]:
-    """node index -> names of its parameters."""
+    """node index -> names of its parameters, in the order the canonical text shows them."""
     return layout(cell).params
 
 
@@ -46,15 +46,12 @@ def check_sizes(cell: Cell, input_size: int, hidden_size: int) -> None:
 
 
 def param_specs(cell: Cell, input_size: int, hidden_size: int) -> list[ParamSpec]:
-    """Every parameter of ``cell`` in node order, with its shape for these sizes."""
+    """Every parameter of ``cell`` in the order its text shows them, with shapes for these sizes."""
     check_sizes(cell, input_size, hidden_size)
     H = hidden_size
     specs: list[ParamSpec] = []
-    names = param_names(cell)
-    for k, node in enumerate(cell.nodes):
-        if k not in names:
-            continue
-        pn = names[k]
+    for k, pn in param_names(cell).items():
+        node = cell.nodes[k]
         if node.op is Op.LINEAR:
             for i, (a, w) in enumerate(zip(node.args, pn.weights, strict=True)):
                 rows = input_size if cell.nodes[a].op is Op.INPUT else H
@@ -80,7 +77,7 @@ def init_params(
     dtype: type | np.dtype = np.float64,
     scale: float = 1.0,
 ) -> dict[str, np.ndarray]:
-    """Fresh parameters, drawn from ``rng`` in node order: U(±scale/sqrt(H)) unless a hint says."""
+    """Fresh parameters, drawn from ``rng`` in ``param_specs`` order: U(±scale/sqrt(H)) unless a hint says."""
     bound = scale / np.sqrt(hidden_size)
     out: dict[str, np.ndarray] = {}
     for spec in param_specs(cell, input_size, hidden_size):

@@ -41,8 +41,6 @@ def problems(nodes: Sequence[Node], states: Sequence[str], updates: Sequence[int
         if live[k]:
             for a in nodes[k].args:
                 live[a] = True
-    if not any(live[k] for k, node in enumerate(nodes) if node.op is Op.INPUT):
-        out.append(Problem("the cell never reads its input x"))
     read_states = {node.attr("name") for k, node in enumerate(nodes) if node.op is Op.STATE and live[k]}
     for s, u in zip(states, updates, strict=True):
         node = nodes[u]
@@ -50,6 +48,12 @@ def problems(nodes: Sequence[Node], states: Sequence[str], updates: Sequence[int
             out.append(Problem(f"state '{s}' is never updated (it is assigned its own previous value)", state=s))
         elif not reads_io[u]:
             out.append(Problem(f"the update of state '{s}' reads neither the input x nor any state", node=u, state=s))
+    if nodes[output].op in LEAVES:
+        what = {Op.INPUT: "the input x", Op.STATE: "a state's previous value", Op.CONST: "a constant"}[nodes[output].op]
+        out.append(Problem(f"the cell returns {what}; it must return a value computed in the step", node=output))
+    if not any(live[k] for k, node in enumerate(nodes) if node.op is Op.INPUT):
+        out.append(Problem("the cell never reads its input x"))
+    for s in states:
         if s not in read_states:
             out.append(
                 Problem(
@@ -57,9 +61,6 @@ def problems(nodes: Sequence[Node], states: Sequence[str], updates: Sequence[int
                     state=s,
                 )
             )
-    if nodes[output].op in LEAVES:
-        what = {Op.INPUT: "the input x", Op.STATE: "a state's previous value", Op.CONST: "a constant"}[nodes[output].op]
-        out.append(Problem(f"the cell returns {what}; it must return a value computed in the step", node=output))
     return out
 
 

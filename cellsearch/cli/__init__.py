@@ -1,0 +1,5 @@
+"""The ``cellsearch`` command."""
+
+from .main import cli, main
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,18 @@
+"""Every per-op fact lives in one table keyed by Op; a missing entry fails here."""
+
+from cellsearch.grad.rules import FORWARD, VJP
+from cellsearch.ir.ops import FUNCTIONS, LEAVES, OP_INFO, Op
+
+
+def test_every_op_has_info():
+    assert set(OP_INFO) == set(Op)
+
+
+def test_every_computed_op_has_forward_and_gradient_rule():
+    computed = set(Op) - LEAVES
+    assert set(FORWARD) == computed
+    assert set(VJP) == computed
+
+
+def test_dsl_functions():
+    assert set(FUNCTIONS) == {"linear", "peep", "blend", "sigmoid", "tanh", "relu", "identity"}
