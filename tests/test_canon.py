@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cellsearch import canonicalize, format_cell, parse, zoo
-from cellsearch.ir import Node, Op, OP_INFO
+from cellsearch.ir import OP_INFO, Node, Op
 from cellsearch.ir.canon import recanonicalize, structural_hash
 from cellsearch.ir.cell import make_attrs
 from tests.strategies import cells
@@ -103,7 +103,9 @@ def test_text_level_equivalences():
     lstm = zoo.get("lstm")
     reordered = "state(h, c)\no = sigmoid(linear(h, x))\ng = tanh(linear(x, h))\nf = sigmoid(linear(x, h))\ni = sigmoid(linear(x, h))\nc = g * i + f * c\nh = tanh(c) * o\nreturn h\n"
     assert parse(reordered).hash == lstm.hash
-    renamed_gates = re.sub(r"\b([ofgi])\b", lambda m: {"o": "out_gate", "g": "cand", "i": "in_gate", "f": "forget"}[m[1]], reordered)
+    renamed_gates = re.sub(
+        r"\b([ofgi])\b", lambda m: {"o": "out_gate", "g": "cand", "i": "in_gate", "f": "forget"}[m[1]], reordered
+    )
     assert "out_gate" in renamed_gates
     assert parse(renamed_gates).hash == lstm.hash
 
@@ -112,9 +114,10 @@ def test_structure_changes_the_hash():
     shared = parse("state(h)\na = linear(x, h)\nh = tanh(a * a)\nreturn h\n")
     separate = parse("state(h)\nh = tanh(linear(x, h) * linear(x, h))\nreturn h\n")
     assert shared.hash != separate.hash  # one weight set vs two
-    assert parse("state(h)\nh = tanh(1 - linear(x, h))\nreturn h\n").hash != parse(
-        "state(h)\nh = tanh(linear(x, h) - 1)\nreturn h\n"
-    ).hash
+    assert (
+        parse("state(h)\nh = tanh(1 - linear(x, h))\nreturn h\n").hash
+        != parse("state(h)\nh = tanh(linear(x, h) - 1)\nreturn h\n").hash
+    )
     assert zoo.get("lstm").hash != zoo.get("lstm_fb1").hash  # init hints are part of the identity
     assert zoo.get("lstm_peephole").hash != zoo.get("np").hash
 

@@ -13,7 +13,12 @@ CASES = [
     ("state(h)\nh = sigmoid(linear(x), h)\nreturn h\n", 2, 5, "sigmoid() takes 1 argument, got 2"),
     ("state(h)\nh = blend(h, linear(x))\nreturn h\n", 2, 5, "blend() takes 3 arguments, got 2"),
     ("state(h)\nh = tanh(linear())\nreturn h\n", 2, 10, "linear() takes at least 1 argument"),
-    ("state(h)\nh = tanh(linear(x, a))\na = tanh(linear(x))\nreturn h\n", 2, 20, "'a' is used before it is assigned (it is assigned on line 3)"),
+    (
+        "state(h)\nh = tanh(linear(x, a))\na = tanh(linear(x))\nreturn h\n",
+        2,
+        20,
+        "'a' is used before it is assigned (it is assigned on line 3)",
+    ),
     ("state(h)\nh = tanh(linear(x, q))\nreturn h\n", 2, 20, "unknown name 'q'"),
     ("state(h, c)\nh = tanh(linear(x, h, c))\nreturn h\n", 1, 10, "state 'c' is declared but never assigned"),
     ("state(h)\nh = tanh(linear(x, h))\nh = tanh(linear(x, h))\nreturn h\n", 3, 1, "state 'h' is assigned twice"),

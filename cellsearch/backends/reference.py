@@ -80,11 +80,11 @@ class ReferenceKernel:
     def _node_params(self, params: Mapping[str, Array], specs: list[ParamSpec]) -> dict[int, NodeParams]:
         out: dict[int, NodeParams] = {}
         for s in specs:
-            np_ = out.setdefault(s.node, NodeParams(weights=[]))
+            np_ = out.setdefault(s.node, NodeParams(weights=[None] * len(self.cell.nodes[s.node].args)))  # type: ignore[list-item]
             value = np.asarray(params[s.name], dtype=self.dtype)
             if s.role == "weight":
-                assert isinstance(np_.weights, list)
-                np_.weights.append(value)
+                assert isinstance(np_.weights, list) and s.arg is not None
+                np_.weights[s.arg] = value
             elif s.role == "bias":
                 np_.bias = value
             else:
@@ -133,7 +133,9 @@ class ReferenceKernel:
             else:
                 out[s] = np.zeros((B, H), dtype=self.dtype)
         if state0 is not None and set(state0) - set(self.cell.states):
-            raise ShapeError(f"unknown states: {sorted(set(state0) - set(self.cell.states))} (the cell has {list(self.cell.states)})")
+            raise ShapeError(
+                f"unknown states: {sorted(set(state0) - set(self.cell.states))} (the cell has {list(self.cell.states)})"
+            )
         return out
 
     def backward(
@@ -160,14 +162,10 @@ class ReferenceKernel:
         for t in range(T - 1, -1, -1):
             vals = tape.values[t]
             g: list[Array | None] = [None] * len(cell.nodes)
-
-            def acc(k: int, v: Array) -> None:
-                g[k] = v if g[k] is None else g[k] + v  # type: ignore[operator]
-
             if d_out is not None:
-                acc(cell.output, np.asarray(d_out[t], dtype=self.dtype))
+                _accumulate(g, cell.output, np.asarray(d_out[t], dtype=self.dtype))
             for s, u in zip(cell.states, cell.updates, strict=True):
-                acc(u, carry[s])
+                _accumulate(g, u, carry[s])
             new_carry = {s: zero for s in cell.states}
             for k in range(len(cell.nodes) - 1, -1, -1):
                 gk = g[k]
@@ -183,10 +181,10 @@ class ReferenceKernel:
                 if node.op is Op.CONST:
                     continue
                 p = nparams.get(k, NodeParams())
-                local = VJP[node.op](gk, [vals[a] for a in node.args], vals[k], p)  # type: ignore[arg-type]
+                local = VJP[node.op](gk, [vals[a] for a in node.args], vals[k], p)  # type: ignore[misc,arg-type]
                 for a, ga in zip(node.args, local.args, strict=True):
                     if ga is not None and cell.nodes[a].op is not Op.CONST:
-                        acc(a, ga)
+                        _accumulate(g, a, ga)
                 for i, gw in enumerate(local.weights):
                     grads[names[(k, "weight", i)]] += gw
                 if local.bias is not None:
@@ -195,3 +193,8 @@ class ReferenceKernel:
                     grads[names[(k, "peep", None)]] += local.peep
             carry = new_carry
         return Gradients(grads, dx, {s: np.array(v) for s, v in carry.items()})
+
+
+def _accumulate(g: list[Array | None], k: int, v: Array) -> None:
+    prev = g[k]
+    g[k] = v if prev is None else prev + v

@@ -68,8 +68,21 @@ def cli() -> None:
 
 @cli.command()
 @FORMAT
-@click.option("--input", "input_size", type=click.IntRange(min=1), default=None, help="Input size for the parameter count [default: hidden].")
-@click.option("--hidden", "hidden_size", type=click.IntRange(min=1), default=64, show_default=True, help="Hidden size for the parameter count.")
+@click.option(
+    "--input",
+    "input_size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Input size for the parameter count [default: hidden].",
+)
+@click.option(
+    "--hidden",
+    "hidden_size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Hidden size for the parameter count.",
+)
 def cells(fmt: str, input_size: int | None, hidden_size: int) -> None:
     """List the built-in cell zoo.
 
@@ -78,10 +91,14 @@ def cells(fmt: str, input_size: int | None, hidden_size: int) -> None:
       cellsearch cells
       cellsearch cells --format json --hidden 100 --input 10
     """
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, cell in zoo.CELLS.items():
         I = input_size or hidden_size
-        count = sum(_prod(s.shape) for s in param_specs(cell, I, hidden_size)) if (I == hidden_size or not cell.x_elementwise) else None
+        count = (
+            sum(_prod(s.shape) for s in param_specs(cell, I, hidden_size))
+            if (I == hidden_size or not cell.x_elementwise)
+            else None
+        )
         rows.append(
             {
                 "name": name,
@@ -98,11 +115,13 @@ def cells(fmt: str, input_size: int | None, hidden_size: int) -> None:
     width = max(len(r["name"]) for r in rows)
     click.echo(f"{'name':<{width}}  {'hash':<12}  {'states':<16}  {'params':>8}  description")
     for r in rows:
-        count = f"{r['parameter_count']:,}" if r["parameter_count"] is not None else "I must = H"
+        shown = f"{r['parameter_count']:,}" if r["parameter_count"] is not None else "I must = H"
         desc = r["description"] if len(r["description"]) <= 70 else r["description"][:67] + "..."
-        click.echo(f"{r['name']:<{width}}  {r['hash'][:12]}  {','.join(r['states']):<16}  {count:>8}  {desc}")
-    click.echo(f"\n{len(rows)} cells; parameter counts at input={input_size or hidden_size}, hidden={hidden_size}. "
-               "Show one with `cellsearch show NAME`.")
+        click.echo(f"{r['name']:<{width}}  {r['hash'][:12]}  {','.join(r['states']):<16}  {shown:>8}  {desc}")
+    click.echo(
+        f"\n{len(rows)} cells; parameter counts at input={input_size or hidden_size}, hidden={hidden_size}. "
+        "Show one with `cellsearch show NAME`."
+    )
 
 
 @cli.command()

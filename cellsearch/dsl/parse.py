@@ -108,14 +108,20 @@ class _Builder:
         if isinstance(e, ast.BinOp):
             op = _BINOPS.get(type(e.op))
             if op is None:
-                sym = {ast.Div: "/", ast.Pow: "**", ast.MatMult: "@", ast.FloorDiv: "//", ast.Mod: "%"}.get(type(e.op), type(e.op).__name__)
+                sym = {ast.Div: "/", ast.Pow: "**", ast.MatMult: "@", ast.FloorDiv: "//", ast.Mod: "%"}.get(
+                    type(e.op), type(e.op).__name__
+                )
                 raise DSLError(f"the operator {sym} is not part of the cell language (use + - * and linear())", *at)
             return self.add(op, (self.expr(e.left), self.expr(e.right)), at)
         if isinstance(e, ast.UnaryOp):
             if isinstance(e.op, ast.UAdd):
                 return self.expr(e.operand)
             if isinstance(e.op, ast.USub):
-                if isinstance(e.operand, ast.Constant) and isinstance(e.operand.value, int | float) and not isinstance(e.operand.value, bool):
+                if (
+                    isinstance(e.operand, ast.Constant)
+                    and isinstance(e.operand.value, int | float)
+                    and not isinstance(e.operand.value, bool)
+                ):
                     return self.add(Op.CONST, (), at, value=-float(e.operand.value))
                 zero = self.add(Op.CONST, (), at, value=0.0)
                 return self.add(Op.SUB, (zero, self.expr(e.operand)), at)
@@ -135,7 +141,9 @@ class _Builder:
         if name in FUNCTIONS or name == "state":
             raise DSLError(f"'{name}' is a function; call it, e.g. {name}(...)", *at)
         if name == self.target:
-            raise DSLError(f"'{name}' is defined in terms of itself (a cycle); only states may be read before they are assigned", *at)
+            raise DSLError(
+                f"'{name}' is defined in terms of itself (a cycle); only states may be read before they are assigned", *at
+            )
         if name in self.assigned_later:
             line = self.assigned_later[name][0]
             raise DSLError(f"'{name}' is used before it is assigned (it is assigned on line {line})", *at)
@@ -144,16 +152,18 @@ class _Builder:
     def call(self, e: ast.Call) -> int:
         at = _at(e)
         if not isinstance(e.func, ast.Name):
-            raise _not_allowed(e.func) if isinstance(e.func, ast.Attribute) else DSLError("only named functions can be called", *at)
+            raise (
+                _not_allowed(e.func) if isinstance(e.func, ast.Attribute) else DSLError("only named functions can be called", *at)
+            )
         fname = e.func.id
         if fname == "state":
             raise DSLError("state(...) declares the states once, as the first line of the cell", *at)
         op = FUNCTIONS.get(fname)
         if op is None:
             raise DSLError(f"unknown function '{fname}' (known: {_KNOWN})", *at)
-        for a in e.args:
-            if isinstance(a, ast.Starred):
-                raise _not_allowed(a)
+        for arg in e.args:
+            if isinstance(arg, ast.Starred):
+                raise _not_allowed(arg)
         if not arity_ok(op, len(e.args)):
             arity = OP_INFO[op].arity
             want = "at least 1 argument" if arity is None else f"{arity} argument{'s' if arity != 1 else ''}"

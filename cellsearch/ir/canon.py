@@ -16,16 +16,14 @@ import hashlib
 import heapq
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import IRError
 from .cell import Cell, Node, arity_ok, make_attrs
 from .ops import LEAVES, OP_INFO, PURE, Op
 
 ANONYMOUS = re.compile(r"t\d+$")
-RESERVED = frozenset({"x", "state", "return"}) | {
-    info.dsl for info in OP_INFO.values() if info.dsl and info.dsl.isidentifier()
-}
+RESERVED = frozenset({"x", "state", "return"}) | {info.dsl for info in OP_INFO.values() if info.dsl and info.dsl.isidentifier()}
 
 
 def _h(*parts: object) -> bytes:
@@ -36,7 +34,7 @@ def _sigmoid(v: float) -> float:
     return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
 
 
-_FOLD = {
+_FOLD: dict[Op, Callable[..., float]] = {
     Op.ADD: lambda a, b: a + b,
     Op.SUB: lambda a, b: a - b,
     Op.MUL: lambda a, b: a * b,

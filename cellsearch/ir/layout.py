@@ -38,6 +38,7 @@ class ParamNames:
     weights: tuple[str, ...] = ()
     bias: str | None = None
     peep: str | None = None
+    printed: tuple[int, ...] = ()  # argument indices in the order the text shows them
 
     def all(self) -> tuple[str, ...]:
         return self.weights + tuple(n for n in (self.bias, self.peep) if n)
@@ -75,8 +76,7 @@ def _materialised(cell: Cell, anonymous: bool) -> list[int]:
     return [
         k
         for k, n in enumerate(cell.nodes)
-        if not n.is_leaf
-        and (k in updates or k == cell.output or len(cell.uses[k]) >= 2 or (n.label and not anonymous))
+        if not n.is_leaf and (k in updates or k == cell.output or len(cell.uses[k]) >= 2 or (n.label and not anonymous))
     ]
 
 
@@ -111,6 +111,11 @@ def layout(cell: Cell, *, anonymous: bool = False, rng: np.random.Generator | No
             continue
         items = result
         break
+    for s in sorted(aliases):  # keep only the copies that are needed
+        fewer = {k: v for k, v in aliases.items() if k != s}
+        result = _order(cell, mat, names, fewer, rng)
+        if not isinstance(result, str):
+            aliases, items = fewer, result
     lines = [(aliases[s], s) for s in sorted(aliases)] + [(it.name, it.rhs) for it in items]
     params = _param_names(cell, items, names, aliases)
     return Layout(lines, names, aliases, names[cell.output], params)
@@ -234,7 +239,7 @@ def _param_names(cell: Cell, items: list[_Item], names: dict[int, str], aliases:
                     n = used.get(t, 0)
                     used[t] = n + 1
                     weights[i] = f"{prefix}.W_{t}" + (f"_{n}" if n else "")
-                out[k] = ParamNames(tuple(weights), bias=f"{prefix}.b")
+                out[k] = ParamNames(tuple(weights), bias=f"{prefix}.b", printed=tuple(printed))
             else:
                 out[k] = ParamNames(peep=f"{prefix}.p_{term(node.args[0], 0)}")
     return out

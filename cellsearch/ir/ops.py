@@ -60,9 +60,7 @@ BINARY = frozenset({Op.ADD, Op.SUB, Op.MUL})
 PURE = frozenset(Op) - PARAMETERISED - {Op.INPUT, Op.STATE}
 #: DSL function names -> op
 FUNCTIONS: dict[str, Op] = {
-    info.dsl: op
-    for op, info in OP_INFO.items()
-    if info.dsl is not None and info.dsl.isidentifier() and op is not Op.INPUT
+    info.dsl: op for op, info in OP_INFO.items() if info.dsl is not None and info.dsl.isidentifier() and op is not Op.INPUT
 }
 #: keyword arguments (initialisation hints) each function accepts
 KEYWORDS: dict[Op, frozenset[str]] = {Op.LINEAR: frozenset({"bias"})}

@@ -53,9 +53,9 @@ def param_specs(cell: Cell, input_size: int, hidden_size: int) -> list[ParamSpec
     for k, pn in param_names(cell).items():
         node = cell.nodes[k]
         if node.op is Op.LINEAR:
-            for i, (a, w) in enumerate(zip(node.args, pn.weights, strict=True)):
-                rows = input_size if cell.nodes[a].op is Op.INPUT else H
-                specs.append(ParamSpec(w, (rows, H), k, "weight", arg=i))
+            for i in pn.printed:
+                rows = input_size if cell.nodes[node.args[i]].op is Op.INPUT else H
+                specs.append(ParamSpec(pn.weights[i], (rows, H), k, "weight", arg=i))
             bias = node.attr("bias")
             assert pn.bias is not None
             specs.append(ParamSpec(pn.bias, (H,), k, "bias", init=None if bias is None else float(bias)))

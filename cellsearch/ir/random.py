@@ -20,7 +20,15 @@ from .validate import problems
 
 STATE_NAMES = ("h", "c", "m", "n", "s")
 #: relative weights of the node kinds (NAS-Bench-NLP: linear 3, blend 1, prod 1, sum 1)
-DEFAULT_WEIGHTS: dict[str, float] = {"linear": 3.0, "blend": 1.0, "mul": 1.0, "add": 1.0, "sub": 0.5, "one_minus": 0.5, "peep": 0.5}
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "linear": 3.0,
+    "blend": 1.0,
+    "mul": 1.0,
+    "add": 1.0,
+    "sub": 0.5,
+    "one_minus": 0.5,
+    "peep": 0.5,
+}
 ACTIVATION_CHOICES = (Op.TANH, Op.SIGMOID, Op.RELU)
 
 
@@ -76,7 +84,11 @@ def random_cell(
             usable.append(len(nodes) - 1)
         last = inner[-1]
         others = inner[:-1]
-        picks = [last] + [int(v) for v in rng.choice(others, size=S - 1, replace=False)] if S > 1 and len(others) >= S - 1 else [last] * S
+        picks = (
+            [last] + [int(v) for v in rng.choice(others, size=S - 1, replace=False)]
+            if S > 1 and len(others) >= S - 1
+            else [last] * S
+        )
         if len(set(picks)) < S:
             continue
         order = rng.permutation(S)

@@ -1,0 +1,114 @@
+"""The CLI: every command documented with an example; contracts; bad input -> one line, exit 2."""
+
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from cellsearch import zoo
+from cellsearch.cli import cli, main
+
+
+def all_commands(group, prefix=()):
+    yield prefix, group
+    if isinstance(group, click.Group):
+        for name, cmd in group.commands.items():
+            yield from all_commands(cmd, (*prefix, name))
+
+
+@pytest.mark.parametrize("path", [p for p, _ in all_commands(cli)], ids=lambda p: " ".join(p) or "cellsearch")
+def test_every_command_has_help_with_an_example(path):
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0
+    assert "Example" in result.output
+    assert f"cellsearch {' '.join(path)}".strip() in result.output
+
+
+def run(*args):
+    return subprocess.run(
+        [sys.executable, "-c", "from cellsearch.cli import main; main()", *args], capture_output=True, text=True
+    )
+
+
+def test_cells_json_contract():
+    result = CliRunner().invoke(cli, ["cells", "--format", "json"])
+    rows = json.loads(result.output)
+    assert isinstance(rows, list)
+    assert [r["name"] for r in rows] == zoo.names()
+    required = {
+        "lstm_peephole",
+        "nig",
+        "nfg",
+        "nog",
+        "niaf",
+        "noaf",
+        "np",
+        "cifg",
+        "fgr",
+        "lstm",
+        "lstm_fb1",
+        "gru",
+        "mut1",
+        "mut2",
+        "mut3",
+        "rnn",
+    }
+    assert required <= set(zoo.names())
+    assert len({"mgu", "minimalrnn", "indrnn", "janet", "sru", "ugrnn"} & set(zoo.names())) >= 4
+
+
+def test_show_json_contract(tmp_path):
+    f = tmp_path / "mine.cell"
+    f.write_text("state(h)\nh = tanh(linear(x, h))\nreturn h\n")
+    for ref in ("gru", str(f)):
+        result = CliRunner().invoke(cli, ["show", ref, "--input", "3", "--hidden", "4", "--format", "json"])
+        assert result.exit_code == 0, result.output
+        info = json.loads(result.output)
+        assert {"name", "hash", "text", "parameters", "parameter_count"} <= set(info)
+    assert info["name"] == "mine"
+    assert info["parameters"] == {"h.W_x": [3, 4], "h.W_h": [4, 4], "h.b": [4]}
+    assert info["parameter_count"] == 12 + 16 + 4
+
+
+def test_show_text(tmp_path):
+    result = CliRunner().invoke(cli, ["show", "lstm"])
+    assert result.exit_code == 0
+    assert "c = c * f + g * i" in result.output
+    assert "parameter count" in result.output
+
+
+def test_bad_cell_file_is_one_line_and_exit_2(tmp_path):
+    f = tmp_path / "bad.cell"
+    f.write_text("state(h)\nh = tanh(linear(x, h))\nh = foo(h)\nreturn h\n")
+    proc = run("show", str(f))
+    assert proc.returncode == 2
+    assert proc.stderr == f"{f}:3:1: state 'h' is assigned twice; every state is assigned exactly once per step\n"
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["show", "nosuchcell"], "unknown cell 'nosuchcell'"),
+        (["show", "missing.cell"], "no such cell file: missing.cell"),
+        (["show", "mut1", "--input", "3", "--hidden", "4"], "input size must equal the hidden size"),
+        (["show", "lstm", "--hidden", "0"], "--hidden"),
+        (["show", "lstm", "--format", "yaml"], "--format"),
+        (["nosuchcommand"], "No such command"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, fragment, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_console_script_is_installed():
+    proc = subprocess.run(["cellsearch", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "version" in proc.stdout
