@@ -8,6 +8,7 @@ CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 settings.register_profile("ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 settings.register_profile("dev", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("stress", max_examples=5000, deadline=None, suppress_health_check=list(HealthCheck))
 settings.load_profile("ci" if CI else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 

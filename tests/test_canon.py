@@ -153,3 +153,25 @@ def test_labels_that_clash_are_dropped_not_duplicated():
     cell = canonicalize([x, h, lin, act], ["h"], [3], 3)
     assert parse(cell.text) == cell
     assert structural_hash(cell) == cell.hash
+
+
+@given(cells(), seeds)
+def test_renaming_states_keeps_the_hash(cell, seed):
+    rng = np.random.default_rng(seed)
+    fresh = [f"s{int(v)}" for v in rng.choice(10**6, size=len(cell.states), replace=False)]
+    mapping = dict(zip(cell.states, fresh))
+    text = re.sub(r"\b(" + "|".join(cell.states) + r")(_prev\d*)?\b", lambda m: mapping[m[1]] + (m[2] or ""), cell.text)
+    renamed = parse(text)
+    assert renamed.hash == cell.hash, text
+    assert set(renamed.states) == set(fresh)
+
+
+def test_state_names_are_not_structure():
+    lstm = zoo.get("lstm")
+    text = re.sub(r"\bc\b", "memory", lstm.text)
+    assert parse(text).hash == lstm.hash
+    swapped = re.sub(r"\b(c|h)\b", lambda m: {"c": "h", "h": "c"}[m[1]], lstm.text)  # output is now `c`
+    assert parse(swapped).hash == lstm.hash
+    # but which state is returned is structure
+    two = "state(a, b)\na = tanh(linear(x, a, b))\nb = sigmoid(linear(x, a, b))\nreturn {}\n"
+    assert parse(two.format("a")).hash != parse(two.format("b")).hash

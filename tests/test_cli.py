@@ -8,7 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from cellsearch import zoo
+from cellsearch import parse, zoo
 from cellsearch.cli import cli, main
 
 
@@ -76,7 +76,9 @@ def test_show_json_contract(tmp_path):
 def test_show_text(tmp_path):
     result = CliRunner().invoke(cli, ["show", "lstm"])
     assert result.exit_code == 0
-    assert "c = c * f + g * i" in result.output
+    text = "".join(line + "\n" for line in result.output.splitlines() if not line.startswith("#"))
+    assert parse(text) == zoo.get("lstm")
+    assert "i.W_x  64 x 64" in result.output
     assert "parameter count" in result.output
 
 

@@ -102,30 +102,36 @@ def _live(nodes: Sequence[Node], roots: Sequence[int]) -> list[bool]:
 
 
 def colours(nodes: Sequence[Node], states: Sequence[str], updates: Sequence[int], output: int) -> list[bytes]:
-    """Refined structural colour of each node (labels ignored)."""
+    """Refined structural colour of each node. Labels and state names are ignored: a state is
+    known by its place in the graph, its previous value (a STATE leaf) linked to its update."""
     n = len(nodes)
     uses: list[list[tuple[int, str]]] = [[] for _ in range(n)]
     for k, node in enumerate(nodes):
         comm = OP_INFO[node.op].commutative
         for pos, a in enumerate(node.args):
             uses[a].append((k, "*" if comm else str(pos)))
-    tags: list[list[str]] = [[] for _ in range(n)]
+    leaf = {node.attr("name"): k for k, node in enumerate(nodes) if node.op is Op.STATE}
+    links: list[list[tuple[str, int]]] = [[] for _ in range(n)]  # (kind, node) pairs that tie a state together
     for s, u in zip(states, updates, strict=True):
-        tags[u].append("update:" + s)
+        links[u].append(("update", leaf.get(s, -1)))
+        if s in leaf:
+            links[leaf[s]].append(("read", u))
+    tags: list[list[str]] = [[] for _ in range(n)]
     tags[output].append("output")
-    colour = [_h(node.op.value, node.attrs) for node in nodes]
+    colour = [_h("state") if node.op is Op.STATE else _h(node.op.value, node.attrs) for node in nodes]
     distinct = len(set(colour))
-    for _ in range(n + 1):
+    for _ in range(n + 2):
+        linked = [sorted(_h(kind, colour[j] if j >= 0 else b"") for kind, j in links[k]) for k in range(n)]
         up: list[bytes] = []
         for k, node in enumerate(nodes):
             args = [up[a] for a in node.args]
             if OP_INFO[node.op].commutative:
                 args.sort()
-            up.append(_h(colour[k], args))
+            up.append(_h(colour[k], args, linked[k]))
         down: list[bytes] = [b""] * n
         for k in range(n - 1, -1, -1):
             ctx = sorted(_h(down[c], up[c], pos) for c, pos in uses[k])
-            down[k] = _h(sorted(tags[k]), ctx)
+            down[k] = _h(tags[k], ctx)
         colour = [_h(u, d) for u, d in zip(up, down, strict=True)]
         now = len(set(colour))
         if now == distinct:
@@ -204,7 +210,7 @@ def canonicalize(
         args = [placed[a] for a in pruned[k].args]
         if OP_INFO[pruned[k].op].commutative:
             args.sort()
-        return (colour[k], tuple(args), pruned[k].label or "", k)
+        return (colour[k], tuple(args), pruned[k].label or pruned[k].attr("name", ""), k)
 
     heap = [key(k) for k in range(len(pruned)) if waiting[k] == 0]
     heapq.heapify(heap)
@@ -234,9 +240,14 @@ def recanonicalize(cell: Cell) -> Cell:
 
 
 def serialise(cell: Cell) -> tuple[object, ...]:
-    """The label-free structure of a canonical cell, the input of the hash."""
-    body = tuple((n.op.value, n.attrs, n.args) for n in cell.nodes)
-    return (body, cell.states, cell.updates, cell.output)
+    """The structure of a canonical cell without names (labels, state names), the input of the hash.
+
+    States are numbered by the canonical positions of their update and of their previous value."""
+    leaf = cell.state_nodes
+    order = sorted(range(len(cell.states)), key=lambda i: (cell.updates[i], leaf.get(cell.states[i], -1), cell.states[i]))
+    number = {cell.states[i]: j for j, i in enumerate(order)}
+    body = tuple((n.op.value, (("state", number[n.attr("name")]),) if n.op is Op.STATE else n.attrs, n.args) for n in cell.nodes)
+    return (body, tuple(cell.updates[i] for i in order), cell.output)
 
 
 def structural_hash(cell: Cell) -> str:
