@@ -101,9 +101,11 @@ def _live(nodes: Sequence[Node], roots: Sequence[int]) -> list[bool]:
     return live
 
 
-def colours(nodes: Sequence[Node], states: Sequence[str], updates: Sequence[int], output: int) -> list[bytes]:
+def colours(nodes: Sequence[Node], states: Sequence[str], updates: Sequence[int], output: int, names: str = "") -> list[bytes]:
     """Refined structural colour of each node. Labels and state names are ignored: a state is
-    known by its place in the graph, its previous value (a STATE leaf) linked to its update."""
+    known by its place in the graph, its previous value (a STATE leaf) linked to its update.
+    ``names="states"`` counts state names, ``names="all"`` labels too (both used only to order
+    nodes that are structurally alike)."""
     n = len(nodes)
     uses: list[list[tuple[int, str]]] = [[] for _ in range(n)]
     for k, node in enumerate(nodes):
@@ -119,6 +121,8 @@ def colours(nodes: Sequence[Node], states: Sequence[str], updates: Sequence[int]
     tags: list[list[str]] = [[] for _ in range(n)]
     tags[output].append("output")
     colour = [_h("state") if node.op is Op.STATE else _h(node.op.value, node.attrs) for node in nodes]
+    if names:
+        colour = [_h(c, node.label if names == "all" else None, node.attr("name")) for c, node in zip(colour, nodes, strict=True)]
     distinct = len(set(colour))
     for _ in range(n + 2):
         linked = [sorted(_h(kind, colour[j] if j >= 0 else b"") for kind, j in links[k]) for k in range(n)]
@@ -197,8 +201,11 @@ def canonicalize(
     pruned = _normalise_labels(pruned, states, updates)
 
     colour = colours(pruned, states, updates, output)
+    by_state = colours(pruned, states, updates, output, names="states")
+    by_label = colours(pruned, states, updates, output, names="all")
     # Kahn's algorithm. Ties are broken by colour, then by where the arguments were placed (so
-    # equal branches are laid out consistently), then by label, then by position.
+    # equal branches are laid out consistently), then by the state names and then the labels around
+    # a node, then by position.
     waiting = [len(set(node.args)) for node in pruned]
     readers: list[set[int]] = [set() for _ in pruned]
     for k, node in enumerate(pruned):
@@ -206,11 +213,11 @@ def canonicalize(
             readers[a].add(k)
     placed: dict[int, int] = {}
 
-    def key(k: int) -> tuple[bytes, tuple[int, ...], str, int]:
+    def key(k: int) -> tuple[bytes, tuple[int, ...], bytes, bytes, int]:
         args = [placed[a] for a in pruned[k].args]
         if OP_INFO[pruned[k].op].commutative:
             args.sort()
-        return (colour[k], tuple(args), pruned[k].label or pruned[k].attr("name", ""), k)
+        return (colour[k], tuple(args), by_state[k], by_label[k], k)
 
     heap = [key(k) for k in range(len(pruned)) if waiting[k] == 0]
     heapq.heapify(heap)
