@@ -16,3 +16,11 @@ def test_every_computed_op_has_forward_and_gradient_rule():
 
 def test_dsl_functions():
     assert set(FUNCTIONS) == {"linear", "peep", "blend", "sigmoid", "tanh", "relu", "identity"}
+
+
+def test_kernel_opcodes_match_the_plan():
+    from cellsearch.backends.cpu import interp
+    from cellsearch.lowering.plan import Code
+
+    for code in Code:
+        assert getattr(interp, f"OP_{code.name}") == code.value

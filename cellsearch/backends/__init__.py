@@ -4,19 +4,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..errors import ConfigError
 from ..ir.cell import Cell
 from .reference import Forward, Gradients, ReferenceKernel, Tape
 
-BACKENDS = ("reference",)
+BACKENDS = ("reference", "cpu")
 
 
-def compile(cell: Cell, backend: str = "reference", dtype: type | np.dtype = np.float64) -> ReferenceKernel:
-    """A kernel that runs ``cell`` on ``backend``."""
+def compile(cell: Cell, backend: str = "reference", dtype: type | np.dtype | None = None) -> Any:
+    """A kernel that runs ``cell`` on ``backend``: ``"reference"`` (NumPy, float64 by default) or
+    ``"cpu"`` (Numba, float32 by default)."""
     if backend == "reference":
-        return ReferenceKernel(cell, dtype)
+        return ReferenceKernel(cell, np.float64 if dtype is None else dtype)
+    if backend == "cpu":
+        from .cpu import CpuKernel  # numba is imported only when asked for
+
+        return CpuKernel(cell, np.float32 if dtype is None else dtype)
     raise ConfigError(f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
 
 

@@ -1,0 +1,5 @@
+"""The Numba CPU backend."""
+
+from .kernel import CpuKernel
+
+__all__ = ["CpuKernel"]

@@ -1,0 +1,221 @@
+"""The CPU backend: a cell's Plan run by the compile-once Numba executor (``interp.py``).
+
+Same API as the reference: ``forward(params, x, state0) -> Forward`` and
+``backward(params, tape, d_out, d_state_T) -> Gradients``. The input GEMM and the deferred weight
+GEMMs run in NumPy (BLAS) around the two njit calls; everything per time step runs inside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...errors import ShapeError
+from ...ir.cell import Cell
+from ...ir.params import param_specs
+from ...lowering import Plan, lower
+from ..reference import Forward, Gradients, check_params, infer_hidden
+from . import interp
+
+Array = np.ndarray
+
+
+@dataclass
+class CpuTape:
+    x: Array  # [T, B, I]
+    A: Array  # flat values [T, NV, B, H]
+    K: Array  # packed GEMM sources [T, B, ns*H] per stage, flat
+    input_size: int
+    hidden_size: int
+
+
+@dataclass
+class _Layout:
+    """Plan arrays for one (cell, B, H)."""
+
+    ops: Array
+    stage_info: Array
+    stage_src: Array
+    stage_dst: Array
+    k_size: int
+    dz_size: int
+    tmp_size: int
+
+
+def _layout(plan: Plan, T: int, B: int, H: int) -> _Layout:
+    ops = np.array([[i.code, i.dst, i.a, i.b, i.c, i.aux] for i in plan.program], dtype=np.int64).reshape(-1, 6)
+    n = len(plan.stages)
+    info = np.zeros((max(n, 1), 6), dtype=np.int64)
+    src = np.zeros((max(n, 1), max([len(s.srcs) for s in plan.stages] + [1])), dtype=np.int64)
+    dst = np.zeros((max(n, 1), max([len(s.dsts) for s in plan.stages] + [1])), dtype=np.int64)
+    w = k = z = tmp = 0
+    for g, st in enumerate(plan.stages):
+        ns, nk = len(st.srcs), len(st.dsts)
+        info[g] = (ns, nk, w, k, z, 0)
+        src[g, :ns] = st.srcs
+        dst[g, :nk] = st.dsts
+        w += ns * H * nk * H
+        k += T * B * ns * H
+        z += T * B * nk * H
+        tmp = max(tmp, B * ns * H, B * nk * H)
+    return _Layout(ops, info, src, dst, k, z, max(tmp, 1))
+
+
+class CpuKernel:
+    backend = "cpu"
+
+    def __init__(self, cell: Cell, dtype: type | np.dtype = np.float32) -> None:
+        self.cell = cell
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ShapeError(f"the cpu backend runs float32 or float64, not {self.dtype}")
+        self.plan = lower(cell)
+
+    # ---- parameters -> the Plan's arrays ----
+    def _weights(self, params: Mapping[str, Array], I: int, H: int) -> tuple[Array, Array, Array, Array, Array, Array]:
+        p = self.plan
+        dt = self.dtype
+
+        def get(name: str) -> Array:
+            return np.asarray(params[name], dtype=dt)
+
+        Wx = np.zeros((I, len(p.xblocks) * H), dtype=dt)
+        bx = np.zeros(len(p.xblocks) * H, dtype=dt)
+        for i, blk in enumerate(p.xblocks):
+            for name in blk.weights:
+                Wx[:, i * H : (i + 1) * H] += get(name)
+            bx[i * H : (i + 1) * H] = get(blk.bias)
+        biases = np.stack([get(n) for n in p.biases]) if p.biases else np.zeros((0, H), dtype=dt)
+        peeps = np.stack([get(n) for n in p.peeps]) if p.peeps else np.zeros((0, H), dtype=dt)
+        Ws, WTs = [], []
+        for st in p.stages:
+            W = np.zeros((len(st.srcs) * H, len(st.dsts) * H), dtype=dt)
+            for k, row in enumerate(st.terms):
+                for i, names in enumerate(row):
+                    for name in names:
+                        W[i * H : (i + 1) * H, k * H : (k + 1) * H] += get(name)
+            Ws.append(W.ravel())
+            WTs.append(np.ascontiguousarray(W.T).ravel())
+        W = np.concatenate(Ws) if Ws else np.zeros(1, dtype=dt)
+        WT = np.concatenate(WTs) if WTs else np.zeros(1, dtype=dt)
+        return Wx, bx, biases, peeps, W, WT
+
+    def forward(self, params: Mapping[str, Array], x: Array, state0: Mapping[str, Array] | None = None) -> Forward:
+        p = self.plan
+        dt = self.dtype
+        x = np.ascontiguousarray(x, dtype=dt)
+        if x.ndim != 3:
+            raise ShapeError(f"x must be [T, B, I]; got shape {x.shape}")
+        T, B, I = x.shape
+        H = infer_hidden(params, I)
+        check_params(param_specs(self.cell, I, H), params)
+        Wx, bx, biases, peeps, W, _ = self._weights(params, I, H)
+        P = (x.reshape(T * B, I) @ Wx + bx).reshape(T, B, -1)
+        S0 = np.zeros((len(p.states), B * H), dtype=dt)
+        for i, s in enumerate(p.states):
+            if state0 is not None and s in state0:
+                v = np.asarray(state0[s], dtype=dt)
+                if v.shape != (B, H):
+                    raise ShapeError(f"initial state '{s}' has shape {v.shape}; expected {(B, H)}")
+                S0[i] = v.ravel()
+        lay = _layout(p, T, B, H)
+        NV = p.n_slots
+        A = np.zeros(T * NV * B * H, dtype=dt)
+        K = np.zeros(max(lay.k_size, 1), dtype=dt)
+        TMP = np.zeros(lay.tmp_size, dtype=dt)
+        consts = np.array((*p.consts, 0.0), dtype=dt)
+        update = np.array(p.update_slots, dtype=np.int64)
+        interp.forward_kernel(
+            lay.ops,
+            lay.stage_info,
+            lay.stage_src,
+            lay.stage_dst,
+            T,
+            B,
+            H,
+            NV,
+            A,
+            P,
+            x,
+            S0,
+            update,
+            consts,
+            biases,
+            peeps,
+            W,
+            K,
+            TMP,
+        )
+        V = A.reshape(T, NV, B, H)
+        outputs = V[:, p.output_slot].copy()
+        states = {s: V[T - 1, u].copy() for s, u in zip(p.states, p.update_slots, strict=True)}
+        return Forward(outputs, states, CpuTape(x, A, K, I, H))  # type: ignore[arg-type]
+
+    def backward(
+        self,
+        params: Mapping[str, Array],
+        tape: CpuTape,
+        d_out: Array | None,
+        d_state_T: Mapping[str, Array] | None = None,
+    ) -> Gradients:
+        p = self.plan
+        dt = self.dtype
+        x = tape.x
+        T, B, I = x.shape
+        H = tape.hidden_size
+        Wx, _bx, biases, peeps, _W, WT = self._weights(params, I, H)
+        lay = _layout(p, T, B, H)
+        NV = p.n_slots
+        dOut = np.zeros((T, B, H), dtype=dt) if d_out is None else np.ascontiguousarray(d_out, dtype=dt)
+        dS = np.zeros((len(p.states), B * H), dtype=dt)
+        if d_state_T is not None:
+            for i, s in enumerate(p.states):
+                if s in d_state_T:
+                    dS[i] = np.asarray(d_state_T[s], dtype=dt).ravel()
+        DZ = np.zeros(max(lay.dz_size, 1), dtype=dt)
+        TMP = np.zeros(lay.tmp_size, dtype=dt)
+        G = np.zeros(NV * B * H, dtype=dt)
+        dP = np.zeros((T, B, len(p.xblocks) * H), dtype=dt)
+        dX = np.zeros((T, B, I), dtype=dt)
+        dB = np.zeros_like(biases)
+        dPeep = np.zeros_like(peeps)
+        state_slots = np.array(p.state_slots, dtype=np.int64)
+        update = np.array(p.update_slots, dtype=np.int64)
+        interp.backward_kernel(
+            lay.ops, lay.stage_info, lay.stage_src, lay.stage_dst, T, B, H, NV, tape.A, state_slots, update,
+            p.output_slot, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB, dPeep,
+        )  # fmt: skip
+        grads: dict[str, Array] = {}
+
+        def add(name: str, value: Array) -> None:
+            grads[name] = grads[name] + value if name in grads else value
+
+        # deferred weight gradients: one GEMM for the input projection, one per recurrent stage
+        dP2 = dP.reshape(T * B, -1)
+        dWx = x.reshape(T * B, I).T @ dP2
+        dbx = dP2.sum(axis=0)
+        for i, blk in enumerate(p.xblocks):
+            for name in blk.weights:
+                add(name, dWx[:, i * H : (i + 1) * H])
+            add(blk.bias, dbx[i * H : (i + 1) * H])
+        for g, st in enumerate(p.stages):
+            ns, nk = len(st.srcs), len(st.dsts)
+            koff, zoff = int(lay.stage_info[g, 3]), int(lay.stage_info[g, 4])
+            src = tape.K[koff : koff + T * B * ns * H].reshape(T * B, ns * H)
+            dz = DZ[zoff : zoff + T * B * nk * H].reshape(T * B, nk * H)
+            dW = src.T @ dz
+            for k, row in enumerate(st.terms):
+                for i, names in enumerate(row):
+                    for name in names:
+                        add(name, dW[i * H : (i + 1) * H, k * H : (k + 1) * H])
+        for i, name in enumerate(p.biases):
+            add(name, dB[i])
+        for i, name in enumerate(p.peeps):
+            add(name, dPeep[i])
+        # x feeds the input GEMM too
+        if p.xblocks:
+            dX += (dP2 @ Wx.T).reshape(T, B, I)
+        state0 = {s: dS[i].reshape(B, H).copy() for i, s in enumerate(p.states)}
+        return Gradients({k: np.ascontiguousarray(v) for k, v in grads.items()}, dX, state0)

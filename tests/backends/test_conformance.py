@@ -1,0 +1,83 @@
+"""Every compiled backend against the reference, forward and backward, on every zoo cell and on 200
+random cells, in float64 and float32."""
+
+import numpy as np
+import pytest
+
+from cellsearch import compile, init_params, zoo
+from cellsearch.ir.random import random_cell
+
+BACKENDS = ["cpu"]
+# float64 must agree to rounding; float32 to its precision over short sequences
+TOL = {np.float64: 1e-10, np.float32: 2e-4}
+
+
+def compare(name, got, want, tol):
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    err = np.abs(got - want) / scale
+    if not np.all(err <= tol):
+        bad = np.argwhere(err > tol)[:5]
+        detail = ", ".join(f"{tuple(i)}: {got[tuple(i)]:.8g} vs {want[tuple(i)]:.8g}" for i in bad)
+        raise AssertionError(f"{name}: {len(np.argwhere(err > tol))} mismatches (scaled tol {tol:g}); first: {detail}")
+
+
+def check(cell, backend, dtype, seed, T=6, B=3, I=4, H=5):
+    rng = np.random.default_rng(seed)
+    if cell.x_elementwise:
+        I = H
+    params = init_params(cell, I, H, rng)
+    x = rng.normal(scale=0.5, size=(T, B, I))
+    s0 = {s: rng.normal(scale=0.5, size=(B, H)) for s in cell.states}
+    d_out = rng.normal(size=(T, B, H))
+    d_state = {s: rng.normal(size=(B, H)) for s in cell.states}
+    ref = compile(cell, "reference")
+    fr = ref.forward(params, x, s0)
+    gr = ref.backward(params, fr.tape, d_out, d_state)
+    kern = compile(cell, backend, dtype)
+    p_cast = {k: v.astype(dtype) for k, v in params.items()}
+    f = kern.forward(p_cast, x.astype(dtype), {k: v.astype(dtype) for k, v in s0.items()})
+    g = kern.backward(p_cast, f.tape, d_out.astype(dtype), {k: v.astype(dtype) for k, v in d_state.items()})
+    tol = TOL[dtype]
+    growth = max(
+        float(np.abs(fr.outputs).max()), float(np.abs(gr.x).max()), *(float(np.abs(v).max()) for v in gr.params.values())
+    )
+    if dtype == np.float32 and growth > 1e30:  # beyond float32's range: nothing to compare
+        return False
+    if growth > 1e3:  # exponential growth amplifies rounding-order differences: compare more loosely
+        tol *= growth
+    where = f"{cell.name} [{backend}, {np.dtype(dtype).name}]"
+    assert f.outputs.dtype == dtype
+    compare(f"{where} outputs", f.outputs, fr.outputs, tol)
+    for s in cell.states:
+        compare(f"{where} state {s}", f.states[s], fr.states[s], tol)
+        compare(f"{where} d{s}0", g.state0[s], gr.state0[s], tol)
+    compare(f"{where} dx", g.x, gr.x, tol)
+    assert set(g.params) == set(gr.params)
+    for name in gr.params:
+        compare(f"{where} d{name}", g.params[name], gr.params[name], tol)
+    return True
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", zoo.names())
+def test_zoo_cell(name, backend, dtype):
+    check(zoo.get(name), backend, dtype, seed=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_200_random_cells(backend, dtype):
+    compared = 0
+    for seed in range(200):
+        cell = random_cell(np.random.default_rng(seed), name=f"random{seed}")
+        compared += check(cell, backend, dtype, seed=seed)
+    assert compared >= 190  # only cells that overflow float32 within 6 steps are not compared
+
+
+def test_the_check_has_teeth():
+    """A kernel that is slightly wrong fails the comparison."""
+    with pytest.raises(AssertionError, match="mismatches"):
+        compare("x", np.array([1.0, 2.0]), np.array([1.0, 2.001]), 1e-10)
