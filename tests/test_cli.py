@@ -114,3 +114,24 @@ def test_bad_input_is_one_line_and_exit_2(args, fragment, capsys):
 def test_console_script_is_installed():
     proc = subprocess.run(["cellsearch", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "version" in proc.stdout
+
+
+def test_bench_kernels_json_contract(torch):
+    result = CliRunner().invoke(
+        cli, ["bench", "kernels", "--cells", "gru", "--configs", "2,5,3,4", "--rounds", "1", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output[result.output.index("[") :])
+    assert len(rows) == 1
+    row = rows[0]
+    for key in ("cell", "batch", "length", "input", "hidden", "backend", "median_ms", "torch_median_ms", "gflops", "peak_gflops"):
+        assert key in row
+    assert (row["cell"], row["batch"], row["length"], row["input"], row["hidden"], row["backend"]) == ("gru", 2, 5, 3, 4, "cpu")
+    assert row["median_ms"] > 0 and row["torch_median_ms"] > 0 and row["peak_gflops"] > 0
+
+
+def test_bench_rejects_bad_configs(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "kernels", "--configs", "1,2,3"])
+    assert info.value.code == 2
+    assert "batch,length,input,hidden" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from .. import zoo
+from ..bench.kernels import CONFIGS
 from ..dsl import parse_file
 from ..errors import CellsearchError, ConfigError, DSLError
 from ..ir.cell import Cell
@@ -151,6 +152,77 @@ def show(cell_ref: str, input_size: int | None, hidden_size: int, fmt: str) -> N
     for name, shape in info["parameters"].items():
         click.echo(f"#   {name:<{width}}  {' x '.join(str(d) for d in shape)}")
     click.echo(f"# parameter count: {info['parameter_count']:,}")
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks, timed against PyTorch in the same process.
+
+    \b
+    Example:
+      cellsearch bench kernels --cells lstm --configs 32,100,8,64
+    """
+
+
+@bench.command("kernels")
+@click.option("--cells", default="lstm,gru", show_default=True, help="Comma-separated zoo cells.")
+@click.option(
+    "--configs",
+    default=" ".join(",".join(map(str, c)) for c in CONFIGS),
+    show_default=True,
+    help="Space- or semicolon-separated batch,length,input,hidden configs.",
+)
+@click.option("--backend", type=click.Choice(["cpu"]), default="cpu", show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=7, show_default=True, help="Interleaved timing rounds.")
+@FORMAT
+def bench_kernels_cmd(cells: str, configs: str, backend: str, rounds: int, fmt: str) -> None:
+    """Time one training step (forward + backward, all gradients) against torch.nn.LSTM/GRU.
+
+    Medians of interleaved rounds, float32, 2 threads; GFLOP/s against this machine's float32
+    matmul peak measured in the same run.
+
+    \b
+    Example:
+      cellsearch bench kernels
+      cellsearch bench kernels --cells gru --configs "16,1000,4,32" --format json
+    """
+    from rich.progress import Progress
+
+    from ..bench.kernels import bench_kernels, machine, parse_config, rows_as_dicts
+
+    names = [c.strip() for c in cells.split(",") if c.strip()]
+    for n in names:
+        zoo.get(n)
+    parsed = [parse_config(c) for c in configs.replace(";", " ").split()]
+    with Progress(transient=True, console=_stderr_console()) as bar:
+        task = bar.add_task("benchmark", total=len(names) * len(parsed))
+
+        def tick(label: str) -> None:
+            bar.update(task, advance=1 if bar.tasks[0].description != "benchmark" else 0, description=label)
+
+        rows = bench_kernels(names, parsed, backend, rounds, progress=tick)
+        bar.update(task, completed=len(names) * len(parsed))
+    if fmt == "json":
+        click.echo(json.dumps(rows_as_dicts(rows), indent=2))
+        return
+    click.echo(f"{'cell':<6} {'B,T,I,H':<16} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'GF/s':>7} {'% peak':>7}")
+    for r in rows:
+        torch_ms = f"{r.torch_median_ms:.2f}" if r.torch_median_ms is not None else "-"
+        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
+        cfg = f"{r.batch},{r.length},{r.input},{r.hidden}"
+        click.echo(
+            f"{r.cell:<6} {cfg:<16} {r.median_ms:>9.2f} {torch_ms:>9} {ratio:>6} {r.gflops:>7.1f} {r.percent_of_peak:>6.1f}%"
+        )
+    info = machine()
+    click.echo(
+        f"\nratio = ours / torch (< 1: cellsearch faster); peak {rows[0].peak_gflops} GF/s float32 matmul; {info.get('cpu', '?')}"
+    )
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,10 +1,16 @@
 """The compile-once Plan executor: one ``@njit`` forward and one backward that run any cell's step
-program (int32 opcodes over a flat value arena), compiled once per dtype and cached on disk.
+program (int opcodes over a flat value arena), compiled once per dtype and cached on disk.
 
 The time loop, forward and backward, runs inside these functions: no Python per step. A new cell
 costs no compilation, only the Plan's arrays. Values live in ``A[T, NV, B, H]`` (flattened), one slot
 per node; the recurrent GEMMs pack their sources into contiguous buffers kept for the deferred
 weight gradients.
+
+Speed notes (PERF-NOTES.md): offsets are unsigned so that the elementwise loops vectorise (a signed
+flat index adds a wraparound check); ``error_model="numpy"`` keeps divisions vectorisable; with
+``fast`` set (float32) tanh and sigmoid use a rational approximation (max error ~3e-7) instead of
+libm; constants come typed from the caller's dtype so float32 code never promotes to float64.
+No fastmath: NaN and Inf must survive, so that divergence is detected.
 """
 
 from __future__ import annotations
@@ -17,66 +23,109 @@ OP_STATE, OP_X, OP_CONST, OP_LOADP, OP_BIAS, OP_GEMM, OP_ADD, OP_SUB, OP_MUL, OP
     range(14)
 )
 
+#: tanh(x) ~ x * P(x^2) / Q(x^2) on [-CLAMP, CLAMP] (the float32 rational fit Eigen uses)
+RATIONAL_TANH = (
+    7.90531110763549805,  # clamp
+    4.89352455891786e-03,  # alpha 1, 3, ..., 13
+    6.37261928875436e-04,
+    1.48572235717979e-05,
+    5.12229709037114e-08,
+    -8.60467152213735e-11,
+    2.00018790482477e-13,
+    -2.76076847742355e-16,
+    4.89352518554385e-03,  # beta 0, 2, 4, 6
+    2.26843463243900e-03,
+    1.18534705686654e-04,
+    1.19825839466702e-06,
+)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _tanh_rational(v, R):
+    # clamp with selects: min()/max() keep the loop scalar (NaN semantics), these vectorise
+    x = R[0] if v > R[0] else v
+    x = -R[0] if x < -R[0] else x
+    x2 = x * x
+    p = x * (R[1] + x2 * (R[2] + x2 * (R[3] + x2 * (R[4] + x2 * (R[5] + x2 * (R[6] + x2 * R[7]))))))
+    q = R[8] + x2 * (R[9] + x2 * (R[10] + x2 * R[11]))
+    return p / q
+
 
 @njit(cache=True, error_model="numpy")
 def forward_kernel(
-    ops, stage_info, stage_src, stage_dst, T, B, H, NV, A, P, X, S0, update_slot, consts, biases, peeps, W, K, TMP
+    ops, stage_info, stage_src, stage_dst, T, B, H, NV, A, P, X, S0, update_slot, consts, biases, peeps, W, K, TMP, R, fast
 ):
-    BH = B * H
-    zero = A.dtype.type(0.0)
-    half = A.dtype.type(0.5)
-    one = A.dtype.type(1.0)
+    u0 = np.uint64(0)
+    Hu = np.uint64(H)
+    Bu = np.uint64(B)
+    BH = Bu * Hu
+    NVu = np.uint64(NV)
+    zero = R[12]
+    half = R[13]
+    one = R[14]
     for t in range(T):
-        base = t * NV * BH
+        base = np.uint64(t) * NVu * BH
         for r in range(ops.shape[0]):
             code = ops[r, 0]
-            d = base + ops[r, 1] * BH
-            a = base + ops[r, 2] * BH
-            b = base + ops[r, 3] * BH
-            c = base + ops[r, 4] * BH
+            d = base + np.uint64(max(ops[r, 1], 0)) * BH
+            a = base + np.uint64(max(ops[r, 2], 0)) * BH
+            b = base + np.uint64(max(ops[r, 3], 0)) * BH
+            c = base + np.uint64(max(ops[r, 4], 0)) * BH
             aux = ops[r, 5]
             if code == OP_STATE:
                 if t == 0:
                     for e in range(BH):
                         A[d + e] = S0[aux, e]
                 else:
-                    src = (t - 1) * NV * BH + update_slot[aux] * BH
+                    src = np.uint64(t - 1) * NVu * BH + np.uint64(update_slot[aux]) * BH
                     for e in range(BH):
                         A[d + e] = A[src + e]
             elif code == OP_X:
-                for bb in range(B):
-                    for j in range(H):
-                        A[d + bb * H + j] = X[t, bb, j]
+                for bb in range(Bu):
+                    row = d + bb * Hu
+                    for j in range(Hu):
+                        A[row + j] = X[t, bb, j]
             elif code == OP_CONST:
                 v = consts[aux]
                 for e in range(BH):
                     A[d + e] = v
             elif code == OP_LOADP:
-                for bb in range(B):
-                    for j in range(H):
-                        A[d + bb * H + j] = P[t, bb, aux * H + j]
+                col = np.uint64(aux) * Hu
+                for bb in range(Bu):
+                    row = d + bb * Hu
+                    for j in range(Hu):
+                        A[row + j] = P[t, bb, col + j]
             elif code == OP_BIAS:
-                for bb in range(B):
-                    for j in range(H):
-                        A[d + bb * H + j] = biases[aux, j]
+                for bb in range(Bu):
+                    row = d + bb * Hu
+                    for j in range(Hu):
+                        A[row + j] = biases[aux, j]
             elif code == OP_GEMM:
-                ns = stage_info[aux, 0]
-                nk = stage_info[aux, 1]
-                woff = stage_info[aux, 2]
-                koff = stage_info[aux, 3] + t * B * ns * H
-                pk = K[koff : koff + B * ns * H]
+                ns = np.uint64(stage_info[aux, 0])
+                nk = np.uint64(stage_info[aux, 1])
+                woff = np.uint64(stage_info[aux, 2])
+                width = ns * Hu
+                koff = np.uint64(stage_info[aux, 3]) + np.uint64(t) * Bu * width
+                pk = K[koff : koff + Bu * width]
                 for i in range(ns):
-                    s = base + stage_src[aux, i] * BH
-                    for bb in range(B):
-                        for j in range(H):
-                            pk[bb * ns * H + i * H + j] = A[s + bb * H + j]
-                out = TMP[: B * nk * H].reshape((B, nk * H))
-                np.dot(pk.reshape((B, ns * H)), W[woff : woff + ns * H * nk * H].reshape((ns * H, nk * H)), out)
+                    s = base + np.uint64(stage_src[aux, i]) * BH
+                    for bb in range(Bu):
+                        row = bb * width + i * Hu
+                        srow = s + bb * Hu
+                        for j in range(Hu):
+                            pk[row + j] = A[srow + j]
+                out = TMP[: Bu * nk * Hu].reshape((B, np.int64(nk) * H))
+                np.dot(
+                    pk.reshape((B, np.int64(width))),
+                    W[woff : woff + width * nk * Hu].reshape((np.int64(width), np.int64(nk) * H)),
+                    out,
+                )
                 for k in range(nk):
-                    dd = base + stage_dst[aux, k] * BH
-                    for bb in range(B):
-                        for j in range(H):
-                            A[dd + bb * H + j] += out[bb, k * H + j]
+                    dd = base + np.uint64(stage_dst[aux, k]) * BH
+                    for bb in range(Bu):
+                        row = dd + bb * Hu
+                        for j in range(Hu):
+                            A[row + j] += out[bb, k * Hu + j]
             elif code == OP_ADD:
                 for e in range(BH):
                     A[d + e] = A[a + e] + A[b + e]
@@ -91,19 +140,29 @@ def forward_kernel(
                     g = A[c + e]
                     A[d + e] = g * A[a + e] + (one - g) * A[b + e]
             elif code == OP_SIGMOID:
-                for e in range(BH):
-                    A[d + e] = half * np.tanh(half * A[a + e]) + half
+                if fast:
+                    for e in range(BH):
+                        A[d + e] = half * _tanh_rational(half * A[a + e], R) + half
+                else:
+                    for e in range(BH):
+                        A[d + e] = half * np.tanh(half * A[a + e]) + half
             elif code == OP_TANH:
-                for e in range(BH):
-                    A[d + e] = np.tanh(A[a + e])
+                if fast:
+                    for e in range(BH):
+                        A[d + e] = _tanh_rational(A[a + e], R)
+                else:
+                    for e in range(BH):
+                        A[d + e] = np.tanh(A[a + e])
             elif code == OP_RELU:
                 for e in range(BH):
                     v = A[a + e]
                     A[d + e] = v if v > zero else zero
             elif code == OP_PEEP:
-                for bb in range(B):
-                    for j in range(H):
-                        A[d + bb * H + j] = peeps[aux, j] * A[a + bb * H + j]
+                for bb in range(Bu):
+                    row = bb * Hu
+                    for j in range(Hu):
+                        A[d + row + j] = peeps[aux, j] * A[a + row + j]
+    return u0
 
 
 @njit(cache=True, error_model="numpy")
@@ -131,35 +190,37 @@ def backward_kernel(
     dX,
     dB,
     dPeep,
+    R,
 ):
     """Reverse walk; on return dS holds the initial states' gradients. dP, dX, dB, dPeep, DZ filled."""
-    BH = B * H
+    Hu = np.uint64(H)
+    Bu = np.uint64(B)
+    BH = Bu * Hu
+    NVu = np.uint64(NV)
     nS = dS.shape[0]
-    zero = A.dtype.type(0.0)
-    one = A.dtype.type(1.0)
+    zero = R[12]
+    one = R[14]
     carry = dS.copy()
     for t in range(T - 1, -1, -1):
-        base = t * NV * BH
+        base = np.uint64(t) * NVu * BH
         G[:] = zero
-        if output_slot >= 0:
-            o = output_slot * BH
-            for bb in range(B):
-                for j in range(H):
-                    G[o + bb * H + j] += dOut[t, bb, j]
+        o = np.uint64(output_slot) * BH
+        for bb in range(Bu):
+            for j in range(Hu):
+                G[o + bb * Hu + j] += dOut[t, bb, j]
         for s in range(nS):
-            u = update_slot[s] * BH
+            u = np.uint64(update_slot[s]) * BH
             for e in range(BH):
                 G[u + e] += carry[s, e]
-        for s in range(nS):
             if state_slot[s] < 0:
                 for e in range(BH):
                     carry[s, e] = zero
         for r in range(ops.shape[0] - 1, -1, -1):
             code = ops[r, 0]
-            gd = ops[r, 1] * BH
-            ga = ops[r, 2] * BH
-            gb = ops[r, 3] * BH
-            gc = ops[r, 4] * BH
+            gd = np.uint64(max(ops[r, 1], 0)) * BH
+            ga = np.uint64(max(ops[r, 2], 0)) * BH
+            gb = np.uint64(max(ops[r, 3], 0)) * BH
+            gc = np.uint64(max(ops[r, 4], 0)) * BH
             d = base + gd
             a = base + ga
             b = base + gb
@@ -169,37 +230,46 @@ def backward_kernel(
                 for e in range(BH):
                     carry[aux, e] = G[gd + e]
             elif code == OP_X:
-                for bb in range(B):
-                    for j in range(H):
-                        dX[t, bb, j] += G[gd + bb * H + j]
+                for bb in range(Bu):
+                    for j in range(Hu):
+                        dX[t, bb, j] += G[gd + bb * Hu + j]
             elif code == OP_CONST:
                 pass
             elif code == OP_LOADP:
-                for bb in range(B):
-                    for j in range(H):
-                        dP[t, bb, aux * H + j] = G[gd + bb * H + j]
+                col = np.uint64(aux) * Hu
+                for bb in range(Bu):
+                    for j in range(Hu):
+                        dP[t, bb, col + j] = G[gd + bb * Hu + j]
             elif code == OP_BIAS:
-                for bb in range(B):
-                    for j in range(H):
-                        dB[aux, j] += G[gd + bb * H + j]
+                for bb in range(Bu):
+                    for j in range(Hu):
+                        dB[aux, j] += G[gd + bb * Hu + j]
             elif code == OP_GEMM:
-                ns = stage_info[aux, 0]
-                nk = stage_info[aux, 1]
-                woff = stage_info[aux, 2]
-                zoff = stage_info[aux, 4] + t * B * nk * H
-                dz = DZ[zoff : zoff + B * nk * H]
+                ns = np.uint64(stage_info[aux, 0])
+                nk = np.uint64(stage_info[aux, 1])
+                woff = np.uint64(stage_info[aux, 2])
+                width = nk * Hu
+                zoff = np.uint64(stage_info[aux, 4]) + np.uint64(t) * Bu * width
+                dz = DZ[zoff : zoff + Bu * width]
                 for k in range(nk):
-                    s = stage_dst[aux, k] * BH
-                    for bb in range(B):
-                        for j in range(H):
-                            dz[bb * nk * H + k * H + j] = G[s + bb * H + j]
-                dsrc = TMP[: B * ns * H].reshape((B, ns * H))
-                np.dot(dz.reshape((B, nk * H)), WT[woff : woff + ns * H * nk * H].reshape((nk * H, ns * H)), dsrc)
+                    s = np.uint64(stage_dst[aux, k]) * BH
+                    for bb in range(Bu):
+                        row = bb * width + k * Hu
+                        srow = s + bb * Hu
+                        for j in range(Hu):
+                            dz[row + j] = G[srow + j]
+                dsrc = TMP[: Bu * ns * Hu].reshape((B, np.int64(ns) * H))
+                np.dot(
+                    dz.reshape((B, np.int64(width))),
+                    WT[woff : woff + ns * Hu * width].reshape((np.int64(width), np.int64(ns) * H)),
+                    dsrc,
+                )
                 for i in range(ns):
-                    s = stage_src[aux, i] * BH
-                    for bb in range(B):
-                        for j in range(H):
-                            G[s + bb * H + j] += dsrc[bb, i * H + j]
+                    s = np.uint64(stage_src[aux, i]) * BH
+                    for bb in range(Bu):
+                        row = s + bb * Hu
+                        for j in range(Hu):
+                            G[row + j] += dsrc[bb, i * Hu + j]
             elif code == OP_ADD:
                 for e in range(BH):
                     g = G[gd + e]
@@ -235,11 +305,28 @@ def backward_kernel(
                     if A[a + e] > zero:
                         G[ga + e] += G[gd + e]
             elif code == OP_PEEP:
-                for bb in range(B):
-                    for j in range(H):
-                        g = G[gd + bb * H + j]
-                        G[ga + bb * H + j] += g * peeps[aux, j]
-                        dPeep[aux, j] += g * A[a + bb * H + j]
+                for bb in range(Bu):
+                    row = bb * Hu
+                    for j in range(Hu):
+                        g = G[gd + row + j]
+                        G[ga + row + j] += g * peeps[aux, j]
+                        dPeep[aux, j] += g * A[a + row + j]
     for s in range(nS):
         for e in range(BH):
             dS[s, e] = carry[s, e]
+
+
+# The GEMMs around the time loop also go through Numba's np.dot, so that one BLAS library (and one
+# thread pool) serves the whole step: NumPy's own BLAS beside it spins its threads against this one.
+@njit(cache=True, error_model="numpy")
+def gemm(a, b, out):
+    """out = a @ b (a or b may be transposed views)."""
+    np.dot(a, b, out)
+
+
+@njit(cache=True, error_model="numpy")
+def column_sums(a, out):
+    out[:] = 0
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            out[j] += a[i, j]

@@ -3,6 +3,10 @@
 Same API as the reference: ``forward(params, x, state0) -> Forward`` and
 ``backward(params, tape, d_out, d_state_T) -> Gradients``. The input GEMM and the deferred weight
 GEMMs run in NumPy (BLAS) around the two njit calls; everything per time step runs inside them.
+
+The kernel keeps its work buffers between calls of the same shape (a training loop calls it with
+the same shapes again and again): a tape is valid until the kernel's next ``forward``; ``backward``
+on an older tape raises.
 """
 
 from __future__ import annotations
@@ -29,27 +33,30 @@ class CpuTape:
     K: Array  # packed GEMM sources [T, B, ns*H] per stage, flat
     input_size: int
     hidden_size: int
+    generation: int
 
 
 @dataclass
-class _Layout:
-    """Plan arrays for one (cell, B, H)."""
+class _Workspace:
+    """The Plan's arrays and the work buffers for one (T, B, H)."""
 
     ops: Array
     stage_info: Array
     stage_src: Array
     stage_dst: Array
-    k_size: int
-    dz_size: int
-    tmp_size: int
+    A: Array
+    K: Array
+    DZ: Array
+    TMP: Array
+    G: Array
 
 
-def _layout(plan: Plan, T: int, B: int, H: int) -> _Layout:
+def _workspace(plan: Plan, T: int, B: int, H: int, dtype: np.dtype) -> _Workspace:
     ops = np.array([[i.code, i.dst, i.a, i.b, i.c, i.aux] for i in plan.program], dtype=np.int64).reshape(-1, 6)
-    n = len(plan.stages)
-    info = np.zeros((max(n, 1), 6), dtype=np.int64)
-    src = np.zeros((max(n, 1), max([len(s.srcs) for s in plan.stages] + [1])), dtype=np.int64)
-    dst = np.zeros((max(n, 1), max([len(s.dsts) for s in plan.stages] + [1])), dtype=np.int64)
+    n = max(len(plan.stages), 1)
+    info = np.zeros((n, 6), dtype=np.int64)
+    src = np.zeros((n, max([len(s.srcs) for s in plan.stages] + [1])), dtype=np.int64)
+    dst = np.zeros((n, max([len(s.dsts) for s in plan.stages] + [1])), dtype=np.int64)
     w = k = z = tmp = 0
     for g, st in enumerate(plan.stages):
         ns, nk = len(st.srcs), len(st.dsts)
@@ -60,7 +67,18 @@ def _layout(plan: Plan, T: int, B: int, H: int) -> _Layout:
         k += T * B * ns * H
         z += T * B * nk * H
         tmp = max(tmp, B * ns * H, B * nk * H)
-    return _Layout(ops, info, src, dst, k, z, max(tmp, 1))
+    NV = plan.n_slots
+    return _Workspace(
+        ops,
+        info,
+        src,
+        dst,
+        A=np.empty(T * NV * B * H, dtype=dtype),
+        K=np.empty(max(k, 1), dtype=dtype),
+        DZ=np.empty(max(z, 1), dtype=dtype),
+        TMP=np.empty(max(tmp, 1), dtype=dtype),
+        G=np.empty(NV * B * H, dtype=dtype),
+    )
 
 
 class CpuKernel:
@@ -72,6 +90,19 @@ class CpuKernel:
         if self.dtype not in (np.float32, np.float64):
             raise ShapeError(f"the cpu backend runs float32 or float64, not {self.dtype}")
         self.plan = lower(cell)
+        # rational-tanh coefficients, then 0, 1/2, 1: every constant the kernels use, in our dtype
+        self._R = np.array((*interp.RATIONAL_TANH, 0.0, 0.5, 1.0), dtype=self.dtype)
+        self._fast = self.dtype == np.float32
+        self._ws: dict[tuple[int, int, int], _Workspace] = {}
+        self._generation = 0
+
+    def _get_workspace(self, T: int, B: int, H: int) -> _Workspace:
+        key = (T, B, H)
+        if key not in self._ws:
+            if len(self._ws) > 4:
+                self._ws.clear()
+            self._ws[key] = _workspace(self.plan, T, B, H, self.dtype)
+        return self._ws[key]
 
     # ---- parameters -> the Plan's arrays ----
     def _weights(self, params: Mapping[str, Array], I: int, H: int) -> tuple[Array, Array, Array, Array, Array, Array]:
@@ -112,7 +143,11 @@ class CpuKernel:
         H = infer_hidden(params, I)
         check_params(param_specs(self.cell, I, H), params)
         Wx, bx, biases, peeps, W, _ = self._weights(params, I, H)
-        P = (x.reshape(T * B, I) @ Wx + bx).reshape(T, B, -1)
+        P = np.empty((T, B, len(p.xblocks) * H), dtype=dt)
+        P2 = P.reshape(T * B, -1)
+        if p.xblocks:
+            interp.gemm(x.reshape(T * B, I), Wx, P2)
+            P2 += bx
         S0 = np.zeros((len(p.states), B * H), dtype=dt)
         for i, s in enumerate(p.states):
             if state0 is not None and s in state0:
@@ -120,38 +155,19 @@ class CpuKernel:
                 if v.shape != (B, H):
                     raise ShapeError(f"initial state '{s}' has shape {v.shape}; expected {(B, H)}")
                 S0[i] = v.ravel()
-        lay = _layout(p, T, B, H)
+        ws = self._get_workspace(T, B, H)
         NV = p.n_slots
-        A = np.zeros(T * NV * B * H, dtype=dt)
-        K = np.zeros(max(lay.k_size, 1), dtype=dt)
-        TMP = np.zeros(lay.tmp_size, dtype=dt)
         consts = np.array((*p.consts, 0.0), dtype=dt)
         update = np.array(p.update_slots, dtype=np.int64)
         interp.forward_kernel(
-            lay.ops,
-            lay.stage_info,
-            lay.stage_src,
-            lay.stage_dst,
-            T,
-            B,
-            H,
-            NV,
-            A,
-            P,
-            x,
-            S0,
-            update,
-            consts,
-            biases,
-            peeps,
-            W,
-            K,
-            TMP,
-        )
-        V = A.reshape(T, NV, B, H)
+            ws.ops, ws.stage_info, ws.stage_src, ws.stage_dst, T, B, H, NV, ws.A, P, x, S0, update, consts, biases, peeps,
+            W, ws.K, ws.TMP, self._R, self._fast,
+        )  # fmt: skip
+        self._generation += 1
+        V = ws.A.reshape(T, NV, B, H)
         outputs = V[:, p.output_slot].copy()
         states = {s: V[T - 1, u].copy() for s, u in zip(p.states, p.update_slots, strict=True)}
-        return Forward(outputs, states, CpuTape(x, A, K, I, H))  # type: ignore[arg-type]
+        return Forward(outputs, states, CpuTape(x, ws.A, ws.K, I, H, self._generation))  # type: ignore[arg-type]
 
     def backward(
         self,
@@ -160,13 +176,15 @@ class CpuKernel:
         d_out: Array | None,
         d_state_T: Mapping[str, Array] | None = None,
     ) -> Gradients:
+        if tape.generation != self._generation:
+            raise ShapeError("this tape is stale: the kernel ran forward again since (backward needs the latest tape)")
         p = self.plan
         dt = self.dtype
         x = tape.x
         T, B, I = x.shape
         H = tape.hidden_size
-        Wx, _bx, biases, peeps, _W, WT = self._weights(params, I, H)
-        lay = _layout(p, T, B, H)
+        Wx, _, biases, peeps, _, WT = self._weights(params, I, H)
+        ws = self._get_workspace(T, B, H)
         NV = p.n_slots
         dOut = np.zeros((T, B, H), dtype=dt) if d_out is None else np.ascontiguousarray(d_out, dtype=dt)
         dS = np.zeros((len(p.states), B * H), dtype=dt)
@@ -174,18 +192,15 @@ class CpuKernel:
             for i, s in enumerate(p.states):
                 if s in d_state_T:
                     dS[i] = np.asarray(d_state_T[s], dtype=dt).ravel()
-        DZ = np.zeros(max(lay.dz_size, 1), dtype=dt)
-        TMP = np.zeros(lay.tmp_size, dtype=dt)
-        G = np.zeros(NV * B * H, dtype=dt)
-        dP = np.zeros((T, B, len(p.xblocks) * H), dtype=dt)
+        dP = np.empty((T, B, len(p.xblocks) * H), dtype=dt)
         dX = np.zeros((T, B, I), dtype=dt)
         dB = np.zeros_like(biases)
         dPeep = np.zeros_like(peeps)
         state_slots = np.array(p.state_slots, dtype=np.int64)
         update = np.array(p.update_slots, dtype=np.int64)
         interp.backward_kernel(
-            lay.ops, lay.stage_info, lay.stage_src, lay.stage_dst, T, B, H, NV, tape.A, state_slots, update,
-            p.output_slot, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB, dPeep,
+            ws.ops, ws.stage_info, ws.stage_src, ws.stage_dst, T, B, H, NV, tape.A, state_slots, update,
+            p.output_slot, dOut, dS, peeps, WT, ws.DZ, ws.TMP, ws.G, dP, dX, dB, dPeep, self._R,
         )  # fmt: skip
         grads: dict[str, Array] = {}
 
@@ -194,18 +209,22 @@ class CpuKernel:
 
         # deferred weight gradients: one GEMM for the input projection, one per recurrent stage
         dP2 = dP.reshape(T * B, -1)
-        dWx = x.reshape(T * B, I).T @ dP2
-        dbx = dP2.sum(axis=0)
+        dWx = np.empty((I, dP2.shape[1]), dtype=dt)
+        dbx = np.empty(dP2.shape[1], dtype=dt)
+        if p.xblocks:
+            interp.gemm(x.reshape(T * B, I).T, dP2, dWx)
+            interp.column_sums(dP2, dbx)
         for i, blk in enumerate(p.xblocks):
             for name in blk.weights:
                 add(name, dWx[:, i * H : (i + 1) * H])
             add(blk.bias, dbx[i * H : (i + 1) * H])
         for g, st in enumerate(p.stages):
             ns, nk = len(st.srcs), len(st.dsts)
-            koff, zoff = int(lay.stage_info[g, 3]), int(lay.stage_info[g, 4])
+            koff, zoff = int(ws.stage_info[g, 3]), int(ws.stage_info[g, 4])
             src = tape.K[koff : koff + T * B * ns * H].reshape(T * B, ns * H)
-            dz = DZ[zoff : zoff + T * B * nk * H].reshape(T * B, nk * H)
-            dW = src.T @ dz
+            dz = ws.DZ[zoff : zoff + T * B * nk * H].reshape(T * B, nk * H)
+            dW = np.empty((ns * H, nk * H), dtype=dt)
+            interp.gemm(src.T, dz, dW)
             for k, row in enumerate(st.terms):
                 for i, names in enumerate(row):
                     for name in names:
@@ -214,8 +233,9 @@ class CpuKernel:
             add(name, dB[i])
         for i, name in enumerate(p.peeps):
             add(name, dPeep[i])
-        # x feeds the input GEMM too
-        if p.xblocks:
-            dX += (dP2 @ Wx.T).reshape(T, B, I)
+        if p.xblocks:  # x also feeds the input GEMM
+            dXp = np.empty((T * B, I), dtype=dt)
+            interp.gemm(dP2, Wx.T, dXp)
+            dX += dXp.reshape(T, B, I)
         state0 = {s: dS[i].reshape(B, H).copy() for i, s in enumerate(p.states)}
         return Gradients({k: np.ascontiguousarray(v) for k, v in grads.items()}, dX, state0)
