@@ -43,7 +43,7 @@ class Forward:
 @dataclass
 class Gradients:
     params: dict[str, Array]
-    x: Array  # [T, B, I]
+    x: Array | None  # [T, B, I]; None when not asked for (grad_x=False)
     state0: dict[str, Array]
 
 
@@ -144,8 +144,10 @@ class ReferenceKernel:
         tape: Tape,
         d_out: Array | None,
         d_state_T: Mapping[str, Array] | None = None,
+        grad_x: bool = True,
     ) -> Gradients:
-        """Gradients of ``sum(d_out * outputs) + sum_s sum(d_state_T[s] * states[s])``."""
+        """Gradients of ``sum(d_out * outputs) + sum_s sum(d_state_T[s] * states[s])``; with
+        ``grad_x=False`` the input's gradient is not returned (``Gradients.x`` is None)."""
         cell = self.cell
         T, B, _ = tape.x.shape
         H = tape.hidden_size
@@ -192,7 +194,7 @@ class ReferenceKernel:
                 if local.peep is not None:
                     grads[names[(k, "peep", None)]] += local.peep
             carry = new_carry
-        return Gradients(grads, dx, {s: np.array(v) for s, v in carry.items()})
+        return Gradients(grads, dx if grad_x else None, {s: np.array(v) for s, v in carry.items()})
 
 
 def _accumulate(g: list[Array | None], k: int, v: Array) -> None:

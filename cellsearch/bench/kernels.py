@@ -131,7 +131,7 @@ def bench_kernels(
 
             def ours(kernel: Any = kernel, params: dict = params, x: np.ndarray = x, d_out: np.ndarray = d_out) -> object:
                 f = kernel.forward(params, x)
-                return kernel.backward(params, f.tape, d_out)
+                return kernel.backward(params, f.tape, d_out, grad_x=False)  # as torch: x needs no gradient
 
             fns: list[Callable[[], object]] = [ours]
             theirs = _torch_step(torch, name, B, T, I_, H, x) if torch is not None else None

@@ -81,3 +81,30 @@ def test_the_check_has_teeth():
     """A kernel that is slightly wrong fails the comparison."""
     with pytest.raises(AssertionError, match="mismatches"):
         compare("x", np.array([1.0, 2.0]), np.array([1.0, 2.001]), 1e-10)
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_input_gradient_can_be_skipped(backend):
+    cell = zoo.get("mut1")  # x used elementwise and through linears
+    rng = np.random.default_rng(0)
+    params = init_params(cell, 4, 4, rng)
+    x = rng.normal(size=(5, 2, 4))
+    kern = compile(cell, backend, np.float64)
+    full = kern.backward(params, kern.forward(params, x).tape, np.ones((5, 2, 4)))
+    part = kern.backward(params, kern.forward(params, x).tape, np.ones((5, 2, 4)), grad_x=False)
+    assert part.x is None and full.x is not None
+    for name in full.params:
+        np.testing.assert_allclose(part.params[name], full.params[name], rtol=1e-12)
+
+
+def test_a_stale_tape_is_refused():
+    from cellsearch import ShapeError
+
+    cell = zoo.get("gru")
+    params = init_params(cell, 3, 4, np.random.default_rng(0))
+    kern = compile(cell, "cpu")
+    x = np.ones((2, 1, 3), dtype=np.float32)
+    old = kern.forward(params, x).tape
+    kern.forward(params, x)
+    with pytest.raises(ShapeError, match="stale"):
+        kern.backward(params, old, None)

@@ -175,7 +175,10 @@ class CpuKernel:
         tape: CpuTape,
         d_out: Array | None,
         d_state_T: Mapping[str, Array] | None = None,
+        grad_x: bool = True,
     ) -> Gradients:
+        """Gradients of ``sum(d_out * outputs) + sum_s sum(d_state_T[s] * states[s])``; with
+        ``grad_x=False`` the input's gradient is skipped (``Gradients.x`` is None)."""
         if tape.generation != self._generation:
             raise ShapeError("this tape is stale: the kernel ran forward again since (backward needs the latest tape)")
         p = self.plan
@@ -233,9 +236,9 @@ class CpuKernel:
             add(name, dB[i])
         for i, name in enumerate(p.peeps):
             add(name, dPeep[i])
-        if p.xblocks:  # x also feeds the input GEMM
+        if p.xblocks and grad_x:  # x also feeds the input GEMM
             dXp = np.empty((T * B, I), dtype=dt)
             interp.gemm(dP2, Wx.T, dXp)
             dX += dXp.reshape(T, B, I)
         state0 = {s: dS[i].reshape(B, H).copy() for i, s in enumerate(p.states)}
-        return Gradients({k: np.ascontiguousarray(v) for k, v in grads.items()}, dX, state0)
+        return Gradients({k: np.ascontiguousarray(v) for k, v in grads.items()}, dX if grad_x else None, state0)
