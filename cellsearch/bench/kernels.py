@@ -1,8 +1,9 @@
 """One training step (forward over the sequence + backward for every gradient) of a cell on a
 backend, side by side with torch.nn.LSTM / torch.nn.GRU on the CPU in the same process.
 
-Timings are medians of interleaved rounds (ours, torch, ours, torch, ...) with a short pause at each
-switch, since the machines here are shared and noisy; compare ratios within one run only. GFLOP/s
+Timings are medians of interleaved rounds (ours, torch, ours, torch, ...); at each switch a pause
+lets the other library's spinning threads go quiet and one untimed call warms up, since the machines
+here are shared and noisy; compare ratios within one run only. GFLOP/s
 counts 3 x 2*B*T*(MACs of all weights per step) (forward, and two GEMMs backward) against this
 machine's float32 matmul peak, measured in the same run through the same BLAS as the kernels.
 """
@@ -57,11 +58,13 @@ def step_flops(cell: Cell, B: int, T: int, I: int, H: int) -> float:
 
 
 def median_interleaved(fns: list[Callable[[], object]], rounds: int, pause: float = 0.25) -> list[float]:
-    """Median seconds of each fn, timed in rounds ABAB... with a pause at each switch."""
+    """Median seconds of each fn, timed in rounds ABAB... At each switch: a pause (so the other
+    library's spinning threads go quiet), then one untimed call (so neither pays for waking up)."""
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(rounds):
         for i, fn in enumerate(fns):
             time.sleep(pause)
+            fn()
             t0 = time.perf_counter()
             fn()
             times[i].append(time.perf_counter() - t0)
