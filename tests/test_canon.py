@@ -175,3 +175,15 @@ def test_state_names_are_not_structure():
     # but which state is returned is structure
     two = "state(a, b)\na = tanh(linear(x, a, b))\nb = sigmoid(linear(x, a, b))\nreturn {}\n"
     assert parse(two.format("a")).hash != parse(two.format("b")).hash
+
+
+def test_updates_that_are_leaves_print_and_round_trip():
+    texts = [
+        "state(a, b)\na_old = a\na = tanh(linear(x, a, b))\nb = a_old\nreturn a\n",  # a delay line
+        "state(h, m)\nh = tanh(linear(x, h, m))\nm = x\nreturn h\n",  # a state that takes the input
+        "state(c, h)\nc = tanh(linear(x, h, c))\nh = c\nreturn h\n",  # two states, one update
+    ]
+    for text in texts:
+        cell = parse(text)
+        assert parse(cell.text) == cell, cell.text
+    assert parse(texts[1]).x_elementwise  # m holds x, so I must equal H

@@ -104,12 +104,12 @@ class Cell:
 
     @cached_property
     def x_elementwise(self) -> bool:
-        """True when ``x`` feeds anything but a ``linear``: then the input size must equal H."""
+        """True when ``x`` feeds anything but a ``linear`` (or becomes a state): then I must equal H."""
         for node in self.nodes:
             if node.op is not Op.LINEAR:
                 if any(self.nodes[a].op is Op.INPUT for a in node.args):
                     return True
-        return False
+        return any(self.nodes[u].op is Op.INPUT for u in self.updates)
 
     def update_of(self, state: str) -> int:
         return self.updates[self.states.index(state)]

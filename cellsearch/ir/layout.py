@@ -186,7 +186,11 @@ def _order(
         item_of[k] = len(items)
         items.append(it)
     for s, u in zip(cell.states, cell.updates, strict=True):
-        if names[u] != s:  # a copy line: `s = name`
+        if u not in names:  # the update is a leaf: `b = a` (a's previous value) or `m = x`
+            it = _Item(s, None, writes=s, priority=u + 0.5)
+            it.rhs = _render(cell, u, names, aliases, it)
+            items.append(it)
+        elif names[u] != s:  # a copy line: `s = name`
             items.append(_Item(s, None, names[u], {u}, writes=s, priority=u + 0.5))
     writer = {it.writes: i for i, it in enumerate(items) if it.writes}
     before: list[set[int]] = [{item_of[d] for d in it.deps} for it in items]

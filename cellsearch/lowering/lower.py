@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from ..errors import IRError
-from ..ir.cell import Cell
+from ..ir.cell import Cell, Node
 from ..ir.ops import Op
 from ..ir.params import param_names
 from .plan import ELEMENTWISE, Code, Instr, Plan, Stage, XBlock
@@ -40,7 +40,7 @@ def _schedule(
         if node.op is Op.STATE:
             program.append(Instr(Code.STATE, k, aux=cell.states.index(node.attr("name"))))
         elif node.op is Op.INPUT:
-            if any(cell.nodes[u].op is not Op.LINEAR for u in cell.uses[k]):
+            if any(cell.nodes[u].op is not Op.LINEAR for u in cell.uses[k]) or k in cell.updates:
                 program.append(Instr(Code.X, k))
         elif node.op is Op.CONST:
             program.append(Instr(Code.CONST, k, aux=len(consts)))
@@ -97,10 +97,56 @@ def _schedule(
     return tuple(program), tuple(stages), tuple(biases), tuple(peeps), tuple(consts)
 
 
+#: what each op's VJP reads from the tape: its arguments ("args") and/or its own value ("self")
+TAPE_READS: dict[Code, tuple[str, ...]] = {
+    Code.MUL: ("args",),
+    Code.BLEND: ("args",),
+    Code.RELU: ("args",),
+    Code.PEEP: ("args",),
+    Code.SIGMOID: ("self",),
+    Code.TANH: ("self",),
+}
+
+
+def _homes(cell: Cell, program: tuple[Instr, ...]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[bool, ...]]:
+    """Which values the tape keeps; the rest go to scratch slots. A STATE leaf is read in place from
+    its update's tape slot one step back, unless the update is a leaf itself (then it is copied)."""
+    n = len(cell.nodes)
+    updates = set(cell.updates)
+    shared = {u for u in updates if cell.updates.count(u) > 1}  # one slot cannot hold two initial states
+
+    def in_place(k: int, node: Node) -> bool:
+        if node.op is not Op.STATE or k in updates:
+            return False
+        u = cell.update_of(node.attr("name"))
+        return not cell.nodes[u].is_leaf and u not in shared
+
+    aliased = [in_place(k, node) for k, node in enumerate(cell.nodes)]
+    keep = set(updates) | {cell.output}
+    for ins in program:
+        reads = TAPE_READS.get(ins.code, ())
+        if "args" in reads:
+            keep.update(a for a in (ins.a, ins.b, ins.c) if a >= 0)
+        if "self" in reads:
+            keep.add(ins.dst)
+    tape = [-1] * n
+    scratch = [-1] * n
+    nt = ns = 0
+    for k, node in enumerate(cell.nodes):
+        if aliased[k] or (node.op is Op.INPUT and not any(i.code is Code.X and i.dst == k for i in program)):
+            continue
+        if k in keep and node.op is not Op.CONST:
+            tape[k], nt = nt, nt + 1
+        else:
+            scratch[k], ns = ns, ns + 1
+    return tuple(tape), tuple(scratch), tuple(aliased)
+
+
 @lru_cache(maxsize=1024)
 def lower(cell: Cell) -> Plan:
     xblocks = _input_gemm(cell)
     program, stages, biases, peeps, consts = _schedule(cell, xblocks)
+    tape_index, scratch_index, aliased = _homes(cell, program)
     leaves = cell.state_nodes
     return Plan(
         cell_hash=cell.hash,
@@ -116,4 +162,7 @@ def lower(cell: Cell) -> Plan:
         stages=stages,
         program=program,
         x_elementwise=cell.x_elementwise,
+        tape_index=tape_index,
+        scratch_index=scratch_index,
+        aliased=aliased,
     )

@@ -10,7 +10,10 @@ Every node of the cell gets a value slot per time step (slot = node index). The 
   multiplies the already-computed H-vectors that linears read (``[B, ns*H] @ [ns*H, nk*H]``, all
   linears ready at that point fused) and adds into their slots; elementwise ops follow;
 - the **backward** is the same program read in reverse, each op applying its VJP rule; weight
-  gradients of the GEMM stages and the input GEMM are deferred to one GEMM each after the loop.
+  gradients of the GEMM stages and the input GEMM are deferred to one GEMM each after the loop;
+- a **tape layout**: only the values the backward reads (activation outputs, product and blend
+  operands, ReLU and peephole inputs), the states' new values and the output are kept per step;
+  everything else lives in scratch slots reused every step.
 """
 
 from __future__ import annotations
@@ -95,5 +98,19 @@ class Plan:
     stages: tuple[Stage, ...]
     program: tuple[Instr, ...]
     x_elementwise: bool
+    # where each node's value lives: the tape (kept for every step, for the backward pass) or a
+    # scratch slot reused every step; a state's previous value is read from the tape in place
+    # (its update's slot one step back) unless the update is itself a leaf (then it is copied)
+    tape_index: tuple[int, ...]  # node -> index among the taped slots, -1 when not taped
+    scratch_index: tuple[int, ...]  # node -> index among the scratch slots, -1 when not scratch
+    aliased: tuple[bool, ...]  # node -> a STATE leaf read in place from the tape
 
-    VERSION = 1
+    VERSION = 2
+
+    @property
+    def n_taped(self) -> int:
+        return max(self.tape_index, default=-1) + 1
+
+    @property
+    def n_scratch(self) -> int:
+        return max(self.scratch_index, default=-1) + 1

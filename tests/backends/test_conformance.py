@@ -108,3 +108,24 @@ def test_a_stale_tape_is_refused():
     kern.forward(params, x)
     with pytest.raises(ShapeError, match="stale"):
         kern.backward(params, old, None)
+
+
+EDGE_CELLS = {
+    # two states share one update: one tape slot cannot hold both initial states
+    "shared_update": "state(c, h)\nc = tanh(linear(x, h, c))\nh = c\nreturn h\n",
+    # a delay line: b's update is a's previous value (a leaf)
+    "delay_line": "state(a, b)\na_old = a\na = tanh(linear(x, a, b))\nb = a_old\nreturn a\n",
+    # a state that takes the input itself (needs I == H)
+    "input_state": "state(h, m)\nh = tanh(linear(x, h, m))\nm = x\nreturn h\n",
+    # the output is not a state
+    "output_not_state": "state(c)\nc = sigmoid(linear(x, c)) * c + tanh(linear(x))\ny = tanh(c) * x\nreturn y\n",
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(EDGE_CELLS))
+def test_edge_cells(name, backend, dtype):
+    from cellsearch import parse
+
+    assert check(parse(EDGE_CELLS[name], name=name), backend, dtype, seed=3, I=5, H=5)

@@ -2,9 +2,11 @@
 program (int opcodes over a flat value arena), compiled once per dtype and cached on disk.
 
 The time loop, forward and backward, runs inside these functions: no Python per step. A new cell
-costs no compilation, only the Plan's arrays. Values live in ``A[T, NV, B, H]`` (flattened), one slot
-per node; the recurrent GEMMs pack their sources into contiguous buffers kept for the deferred
-weight gradients.
+costs no compilation, only the Plan's arrays. Values live in one flat arena ``A``: the tape
+``[T+1, NT, B, H]`` (step 0 holds the initial states) for the values the backward reads, and scratch
+slots reused every step for the rest; each operand's address is ``const + t * tmul``. A state's
+previous value is read in place, one tape step back. The recurrent GEMMs pack their sources into
+contiguous buffers kept for the deferred weight gradients.
 
 Speed notes (PERF-NOTES.md): offsets are unsigned so that the elementwise loops vectorise (a signed
 flat index adds a wraparound check); ``error_model="numpy"`` keeps divisions vectorisable; with
@@ -51,35 +53,39 @@ def _tanh_rational(v, R):
     return p / q
 
 
+# columns of the ops table: per operand (d, a, b, c) its gradient slot offset in G (g), and its value
+# address in A at step t, const + t * tmul (taped values move with t, scratch values do not)
+C_CODE, C_AUX = 0, 1
+C_DG, C_DC, C_DM, C_AG, C_AC, C_AM, C_BG, C_BC, C_BM, C_CG, C_CC, C_CM = range(2, 14)
+# columns of the stage tables (one row per source or destination): g offset, const, tmul
+S_G, S_C, S_M = 0, 1, 2
+
+
 @njit(cache=True, error_model="numpy")
-def forward_kernel(
-    ops, stage_info, stage_src, stage_dst, T, B, H, NV, A, P, X, S0, update_slot, consts, biases, peeps, W, K, TMP, R, fast
-):
-    u0 = np.uint64(0)
+def forward_kernel(ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, consts, biases, peeps, W, K, TMP, R, fast):
     Hu = np.uint64(H)
     Bu = np.uint64(B)
     BH = Bu * Hu
-    NVu = np.uint64(NV)
     zero = R[12]
     half = R[13]
     one = R[14]
     for t in range(T):
-        base = np.uint64(t) * NVu * BH
+        tu = np.uint64(t)
         for r in range(ops.shape[0]):
-            code = ops[r, 0]
-            d = base + np.uint64(max(ops[r, 1], 0)) * BH
-            a = base + np.uint64(max(ops[r, 2], 0)) * BH
-            b = base + np.uint64(max(ops[r, 3], 0)) * BH
-            c = base + np.uint64(max(ops[r, 4], 0)) * BH
-            aux = ops[r, 5]
+            code = ops[r, C_CODE]
+            aux = ops[r, C_AUX]
+            d = np.uint64(ops[r, C_DC]) + tu * np.uint64(ops[r, C_DM])
+            a = np.uint64(ops[r, C_AC]) + tu * np.uint64(ops[r, C_AM])
+            b = np.uint64(ops[r, C_BC]) + tu * np.uint64(ops[r, C_BM])
+            c = np.uint64(ops[r, C_CC]) + tu * np.uint64(ops[r, C_CM])
             if code == OP_STATE:
-                if t == 0:
-                    for e in range(BH):
-                        A[d + e] = S0[aux, e]
-                else:
-                    src = np.uint64(t - 1) * NVu * BH + np.uint64(update_slot[aux]) * BH
-                    for e in range(BH):
-                        A[d + e] = A[src + e]
+                if ops[r, C_BG] == 1:  # a copied state; the others are read in place from the tape
+                    if t == 0:
+                        for e in range(BH):
+                            A[d + e] = S0[aux, e]
+                    else:
+                        for e in range(BH):
+                            A[d + e] = A[a + e]
             elif code == OP_X:
                 for bb in range(Bu):
                     row = d + bb * Hu
@@ -105,13 +111,13 @@ def forward_kernel(
                 nk = np.uint64(stage_info[aux, 1])
                 woff = np.uint64(stage_info[aux, 2])
                 width = ns * Hu
-                koff = np.uint64(stage_info[aux, 3]) + np.uint64(t) * Bu * width
+                koff = np.uint64(stage_info[aux, 3]) + tu * Bu * width
                 pk = K[koff : koff + Bu * width]
                 for i in range(ns):
-                    s = base + np.uint64(stage_src[aux, i]) * BH
+                    src = np.uint64(stage_src[aux, i, S_C]) + tu * np.uint64(stage_src[aux, i, S_M])
                     for bb in range(Bu):
                         row = bb * width + i * Hu
-                        srow = s + bb * Hu
+                        srow = src + bb * Hu
                         for j in range(Hu):
                             pk[row + j] = A[srow + j]
                 out = TMP[: Bu * nk * Hu].reshape((B, np.int64(nk) * H))
@@ -121,7 +127,7 @@ def forward_kernel(
                     out,
                 )
                 for k in range(nk):
-                    dd = base + np.uint64(stage_dst[aux, k]) * BH
+                    dd = np.uint64(stage_dst[aux, k, S_C]) + tu * np.uint64(stage_dst[aux, k, S_M])
                     for bb in range(Bu):
                         row = dd + bb * Hu
                         for j in range(Hu):
@@ -162,70 +168,47 @@ def forward_kernel(
                     row = bb * Hu
                     for j in range(Hu):
                         A[d + row + j] = peeps[aux, j] * A[a + row + j]
-    return u0
 
 
 @njit(cache=True, error_model="numpy")
 def backward_kernel(
-    ops,
-    stage_info,
-    stage_src,
-    stage_dst,
-    T,
-    B,
-    H,
-    NV,
-    A,
-    state_slot,
-    update_slot,
-    output_slot,
-    dOut,
-    dS,
-    peeps,
-    WT,
-    DZ,
-    TMP,
-    G,
-    dP,
-    dX,
-    dB,
-    dPeep,
-    R,
-):
-    """Reverse walk; on return dS holds the initial states' gradients. dP, dX, dB, dPeep, DZ filled."""
+    ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
+    dPeep, R,
+):  # fmt: skip
+    """Reverse walk; on return dS holds the initial states' gradients. dP, dX, dB, dPeep, DZ filled.
+    G holds one step's gradients, one slot per node."""
     Hu = np.uint64(H)
     Bu = np.uint64(B)
     BH = Bu * Hu
-    NVu = np.uint64(NV)
     nS = dS.shape[0]
     zero = R[12]
     one = R[14]
     carry = dS.copy()
     for t in range(T - 1, -1, -1):
-        base = np.uint64(t) * NVu * BH
+        tu = np.uint64(t)
         G[:] = zero
-        o = np.uint64(output_slot) * BH
+        o = np.uint64(output_g)
         for bb in range(Bu):
             for j in range(Hu):
                 G[o + bb * Hu + j] += dOut[t, bb, j]
         for s in range(nS):
-            u = np.uint64(update_slot[s]) * BH
+            u = np.uint64(update_g[s])
             for e in range(BH):
                 G[u + e] += carry[s, e]
-            if state_slot[s] < 0:
+            if state_g[s] < 0:
                 for e in range(BH):
                     carry[s, e] = zero
         for r in range(ops.shape[0] - 1, -1, -1):
-            code = ops[r, 0]
-            gd = np.uint64(max(ops[r, 1], 0)) * BH
-            ga = np.uint64(max(ops[r, 2], 0)) * BH
-            gb = np.uint64(max(ops[r, 3], 0)) * BH
-            gc = np.uint64(max(ops[r, 4], 0)) * BH
-            d = base + gd
-            a = base + ga
-            b = base + gb
-            c = base + gc
-            aux = ops[r, 5]
+            code = ops[r, C_CODE]
+            aux = ops[r, C_AUX]
+            gd = np.uint64(ops[r, C_DG])
+            ga = np.uint64(ops[r, C_AG])
+            gb = np.uint64(ops[r, C_BG])
+            gc = np.uint64(ops[r, C_CG])
+            d = np.uint64(ops[r, C_DC]) + tu * np.uint64(ops[r, C_DM])
+            a = np.uint64(ops[r, C_AC]) + tu * np.uint64(ops[r, C_AM])
+            b = np.uint64(ops[r, C_BC]) + tu * np.uint64(ops[r, C_BM])
+            c = np.uint64(ops[r, C_CC]) + tu * np.uint64(ops[r, C_CM])
             if code == OP_STATE:
                 for e in range(BH):
                     carry[aux, e] = G[gd + e]
@@ -249,13 +232,13 @@ def backward_kernel(
                 nk = np.uint64(stage_info[aux, 1])
                 woff = np.uint64(stage_info[aux, 2])
                 width = nk * Hu
-                zoff = np.uint64(stage_info[aux, 4]) + np.uint64(t) * Bu * width
+                zoff = np.uint64(stage_info[aux, 4]) + tu * Bu * width
                 dz = DZ[zoff : zoff + Bu * width]
                 for k in range(nk):
-                    s = np.uint64(stage_dst[aux, k]) * BH
+                    src = np.uint64(stage_dst[aux, k, S_G])
                     for bb in range(Bu):
                         row = bb * width + k * Hu
-                        srow = s + bb * Hu
+                        srow = src + bb * Hu
                         for j in range(Hu):
                             dz[row + j] = G[srow + j]
                 dsrc = TMP[: Bu * ns * Hu].reshape((B, np.int64(ns) * H))
@@ -265,9 +248,9 @@ def backward_kernel(
                     dsrc,
                 )
                 for i in range(ns):
-                    s = np.uint64(stage_src[aux, i]) * BH
+                    dst = np.uint64(stage_src[aux, i, S_G])
                     for bb in range(Bu):
-                        row = s + bb * Hu
+                        row = dst + bb * Hu
                         for j in range(Hu):
                             G[row + j] += dsrc[bb, i * Hu + j]
             elif code == OP_ADD:

@@ -19,7 +19,7 @@ import numpy as np
 from ...errors import ShapeError
 from ...ir.cell import Cell
 from ...ir.params import param_specs
-from ...lowering import Plan, lower
+from ...lowering import Code, Plan, lower
 from ..reference import Forward, Gradients, check_params, infer_hidden
 from . import interp
 
@@ -29,7 +29,7 @@ Array = np.ndarray
 @dataclass
 class CpuTape:
     x: Array  # [T, B, I]
-    A: Array  # flat values [T, NV, B, H]
+    A: Array  # the arena: tape [T+1, NT, B, H] then scratch slots
     K: Array  # packed GEMM sources [T, B, ns*H] per stage, flat
     input_size: int
     hidden_size: int
@@ -38,12 +38,16 @@ class CpuTape:
 
 @dataclass
 class _Workspace:
-    """The Plan's arrays and the work buffers for one (T, B, H)."""
+    """The Plan's arrays, with addresses, and the work buffers for one (T, B, H)."""
 
     ops: Array
     stage_info: Array
     stage_src: Array
     stage_dst: Array
+    state_g: Array
+    update_g: Array
+    init_at: list[int]  # where each state's initial value goes in A (-1: copied at t == 0 instead)
+    output_at: tuple[int, int]  # (const, tmul) of the output's value
     A: Array
     K: Array
     DZ: Array
@@ -52,32 +56,68 @@ class _Workspace:
 
 
 def _workspace(plan: Plan, T: int, B: int, H: int, dtype: np.dtype) -> _Workspace:
-    ops = np.array([[i.code, i.dst, i.a, i.b, i.c, i.aux] for i in plan.program], dtype=np.int64).reshape(-1, 6)
+    BH = B * H
+    NT = plan.n_taped
+    scratch0 = (T + 1) * NT * BH
+    tmul = NT * BH
+    leaf_of = {s: k for s, k in zip(plan.states, plan.state_slots, strict=True)}
+    update_of = dict(zip(plan.states, plan.update_slots, strict=True))
+    state_name = {k: s for s, k in leaf_of.items() if k >= 0}
+
+    def at(k: int) -> tuple[int, int, int]:
+        """(gradient offset, const, tmul) of node k; its value at step t is A[const + t * tmul]."""
+        if k < 0:
+            return (0, 0, 0)
+        if plan.aliased[k]:  # the update's slot, one tape step back
+            return (k * BH, plan.tape_index[update_of[state_name[k]]] * BH, tmul)
+        if plan.tape_index[k] >= 0:
+            return (k * BH, (NT + plan.tape_index[k]) * BH, tmul)
+        if plan.scratch_index[k] >= 0:
+            return (k * BH, scratch0 + plan.scratch_index[k] * BH, 0)
+        return (k * BH, 0, 0)
+
+    rows = []
+    for ins in plan.program:
+        d, a, b, c = at(ins.dst), at(ins.a), at(ins.b), at(ins.c)
+        if ins.code == Code.STATE:  # a copied state reads its update's slot one tape step back
+            u = update_of[plan.states[ins.aux]]
+            a = (0, plan.tape_index[u] * BH, tmul)
+            b = (int(not plan.aliased[ins.dst]), 0, 0)
+        rows.append((int(ins.code), ins.aux, *d, *a, *b, *c))
+    ops = np.array(rows, dtype=np.int64).reshape(-1, 14)
     n = max(len(plan.stages), 1)
     info = np.zeros((n, 6), dtype=np.int64)
-    src = np.zeros((n, max([len(s.srcs) for s in plan.stages] + [1])), dtype=np.int64)
-    dst = np.zeros((n, max([len(s.dsts) for s in plan.stages] + [1])), dtype=np.int64)
+    src = np.zeros((n, max([len(s.srcs) for s in plan.stages] + [1]), 3), dtype=np.int64)
+    dst = np.zeros((n, max([len(s.dsts) for s in plan.stages] + [1]), 3), dtype=np.int64)
     w = k = z = tmp = 0
     for g, st in enumerate(plan.stages):
         ns, nk = len(st.srcs), len(st.dsts)
         info[g] = (ns, nk, w, k, z, 0)
-        src[g, :ns] = st.srcs
-        dst[g, :nk] = st.dsts
+        src[g, :ns] = [at(v) for v in st.srcs]
+        dst[g, :nk] = [at(v) for v in st.dsts]
         w += ns * H * nk * H
         k += T * B * ns * H
         z += T * B * nk * H
         tmp = max(tmp, B * ns * H, B * nk * H)
-    NV = plan.n_slots
+    init_at = [
+        plan.tape_index[update_of[s]] * BH if leaf >= 0 and plan.aliased[leaf] else -1
+        for s, leaf in zip(plan.states, plan.state_slots, strict=True)
+    ]
+    _, out_c, out_m = at(plan.output_slot)
     return _Workspace(
         ops,
         info,
         src,
         dst,
-        A=np.empty(T * NV * B * H, dtype=dtype),
+        state_g=np.array([v * BH if v >= 0 else -1 for v in plan.state_slots], dtype=np.int64),
+        update_g=np.array([u * BH for u in plan.update_slots], dtype=np.int64),
+        init_at=init_at,
+        output_at=(out_c, out_m),
+        A=np.empty(scratch0 + plan.n_scratch * BH, dtype=dtype),
         K=np.empty(max(k, 1), dtype=dtype),
         DZ=np.empty(max(z, 1), dtype=dtype),
         TMP=np.empty(max(tmp, 1), dtype=dtype),
-        G=np.empty(NV * B * H, dtype=dtype),
+        G=np.empty(plan.n_slots * BH, dtype=dtype),
     )
 
 
@@ -156,18 +196,27 @@ class CpuKernel:
                     raise ShapeError(f"initial state '{s}' has shape {v.shape}; expected {(B, H)}")
                 S0[i] = v.ravel()
         ws = self._get_workspace(T, B, H)
-        NV = p.n_slots
         consts = np.array((*p.consts, 0.0), dtype=dt)
-        update = np.array(p.update_slots, dtype=np.int64)
+        BH = B * H
+        for i, off in enumerate(ws.init_at):
+            if off >= 0:
+                ws.A[off : off + BH] = S0[i]
         interp.forward_kernel(
-            ws.ops, ws.stage_info, ws.stage_src, ws.stage_dst, T, B, H, NV, ws.A, P, x, S0, update, consts, biases, peeps,
-            W, ws.K, ws.TMP, self._R, self._fast,
+            ws.ops, ws.stage_info, ws.stage_src, ws.stage_dst, T, B, H, ws.A, P, x, S0, consts, biases, peeps, W, ws.K, ws.TMP,
+            self._R, self._fast,
         )  # fmt: skip
         self._generation += 1
-        V = ws.A.reshape(T, NV, B, H)
-        outputs = V[:, p.output_slot].copy()
-        states = {s: V[T - 1, u].copy() for s, u in zip(p.states, p.update_slots, strict=True)}
-        return Forward(outputs, states, CpuTape(x, ws.A, ws.K, I, H, self._generation))  # type: ignore[arg-type]
+        outputs = self._values(ws, p.output_slot, T, B, H)
+        states = {s: self._values(ws, u, T, B, H)[T - 1].copy() for s, u in zip(p.states, p.update_slots, strict=True)}
+        return Forward(outputs.copy(), states, CpuTape(x, ws.A, ws.K, I, H, self._generation))  # type: ignore[arg-type]
+
+    def _values(self, ws: _Workspace, node: int, T: int, B: int, H: int) -> Array:
+        """Node ``node``'s values over time, [T, B, H] (a view; the node must be taped)."""
+        p = self.plan
+        if p.tape_index[node] < 0:
+            raise ShapeError(f"node {node} is not on the tape")  # lowering tapes updates and the output
+        V = ws.A[: (T + 1) * p.n_taped * B * H].reshape(T + 1, p.n_taped, B, H)
+        return V[1:, p.tape_index[node]]
 
     def backward(
         self,
@@ -188,7 +237,6 @@ class CpuKernel:
         H = tape.hidden_size
         Wx, _, biases, peeps, _, WT = self._weights(params, I, H)
         ws = self._get_workspace(T, B, H)
-        NV = p.n_slots
         dOut = np.zeros((T, B, H), dtype=dt) if d_out is None else np.ascontiguousarray(d_out, dtype=dt)
         dS = np.zeros((len(p.states), B * H), dtype=dt)
         if d_state_T is not None:
@@ -199,11 +247,9 @@ class CpuKernel:
         dX = np.zeros((T, B, I), dtype=dt)
         dB = np.zeros_like(biases)
         dPeep = np.zeros_like(peeps)
-        state_slots = np.array(p.state_slots, dtype=np.int64)
-        update = np.array(p.update_slots, dtype=np.int64)
         interp.backward_kernel(
-            ws.ops, ws.stage_info, ws.stage_src, ws.stage_dst, T, B, H, NV, tape.A, state_slots, update,
-            p.output_slot, dOut, dS, peeps, WT, ws.DZ, ws.TMP, ws.G, dP, dX, dB, dPeep, self._R,
+            ws.ops, ws.stage_info, ws.stage_src, ws.stage_dst, T, B, H, tape.A, ws.state_g, ws.update_g,
+            p.output_slot * B * H, dOut, dS, peeps, WT, ws.DZ, ws.TMP, ws.G, dP, dX, dB, dPeep, self._R,
         )  # fmt: skip
         grads: dict[str, Array] = {}
 
