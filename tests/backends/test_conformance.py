@@ -23,7 +23,7 @@ def compare(name, got, want, tol):
         raise AssertionError(f"{name}: {len(np.argwhere(err > tol))} mismatches (scaled tol {tol:g}); first: {detail}")
 
 
-def check(cell, backend, dtype, seed, T=6, B=3, I=4, H=5):
+def check(cell, backend, dtype, seed, T=6, B=3, I=4, H=5, **options):
     rng = np.random.default_rng(seed)
     if cell.x_elementwise:
         I = H
@@ -35,7 +35,7 @@ def check(cell, backend, dtype, seed, T=6, B=3, I=4, H=5):
     ref = compile(cell, "reference")
     fr = ref.forward(params, x, s0)
     gr = ref.backward(params, fr.tape, d_out, d_state)
-    kern = compile(cell, backend, dtype)
+    kern = compile(cell, backend, dtype, **options)
     p_cast = {k: v.astype(dtype) for k, v in params.items()}
     f = kern.forward(p_cast, x.astype(dtype), {k: v.astype(dtype) for k, v in s0.items()})
     g = kern.backward(p_cast, f.tape, d_out.astype(dtype), {k: v.astype(dtype) for k, v in d_state.items()})
@@ -129,3 +129,10 @@ def test_edge_cells(name, backend, dtype):
     from cellsearch import parse
 
     assert check(parse(EDGE_CELLS[name], name=name), backend, dtype, seed=3, I=5, H=5)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", zoo.names())
+def test_cpu_batch_split_over_threads(name, dtype):
+    """The batch split into ranges that run the time loop on parallel threads gives the same answer."""
+    assert check(zoo.get(name), "cpu", dtype, seed=2, B=5, threads=2)

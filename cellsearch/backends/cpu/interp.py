@@ -18,7 +18,7 @@ No fastmath: NaN and Inf must survive, so that divergence is detected.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 # opcodes: keep in step with cellsearch.lowering.plan.Code (tests/test_tables.py checks)
 OP_STATE, OP_X, OP_CONST, OP_LOADP, OP_BIAS, OP_GEMM, OP_ADD, OP_SUB, OP_MUL, OP_BLEND, OP_SIGMOID, OP_TANH, OP_RELU, OP_PEEP = (
@@ -62,10 +62,15 @@ S_G, S_C, S_M = 0, 1, 2
 
 
 @njit(cache=True, error_model="numpy")
-def forward_kernel(ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, consts, biases, peeps, W, K, TMP, R, fast):
+def _forward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, consts, biases, peeps, W, K, TMP, R, fast, r0, r1):
+    """The whole time loop for batch rows r0..r1 (rows of an RNN never interact)."""
     Hu = np.uint64(H)
     Bu = np.uint64(B)
-    BH = Bu * Hu
+    R0 = np.uint64(r0)
+    R1 = np.uint64(r1)
+    nr = r1 - r0
+    e0 = R0 * Hu
+    e1 = R1 * Hu
     zero = R[12]
     half = R[13]
     one = R[14]
@@ -81,28 +86,28 @@ def forward_kernel(ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, 
             if code == OP_STATE:
                 if ops[r, C_BG] == 1:  # a copied state; the others are read in place from the tape
                     if t == 0:
-                        for e in range(BH):
+                        for e in range(e0, e1):
                             A[d + e] = S0[aux, e]
                     else:
-                        for e in range(BH):
+                        for e in range(e0, e1):
                             A[d + e] = A[a + e]
             elif code == OP_X:
-                for bb in range(Bu):
+                for bb in range(R0, R1):
                     row = d + bb * Hu
                     for j in range(Hu):
                         A[row + j] = X[t, bb, j]
             elif code == OP_CONST:
                 v = consts[aux]
-                for e in range(BH):
+                for e in range(e0, e1):
                     A[d + e] = v
             elif code == OP_LOADP:
                 col = np.uint64(aux) * Hu
-                for bb in range(Bu):
+                for bb in range(R0, R1):
                     row = d + bb * Hu
                     for j in range(Hu):
                         A[row + j] = P[t, bb, col + j]
             elif code == OP_BIAS:
-                for bb in range(Bu):
+                for bb in range(R0, R1):
                     row = d + bb * Hu
                     for j in range(Hu):
                         A[row + j] = biases[aux, j]
@@ -115,88 +120,98 @@ def forward_kernel(ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, 
                 pk = K[koff : koff + Bu * width]
                 for i in range(ns):
                     src = np.uint64(stage_src[aux, i, S_C]) + tu * np.uint64(stage_src[aux, i, S_M])
-                    for bb in range(Bu):
+                    for bb in range(R0, R1):
                         row = bb * width + i * Hu
                         srow = src + bb * Hu
                         for j in range(Hu):
                             pk[row + j] = A[srow + j]
-                out = TMP[: Bu * nk * Hu].reshape((B, np.int64(nk) * H))
+                mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, widest stage]: each range owns its rows
+                out = TMP[R0 * mw : R0 * mw + np.uint64(nr) * nk * Hu].reshape((nr, np.int64(nk) * H))
                 np.dot(
-                    pk.reshape((B, np.int64(width))),
+                    pk[R0 * width : R1 * width].reshape((nr, np.int64(width))),
                     W[woff : woff + width * nk * Hu].reshape((np.int64(width), np.int64(nk) * H)),
                     out,
                 )
                 for k in range(nk):
                     dd = np.uint64(stage_dst[aux, k, S_C]) + tu * np.uint64(stage_dst[aux, k, S_M])
-                    for bb in range(Bu):
+                    for bb in range(R0, R1):
                         row = dd + bb * Hu
                         for j in range(Hu):
-                            A[row + j] += out[bb, k * Hu + j]
+                            A[row + j] += out[bb - R0, k * Hu + j]
             elif code == OP_ADD:
-                for e in range(BH):
+                for e in range(e0, e1):
                     A[d + e] = A[a + e] + A[b + e]
             elif code == OP_SUB:
-                for e in range(BH):
+                for e in range(e0, e1):
                     A[d + e] = A[a + e] - A[b + e]
             elif code == OP_MUL:
-                for e in range(BH):
+                for e in range(e0, e1):
                     A[d + e] = A[a + e] * A[b + e]
             elif code == OP_BLEND:
-                for e in range(BH):
+                for e in range(e0, e1):
                     g = A[c + e]
                     A[d + e] = g * A[a + e] + (one - g) * A[b + e]
             elif code == OP_SIGMOID:
                 if fast:
-                    for e in range(BH):
+                    for e in range(e0, e1):
                         A[d + e] = half * _tanh_rational(half * A[a + e], R) + half
                 else:
-                    for e in range(BH):
+                    for e in range(e0, e1):
                         A[d + e] = half * np.tanh(half * A[a + e]) + half
             elif code == OP_TANH:
                 if fast:
-                    for e in range(BH):
+                    for e in range(e0, e1):
                         A[d + e] = _tanh_rational(A[a + e], R)
                 else:
-                    for e in range(BH):
+                    for e in range(e0, e1):
                         A[d + e] = np.tanh(A[a + e])
             elif code == OP_RELU:
-                for e in range(BH):
+                for e in range(e0, e1):
                     v = A[a + e]
                     A[d + e] = v if v > zero else zero
             elif code == OP_PEEP:
-                for bb in range(Bu):
+                for bb in range(R0, R1):
                     row = bb * Hu
                     for j in range(Hu):
                         A[d + row + j] = peeps[aux, j] * A[a + row + j]
 
 
 @njit(cache=True, error_model="numpy")
-def backward_kernel(
+def _backward_rows(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, R,
+    dPeep, R, r0, r1,
 ):  # fmt: skip
-    """Reverse walk; on return dS holds the initial states' gradients. dP, dX, dB, dPeep, DZ filled.
-    G holds one step's gradients, one slot per node."""
+    """Reverse walk over batch rows r0..r1; on return dS holds the initial states' gradients (those
+    rows); dP, dX, DZ rows filled; dB and dPeep accumulate this range's sums. G holds one step's
+    gradients, one slot per node."""
     Hu = np.uint64(H)
     Bu = np.uint64(B)
     BH = Bu * Hu
+    R0 = np.uint64(r0)
+    R1 = np.uint64(r1)
+    nr = r1 - r0
+    e0 = R0 * Hu
+    e1 = R1 * Hu
     nS = dS.shape[0]
     zero = R[12]
     one = R[14]
     carry = dS.copy()
     for t in range(T - 1, -1, -1):
         tu = np.uint64(t)
-        G[:] = zero
+        for slot in range(G.shape[0] // (B * H)):
+            g0 = np.uint64(slot) * BH
+            for e in range(e0, e1):
+                G[g0 + e] = zero
         o = np.uint64(output_g)
-        for bb in range(Bu):
+        for bb in range(R0, R1):
             for j in range(Hu):
                 G[o + bb * Hu + j] += dOut[t, bb, j]
         for s in range(nS):
             u = np.uint64(update_g[s])
-            for e in range(BH):
+            for e in range(e0, e1):
                 G[u + e] += carry[s, e]
             if state_g[s] < 0:
-                for e in range(BH):
+                for e in range(e0, e1):
                     carry[s, e] = zero
         for r in range(ops.shape[0] - 1, -1, -1):
             code = ops[r, C_CODE]
@@ -210,21 +225,21 @@ def backward_kernel(
             b = np.uint64(ops[r, C_BC]) + tu * np.uint64(ops[r, C_BM])
             c = np.uint64(ops[r, C_CC]) + tu * np.uint64(ops[r, C_CM])
             if code == OP_STATE:
-                for e in range(BH):
+                for e in range(e0, e1):
                     carry[aux, e] = G[gd + e]
             elif code == OP_X:
-                for bb in range(Bu):
+                for bb in range(R0, R1):
                     for j in range(Hu):
                         dX[t, bb, j] += G[gd + bb * Hu + j]
             elif code == OP_CONST:
                 pass
             elif code == OP_LOADP:
                 col = np.uint64(aux) * Hu
-                for bb in range(Bu):
+                for bb in range(R0, R1):
                     for j in range(Hu):
                         dP[t, bb, col + j] = G[gd + bb * Hu + j]
             elif code == OP_BIAS:
-                for bb in range(Bu):
+                for bb in range(R0, R1):
                     for j in range(Hu):
                         dB[aux, j] += G[gd + bb * Hu + j]
             elif code == OP_GEMM:
@@ -236,67 +251,106 @@ def backward_kernel(
                 dz = DZ[zoff : zoff + Bu * width]
                 for k in range(nk):
                     src = np.uint64(stage_dst[aux, k, S_G])
-                    for bb in range(Bu):
+                    for bb in range(R0, R1):
                         row = bb * width + k * Hu
                         srow = src + bb * Hu
                         for j in range(Hu):
                             dz[row + j] = G[srow + j]
-                dsrc = TMP[: Bu * ns * Hu].reshape((B, np.int64(ns) * H))
+                mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, widest stage]: each range owns its rows
+                dsrc = TMP[R0 * mw : R0 * mw + np.uint64(nr) * ns * Hu].reshape((nr, np.int64(ns) * H))
                 np.dot(
-                    dz.reshape((B, np.int64(width))),
+                    dz[R0 * width : R1 * width].reshape((nr, np.int64(width))),
                     WT[woff : woff + ns * Hu * width].reshape((np.int64(width), np.int64(ns) * H)),
                     dsrc,
                 )
                 for i in range(ns):
                     dst = np.uint64(stage_src[aux, i, S_G])
-                    for bb in range(Bu):
+                    for bb in range(R0, R1):
                         row = dst + bb * Hu
                         for j in range(Hu):
-                            G[row + j] += dsrc[bb, i * Hu + j]
+                            G[row + j] += dsrc[bb - R0, i * Hu + j]
             elif code == OP_ADD:
-                for e in range(BH):
+                for e in range(e0, e1):
                     g = G[gd + e]
                     G[ga + e] += g
                     G[gb + e] += g
             elif code == OP_SUB:
-                for e in range(BH):
+                for e in range(e0, e1):
                     g = G[gd + e]
                     G[ga + e] += g
                     G[gb + e] -= g
             elif code == OP_MUL:
-                for e in range(BH):
+                for e in range(e0, e1):
                     g = G[gd + e]
                     G[ga + e] += g * A[b + e]
                     G[gb + e] += g * A[a + e]
             elif code == OP_BLEND:
-                for e in range(BH):
+                for e in range(e0, e1):
                     g = G[gd + e]
                     w = A[c + e]
                     G[ga + e] += g * w
                     G[gb + e] += g * (one - w)
                     G[gc + e] += g * (A[a + e] - A[b + e])
             elif code == OP_SIGMOID:
-                for e in range(BH):
+                for e in range(e0, e1):
                     y = A[d + e]
                     G[ga + e] += G[gd + e] * y * (one - y)
             elif code == OP_TANH:
-                for e in range(BH):
+                for e in range(e0, e1):
                     y = A[d + e]
                     G[ga + e] += G[gd + e] * (one - y * y)
             elif code == OP_RELU:
-                for e in range(BH):
+                for e in range(e0, e1):
                     if A[a + e] > zero:
                         G[ga + e] += G[gd + e]
             elif code == OP_PEEP:
-                for bb in range(Bu):
+                for bb in range(R0, R1):
                     row = bb * Hu
                     for j in range(Hu):
                         g = G[gd + row + j]
                         G[ga + row + j] += g * peeps[aux, j]
                         dPeep[aux, j] += g * A[a + row + j]
     for s in range(nS):
-        for e in range(BH):
+        for e in range(e0, e1):
             dS[s, e] = carry[s, e]
+
+
+@njit(cache=True, error_model="numpy")
+def forward_kernel(ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, consts, biases, peeps, W, K, TMP, R, fast):
+    """The forward pass over the whole batch, on this thread."""
+    _forward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, consts, biases, peeps, W, K, TMP, R, fast, 0, B)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def forward_kernel_split(
+    ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, consts, biases, peeps, W, K, TMP, R, fast, chunks
+):  # fmt: skip
+    """The forward pass, the batch split into ``chunks`` ranges run on parallel threads (BLAS must be
+    at 1 thread then); each thread runs the whole time loop for its rows, with no synchronisation."""
+    for c in prange(chunks):
+        _forward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, consts, biases, peeps, W, K, TMP, R, fast,
+                      c * B // chunks, (c + 1) * B // chunks)  # fmt: skip
+
+
+@njit(cache=True, error_model="numpy")
+def backward_kernel(
+    ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
+    dPeep, R,
+):  # fmt: skip
+    """The backward pass over the whole batch, on this thread."""
+    _backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP,
+                   G, dP, dX, dB, dPeep, R, 0, B)  # fmt: skip
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def backward_kernel_split(
+    ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
+    dPeep, R, chunks,
+):  # fmt: skip
+    """The backward pass, split like ``forward_kernel_split``; dB and dPeep have a leading chunk axis."""
+    for c in prange(chunks):
+        _backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ,
+                       TMP, G, dP, dX, dB[c], dPeep[c], R, c * B // chunks, (c + 1) * B // chunks)  # fmt: skip
 
 
 # The GEMMs around the time loop also go through Numba's np.dot, so that one BLAS library (and one

@@ -11,8 +11,10 @@ on an older tape raises.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -121,11 +123,57 @@ def _workspace(plan: Plan, T: int, B: int, H: int, dtype: np.dtype) -> _Workspac
     )
 
 
+class _Blas:
+    """The BLAS library behind Numba's ``np.dot`` (SciPy's OpenBLAS): its thread count is set to 1
+    while the batch is split over threads, so that the two pools never compete for the cores."""
+
+    def __init__(self) -> None:
+        self._lib: Any = None
+        self._found = False
+
+    def lib(self) -> Any:
+        if not self._found:
+            self._found = True
+            try:
+                from threadpoolctl import ThreadpoolController
+
+                a = np.ones((2, 2))
+                interp.gemm(a, a, np.empty((2, 2)))  # load the library first
+                libs = [
+                    c for c in ThreadpoolController().lib_controllers if c.internal_api == "openblas" and "scipy" in c.filepath
+                ]
+                self._lib = libs[0] if libs else None
+            except ImportError:
+                self._lib = None
+        return self._lib
+
+    @contextmanager
+    def single(self, active: bool) -> Iterator[None]:
+        lib = self.lib() if active else None
+        if lib is None:
+            yield
+            return
+        before = lib.get_num_threads()
+        lib.set_num_threads(1)
+        try:
+            yield
+        finally:
+            lib.set_num_threads(before)
+
+
+BLAS = _Blas()
+
+
 class CpuKernel:
+    """A cell on the CPU. ``threads``: how many threads split the batch, each running the whole time
+    loop for its rows with BLAS at 1 thread. Default 1 (the loop on this thread, BLAS threaded):
+    on the 2-vCPU machines here the split measured 1.15-1.5x slower (benchmarks/README.md)."""
+
     backend = "cpu"
 
-    def __init__(self, cell: Cell, dtype: type | np.dtype = np.float32) -> None:
+    def __init__(self, cell: Cell, dtype: type | np.dtype = np.float32, threads: int | None = None) -> None:
         self.cell = cell
+        self.threads = threads
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ShapeError(f"the cpu backend runs float32 or float64, not {self.dtype}")
@@ -135,6 +183,9 @@ class CpuKernel:
         self._fast = self.dtype == np.float32
         self._ws: dict[tuple[int, int, int], _Workspace] = {}
         self._generation = 0
+
+    def _chunks(self, B: int) -> int:
+        return max(1, min(self.threads or 1, B))
 
     def _get_workspace(self, T: int, B: int, H: int) -> _Workspace:
         key = (T, B, H)
@@ -201,10 +252,14 @@ class CpuKernel:
         for i, off in enumerate(ws.init_at):
             if off >= 0:
                 ws.A[off : off + BH] = S0[i]
-        interp.forward_kernel(
-            ws.ops, ws.stage_info, ws.stage_src, ws.stage_dst, T, B, H, ws.A, P, x, S0, consts, biases, peeps, W, ws.K, ws.TMP,
-            self._R, self._fast,
-        )  # fmt: skip
+        chunks = self._chunks(B)
+        args = (ws.ops, ws.stage_info, ws.stage_src, ws.stage_dst, T, B, H, ws.A, P, x, S0, consts, biases, peeps, W, ws.K,
+                ws.TMP, self._R, self._fast)  # fmt: skip
+        if chunks == 1:
+            interp.forward_kernel(*args)
+        else:
+            with BLAS.single(True):
+                interp.forward_kernel_split(*args, chunks)
         self._generation += 1
         outputs = self._values(ws, p.output_slot, T, B, H)
         states = {s: self._values(ws, u, T, B, H)[T - 1].copy() for s, u in zip(p.states, p.update_slots, strict=True)}
@@ -245,12 +300,18 @@ class CpuKernel:
                     dS[i] = np.asarray(d_state_T[s], dtype=dt).ravel()
         dP = np.empty((T, B, len(p.xblocks) * H), dtype=dt)
         dX = np.zeros((T, B, I), dtype=dt)
-        dB = np.zeros_like(biases)
-        dPeep = np.zeros_like(peeps)
-        interp.backward_kernel(
-            ws.ops, ws.stage_info, ws.stage_src, ws.stage_dst, T, B, H, tape.A, ws.state_g, ws.update_g,
-            p.output_slot * B * H, dOut, dS, peeps, WT, ws.DZ, ws.TMP, ws.G, dP, dX, dB, dPeep, self._R,
-        )  # fmt: skip
+        chunks = self._chunks(B)
+        dBc = np.zeros((chunks, *biases.shape), dtype=dt)
+        dPeepc = np.zeros((chunks, *peeps.shape), dtype=dt)
+        bargs = (ws.ops, ws.stage_info, ws.stage_src, ws.stage_dst, T, B, H, tape.A, ws.state_g, ws.update_g,
+                 p.output_slot * B * H, dOut, dS, peeps, WT, ws.DZ, ws.TMP, ws.G, dP, dX)  # fmt: skip
+        if chunks == 1:
+            interp.backward_kernel(*bargs, dBc[0], dPeepc[0], self._R)
+        else:
+            with BLAS.single(True):
+                interp.backward_kernel_split(*bargs, dBc, dPeepc, self._R, chunks)
+        dB = dBc.sum(axis=0)
+        dPeep = dPeepc.sum(axis=0)
         grads: dict[str, Array] = {}
 
         def add(name: str, value: Array) -> None:
