@@ -154,6 +154,85 @@ def show(cell_ref: str, input_size: int | None, hidden_size: int, fmt: str) -> N
     click.echo(f"# parameter count: {info['parameter_count']:,}")
 
 
+def _pairs(values: tuple[str, ...], what: str) -> dict[str, Any]:
+    """``k=v`` strings to a dict; numbers and true/false converted."""
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what} must be key=value (got '{item}')")
+        value: Any = raw
+        low = raw.lower()
+        if low in ("true", "false"):
+            value = low == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(raw)
+                    break
+                except ValueError:
+                    continue
+        out[key] = value
+    return out
+
+
+@cli.command("eval")
+@click.argument("cell_ref", metavar="CELL")
+@click.option("--task", "task_name", required=True, help="Task name (see the README for the list).")
+@click.option("--task-opt", "task_opts", multiple=True, metavar="K=V", help="A task option, e.g. length=100 (repeatable).")
+@click.option("--hp", "hps", multiple=True, metavar="K=V", help="A hyperparameter, e.g. lr=0.01 (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@FORMAT
+def eval_cmd(cell_ref: str, task_name: str, task_opts: tuple[str, ...], hps: tuple[str, ...], seed: int, fmt: str) -> None:
+    """Train CELL on a task and print validation/test metrics beside the task's baseline.
+
+    Hyperparameters: lr hidden batch steps optimizer(adam|sgd) momentum clip input_noise init_scale
+    embed eval_every eval_size patience time_budget backend(cpu|reference) dtype(float32|float64).
+
+    \b
+    Example:
+      cellsearch eval lstm --task adding --task-opt length=100 --hp steps=3000 --hp lr=0.01
+      cellsearch eval my.cell --task copy --task-opt length=50 --seed 1 --format json
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ..tasks import TASKS
+    from ..train import evaluate, make_hp
+    from ..train.loop import check_config
+
+    cell = load_cell(cell_ref)
+    if task_name not in TASKS:
+        raise ConfigError(f"unknown task '{task_name}' (known: {', '.join(TASKS)})")
+    hp = make_hp(**_pairs(hps, "--hp"))
+    options = _pairs(task_opts, "--task-opt")
+    check_config(cell, task_name, options, hp)  # bad input fails here, before any progress bar
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+               TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=_stderr_console(), transient=True) as bar:
+        tid = bar.add_task(f"{cell.name} on {task_name}", total=hp.steps, loss="-")
+
+        def tick(step: int, total: int, loss: float) -> None:
+            if step % 10 == 0 or step == total:
+                bar.update(tid, completed=step, loss=f"{loss:.4g}")
+
+        result = evaluate(cell, task_name, options, hp, seed, progress=tick)
+    if fmt == "json":
+        click.echo(json.dumps({k: v for k, v in result.items() if k != "traceback"}, indent=2))
+        return
+    better = "higher" if result["higher_is_better"] else "lower"
+
+    def show_num(v: Any) -> str:
+        return "-" if v is None else f"{v:.4g}"
+
+    click.echo(f"{cell.name} on {task_name} {result['task_options']}: {result['status']}"
+               + (f" ({result['reason']})" if result["reason"] else ""))  # fmt: skip
+    click.echo(f"  {result['metric']} ({better} is better): valid {show_num(result['valid'])}, "
+               f"test {show_num(result['test'])}, baseline {show_num(result['baseline'])}")  # fmt: skip
+    click.echo(f"  loss: valid {show_num(result['valid_loss'])}, test {show_num(result['test_loss'])}, "
+               f"baseline {show_num(result['baseline_loss'])}")  # fmt: skip
+    click.echo(f"  {result['steps']} steps in {result['seconds']:.1f} s, seed {seed}")
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks, timed against PyTorch in the same process.

@@ -1,0 +1,137 @@
+"""The model around a cell: input encoder -> the cell over time -> a linear head.
+
+- Symbol inputs (``[T, B]`` ids) go through an embedding ``in.E [V, E]``; vector inputs
+  (``[T, B, I]``) feed the cell directly, or through a projection ``in.W [I, H]``, ``in.b`` when the
+  cell uses ``x`` elementwise (then its input size must equal H).
+- The cell runs on any backend; its parameters are ``cell.<name>`` (see ``cellsearch show``).
+- The head ``out.W [H, K]``, ``out.b [K]`` maps every step's output to the task's K outputs
+  (logits or values); the task's mask decides which steps count.
+
+Parameters are one flat dict of arrays by name; ``loss_and_grads`` returns the loss and a gradient
+for each of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .backends import compile
+from .ir.cell import Cell
+from .ir.params import init_params
+from .tasks.base import Batch, Task
+
+Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    input_kind: str  # "symbols" | "vector"
+    input_size: int  # vocabulary size or vector width
+    cell_input: int  # the width the cell sees
+    hidden: int
+    output_size: int
+    project: bool  # vector input projected to H (the cell uses x elementwise)
+
+
+class Model:
+    def __init__(
+        self,
+        cell: Cell,
+        task: Task,
+        hidden: int,
+        embed: int | None = None,
+        backend: str = "cpu",
+        dtype: type | np.dtype = np.float32,
+    ) -> None:
+        self.cell = cell
+        self.dtype = np.dtype(dtype)
+        if task.input_kind == "symbols":
+            width = hidden if cell.x_elementwise else (embed or hidden)
+            shape = ModelShape("symbols", task.input_size, width, hidden, task.output_size, False)
+        else:
+            project = cell.x_elementwise and task.input_size != hidden
+            width = hidden if project else task.input_size
+            shape = ModelShape("vector", task.input_size, width, hidden, task.output_size, project)
+        self.shape = shape
+        self.kernel: Any = compile(cell, backend, self.dtype)
+
+    def init(self, rng: np.random.Generator, scale: float = 1.0) -> dict[str, Array]:
+        """Fresh parameters from ``rng``: the cell's (U(±scale/sqrt(H)) unless hinted), then the
+        encoder's and the head's (U(±1/sqrt(fan_in)))."""
+        s = self.shape
+        params = {f"cell.{k}": v for k, v in init_params(self.cell, s.cell_input, s.hidden, rng, self.dtype, scale).items()}
+
+        def uniform(shape: tuple[int, ...], fan_in: int) -> Array:
+            b = 1.0 / np.sqrt(fan_in)
+            return rng.uniform(-b, b, size=shape).astype(self.dtype)
+
+        if s.input_kind == "symbols":
+            params["in.E"] = rng.normal(0.0, 1.0, size=(s.input_size, s.cell_input)).astype(self.dtype)
+        elif s.project:
+            params["in.W"] = uniform((s.input_size, s.hidden), s.input_size)
+            params["in.b"] = np.zeros(s.hidden, dtype=self.dtype)
+        params["out.W"] = uniform((s.hidden, s.output_size), s.hidden)
+        params["out.b"] = np.zeros(s.output_size, dtype=self.dtype)
+        return params
+
+    def _cell_params(self, params: dict[str, Array]) -> dict[str, Array]:
+        return {k[5:]: v for k, v in params.items() if k.startswith("cell.")}
+
+    def encode(self, params: dict[str, Array], x: Array) -> Array:
+        s = self.shape
+        if s.input_kind == "symbols":
+            return params["in.E"][x]
+        x = np.asarray(x, dtype=self.dtype)
+        if s.project:
+            return x @ params["in.W"] + params["in.b"]
+        return x
+
+    def predict(self, params: dict[str, Array], x: Array) -> Array:
+        """Outputs ``[T, B, K]`` for a batch's inputs."""
+        h = self.kernel.forward(self._cell_params(params), self.encode(params, x)).outputs
+        return h @ params["out.W"] + params["out.b"]
+
+    def loss_and_grads(
+        self,
+        params: dict[str, Array],
+        batch: Batch,
+        task: Task,
+        noise: float = 0.0,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[float, dict[str, Array]]:
+        """The task's loss on ``batch`` and its gradient for every parameter. ``noise`` adds
+        Gaussian noise of that std to the cell's inputs (Greff's input noise), drawn from ``rng``."""
+        s = self.shape
+        xin = self.encode(params, batch.x)
+        if noise > 0.0:
+            assert rng is not None
+            xin = xin + rng.normal(0.0, noise, size=xin.shape).astype(self.dtype)
+        cell_params = self._cell_params(params)
+        fwd = self.kernel.forward(cell_params, xin)
+        h = fwd.outputs
+        pred = h @ params["out.W"] + params["out.b"]
+        loss, dpred = task.loss_and_grad(pred, batch)
+        dpred = np.asarray(dpred, dtype=self.dtype)
+        T, B, K = dpred.shape
+        d2 = dpred.reshape(T * B, K)
+        grads = {
+            "out.W": h.reshape(T * B, s.hidden).T @ d2,
+            "out.b": d2.sum(axis=0),
+        }
+        dh = dpred @ params["out.W"].T
+        need_x = s.input_kind == "symbols" or s.project
+        g = self.kernel.backward(cell_params, fwd.tape, dh, grad_x=need_x)
+        grads.update({f"cell.{k}": v for k, v in g.params.items()})
+        if s.input_kind == "symbols":
+            dE = np.zeros_like(params["in.E"])
+            np.add.at(dE, np.asarray(batch.x).reshape(-1), g.x.reshape(T * B, -1))
+            grads["in.E"] = dE
+        elif s.project:
+            x2 = np.asarray(batch.x, dtype=self.dtype).reshape(T * B, -1)
+            gx = g.x.reshape(T * B, -1)
+            grads["in.W"] = x2.T @ gx
+            grads["in.b"] = gx.sum(axis=0)
+        return float(loss), grads

@@ -1,0 +1,138 @@
+"""Training: it learns, it is deterministic, and failures come back as data, never as exceptions."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cellsearch import ConfigError, zoo
+from cellsearch.cli import cli
+from cellsearch.model import Model
+from cellsearch.train import Adam, NesterovSGD, clip_by_global_norm, evaluate, make_hp
+
+QUICK = {"steps": 300, "hidden": 16, "lr": 0.02, "eval_every": 100, "eval_size": 64}
+
+
+def test_lstm_learns_delayed_recall():
+    r = evaluate(zoo.get("lstm"), "delayed_recall", {"lag": 5, "steps": 20}, make_hp(**QUICK), seed=0)
+    assert r["status"] == "ok", r["reason"]
+    assert r["baseline"] == pytest.approx(1 / 8)
+    assert r["valid"] > 0.5 and r["test"] > 0.5  # chance is 0.125
+
+
+def test_same_seed_same_numbers():
+    hp = make_hp(**{**QUICK, "steps": 60, "eval_every": 20})
+    a = evaluate(zoo.get("gru"), "parity", {"length": 8}, hp, seed=3)
+    b = evaluate(zoo.get("gru"), "parity", {"length": 8}, hp, seed=3)
+    c = evaluate(zoo.get("gru"), "parity", {"length": 8}, hp, seed=4)
+    assert a["history"] == b["history"] and a["test"] == b["test"]
+    assert a["history"] != c["history"]
+
+
+def test_divergence_is_data(monkeypatch):
+    calls = {"n": 0}
+    real = Model.loss_and_grads
+
+    def poisoned(self, *args, **kwargs):
+        calls["n"] += 1
+        loss, grads = real(self, *args, **kwargs)
+        return (float("nan") if calls["n"] == 7 else loss), grads
+
+    monkeypatch.setattr(Model, "loss_and_grads", poisoned)
+    r = evaluate(zoo.get("rnn"), "adding", {"length": 10}, make_hp(**QUICK), seed=0)
+    assert r["status"] == "diverged"
+    assert "step 7" in r["reason"]
+
+
+def test_exploding_training_diverges():
+    hp = make_hp(steps=200, hidden=16, lr=10.0, optimizer="sgd", momentum=0.9, clip=0, init_scale=5.0, eval_every=50)
+    r = evaluate(zoo.get("noaf"), "adding", {"length": 20}, hp, seed=0)
+    assert r["status"] == "diverged", r
+
+
+def test_a_crash_is_data(monkeypatch):
+    def boom(self, *args, **kwargs):
+        raise RuntimeError("worker fell over")
+
+    monkeypatch.setattr(Model, "loss_and_grads", boom)
+    r = evaluate(zoo.get("lstm"), "copy", {"length": 5}, make_hp(**QUICK), seed=0)
+    assert r["status"] == "failed" and "worker fell over" in r["reason"]
+
+
+def test_time_budget():
+    r = evaluate(zoo.get("lstm"), "copy", {"length": 20}, make_hp(**{**QUICK, "steps": 100000, "time_budget": 0.5}), seed=0)
+    assert r["status"] == "timeout"
+    assert 0 < r["steps"] < 100000 and r["valid"] is not None
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"lr": -1}, "'lr' must be in"),
+        ({"optimizer": "rmsprop"}, "'optimizer' must be one of"),
+        ({"lrr": 1}, "unknown hyperparameter 'lrr'"),
+        ({"hidden": 2.5}, "'hidden' must be an integer"),
+    ],
+)
+def test_bad_hyperparameters(values, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        make_hp(**values)
+
+
+def test_optimisers_and_clipping():
+    p = {"w": np.array([1.0, -2.0])}
+    for opt in (Adam(0.1), NesterovSGD(0.1, 0.9)):
+        q = {"w": p["w"].copy()}
+        for _ in range(200):
+            opt.step(q, {"w": 2 * q["w"]})  # minimise |w|^2
+        assert np.abs(q["w"]).max() < 0.05
+    g = {"a": np.array([3.0, 4.0])}
+    assert clip_by_global_norm(g, 1.0) == pytest.approx(5.0)
+    assert np.linalg.norm(g["a"]) == pytest.approx(1.0)
+
+
+def test_eval_cli_json_contract():
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "gru",
+            "--task",
+            "parity",
+            "--task-opt",
+            "length=6",
+            "--hp",
+            "steps=20",
+            "--hp",
+            "eval_every=10",
+            "--seed",
+            "1",
+            "--format",
+            "json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output[result.output.index("{") :])
+    for key in ("status", "metric", "valid", "test", "baseline", "steps", "seconds"):
+        assert key in info
+    assert info["status"] == "ok" and info["metric"] == "accuracy" and info["steps"] == 20
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--task", "nope"], "unknown task 'nope'"),
+        (["--task", "copy", "--task-opt", "length=0"], "option 'length'"),
+        (["--task", "copy", "--task-opt", "oops"], "key=value"),
+        (["--task", "copy", "--hp", "batch=0"], "'batch'"),
+    ],
+)
+def test_eval_bad_input_exits_2(args, fragment, capsys):
+    from cellsearch.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "lstm", *args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1
