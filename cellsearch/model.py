@@ -57,6 +57,23 @@ class Model:
             shape = ModelShape("vector", task.input_size, width, hidden, task.output_size, project)
         self.shape = shape
         self.kernel: Any = compile(cell, backend, self.dtype)
+        self._gemm: Any = None
+        if backend == "cpu":  # one BLAS for the whole step: NumPy's own beside Numba's fights it for the cores
+            from .backends.cpu.interp import gemm
+
+            self._gemm = gemm
+
+    def _mm(self, a: Array, b: Array) -> Array:
+        """a @ b for 2-D arrays, through the kernel's BLAS on the cpu backend."""
+        if self._gemm is None:
+            return a @ b
+        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+        self._gemm(a, b, out)
+        return out
+
+    def _head(self, params: dict[str, Array], h: Array) -> Array:
+        T, B, H = h.shape
+        return (self._mm(h.reshape(T * B, H), params["out.W"]) + params["out.b"]).reshape(T, B, -1)
 
     def init(self, rng: np.random.Generator, scale: float = 1.0) -> dict[str, Array]:
         """Fresh parameters from ``rng``: the cell's (U(±scale/sqrt(H)) unless hinted), then the
@@ -86,13 +103,14 @@ class Model:
             return params["in.E"][x]
         x = np.asarray(x, dtype=self.dtype)
         if s.project:
-            return x @ params["in.W"] + params["in.b"]
+            T, B, I = x.shape
+            return (self._mm(x.reshape(T * B, I), params["in.W"]) + params["in.b"]).reshape(T, B, -1)
         return x
 
     def predict(self, params: dict[str, Array], x: Array) -> Array:
         """Outputs ``[T, B, K]`` for a batch's inputs."""
         h = self.kernel.forward(self._cell_params(params), self.encode(params, x)).outputs
-        return h @ params["out.W"] + params["out.b"]
+        return self._head(params, h)
 
     def loss_and_grads(
         self,
@@ -112,16 +130,16 @@ class Model:
         cell_params = self._cell_params(params)
         fwd = self.kernel.forward(cell_params, xin)
         h = fwd.outputs
-        pred = h @ params["out.W"] + params["out.b"]
+        pred = self._head(params, h)
         loss, dpred = task.loss_and_grad(pred, batch)
         dpred = np.asarray(dpred, dtype=self.dtype)
         T, B, K = dpred.shape
         d2 = dpred.reshape(T * B, K)
         grads = {
-            "out.W": h.reshape(T * B, s.hidden).T @ d2,
+            "out.W": self._mm(h.reshape(T * B, s.hidden).T, d2),
             "out.b": d2.sum(axis=0),
         }
-        dh = dpred @ params["out.W"].T
+        dh = self._mm(d2, params["out.W"].T).reshape(T, B, s.hidden)
         need_x = s.input_kind == "symbols" or s.project
         g = self.kernel.backward(cell_params, fwd.tape, dh, grad_x=need_x)
         grads.update({f"cell.{k}": v for k, v in g.params.items()})
@@ -132,6 +150,6 @@ class Model:
         elif s.project:
             x2 = np.asarray(batch.x, dtype=self.dtype).reshape(T * B, -1)
             gx = g.x.reshape(T * B, -1)
-            grads["in.W"] = x2.T @ gx
+            grads["in.W"] = self._mm(x2.T, gx)
             grads["in.b"] = gx.sum(axis=0)
         return float(loss), grads
