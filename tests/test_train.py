@@ -15,7 +15,7 @@ QUICK = {"steps": 300, "hidden": 16, "lr": 0.02, "eval_every": 100, "eval_size":
 
 
 def test_lstm_learns_delayed_recall():
-    r = evaluate(zoo.get("lstm"), "delayed_recall", {"lag": 5, "steps": 20}, make_hp(**QUICK), seed=0)
+    r = evaluate(zoo.get("lstm"), "delayed_recall", {"lag": 5}, make_hp(**QUICK), seed=0)
     assert r["status"] == "ok", r["reason"]
     assert r["baseline"] == pytest.approx(1 / 8)
     assert r["valid"] > 0.5 and r["test"] > 0.5  # chance is 0.125

@@ -13,11 +13,14 @@ from .adding import AddingTask
 from .arithmetic import ArithmeticTask
 from .associative_recall import AssociativeRecallTask
 from .base import Batch, Option, Task
+from .chorales import ChoralesTask
 from .copy import CopyTask
 from .delayed_recall import DelayedRecallTask
+from .digits import DigitsTask
 from .losses import binary_cross_entropy, cross_entropy, mean_squared_error
 from .parity import ParityTask
 from .temporal_order import TemporalOrderTask
+from .text import TextTask
 from .xml import XMLTask
 
 __all__ = [
@@ -50,6 +53,9 @@ TASKS: dict[str, type[Task]] = {
         ParityTask,
         ArithmeticTask,
         XMLTask,
+        DigitsTask,
+        ChoralesTask,
+        TextTask,
     )
 }
 

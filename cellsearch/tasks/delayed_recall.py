@@ -1,12 +1,17 @@
-"""Delayed recall (a project task, STUDIES.md §4): output the symbol seen ``lag`` steps ago.
+"""Delayed recall (a project task, STUDIES.md §4): a symbol seen at step 0 must be output ``lag``
+steps later — the vanishing-gradient test in its plainest form.
 
-The input is a stream of ``lag + steps`` symbols drawn uniformly and independently from
-``{0, …, symbols−1}``. The target at step ``t`` is the input at step ``t − lag``; it counts only for
-``t ≥ lag`` (``mask`` 0 on the first ``lag`` steps, whose targets are 0), so every sequence has
-exactly ``steps`` counted steps. Loss: CE; metric: accuracy.
+Ids: 0 is the blank, ``1..symbols`` the symbols, ``symbols + 1`` the cue. A sequence has ``lag + 1``
+steps::
 
-Chance: the recalled symbol is independent of everything the model could know without memory, so
-accuracy ``1/symbols`` and loss ``ln(symbols)``.
+    x = [s, 0 × (lag − 1), cue]        (with ``cue=False`` the last step is a blank too)
+    y[lag] = s − 1                      (classes 0..symbols−1; only that step counts)
+
+so the model must carry one symbol across ``lag`` steps of blanks. With the cue it only has to hold
+the symbol; without it, it must also count. Loss: CE at the recall step; metric: accuracy.
+
+Chance: the symbol is uniform and independent of everything a memoryless model sees, so accuracy
+``1/symbols`` and loss ``ln(symbols)``.
 """
 
 from __future__ import annotations
@@ -26,18 +31,18 @@ class DelayedRecallTask(Task):
     higher_is_better = True
     INPUT_KIND = "symbols"
     OPTIONS: ClassVar[dict[str, Option]] = {
-        "lag": Option(int, 50, 1, 1000, doc="L: steps between seeing a symbol and recalling it"),
+        "lag": Option(int, 50, 1, 1000, doc="L: steps between seeing the symbol and recalling it"),
         "symbols": Option(int, 8, 2, 1000, doc="K: alphabet size"),
-        "steps": Option(int, 50, 1, 10000, doc="counted recall steps per sequence (length = lag + steps)"),
+        "cue": Option(bool, True, doc="mark the recall step with a cue symbol"),
     }
 
     lag: int
     symbols: int
-    steps: int
+    cue: bool
 
     @property
     def input_size(self) -> int:
-        return self.symbols
+        return self.symbols + 2
 
     @property
     def output_size(self) -> int:
@@ -45,11 +50,15 @@ class DelayedRecallTask(Task):
 
     def _sample(self, rng: np.random.Generator, batch_size: int) -> Batch:
         L = self.lag
-        x = rng.integers(0, self.symbols, size=(L + self.steps, batch_size), dtype=np.int64)
+        s = rng.integers(1, self.symbols + 1, size=batch_size, dtype=np.int64)
+        x = np.zeros((L + 1, batch_size), dtype=np.int64)
+        x[0] = s
+        if self.cue:
+            x[L] = self.symbols + 1
         y = np.zeros_like(x)
-        y[L:] = x[:-L]
+        y[L] = s - 1
         mask = np.zeros(x.shape, dtype=np.float32)
-        mask[L:] = 1.0
+        mask[L] = 1.0
         return Batch(x, y, mask)
 
     def baseline(self) -> dict[str, float]:

@@ -124,7 +124,10 @@ def _score(model: Model, params: dict[str, np.ndarray], task: Task, batches: lis
         for k, v in task.score(model.predict(params, b.x), b).items():
             totals[k] = totals.get(k, 0.0) + w * float(v)
         weight += w
-    return {k: v / weight for k, v in totals.items()}
+    out = {k: v / weight for k, v in totals.items()}
+    if "perplexity" in out:  # exp of the mean loss, not the mean of per-batch perplexities
+        out["perplexity"] = math.exp(out["loss"])
+    return out
 
 
 def check_config(cell: Cell, task: str, task_options: dict[str, Any] | None, hp: HP) -> None:

@@ -13,7 +13,7 @@ SMALL = {
     "copy": {"length": 12, "symbols": 5, "n": 4},
     "adding": {"length": 20},
     "temporal_order": {},
-    "delayed_recall": {"lag": 5, "steps": 10},
+    "delayed_recall": {"lag": 5},
     "associative_recall": {},
     "parity": {"length": 10},
     "arithmetic": {},
@@ -181,9 +181,9 @@ def test_metric_ignores_uncounted_steps(name, rng):
 
 
 def test_one_wrong_step_costs_its_share(rng):
-    task, batch = draw("delayed_recall", batch_size=4, lag=3, steps=5)
+    task, batch = draw("parity", batch_size=4, length=5, running=True)
     pred = perfect(task, batch)
-    pred[4, 2] = np.roll(pred[4, 2], 1)
+    pred[4, 2] = -pred[4, 2]
     assert task.score(pred, batch)["accuracy"] == pytest.approx(1 - 1 / 20)
 
 
@@ -206,4 +206,4 @@ def test_score_checks_the_prediction_shape():
 
 
 def test_every_task_is_scored_here():
-    assert set(SMALL) == set(TASKS)
+    assert set(SMALL) == set(TASKS) - {"digits", "chorales", "text"}  # those have test_task_data_*.py
