@@ -68,6 +68,27 @@ def check_params(specs: list[ParamSpec], params: Mapping[str, Array]) -> None:
             raise ShapeError(f"parameter '{s.name}' has shape {got}; expected {s.shape}")
 
 
+def initial_states(
+    states: tuple[str, ...], state0: Mapping[str, Array] | None, B: int, H: int, dtype: np.dtype
+) -> dict[str, Array]:
+    """Each state's initial value, ``[B, H]``: as given, else zeros. ``ShapeError`` for a wrong shape
+    or a state the cell does not have."""
+    given = dict(state0 or {})
+    unknown = sorted(set(given) - set(states))
+    if unknown:
+        raise ShapeError(f"unknown states: {unknown} (the cell has {list(states)})")
+    out = {}
+    for s in states:
+        if s in given:
+            v = np.asarray(given[s], dtype=dtype)
+            if v.shape != (B, H):
+                raise ShapeError(f"initial state '{s}' has shape {v.shape}; expected {(B, H)}")
+            out[s] = v
+        else:
+            out[s] = np.zeros((B, H), dtype=dtype)
+    return out
+
+
 class ReferenceKernel:
     """``forward(params, x, state0)`` and ``backward(params, tape, d_out, d_state_T)`` for one cell."""
 
@@ -101,7 +122,7 @@ class ReferenceKernel:
         specs = param_specs(cell, I, H)
         check_params(specs, params)
         nparams = self._node_params(params, specs)
-        state = self._initial_state(state0, B, H)
+        state = initial_states(cell.states, state0, B, H, self.dtype)
         state0_copy = {s: v.copy() for s, v in state.items()}
         outputs = np.empty((T, B, H), dtype=self.dtype)
         tape: list[list[Array | float]] = []
@@ -121,22 +142,6 @@ class ReferenceKernel:
             state = {s: np.asarray(vals[u]) for s, u in zip(cell.states, cell.updates, strict=True)}
             tape.append(vals)
         return Forward(outputs, state, Tape(x, state0_copy, tape, I, H))
-
-    def _initial_state(self, state0: Mapping[str, Array] | None, B: int, H: int) -> dict[str, Array]:
-        out = {}
-        for s in self.cell.states:
-            if state0 is not None and s in state0:
-                v = np.asarray(state0[s], dtype=self.dtype)
-                if v.shape != (B, H):
-                    raise ShapeError(f"initial state '{s}' has shape {v.shape}; expected {(B, H)}")
-                out[s] = v
-            else:
-                out[s] = np.zeros((B, H), dtype=self.dtype)
-        if state0 is not None and set(state0) - set(self.cell.states):
-            raise ShapeError(
-                f"unknown states: {sorted(set(state0) - set(self.cell.states))} (the cell has {list(self.cell.states)})"
-            )
-        return out
 
     def backward(
         self,

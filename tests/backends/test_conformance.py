@@ -136,3 +136,17 @@ def test_edge_cells(name, backend, dtype):
 def test_cpu_batch_split_over_threads(name, dtype):
     """The batch split into ranges that run the time loop on parallel threads gives the same answer."""
     assert check(zoo.get(name), "cpu", dtype, seed=2, B=5, threads=2)
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_bad_initial_states_are_refused(backend):
+    from cellsearch import ShapeError
+
+    cell = zoo.get("lstm")
+    params = init_params(cell, 3, 4, np.random.default_rng(0))
+    kern = compile(cell, backend)
+    x = np.ones((2, 5, 3))
+    with pytest.raises(ShapeError, match="unknown states"):
+        kern.forward(params, x, {"m": np.zeros((5, 4))})
+    with pytest.raises(ShapeError, match="initial state 'c' has shape"):
+        kern.forward(params, x, {"c": np.zeros((4, 4))})

@@ -22,7 +22,7 @@ from ...errors import ShapeError
 from ...ir.cell import Cell
 from ...ir.params import param_specs
 from ...lowering import Code, Plan, lower
-from ..reference import Forward, Gradients, check_params, infer_hidden
+from ..reference import Forward, Gradients, check_params, infer_hidden, initial_states
 from . import interp
 
 Array = np.ndarray
@@ -239,13 +239,8 @@ class CpuKernel:
         if p.xblocks:
             interp.gemm(x.reshape(T * B, I), Wx, P2)
             P2 += bx
-        S0 = np.zeros((len(p.states), B * H), dtype=dt)
-        for i, s in enumerate(p.states):
-            if state0 is not None and s in state0:
-                v = np.asarray(state0[s], dtype=dt)
-                if v.shape != (B, H):
-                    raise ShapeError(f"initial state '{s}' has shape {v.shape}; expected {(B, H)}")
-                S0[i] = v.ravel()
+        given = initial_states(p.states, state0, B, H, dt)
+        S0 = np.stack([given[s].ravel() for s in p.states])
         ws = self._get_workspace(T, B, H)
         consts = np.array((*p.consts, 0.0), dtype=dt)
         BH = B * H
