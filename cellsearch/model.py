@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .backends import compile
+from .errors import ConfigError
 from .ir.cell import Cell
 from .ir.params import init_params
 from .tasks.base import Batch, Task
@@ -49,6 +50,11 @@ class Model:
         self.cell = cell
         self.dtype = np.dtype(dtype)
         if task.input_kind == "symbols":
+            if cell.x_elementwise and embed not in (None, hidden):
+                raise ConfigError(
+                    f"cell '{cell.name}' uses x elementwise, so its input must be H wide: "
+                    f"embed must equal hidden (got embed={embed}, hidden={hidden})"
+                )
             width = hidden if cell.x_elementwise else (embed or hidden)
             shape = ModelShape("symbols", task.input_size, width, hidden, task.output_size, False)
         else:

@@ -136,3 +136,12 @@ def test_eval_bad_input_exits_2(args, fragment, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1
+
+
+def test_an_impossible_x_use_is_a_config_error():
+    from cellsearch.train.loop import check_config
+
+    with pytest.raises(ConfigError, match="embed must equal hidden"):
+        check_config(zoo.get("mut1"), "copy", {}, make_hp(hidden=16, embed=8))
+    check_config(zoo.get("mut1"), "copy", {}, make_hp(hidden=16))  # the embedding is then H wide
+    check_config(zoo.get("mut1"), "adding", {}, make_hp(hidden=16))  # vectors are projected to H
