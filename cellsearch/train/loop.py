@@ -151,7 +151,7 @@ def evaluate(
     model = Model(cell, train_task, hp.hidden, hp.embed or None, hp.backend, np.dtype(hp.dtype))  # ShapeError escapes too
     metric = train_task.metric
     higher = train_task.higher_is_better
-    baseline = train_task.baseline()
+    baseline = test_task.baseline()  # the chance level of the split the test metric is measured on
     result: dict[str, Any] = {
         "status": "ok",
         "reason": "",
