@@ -8,7 +8,9 @@ slots reused every step for the rest; each operand's address is ``const + t * tm
 previous value is read in place, one tape step back. The recurrent GEMMs pack their sources into
 contiguous buffers kept for the deferred weight gradients.
 
-Speed notes (PERF-NOTES.md): offsets are unsigned so that the elementwise loops vectorise (a signed
+Speed notes (PERF-NOTES.md): vanishing gradients underflow into denormal numbers, on which the
+CPU is ~100x slower (a tanh RNN at lag 200 spent 10-20 ms per GEMM on them), so the gradients that
+feed GEMMs are flushed to zero below the smallest normal number; offsets are unsigned so that the elementwise loops vectorise (a signed
 flat index adds a wraparound check); ``error_model="numpy"`` keeps divisions vectorisable; with
 ``fast`` set (float32) tanh and sigmoid use a rational approximation (max error ~3e-7) instead of
 libm; constants come typed from the caller's dtype so float32 code never promotes to float64.
@@ -194,6 +196,7 @@ def _backward_rows(
     e1 = R1 * Hu
     nS = dS.shape[0]
     zero = R[12]
+    tiny = R[15]  # the dtype's smallest normal number
     one = R[14]
     carry = dS.copy()
     for t in range(T - 1, -1, -1):
@@ -237,7 +240,8 @@ def _backward_rows(
                 col = np.uint64(aux) * Hu
                 for bb in range(R0, R1):
                     for j in range(Hu):
-                        dP[t, bb, col + j] = G[gd + bb * Hu + j]
+                        v = G[gd + bb * Hu + j]
+                        dP[t, bb, col + j] = zero if abs(v) < tiny else v  # flush denormals (NaN stays)
             elif code == OP_BIAS:
                 for bb in range(R0, R1):
                     for j in range(Hu):
@@ -255,7 +259,8 @@ def _backward_rows(
                         row = bb * width + k * Hu
                         srow = src + bb * Hu
                         for j in range(Hu):
-                            dz[row + j] = G[srow + j]
+                            v = G[srow + j]
+                            dz[row + j] = zero if abs(v) < tiny else v  # flush denormals (NaN stays)
                 mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, widest stage]: each range owns its rows
                 dsrc = TMP[R0 * mw : R0 * mw + np.uint64(nr) * ns * Hu].reshape((nr, np.int64(ns) * H))
                 np.dot(

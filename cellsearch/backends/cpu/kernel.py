@@ -178,8 +178,9 @@ class CpuKernel:
         if self.dtype not in (np.float32, np.float64):
             raise ShapeError(f"the cpu backend runs float32 or float64, not {self.dtype}")
         self.plan = lower(cell)
-        # rational-tanh coefficients, then 0, 1/2, 1: every constant the kernels use, in our dtype
-        self._R = np.array((*interp.RATIONAL_TANH, 0.0, 0.5, 1.0), dtype=self.dtype)
+        # rational-tanh coefficients, then 0, 1/2, 1, the smallest normal: every constant the kernels use
+        tiny = float(np.finfo(self.dtype).tiny)
+        self._R = np.array((*interp.RATIONAL_TANH, 0.0, 0.5, 1.0, tiny), dtype=self.dtype)
         self._fast = self.dtype == np.float32
         self._ws: dict[tuple[int, int, int], _Workspace] = {}
         self._generation = 0
