@@ -11,10 +11,10 @@ contiguous buffers kept for the deferred weight gradients.
 Speed notes (PERF-NOTES.md): vanishing gradients underflow into denormal numbers, on which the
 CPU is ~100x slower (a tanh RNN at lag 200 spent 10-20 ms per GEMM on them), so the gradients that
 feed GEMMs are flushed to zero below the smallest normal number; offsets are unsigned so that the
-elementwise loops vectorise (a signed flat index adds a wraparound check); ``error_model="numpy"`` keeps divisions vectorisable; with
-``fast`` set (float32) tanh and sigmoid use a rational approximation (max error ~3e-7) instead of
-libm; constants come typed from the caller's dtype so float32 code never promotes to float64.
-No fastmath: NaN and Inf must survive, so that divergence is detected.
+elementwise loops vectorise (a signed flat index adds a wraparound check); ``error_model="numpy"``
+keeps divisions vectorisable; with ``fast`` set (float32) tanh and sigmoid use a rational
+approximation (max error ~3e-7) instead of libm; constants come typed from the caller's dtype so
+float32 code never promotes to float64. No fastmath: NaN and Inf must survive, so that divergence is detected.
 """
 
 from __future__ import annotations
