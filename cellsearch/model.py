@@ -64,10 +64,12 @@ class Model:
         self.shape = shape
         self.kernel: Any = compile(cell, backend, self.dtype)
         self._gemm: Any = None
+        self._scatter: Any = None
         if backend == "cpu":  # one BLAS for the whole step: NumPy's own beside Numba's fights it for the cores
-            from .backends.cpu.interp import gemm
+            from .backends.cpu.interp import gemm, scatter_add_rows
 
             self._gemm = gemm
+            self._scatter = scatter_add_rows
 
     def _mm(self, a: Array, b: Array) -> Array:
         """a @ b for 2-D arrays, through the kernel's BLAS on the cpu backend."""
@@ -151,7 +153,12 @@ class Model:
         grads.update({f"cell.{k}": v for k, v in g.params.items()})
         if s.input_kind == "symbols":
             dE = np.zeros_like(params["in.E"])
-            np.add.at(dE, np.asarray(batch.x).reshape(-1), g.x.reshape(T * B, -1))
+            ids = np.ascontiguousarray(batch.x, dtype=np.int64).reshape(-1)
+            rows = np.ascontiguousarray(g.x.reshape(T * B, -1), dtype=dE.dtype)
+            if self._scatter is not None:
+                self._scatter(dE, ids, rows)
+            else:
+                np.add.at(dE, ids, rows)
             grads["in.E"] = dE
         elif s.project:
             x2 = np.asarray(batch.x, dtype=self.dtype).reshape(T * B, -1)

@@ -372,3 +372,11 @@ def column_sums(a, out):
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
             out[j] += a[i, j]
+
+
+@njit(cache=True, error_model="numpy")
+def scatter_add_rows(out, index, rows):  # out[index[i]] += rows[i]: an embedding's gradient
+    for i in range(index.shape[0]):
+        k = index[i]
+        for j in range(rows.shape[1]):
+            out[k, j] += rows[i, j]
