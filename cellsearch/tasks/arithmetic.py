@@ -33,20 +33,15 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import Batch, Option, Task, pad_sequences, sequence_accuracy
+from .base import Alphabet, Batch, Option, Task, pad_sequences, sequence_accuracy
 
 VOCAB = string.digits + "+-=." + string.ascii_lowercase
-INDEX = {c: i for i, c in enumerate(VOCAB)}
+ALPHABET = Alphabet(VOCAB)
+INDEX = ALPHABET.index
+encode = ALPHABET.encode
+decode = ALPHABET.decode
 END = INDEX["."]
 ANSWER_SYMBOLS = string.digits + "-."
-
-
-def encode(text: str) -> list[int]:
-    return [INDEX[c] for c in text]
-
-
-def decode(ids: np.ndarray | list[int]) -> str:
-    return "".join(VOCAB[int(i)] for i in ids)
 
 
 class ArithmeticTask(Task):

@@ -33,10 +33,24 @@ import numpy as np
 from ..errors import ConfigError, ShapeError
 from .losses import binary_cross_entropy, cross_entropy, mean_squared_error
 
-__all__ = ["Batch", "Option", "Task"]
+__all__ = ["Alphabet", "Batch", "Option", "Task"]
 
 OptionValue = int | float | bool | str
 _KIND_WORDS = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}
+
+
+class Alphabet:
+    """Characters <-> symbol ids for the character-level tasks."""
+
+    def __init__(self, symbols: str) -> None:
+        self.symbols = symbols
+        self.index = {c: i for i, c in enumerate(symbols)}
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index[c] for c in text]
+
+    def decode(self, ids: np.ndarray | list[int]) -> str:
+        return "".join(self.symbols[int(i)] for i in ids)
 
 
 @dataclass
