@@ -1,14 +1,17 @@
-"""The model around a cell: input encoder -> the cell over time -> a linear head.
+"""The model around a cell: input encoder -> the cell over time (stacked, optionally
+bidirectional) -> a linear head.
 
 - Symbol inputs (``[T, B]`` ids) go through an embedding ``in.E [V, E]``; vector inputs
-  (``[T, B, I]``) feed the cell directly, or through a projection ``in.W [I, H]``, ``in.b`` when the
-  cell uses ``x`` elementwise (then its input size must equal H).
-- The cell runs on any backend; its parameters are ``cell.<name>`` (see ``cellsearch show``).
-- The head ``out.W [H, K]``, ``out.b [K]`` maps every step's output to the task's K outputs
+  (``[T, B, I]``) feed the first layer directly, or through a projection ``in.W [I, H]``, ``in.b``
+  when the cell uses ``x`` elementwise (then its input size must equal H).
+- ``layers`` layers of the cell, each reading the layer below; with ``bidirectional`` each layer has
+  a forward and a backward (time-reversed) copy whose outputs are concatenated (width 2H).
+- The head ``out.W [W, K]``, ``out.b [K]`` maps every step's top output to the task's K outputs
   (logits or values); the task's mask decides which steps count.
 
-Parameters are one flat dict of arrays by name; ``loss_and_grads`` returns the loss and a gradient
-for each of them.
+Parameters are one flat dict of arrays by name: the cell's are ``cell.<name>`` for a single
+unidirectional layer, else ``cell.<layer>.<fwd|bwd>.<name>``. ``loss_and_grads`` returns the loss
+and a gradient for each of them.
 """
 
 from __future__ import annotations
@@ -31,10 +34,28 @@ Array = np.ndarray
 class ModelShape:
     input_kind: str  # "symbols" | "vector"
     input_size: int  # vocabulary size or vector width
-    cell_input: int  # the width the cell sees
+    cell_input: int  # the width the first layer sees
     hidden: int
     output_size: int
     project: bool  # vector input projected to H (the cell uses x elementwise)
+    layers: int = 1
+    bidirectional: bool = False
+
+    @property
+    def width(self) -> int:
+        """Width of each layer's output (2H when bidirectional)."""
+        return 2 * self.hidden if self.bidirectional else self.hidden
+
+
+@dataclass
+class _Run:
+    """One cell over time: layer ``layer``, direction ``reverse``, its kernel and parameter prefix."""
+
+    layer: int
+    reverse: bool
+    prefix: str
+    kernel: Any
+    input_width: int
 
 
 class Model:
@@ -46,6 +67,8 @@ class Model:
         embed: int | None = None,
         backend: str = "cpu",
         dtype: type | np.dtype = np.float32,
+        layers: int = 1,
+        bidirectional: bool = False,
     ) -> None:
         self.cell = cell
         self.dtype = np.dtype(dtype)
@@ -56,13 +79,25 @@ class Model:
                     f"embed must equal hidden (got embed={embed}, hidden={hidden})"
                 )
             width = hidden if cell.x_elementwise else (embed or hidden)
-            shape = ModelShape("symbols", task.input_size, width, hidden, task.output_size, False)
+            shape = ModelShape("symbols", task.input_size, width, hidden, task.output_size, False, layers, bidirectional)
         else:
             project = cell.x_elementwise and task.input_size != hidden
             width = hidden if project else task.input_size
-            shape = ModelShape("vector", task.input_size, width, hidden, task.output_size, project)
+            shape = ModelShape("vector", task.input_size, width, hidden, task.output_size, project, layers, bidirectional)
+        if cell.x_elementwise and bidirectional and layers > 1:
+            raise ConfigError(
+                f"cell '{cell.name}' uses x elementwise, so a layer's input must be H wide; stacked bidirectional "
+                f"layers feed it 2H (use layers=1, or no bidirectional, or a cell without elementwise x)"
+            )
         self.shape = shape
-        self.kernel: Any = compile(cell, backend, self.dtype)
+        single = layers == 1 and not bidirectional
+        self.runs: list[_Run] = []
+        for layer in range(layers):
+            for reverse in (False, True) if bidirectional else (False,):
+                prefix = "cell." if single else f"cell.{layer}.{'bwd' if reverse else 'fwd'}."
+                in_width = shape.cell_input if layer == 0 else shape.width
+                self.runs.append(_Run(layer, reverse, prefix, compile(cell, backend, self.dtype), in_width))
+        self.kernel = self.runs[0].kernel
         self._gemm: Any = None
         self._scatter: Any = None
         if backend == "cpu":  # one BLAS for the whole step: NumPy's own beside Numba's fights it for the cores
@@ -80,14 +115,17 @@ class Model:
         return out
 
     def _head(self, params: dict[str, Array], h: Array) -> Array:
-        T, B, H = h.shape
-        return (self._mm(h.reshape(T * B, H), params["out.W"]) + params["out.b"]).reshape(T, B, -1)
+        T, B, W = h.shape
+        return (self._mm(h.reshape(T * B, W), params["out.W"]) + params["out.b"]).reshape(T, B, -1)
 
     def init(self, rng: np.random.Generator, scale: float = 1.0) -> dict[str, Array]:
-        """Fresh parameters from ``rng``: the cell's (U(±scale/sqrt(H)) unless hinted), then the
+        """Fresh parameters from ``rng``: each cell's (U(±scale/sqrt(H)) unless hinted), then the
         encoder's and the head's (U(±1/sqrt(fan_in)))."""
         s = self.shape
-        params = {f"cell.{k}": v for k, v in init_params(self.cell, s.cell_input, s.hidden, rng, self.dtype, scale).items()}
+        params: dict[str, Array] = {}
+        for run in self.runs:
+            for k, v in init_params(self.cell, run.input_width, s.hidden, rng, self.dtype, scale).items():
+                params[run.prefix + k] = v
 
         def uniform(shape: tuple[int, ...], fan_in: int) -> Array:
             b = 1.0 / np.sqrt(fan_in)
@@ -98,12 +136,9 @@ class Model:
         elif s.project:
             params["in.W"] = uniform((s.input_size, s.hidden), s.input_size)
             params["in.b"] = np.zeros(s.hidden, dtype=self.dtype)
-        params["out.W"] = uniform((s.hidden, s.output_size), s.hidden)
+        params["out.W"] = uniform((s.width, s.output_size), s.width)
         params["out.b"] = np.zeros(s.output_size, dtype=self.dtype)
         return params
-
-    def _cell_params(self, params: dict[str, Array]) -> dict[str, Array]:
-        return {k[5:]: v for k, v in params.items() if k.startswith("cell.")}
 
     def encode(self, params: dict[str, Array], x: Array) -> Array:
         s = self.shape
@@ -115,9 +150,29 @@ class Model:
             return (self._mm(x.reshape(T * B, I), params["in.W"]) + params["in.b"]).reshape(T, B, -1)
         return x
 
+    def _forward(self, params: dict[str, Array], xin: Array) -> tuple[Array, list[Any]]:
+        """Top outputs [T, B, W] and each run's forward result, layer by layer."""
+        fwds: list[Any] = []
+        h = xin
+        for layer in range(self.shape.layers):
+            outs = []
+            for run in (r for r in self.runs if r.layer == layer):
+                inp = np.ascontiguousarray(h[::-1]) if run.reverse else h
+                f = run.kernel.forward(self._params_of(params, run), inp)
+                fwds.append(f)
+                outs.append(f.outputs[::-1] if run.reverse else f.outputs)
+            h = np.ascontiguousarray(np.concatenate(outs, axis=2)) if len(outs) > 1 else outs[0]
+        return h, fwds
+
+    def _params_of(self, params: dict[str, Array], run: _Run) -> dict[str, Array]:
+        n = len(run.prefix)
+        if run.prefix == "cell.":
+            return {k[n:]: v for k, v in params.items() if k.startswith("cell.")}
+        return {k[n:]: v for k, v in params.items() if k.startswith(run.prefix)}
+
     def predict(self, params: dict[str, Array], x: Array) -> Array:
         """Outputs ``[T, B, K]`` for a batch's inputs."""
-        h = self.kernel.forward(self._cell_params(params), self.encode(params, x)).outputs
+        h, _ = self._forward(params, self.encode(params, x))
         return self._head(params, h)
 
     def loss_and_grads(
@@ -129,40 +184,58 @@ class Model:
         rng: np.random.Generator | None = None,
     ) -> tuple[float, dict[str, Array]]:
         """The task's loss on ``batch`` and its gradient for every parameter. ``noise`` adds
-        Gaussian noise of that std to the cell's inputs (Greff's input noise), drawn from ``rng``."""
+        Gaussian noise of that std to the first layer's inputs (Greff's input noise), from ``rng``."""
         s = self.shape
         xin = self.encode(params, batch.x)
         if noise > 0.0:
             assert rng is not None
             xin = xin + rng.normal(0.0, noise, size=xin.shape).astype(self.dtype)
-        cell_params = self._cell_params(params)
-        fwd = self.kernel.forward(cell_params, xin)
-        h = fwd.outputs
+        h, fwds = self._forward(params, xin)
         pred = self._head(params, h)
         loss, dpred = task.loss_and_grad(pred, batch)
         dpred = np.asarray(dpred, dtype=self.dtype)
         T, B, K = dpred.shape
         d2 = dpred.reshape(T * B, K)
         grads = {
-            "out.W": self._mm(h.reshape(T * B, s.hidden).T, d2),
+            "out.W": self._mm(h.reshape(T * B, s.width).T, d2),
             "out.b": d2.sum(axis=0),
         }
-        dh = self._mm(d2, params["out.W"].T).reshape(T, B, s.hidden)
+        dh = self._mm(d2, params["out.W"].T).reshape(T, B, s.width)
         need_x = s.input_kind == "symbols" or s.project
-        g = self.kernel.backward(cell_params, fwd.tape, dh, grad_x=need_x)
-        grads.update({f"cell.{k}": v for k, v in g.params.items()})
-        if s.input_kind == "symbols":
+        for layer in range(s.layers - 1, -1, -1):
+            runs = [(i, r) for i, r in enumerate(self.runs) if r.layer == layer]
+            d_in: Array | None = None
+            for j, (i, run) in enumerate(runs):
+                part = dh[:, :, j * s.hidden : (j + 1) * s.hidden] if len(runs) > 1 else dh
+                if run.reverse:
+                    part = part[::-1]
+                want_x = layer > 0 or need_x
+                g = run.kernel.backward(self._params_of(params, run), fwds[i].tape, np.ascontiguousarray(part), grad_x=want_x)
+                grads.update({run.prefix + k: v for k, v in g.params.items()})
+                if want_x:
+                    gx = g.x[::-1] if run.reverse else g.x
+                    d_in = gx if d_in is None else d_in + gx
+            if layer > 0:
+                assert d_in is not None
+                dh = np.ascontiguousarray(d_in)
+            elif need_x:
+                assert d_in is not None
+                self._encoder_grads(params, batch, np.ascontiguousarray(d_in), grads)
+        return float(loss), grads
+
+    def _encoder_grads(self, params: dict[str, Array], batch: Batch, gx: Array, grads: dict[str, Array]) -> None:
+        T, B = gx.shape[:2]
+        if self.shape.input_kind == "symbols":
             dE = np.zeros_like(params["in.E"])
             ids = np.ascontiguousarray(batch.x, dtype=np.int64).reshape(-1)
-            rows = np.ascontiguousarray(g.x.reshape(T * B, -1), dtype=dE.dtype)
+            rows = np.ascontiguousarray(gx.reshape(T * B, -1), dtype=dE.dtype)
             if self._scatter is not None:
                 self._scatter(dE, ids, rows)
             else:
                 np.add.at(dE, ids, rows)
             grads["in.E"] = dE
-        elif s.project:
+        else:
             x2 = np.asarray(batch.x, dtype=self.dtype).reshape(T * B, -1)
-            gx = g.x.reshape(T * B, -1)
-            grads["in.W"] = self._mm(x2.T, gx)
-            grads["in.b"] = gx.sum(axis=0)
-        return float(loss), grads
+            g2 = gx.reshape(T * B, -1)
+            grads["in.W"] = self._mm(x2.T, g2)
+            grads["in.b"] = g2.sum(axis=0)

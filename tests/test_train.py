@@ -145,3 +145,21 @@ def test_an_impossible_x_use_is_a_config_error():
         check_config(zoo.get("mut1"), "copy", {}, make_hp(hidden=16, embed=8))
     check_config(zoo.get("mut1"), "copy", {}, make_hp(hidden=16))  # the embedding is then H wide
     check_config(zoo.get("mut1"), "adding", {}, make_hp(hidden=16))  # vectors are projected to H
+
+
+def test_bidirectional_stacked_training_runs():
+    r = evaluate(
+        zoo.get("gru"),
+        "parity",
+        {"length": 8, "running": True},
+        make_hp(**{**QUICK, "steps": 40, "eval_every": 20, "layers": 2, "bidirectional": "true"}),
+        seed=0,
+    )
+    assert r["status"] == "ok" and r["hp"]["layers"] == 2 and r["hp"]["bidirectional"] is True
+
+
+def test_an_elementwise_x_cell_cannot_stack_bidirectionally():
+    from cellsearch.train.loop import check_config
+
+    with pytest.raises(ConfigError, match="2H"):
+        check_config(zoo.get("mut1"), "copy", {}, make_hp(layers=2, bidirectional=True))

@@ -39,6 +39,8 @@ class HP:
     input_noise: float = 0.0
     init_scale: float = 1.0
     embed: int = 0  # embedding width for symbol inputs; 0 means hidden
+    layers: int = 1
+    bidirectional: bool = False
     eval_every: int = 100
     eval_size: int = 256  # sequences in the validation and test sets
     patience: int = 10  # evaluations without improvement before stopping
@@ -58,6 +60,8 @@ _RANGES: dict[str, tuple[Any, Any] | tuple[str, ...]] = {
     "input_noise": (0.0, 10.0),
     "init_scale": (1e-3, 100.0),
     "embed": (0, 4096),
+    "layers": (1, 16),
+    "bidirectional": (False, True),
     "eval_every": (1, 10_000_000),
     "eval_size": (1, 100_000),
     "patience": (1, 1_000_000),
@@ -76,6 +80,14 @@ def make_hp(**values: Any) -> HP:
             raise ConfigError(f"unknown hyperparameter '{key}' (known: {', '.join(_RANGES)})")
         kind = type(getattr(defaults, key))
         rng = _RANGES[key]
+        if kind is bool:
+            if isinstance(value, bool):
+                out[key] = value
+                continue
+            if str(value).lower() in ("true", "false", "1", "0"):
+                out[key] = str(value).lower() in ("true", "1")
+                continue
+            raise ConfigError(f"hyperparameter '{key}' must be true or false (got {value!r})")
         try:
             if kind is str:
                 v: Any = str(value)
@@ -133,7 +145,11 @@ def _score(model: Model, params: dict[str, np.ndarray], task: Task, batches: lis
 def check_config(cell: Cell, task: str, task_options: dict[str, Any] | None, hp: HP) -> None:
     """Raise ``ConfigError``/``ShapeError`` for a configuration ``evaluate`` cannot run."""
     train_task, _, _ = _split_tasks(task, dict(task_options or {}))
-    Model(cell, train_task, hp.hidden, hp.embed or None, hp.backend, np.dtype(hp.dtype))
+    _model(cell, train_task, hp)
+
+
+def _model(cell: Cell, task: Task, hp: HP) -> Model:
+    return Model(cell, task, hp.hidden, hp.embed or None, hp.backend, np.dtype(hp.dtype), hp.layers, hp.bidirectional)
 
 
 def evaluate(
@@ -148,7 +164,7 @@ def evaluate(
     hp = hp or HP()
     task_options = dict(task_options or {})
     train_task, valid_task, test_task = _split_tasks(task, task_options)  # ConfigError escapes: bad input
-    model = Model(cell, train_task, hp.hidden, hp.embed or None, hp.backend, np.dtype(hp.dtype))  # ShapeError escapes too
+    model = _model(cell, train_task, hp)  # ConfigError/ShapeError escape too: bad input
     metric = train_task.metric
     higher = train_task.higher_is_better
     baseline = test_task.baseline()  # the chance level of the split the test metric is measured on
