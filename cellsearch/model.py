@@ -97,7 +97,6 @@ class Model:
                 prefix = "cell." if single else f"cell.{layer}.{'bwd' if reverse else 'fwd'}."
                 in_width = shape.cell_input if layer == 0 else shape.width
                 self.runs.append(_Run(layer, reverse, prefix, compile(cell, backend, self.dtype), in_width))
-        self.kernel = self.runs[0].kernel
         self._gemm: Any = None
         self._scatter: Any = None
         if backend == "cpu":  # one BLAS for the whole step: NumPy's own beside Numba's fights it for the cores
