@@ -7,6 +7,7 @@ LAG="--task delayed_recall --task-opt lag=200 --hp hidden=64 --hp batch=64 --hp 
 run lstm --task adding --task-opt length=100 --hp hidden=128 --hp batch=50 --hp lr=0.001 --hp steps=6000 --hp eval_every=250 --hp patience=100
 run lstm --task copy --task-opt length=50 --hp hidden=64 --hp batch=32 --hp lr=0.005 --hp steps=12000 --hp eval_every=500 --hp patience=100
 run runs/lstm_fb5.cell $LAG
+run nfg $LAG
 run lstm $LAG
 run rnn $LAG
 run lstm --task chorales --hp hidden=64 --hp batch=16 --hp lr=0.005 --hp steps=1500 --hp eval_every=100 --hp patience=5
