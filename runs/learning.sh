@@ -10,5 +10,6 @@ run runs/lstm_fb5.cell $LAG
 run nfg $LAG
 run lstm $LAG
 run rnn $LAG
+run lstm --task digits --hp steps=200 --hp hidden=32
 run lstm --task chorales --hp hidden=64 --hp batch=16 --hp lr=0.005 --hp steps=1500 --hp eval_every=100 --hp patience=5
 run gru --task chorales --hp hidden=64 --hp batch=16 --hp lr=0.005 --hp steps=1500 --hp eval_every=100 --hp patience=5
