@@ -40,9 +40,6 @@ class ParamNames:
     peep: str | None = None
     printed: tuple[int, ...] = ()  # argument indices in the order the text shows them
 
-    def all(self) -> tuple[str, ...]:
-        return self.weights + tuple(n for n in (self.bias, self.peep) if n)
-
 
 @dataclass
 class _Item:
