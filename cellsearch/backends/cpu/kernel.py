@@ -197,7 +197,9 @@ class CpuKernel:
         return self._ws[key]
 
     # ---- parameters -> the Plan's arrays ----
-    def _weights(self, params: Mapping[str, Array], I: int, H: int) -> tuple[Array, Array, Array, Array, Array, Array]:
+    def _weights(self, params: Mapping[str, Array], I: int, H: int, transposed: bool) -> tuple[Array, Array, Array, Array, Array]:
+        """The Plan's arrays from named parameters: Wx, bx, biases, peeps, and the recurrent stages'
+        weights flattened one after another, each transposed when ``transposed`` (the backward's)."""
         p = self.plan
         dt = self.dtype
 
@@ -212,18 +214,16 @@ class CpuKernel:
             bx[i * H : (i + 1) * H] = get(blk.bias)
         biases = np.stack([get(n) for n in p.biases]) if p.biases else np.zeros((0, H), dtype=dt)
         peeps = np.stack([get(n) for n in p.peeps]) if p.peeps else np.zeros((0, H), dtype=dt)
-        Ws, WTs = [], []
+        Ws = []
         for st in p.stages:
             W = np.zeros((len(st.srcs) * H, len(st.dsts) * H), dtype=dt)
             for k, row in enumerate(st.terms):
                 for i, names in enumerate(row):
                     for name in names:
                         W[i * H : (i + 1) * H, k * H : (k + 1) * H] += get(name)
-            Ws.append(W.ravel())
-            WTs.append(np.ascontiguousarray(W.T).ravel())
-        W = np.concatenate(Ws) if Ws else np.zeros(1, dtype=dt)
-        WT = np.concatenate(WTs) if WTs else np.zeros(1, dtype=dt)
-        return Wx, bx, biases, peeps, W, WT
+            Ws.append((np.ascontiguousarray(W.T) if transposed else W).ravel())
+        stages = np.concatenate(Ws) if Ws else np.zeros(1, dtype=dt)
+        return Wx, bx, biases, peeps, stages
 
     def forward(self, params: Mapping[str, Array], x: Array, state0: Mapping[str, Array] | None = None) -> Forward:
         p = self.plan
@@ -234,7 +234,7 @@ class CpuKernel:
         T, B, I = x.shape
         H = infer_hidden(params, I)
         check_params(param_specs(self.cell, I, H), params)
-        Wx, bx, biases, peeps, W, _ = self._weights(params, I, H)
+        Wx, bx, biases, peeps, W = self._weights(params, I, H, transposed=False)
         P = np.empty((T, B, len(p.xblocks) * H), dtype=dt)
         P2 = P.reshape(T * B, -1)
         if p.xblocks:
@@ -286,7 +286,7 @@ class CpuKernel:
         x = tape.x
         T, B, I = x.shape
         H = tape.hidden_size
-        Wx, _, biases, peeps, _, WT = self._weights(params, I, H)
+        Wx, _, biases, peeps, WT = self._weights(params, I, H, transposed=True)
         ws = self._get_workspace(T, B, H)
         dOut = np.zeros((T, B, H), dtype=dt) if d_out is None else np.ascontiguousarray(d_out, dtype=dt)
         dS = np.zeros((len(p.states), B * H), dtype=dt)
