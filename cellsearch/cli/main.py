@@ -14,7 +14,7 @@ from ..bench.kernels import CONFIGS
 from ..dsl import parse_file
 from ..errors import CellsearchError, ConfigError, DSLError
 from ..ir.cell import Cell
-from ..ir.params import param_specs
+from ..ir.params import param_specs, parameter_count
 
 FORMAT = click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format."
@@ -44,15 +44,8 @@ def cell_summary(cell: Cell, input_size: int, hidden_size: int) -> dict[str, Any
         "hidden": hidden_size,
         "x_elementwise": cell.x_elementwise,
         "parameters": {s.name: list(s.shape) for s in specs},
-        "parameter_count": sum(int(_prod(s.shape)) for s in specs),
+        "parameter_count": parameter_count(cell, input_size, hidden_size),
     }
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    out = 1
-    for d in shape:
-        out *= d
-    return out
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,11 +88,7 @@ def cells(fmt: str, input_size: int | None, hidden_size: int) -> None:
     rows: list[dict[str, Any]] = []
     for name, cell in zoo.CELLS.items():
         I = input_size or hidden_size
-        count = (
-            sum(_prod(s.shape) for s in param_specs(cell, I, hidden_size))
-            if (I == hidden_size or not cell.x_elementwise)
-            else None
-        )
+        count = parameter_count(cell, I, hidden_size) if (I == hidden_size or not cell.x_elementwise) else None
         rows.append(
             {
                 "name": name,
