@@ -1,0 +1,1 @@
+"""The evolutionary search over cells: variation operators, the loop, the results."""
