@@ -187,3 +187,16 @@ def test_updates_that_are_leaves_print_and_round_trip():
         cell = parse(text)
         assert parse(cell.text) == cell, cell.text
     assert parse(texts[1]).x_elementwise  # m holds x, so I must equal H
+
+
+def test_deep_chains_print_as_lines_the_parser_reads_back() -> None:
+    """A 120-deep chain of single-use values would print as one expression nested 240 parentheses
+    deep, which Python's parser (the DSL's) refuses: deep values get lines of their own."""
+    from cellsearch import parse
+
+    lines = ["state(h)", "t0 = tanh(linear(x, h))"]
+    lines += [f"t{k} = tanh(linear(t{k - 1}, h))" for k in range(1, 120)]
+    cell = parse("\n".join([*lines, "h = t119", "return h"]))
+    again = parse(cell.text)
+    assert again == cell and again.hash == cell.hash
+    assert max(line.count("(") for line in cell.text.splitlines()) <= 2 * 8 + 2

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from .. import zoo
 from ..bench.kernels import CONFIGS
-from ..dsl import parse_file
 from ..errors import CellsearchError, ConfigError, DSLError
 from ..ir.cell import Cell
 from ..ir.params import param_specs, parameter_count
@@ -23,14 +21,7 @@ FORMAT = click.option(
 
 def load_cell(ref: str) -> Cell:
     """A cell from a file path or a zoo name."""
-    path = Path(ref)
-    if path.is_file():
-        return parse_file(path)
-    if ref.endswith(".cell") or "/" in ref or "\\" in ref:
-        raise ConfigError(f"no such cell file: {ref}")
-    if ref in zoo.CELLS:
-        return zoo.get(ref)
-    raise ConfigError(f"unknown cell '{ref}': not a file and not a zoo cell (list them with `cellsearch cells`)")
+    return zoo.load(ref)
 
 
 def cell_summary(cell: Cell, input_size: int, hidden_size: int) -> dict[str, Any]:

@@ -68,13 +68,29 @@ class Layout:
         return "\n".join(body) + "\n"
 
 
+#: a value nested deeper than this inside one line gets a line of its own (Python's parser, which
+#: reads the DSL, refuses deeply nested expressions, and people can't read them either)
+MAX_INLINE_DEPTH = 8
+
+
 def _materialised(cell: Cell, anonymous: bool) -> list[int]:
     updates = set(cell.updates)
-    return [
-        k
-        for k, n in enumerate(cell.nodes)
-        if not n.is_leaf and (k in updates or k == cell.output or len(cell.uses[k]) >= 2 or (n.label and not anonymous))
-    ]
+    out: list[int] = []
+    depth = [0] * len(cell.nodes)  # nesting depth of a node's inline expression
+    for k, n in enumerate(cell.nodes):
+        if n.is_leaf:
+            continue
+        depth[k] = 1 + max((depth[a] for a in n.args), default=0)
+        if (
+            k in updates
+            or k == cell.output
+            or len(cell.uses[k]) >= 2
+            or (n.label and not anonymous)
+            or depth[k] > MAX_INLINE_DEPTH
+        ):
+            out.append(k)
+            depth[k] = 0
+    return out
 
 
 def layout(cell: Cell, *, anonymous: bool = False, rng: np.random.Generator | None = None) -> Layout:

@@ -1,0 +1,5 @@
+"""``python -m cellsearch``: the command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,370 @@
+"""``cellsearch run`` and ``cellsearch query``: the search and its results database."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from typing import Any
+
+import click
+
+from ..errors import ConfigError
+from .main import _stderr_console, cli
+
+DB = click.option(
+    "--db", default="cellsearch.db", show_default=True, help="Database URL (SQLAlchemy), or a path to an SQLite file."
+)
+QFORMAT = click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True, help="Output format."
+)
+
+
+# ---- printing DataFrames ----------------------------------------------------------------------
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if hasattr(v, "item") and not isinstance(v, (dict, list, str)):  # numpy scalars
+        return _plain(v.item())
+    return v
+
+
+def _records(df: Any) -> list[dict[str, Any]]:
+    return [{k: _plain(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
+
+
+def _cell_text(v: Any) -> str:
+    v = _plain(v)
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, str) and len(v) >= 32 and all(c in "0123456789abcdef" for c in v):
+        return v[:12]  # hashes: the short form is enough to paste back
+    return str(v)
+
+
+def emit_frame(df: Any, fmt: str, columns: list[str] | None = None, title: str | None = None) -> None:
+    """A DataFrame as a rich table (``columns`` only), CSV or a JSON list of row objects (all columns)."""
+    if fmt == "json":
+        click.echo(json.dumps(_records(df), indent=2, default=str))
+        return
+    if fmt == "csv":
+        out = df.copy()
+        for c in out.columns:
+            if out[c].map(lambda v: isinstance(v, (dict, list))).any():
+                out[c] = out[c].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
+        click.echo(out.to_csv(index=False), nl=False)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = [c for c in (columns or list(df.columns)) if c in df.columns]
+    table = Table(title=title, show_lines=False)
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for row in _records(df):
+        table.add_row(*(_cell_text(row.get(c)) for c in cols))
+    console = Console()
+    if not console.is_terminal:  # piped or captured: don't squeeze the table to 80 columns
+        console = Console(width=max(console.width, 200))
+    console.print(table)
+    if not len(df):
+        click.echo("(no rows)")
+
+
+# ---- run ----------------------------------------------------------------------------------------
+
+
+class _Display:
+    """The live progress line: generation, evaluations done/queued, best score so far, failures."""
+
+    def __init__(self, generations: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "queued {task.fields[queued]} · cached {task.fields[cached]} · best {task.fields[best]} "
+                "· failures {task.fields[failures]}"
+            ),
+            TimeElapsedColumn(),
+            console=_stderr_console(),
+        )
+        self.generations = generations
+        self.best = "-"
+        self.failures = 0
+        self.tid = self.progress.add_task("gen 0", total=None, queued=0, cached=0, best="-", failures=0)
+
+    def __call__(self, event: Any) -> None:
+        g = event.generation
+        if event.kind == "generation":
+            self.progress.update(self.tid, description=f"gen {g}/{self.generations}", completed=0, total=None)
+        elif event.kind == "queued":
+            d = event.data
+            self.progress.update(self.tid, total=d["pending"], completed=0, queued=d["pending"], cached=d["cached"])
+        elif event.kind == "result":
+            if event.data["result"]["status"] in ("failed", "diverged"):
+                self.failures += 1
+            task = self.progress.tasks[0]
+            self.progress.update(
+                self.tid, advance=1, queued=max(0, (task.total or 0) - task.completed - 1), failures=self.failures
+            )
+        elif event.kind == "generation_done":
+            self.best = f"{event.data['record']['max']:.3f}"
+            self.progress.update(self.tid, best=self.best)
+
+
+@cli.command("run")
+@click.argument("config_path", required=False, metavar="[CONFIG]")
+@DB
+@click.option("--name", default=None, help="Name of the new run [default: the config's, else run-DATE-TIME].")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Worker processes [default: cores; 0: this process].")
+@click.option("--generations", type=click.IntRange(min=0), default=None, help="Generations after the seed population.")
+@click.option("--population", type=click.IntRange(min=2), default=None, help="Population size.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of the search's RNG.")
+@click.option("--resume", default=None, metavar="NAME", help="Go on with an interrupted (or finished) run.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def run_cmd(
+    config_path: str | None,
+    db: str,
+    name: str | None,
+    workers: int | None,
+    generations: int | None,
+    population: int | None,
+    seed: int | None,
+    resume: str | None,
+    fmt: str,
+) -> None:
+    """Evolve cells: train each on the run's tasks, keep the best, store everything in --db.
+
+    With no arguments it runs the default search (runs/default.toml: copy + adding, a few minutes on
+    2 cores) into ./cellsearch.db and prints the leaderboard against LSTM and GRU.
+
+    \b
+    Example:
+      cellsearch run
+      cellsearch run runs/default.toml --db results.db --name trial1 --generations 10
+      cellsearch run --db results.db --resume trial1
+    """
+    from ..search.config import RunConfig, load_config, stored_config
+    from ..search.executor import make_executor
+    from ..search.loop import Search
+    from ..store import Store
+
+    if resume is not None:
+        if config_path or name or population is not None or seed is not None:
+            raise ConfigError("--resume goes on with the run's stored config: only --workers and --generations may be given")
+        store = Store(db, create=False)
+        row = store.run_by_name(resume)
+        config = stored_config(row.config).replace(workers=workers, generations=generations)
+        if config.as_dict() != row.config:
+            store.update_run(row.id, config=config.as_dict())
+        run_id, run_name = row.id, row.name
+    else:
+        config = load_config(config_path) if config_path else RunConfig()
+        config = config.replace(workers=workers, generations=generations, population=population, seed=seed, name=name)
+        run_name = config.name or time.strftime("run-%Y%m%d-%H%M%S")
+        config = config.replace(name=run_name)
+        store = Store(db, create=True)  # everything is checked: now the database may be written
+        run_id = store.create_run(run_name, config.as_dict(), config.seed)
+    executor = make_executor(config.workers)
+    display = _Display(config.generations)
+    search = Search(store, run_id, config, executor, display)
+    t0 = time.perf_counter()
+    try:
+        with display.progress:
+            search.run(config.generations)
+    except KeyboardInterrupt:
+        executor.close()
+        n = store.count_evaluations(run_id)
+        click.echo(f"interrupted: run '{run_name}' keeps its {n} committed evaluations; "
+                   f"go on with `cellsearch run --db {db} --resume {run_name}`", err=True)  # fmt: skip
+        sys.exit(130)
+    finally:
+        executor.close()
+    _run_summary(store, run_name, search, time.perf_counter() - t0, db, fmt)
+
+
+def _run_summary(store: Any, run_name: str, search: Any, seconds: float, db: str, fmt: str) -> None:
+    from ..store import runs_frame, top_frame
+
+    top = top_frame(store, run=run_name, limit=10)
+    run_row = runs_frame(store).set_index("run").loc[run_name]
+    evolved = top[top["name"].isna()] if len(top) else top
+    best = _records(evolved.head(1))[0] if len(evolved) else None
+    refs = {r["name"]: r for r in _records(top[top["reference"]])} if len(top) else {}
+    summary = {
+        "run": run_name,
+        "db": db,
+        "status": store.run_by_name(run_name).status,
+        "generations": int(run_row["generations"]),
+        "evaluations": int(run_row["evaluations"]),
+        "trained_now": search.trained,
+        "reused": search.reused,
+        "failures": int(run_row["failures"]),
+        "seconds": round(seconds, 1),
+        "evals_per_hour": _plain(run_row["evals_per_hour"]),
+        "compile_share": _plain(run_row["compile_share"]),
+        "best_evolved": best,
+        "lstm": refs.get("lstm"),
+        "gru": refs.get("gru"),
+        "leaderboard": _records(top),
+    }
+    if fmt == "json":
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    task_cols = [c for c in top.columns if c.endswith("_relative") or c.split("_")[0] in search.config.tasks]
+    emit_frame(
+        top, "table", ["rank", "hash", "name", "score", *task_cols, "params", "generation"], title=f"run {run_name}: leaderboard"
+    )
+    click.echo(
+        f"{summary['evaluations']} evaluations ({search.trained} trained now, {search.reused} found in the store, "
+        f"{summary['failures']} failed or diverged) in {seconds:.0f} s; "
+        f"{summary['evals_per_hour'] or '-'} evaluations/hour; "
+        f"compiling {100 * (summary['compile_share'] or 0):.1f}% of worker time"
+    )
+    for label, rec in (("LSTM", summary["lstm"]), ("GRU", summary["gru"])):
+        if rec:
+            click.echo(f"{label:5s} score {rec['score']:.3f}")
+    if best:
+        click.echo(f"best evolved cell {best['hash'][:12]} (generation {best['generation']}): score {best['score']:.3f}")
+        click.echo("  " + best["text"].strip().replace("\n", "\n  "))
+    else:
+        click.echo("no evolved cell made it into the population")
+
+
+# ---- query --------------------------------------------------------------------------------------
+
+
+@cli.group()
+def query() -> None:
+    """Read a results database: runs, leaderboards, evaluations, one cell, lineage.
+
+    \b
+    Example:
+      cellsearch query runs
+      cellsearch query top --db results.db --task adding --format csv
+      cellsearch query show 3fa2b1c9 --db results.db
+    """
+
+
+@query.command("runs")
+@DB
+@QFORMAT
+def query_runs(db: str, fmt: str) -> None:
+    """Every run: status, progress, evaluations, failures, best score, throughput.
+
+    \b
+    Example:
+      cellsearch query runs --db results.db --format json
+    """
+    from ..store import runs_frame
+
+    cols = ["run", "status", "generations", "of", "tasks", "evaluations", "failures", "timeouts", "best_score",
+            "best_hash", "evals_per_hour", "compile_share", "created"]  # fmt: skip
+    emit_frame(runs_frame(db), fmt, cols)
+
+
+@query.command("top")
+@DB
+@click.option("--run", default=None, help="Run name [default: the latest run].")
+@click.option("--task", default=None, help="Rank by this task's result relative to the GRU.")
+@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True)
+@QFORMAT
+def query_top(db: str, run: str | None, task: str | None, limit: int, fmt: str) -> None:
+    """The best cells of a run by score (min over tasks of result / GRU's), LSTM and GRU included.
+
+    \b
+    Example:
+      cellsearch query top --db results.db --run trial1 --task adding --limit 5
+    """
+    from ..store import top_frame
+
+    df = top_frame(db, run=run, task=task, limit=limit)
+    cols = ["rank", "hash", "name", "score", *[c for c in df.columns if c.endswith("_relative")], "params", "generation"]
+    emit_frame(df, fmt, cols)
+
+
+@query.command("evaluations")
+@DB
+@click.option("--run", default=None)
+@click.option("--cell", default=None, help="Hash (prefix) or zoo name.")
+@click.option("--task", default=None)
+@click.option("--status", type=click.Choice(["ok", "timeout", "diverged", "failed"]), default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@QFORMAT
+def query_evaluations(
+    db: str, run: str | None, cell: str | None, task: str | None, status: str | None, limit: int | None, fmt: str
+) -> None:
+    """Evaluations, filtered; score = validation result relative to the GRU's on the same setting.
+
+    \b
+    Example:
+      cellsearch query evaluations --db results.db --status diverged --format csv
+    """
+    from ..store import evaluations_frame
+
+    df = evaluations_frame(db, run=run, cell=cell, task=task, status=status)
+    if limit is not None:
+        df = df.head(limit)
+    cols = ["id", "run", "generation", "hash", "name", "task", "seed", "status", "metric", "valid", "test", "score",
+            "compile_seconds", "train_seconds", "reason"]  # fmt: skip
+    emit_frame(df, fmt, cols)
+
+
+@query.command("show")
+@click.argument("cell")
+@DB
+@QFORMAT
+def query_show(cell: str, db: str, fmt: str) -> None:
+    """One cell: its text, sizes, every evaluation, and its lineage up to the seed cells.
+
+    \b
+    Example:
+      cellsearch query show 3fa2b1c9 --db results.db
+    """
+    from ..store import cell_detail
+
+    d = cell_detail(db, cell)
+    if fmt == "json":
+        out = dict(d, evaluations=_records(d["evaluations"]), lineage=_records(d["lineage"]))
+        click.echo(json.dumps(out, indent=2, default=str))
+        return
+    if fmt == "csv":
+        emit_frame(d["evaluations"], "csv")
+        return
+    click.echo(f"cell {d['hash']}" + (f" (zoo: {d['name']})" if d["name"] else ""))
+    click.echo("  " + d["text"].strip().replace("\n", "\n  "))
+    for z in d["sizes"]:
+        click.echo(f"  at input {z['input']}, hidden {z['hidden']}: {z['params']} parameters, {z['flops']} FLOPs per step")
+    emit_frame(
+        d["evaluations"],
+        "table",
+        ["run", "task", "seed", "status", "metric", "valid", "test", "score", "train_seconds", "reason"],
+        title="evaluations",
+    )
+    emit_frame(
+        d["lineage"], "table", ["depth", "child", "parent", "parent_name", "operator", "run", "generation"], title="lineage"
+    )
+
+
+@query.command("lineage")
+@click.argument("cell")
+@DB
+@QFORMAT
+def query_lineage(cell: str, db: str, fmt: str) -> None:
+    """A cell's ancestry: each (child, parent, operator) edge up to the seed cells.
+
+    \b
+    Example:
+      cellsearch query lineage 3fa2b1c9 --db results.db --format json
+    """
+    from ..store import lineage_frame
+
+    emit_frame(lineage_frame(db, cell), fmt)
