@@ -115,6 +115,8 @@ class _Display:
             self.progress.update(
                 self.tid, advance=1, queued=max(0, (task.total or 0) - task.completed - 1), failures=self.failures
             )
+        elif event.kind == "confirm":
+            self.progress.update(self.tid, description=f"confirm {event.data['cells']} cells", completed=0, total=None)
         elif event.kind == "generation_done":
             self.best = f"{event.data['record']['max']:.3f}"
             self.progress.update(self.tid, best=self.best)
@@ -221,7 +223,10 @@ def _run_summary(store: Any, run_name: str, search: Any, seconds: float, db: str
         return
     task_cols = [c for c in top.columns if c.endswith("_relative") or c.split("_")[0] in search.config.tasks]
     emit_frame(
-        top, "table", ["rank", "hash", "name", "score", *task_cols, "params", "generation"], title=f"run {run_name}: leaderboard"
+        top,
+        "table",
+        ["rank", "hash", "name", "score", "confirmed", *task_cols, "params", "generation"],
+        title=f"run {run_name}: leaderboard",
     )
     click.echo(
         f"{summary['evaluations']} evaluations ({search.trained} trained now, {search.reused} found in the store, "
@@ -229,11 +234,18 @@ def _run_summary(store: Any, run_name: str, search: Any, seconds: float, db: str
         f"{summary['evals_per_hour'] or '-'} evaluations/hour; "
         f"compiling {100 * (summary['compile_share'] or 0):.1f}% of worker time"
     )
+
+    def confirmed(rec: dict[str, Any]) -> str:
+        c = rec.get("confirmed")
+        return "" if c is None else f", {c:.3f} on held-out training seeds"
+
     for label, rec in (("LSTM", summary["lstm"]), ("GRU", summary["gru"])):
         if rec:
-            click.echo(f"{label:5s} score {rec['score']:.3f}")
+            click.echo(f"{label:5s} score {rec['score']:.3f}{confirmed(rec)}")
     if best:
-        click.echo(f"best evolved cell {best['hash'][:12]} (generation {best['generation']}): score {best['score']:.3f}")
+        click.echo(
+            f"best evolved cell {best['hash'][:12]} (generation {best['generation']}): score {best['score']:.3f}{confirmed(best)}"
+        )
         click.echo("  " + best["text"].strip().replace("\n", "\n  "))
     else:
         click.echo("no evolved cell made it into the population")
@@ -287,7 +299,16 @@ def query_top(db: str, run: str | None, task: str | None, limit: int, fmt: str) 
     from ..store import top_frame
 
     df = top_frame(db, run=run, task=task, limit=limit)
-    cols = ["rank", "hash", "name", "score", *[c for c in df.columns if c.endswith("_relative")], "params", "generation"]
+    cols = [
+        "rank",
+        "hash",
+        "name",
+        "score",
+        "confirmed",
+        *[c for c in df.columns if c.endswith("_relative")],
+        "params",
+        "generation",
+    ]
     emit_frame(df, fmt, cols)
 
 

@@ -46,6 +46,8 @@ class RunConfig:
     crossover: float = 0.2  # probability that an offspring comes from crossover instead of mutation
     tournament: int = 3
     hall_of_fame: int = 10
+    confirm_top: int = 3  # at the end, retrain this many best evolved cells and the seed cells ...
+    confirm_trials: int = 3  # ... on this many held-out training seeds, and score them again (0: skip)
     task_options: dict[str, dict[str, Any]] = field(default_factory=_default_task_options)
     hp: dict[str, Any] = field(default_factory=_default_hp)
     source: str = field(default="<defaults>", compare=False)  # where it was read from
@@ -89,6 +91,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "crossover": (float, int),
     "tournament": (int,),
     "hall_of_fame": (int,),
+    "confirm_top": (int,),
+    "confirm_trials": (int,),
     "task_options": (dict,),
     "hp": (dict,),
 }
@@ -101,6 +105,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "crossover": (0.0, 1.0),
     "tournament": (1, 100),
     "hall_of_fame": (1, 10_000),
+    "confirm_top": (0, 1000),
+    "confirm_trials": (1, 100),
 }
 _HP_FIXED = ("backend",)  # the search trains on the compiled backend unless the config says otherwise
 

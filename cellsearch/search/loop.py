@@ -105,34 +105,33 @@ class Search:
 
     # ---- evaluation -------------------------------------------------------------------------
 
-    def specs(self, cell: Cell) -> list[EvalSpec]:
-        return [
-            EvalSpec(cell.hash, cell.text, t, self.options[t], self.hp, trial)
-            for t in self.config.tasks
-            for trial in range(self.config.trials)
-        ]
+    def specs(self, cell: Cell, trials: Sequence[int] | None = None) -> list[EvalSpec]:
+        trials = range(self.config.trials) if trials is None else trials
+        return [EvalSpec(cell.hash, cell.text, t, self.options[t], self.hp, trial) for t in self.config.tasks for trial in trials]
 
-    def _evaluate(self, cells: Sequence[Cell], generation: int) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    def _evaluate(
+        self, cells: Sequence[Cell], generation: int | None, trials: Sequence[int] | None = None
+    ) -> dict[str, dict[str, list[dict[str, Any]]]]:
         """Train what the store lacks; rows by cell hash and task."""
         hidden = self.hp["hidden"]
         self.store.add_cells(cells, [(hidden, hidden, *cell_size(c, hidden)) for c in cells])
         specs: dict[str, EvalSpec] = {}
         for cell in cells:
-            for s in self.specs(cell):
+            for s in self.specs(cell, trials):
                 specs.setdefault(s.key, s)
         known = self.store.evaluations_by_key(list(specs))
         pending = [s for k, s in specs.items() if k not in known]
         self.reused += sum(1 for k in known if k not in self._seen)  # trained before this session
         self._seen.update(specs)
         self.on_event(
-            Event("queued", generation, {"total": len(specs), "pending": len(pending), "cached": len(specs) - len(pending)})
+            Event("queued", generation or 0, {"total": len(specs), "pending": len(pending), "cached": len(specs) - len(pending)})
         )
         for spec, result in self.executor.run(pending):
             self.store.add_evaluation(spec.key, spec.as_dict(), result, self.run_id, generation)
             self.trained += 1
             if result["status"] in ("failed", "diverged"):
                 self.failures += 1
-            self.on_event(Event("result", generation, {"spec": spec, "result": result}))
+            self.on_event(Event("result", generation or 0, {"spec": spec, "result": result}))
         rows = self.store.evaluations_by_key(list(specs))
         out: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for key, spec in specs.items():
@@ -147,7 +146,7 @@ class Search:
             self.reference[t] = task_value(task_rows)
             self.baseline[t] = task_rows[0]["baseline"]
 
-    def _individual(self, cell: Cell, rows: dict[str, list[dict[str, Any]]]) -> Any:
+    def _per_task(self, rows: dict[str, list[dict[str, Any]]], reference: dict[str, float | None]) -> dict[str, dict[str, Any]]:
         per_task: dict[str, dict[str, Any]] = {}
         for t in self.config.tasks:
             value = task_value(rows[t])
@@ -156,9 +155,13 @@ class Search:
             per_task[t] = {
                 "metric": metric,
                 "value": value,
-                "relative": round(relative(value, self.reference.get(t), base, higher), 6),
+                "relative": round(relative(value, reference.get(t), base, higher), 6),
                 "status": sorted({r["status"] for r in rows[t]}),
             }
+        return per_task
+
+    def _individual(self, cell: Cell, rows: dict[str, list[dict[str, Any]]]) -> Any:
+        per_task = self._per_task(rows, self.reference)
         return self._wrap(cell, cell_score(per_task), per_task)
 
     def _wrap(self, cell: Cell, score: float, per_task: dict[str, Any]) -> Any:
@@ -267,6 +270,28 @@ class Search:
             pop = inds
         return pop
 
+    def _confirm(self, ref: Cell) -> dict[str, Any]:
+        """Retrain the best evolved cells and the seed cells on held-out training seeds (those the
+        search never selected on) and score them again: a search over noisy results rewards luck."""
+        top, trials = self.config.confirm_top, self.config.confirm_trials
+        if top == 0:
+            return {}
+        ranked = sorted(self.hof, key=lambda ind: -ind.fitness.values[0])
+        evolved = [ind[0] for ind in ranked if zoo.name_of(ind[0]) is None][:top]
+        cells: list[Cell] = []
+        for c in [*evolved, *self.config.load_seed_cells(), ref]:
+            if c.hash not in {d.hash for d in cells}:
+                cells.append(c)
+        seeds = list(range(self.config.trials, self.config.trials + trials))
+        self.on_event(Event("confirm", 0, {"cells": len(cells), "seeds": seeds}))
+        rows = self._evaluate(cells, None, seeds)
+        reference = {t: task_value(rows[ref.hash][t]) for t in self.config.tasks}
+        out: dict[str, Any] = {}
+        for c in cells:
+            per_task = self._per_task(rows[c.hash], reference)
+            out[c.hash] = {"score": cell_score(per_task), "per_task": per_task}
+        return {"seeds": seeds, "cells": out}
+
     def run(self, generations: int) -> list[Any]:
         """Run (or go on with) generations 0..``generations``; the final population."""
         row = self.store.run_by_id(self.run_id)
@@ -296,6 +321,8 @@ class Search:
                 offspring = self._evaluate_individuals([c for c, _, _ in children], g, ref)
                 pop = self._select(pop + offspring)
                 self._finish(g, pop, rng, self.trained - before, spent + time.perf_counter() - t0)
+            if done <= generations or not row.summary:  # the confirmation, once the last generation is in
+                self.store.update_run(self.run_id, summary={"confirmed": self._confirm(ref)})
         except BaseException as err:  # KeyboardInterrupt included: the run can be resumed
             status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
             self.store.update_run(

@@ -196,6 +196,12 @@ def top_frame(db: Store | str, run: str | None = None, task: str | None = None, 
             rec[f"{t}_relative"] = v["relative"]
         rec["text"] = text
         best[m.cell_hash] = rec
+    confirmed = ((row.summary or {}).get("confirmed") or {}).get("cells", {})
+    for h, rec in best.items():  # the held-out-seed scores, where the run confirmed this cell
+        c = confirmed.get(h)
+        rec["confirmed"] = None if c is None else c["score"]
+        if task is not None and c is not None:
+            rec["confirmed"] = c["per_task"][task]["relative"]
     key = "score" if task is None else f"{task}_relative"
 
     def order(r: dict[str, Any]) -> tuple[float, int, str]:

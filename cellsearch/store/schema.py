@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = "0001"
+SCHEMA_VERSION = "0002"
 
 
 class Base(DeclarativeBase):
@@ -64,6 +64,7 @@ class RunRow(Base):
     updated: Mapped[float] = mapped_column(Float)
     finished: Mapped[float | None] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)  # wall time spent running, over all sessions
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the end-of-run confirmation (0002)
 
 
 class Evaluation(Base):

@@ -135,13 +135,15 @@ def test_run_then_every_query(tmp_path: Path, tiny_cfg: Path | None = None) -> N
         (r["score"] for r in top if not r["reference"]), reverse=True
     )
     gru = next(r for r in top if r["name"] == "gru")
+    lstm = next(r for r in top if r["name"] == "lstm")
+    assert lstm["confirmed"] is not None and gru["confirmed"] is not None  # retrained on held-out seeds at the end
+    held_out = query(db, "evaluations", "--cell", "lstm")
+    assert sorted({r["seed"] for r in held_out}) == [0, 1, 2, 3] and all(r["generation"] is None for r in held_out if r["seed"])
     ev = query(db, "evaluations")
     assert {"run", "hash", "task", "seed", "status", "score"} <= set(ev[0])
-    assert all(
-        r["score"] == pytest.approx(1.0)
-        for r in ev
-        if r["name"] == "gru" and r["status"] == "ok" and r["valid"] and r["valid"] > 0.1
-    )
+    gru_scores = [r["score"] for r in ev if r["name"] == "gru" and r["status"] == "ok"]
+    # 1 against itself, or 0 where the GRU learned nothing at all (no yardstick: its own skill, 0)
+    assert all(v == pytest.approx(1.0) or v == 0.0 for v in gru_scores) and 1.0 in gru_scores
     assert query(db, "evaluations", "--task", "adding", "--status", "ok")
     assert all(r["task"] == "adding" for r in query(db, "evaluations", "--task", "adding"))
     evolved = [r for r in ev if r["generation"] and r["generation"] > 0]

@@ -114,3 +114,25 @@ def test_the_python_api_returns_a_dataframe_from_a_url(tmp_path: Path) -> None:
     df = evaluations_frame(str(tmp_path / "a.db"))
     assert list(df.columns)[:8] == ["id", "run", "generation", "hash", "name", "task", "seed", "status"]
     assert len(df) == 0
+
+
+def test_an_older_database_is_migrated_in_place_keeping_its_rows(tmp_path: Path) -> None:
+    from alembic import command
+
+    from cellsearch.store.db import _alembic_config, make_engine
+
+    path = tmp_path / "old.db"
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0001")  # the first schema, as an early cellsearch made it
+        conn.exec_driver_sql(
+            "INSERT INTO runs (name, config, seed, status, generation, message, created, updated, seconds) "
+            "VALUES ('old', '{}', 0, 'done', 3, '', 0, 0, 1.5)"
+        )
+    engine.dispose()
+    store = Store(str(path))
+    run = store.run_by_name("old")
+    assert run.generation == 3 and run.summary is None
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_VERSION
+    con.close()
