@@ -22,6 +22,14 @@ from ..train.loop import make_hp
 SELECTIONS = ("single", "nsga2")
 
 
+def evaluation_options(task: str, options: dict[str, Any]) -> dict[str, Any]:
+    """All of a task's options, defaults filled in, as an evaluation takes them: without ``split``,
+    which the evaluation chooses itself (train, valid, test) for tasks with fixed data splits."""
+    out = make_task(task, **options).options
+    out.pop("split", None)
+    return out
+
+
 def _default_task_options() -> dict[str, dict[str, Any]]:
     return {"copy": {"length": 10, "n": 5}, "adding": {"length": 30}}
 
@@ -48,6 +56,7 @@ class RunConfig:
     hall_of_fame: int = 10
     confirm_top: int = 3  # at the end, retrain this many best evolved cells and the seed cells ...
     confirm_trials: int = 3  # ... on this many held-out training seeds, and score them again (0: skip)
+    study_of: str | None = None  # the study run this search belongs to (`cellsearch reproduce jozefowicz2015`)
     task_options: dict[str, dict[str, Any]] = field(default_factory=_default_task_options)
     hp: dict[str, Any] = field(default_factory=_default_hp)
     source: str = field(default="<defaults>", compare=False)  # where it was read from
@@ -66,7 +75,7 @@ class RunConfig:
 
     def full_task_options(self, task: str) -> dict[str, Any]:
         """The task's options with defaults filled in (part of each evaluation's identity)."""
-        return make_task(task, **self.task_options.get(task, {})).options
+        return evaluation_options(task, self.task_options.get(task, {}))
 
     def full_hp(self) -> dict[str, Any]:
         return dataclasses.asdict(make_hp(**self.hp))
@@ -93,6 +102,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "hall_of_fame": (int,),
     "confirm_top": (int,),
     "confirm_trials": (int,),
+    "study_of": (str, type(None)),
     "task_options": (dict,),
     "hp": (dict,),
 }

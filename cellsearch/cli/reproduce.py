@@ -1,0 +1,121 @@
+"""``cellsearch reproduce``: re-run the LSTM-optimality studies into a results database."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from ..errors import ConfigError
+from .main import _stderr_console, cli
+from .search import emit_frame
+
+
+@cli.command("reproduce")
+@click.argument("study_name", metavar="greff2016|jozefowicz2015")
+@click.option("--scale", type=click.Choice(["smoke", "small", "paper"]), default="smoke", show_default=True,
+              help="smoke: minutes; small: an hour or two on 2 cores; paper: the papers' trial counts.")  # fmt: skip
+@click.option("--db", default="cellsearch.db", show_default=True, help="Database URL (SQLAlchemy), or a path to an SQLite file.")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Worker processes [default: cores; 0: this process].")
+@click.option("--name", default=None, help="Run name [default: STUDY-SCALE, with -sSEED for a seed other than 0].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random search.")
+@click.option(
+    "--ptb", default=None, metavar="DIR", help="Penn Treebank folder (ptb.train.txt, ...): adds word-level PTB (Jozefowicz)."
+)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def reproduce_cmd(
+    study_name: str, scale: str, db: str, workers: int | None, name: str | None, seed: int, ptb: str | None, fmt: str
+) -> None:
+    """Re-run a study: its cells over a random search of its hyperparameters, on its tasks.
+
+    Every trial is an evaluation in --db; running the same command again resumes where it stopped.
+    jozefowicz2015 also runs an evolutionary search seeded with LSTM and GRU (run NAME-search).
+    `cellsearch report --db URL --out DIR` turns the database into figures, tables and conclusions.
+
+    \b
+    Example:
+      cellsearch reproduce greff2016 --scale smoke --db studies.db
+      cellsearch reproduce jozefowicz2015 --scale small --db studies.db --workers 2
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ..reproduce import get, open_study_run, run_study, study_config, summary_rows, trial_specs
+    from ..search.executor import make_executor
+    from ..store import Store
+
+    study = get(study_name)
+    study.scale(scale)
+    if ptb is not None and "text" not in study.optional_tasks:
+        raise ConfigError(f"--ptb: {study.name} has no language-modelling task")
+    config = study_config(study, scale, seed, ptb)  # task options are checked here (a bad --ptb too)
+    specs = list(trial_specs(study, scale, seed, ptb))
+    search_cfg = None
+    run_name = name or (f"{study.name}-{scale}" + (f"-s{seed}" if seed else ""))
+    if study.scale(scale).search:
+        from ..search.config import check_config
+
+        search_cfg = check_config({**study.scale(scale).search, "seed": seed, "name": f"{run_name}-search", "study_of": run_name},
+                                  f"{study.name} ({scale})")  # fmt: skip
+    store = Store(db, create=True)
+    run_id = open_study_run(store, run_name, config)
+    executor = make_executor(workers)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("cached {task.fields[cached]} · failures {task.fields[failures]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    try:
+        with Progress(*columns, console=_stderr_console()) as bar:
+            tid = bar.add_task(f"{run_name} trials", total=len(specs), cached=0, failures=0)
+
+            def tick(prog: Any, _result: Any) -> None:
+                bar.update(tid, completed=prog.done, cached=prog.cached, failures=prog.failures)
+
+            run_study(store, run_id, specs, executor, tick)
+            if search_cfg is not None:
+                _run_search(store, search_cfg, executor, bar)
+    except KeyboardInterrupt:
+        executor.close()
+        click.echo(f"interrupted: run '{run_name}' keeps its committed trials; the same command resumes it", err=True)
+        sys.exit(130)
+    finally:
+        executor.close()
+    rows = summary_rows(store, run_name)
+    if fmt == "json":
+        click.echo(
+            json.dumps({"run": run_name, "db": db, "search": search_cfg.name if search_cfg else None, "cells": rows}, indent=2)
+        )
+        return
+    import pandas as pd
+
+    emit_frame(pd.DataFrame(rows), "table", title=f"{run_name}: test results over {config['trials']} trials per cell and task")
+    click.echo(f"stored in {db} (run '{run_name}'" + (f", search run '{search_cfg.name}'" if search_cfg else "") + ")")
+    click.echo(f"figures and conclusions: cellsearch report --db {db} --out report-{run_name}")
+
+
+def _run_search(store: Any, config: Any, executor: Any, bar: Any) -> None:
+    """The study's evolutionary search (a normal search run), made or resumed."""
+    from ..search.loop import Search
+
+    try:
+        run_id = store.run_by_name(config.name).id
+    except ConfigError:
+        run_id = store.create_run(config.name, config.as_dict(), config.seed)
+    tid = bar.add_task(f"{config.name} gen 0/{config.generations}", total=None, cached=0, failures=0)
+
+    def on_event(event: Any) -> None:
+        if event.kind == "generation":
+            bar.update(tid, description=f"{config.name} gen {event.generation}/{config.generations}", completed=0, total=None)
+        elif event.kind == "confirm":
+            bar.update(tid, description=f"{config.name} confirm", completed=0, total=None)
+        elif event.kind == "queued":
+            bar.update(tid, total=event.data["pending"], completed=0, cached=event.data["cached"])
+        elif event.kind == "result":
+            bar.update(tid, advance=1)
+
+    Search(store, run_id, config, executor, on_event).run(config.generations)
