@@ -6,11 +6,13 @@ import json
 import math
 import sys
 import time
+import uuid
 from typing import Any
 
 import click
 
 from ..errors import ConfigError
+from ..search.executor import GRACE, HEARTBEAT, MAX_ATTEMPTS
 from .main import _stderr_console, cli
 
 DB = click.option(
@@ -127,43 +129,89 @@ class _Display:
 @DB
 @click.option("--name", default=None, help="Name of the new run [default: the config's, else run-DATE-TIME].")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Worker processes [default: cores; 0: this process].")
+@click.option(
+    "--dask",
+    default=None,
+    metavar="ADDRESS",
+    help="Evaluate on a Dask cluster: a scheduler (tcp://host:8786) or local:N (a LocalCluster of N worker processes).",
+)
 @click.option("--generations", type=click.IntRange(min=0), default=None, help="Generations after the seed population.")
 @click.option("--population", type=click.IntRange(min=2), default=None, help="Population size.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of the search's RNG.")
 @click.option("--resume", default=None, metavar="NAME", help="Go on with an interrupted (or finished) run.")
+@click.option(
+    "--heartbeat",
+    type=click.FloatRange(min=0.05),
+    default=HEARTBEAT,
+    show_default=True,
+    help="Seconds between the heartbeats of each running evaluation (and of the driver).",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0.1),
+    default=GRACE,
+    show_default=True,
+    help="Seconds without a heartbeat after which an evaluation is lost and queued again (and a driver presumed dead).",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=MAX_ATTEMPTS,
+    show_default=True,
+    help="Starts of one evaluation before it is recorded as failed.",
+)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def run_cmd(
     config_path: str | None,
     db: str,
     name: str | None,
     workers: int | None,
+    dask: str | None,
     generations: int | None,
     population: int | None,
     seed: int | None,
     resume: str | None,
+    heartbeat: float,
+    grace: float,
+    max_attempts: int,
     fmt: str,
 ) -> None:
     """Evolve cells: train each on the run's tasks, keep the best, store everything in --db.
 
     With no arguments it runs the default search (runs/default.toml: copy + adding, a few minutes on
-    2 cores) into ./cellsearch.db and prints the leaderboard against LSTM and GRU.
+    2 cores) into ./cellsearch.db and prints the leaderboard against LSTM and GRU. One process
+    drives a run at a time: a second `--resume` of a run whose driver is alive is refused.
 
     \b
     Example:
       cellsearch run
       cellsearch run runs/default.toml --db results.db --name trial1 --generations 10
       cellsearch run --db results.db --resume trial1
+      cellsearch run --dask local:2 --db postgresql://me:secret@dbhost/cellsearch
     """
     from ..search.config import RunConfig, load_config, stored_config
+    from ..search.evaluation import worker_id
     from ..search.executor import make_executor
     from ..search.loop import Search
     from ..store import Store
+    from ..store.store import RunLease
 
+    if dask is not None:
+        from ..search.distributed import parse_address
+
+        if workers is not None:
+            raise ConfigError("give --workers (local processes) or --dask (a Dask cluster), not both")
+        parse_address(dask)
+    owner = f"{worker_id()}:{uuid.uuid4().hex[:8]}"
     if resume is not None:
         if config_path or name or population is not None or seed is not None:
-            raise ConfigError("--resume goes on with the run's stored config: only --workers and --generations may be given")
+            raise ConfigError(
+                "--resume goes on with the run's stored config: "
+                "only --workers, --dask, --generations and the liveness options may be given"
+            )
         store = Store(db, create=False)
         row = store.run_by_name(resume)
+        store.acquire_run(row.id, owner, grace)
         config = stored_config(row.config).replace(workers=workers, generations=generations)
         if config.as_dict() != row.config:
             store.update_run(row.id, config=config.as_dict())
@@ -174,10 +222,22 @@ def run_cmd(
         run_name = config.name or time.strftime("run-%Y%m%d-%H%M%S")
         config = config.replace(name=run_name)
         store = Store(db, create=True)  # everything is checked: now the database may be written
-        run_id = store.create_run(run_name, config.as_dict(), config.seed)
-    executor = make_executor(config.workers)
+        run_id = store.create_run(run_name, config.as_dict(), config.seed, driver=owner)
+    lease = RunLease(store, run_id, owner, heartbeat)
+    try:
+        executor = make_executor(config.workers, dask, store, heartbeat=heartbeat, grace=grace, max_attempts=max_attempts)
+    except BaseException as err:
+        lease.release()
+        store.update_run(run_id, status="failed", message=f"{type(err).__name__}: {err}"[:500])
+        raise
     display = _Display(config.generations)
-    search = Search(store, run_id, config, executor, display)
+
+    def on_event(event: Any) -> None:
+        if lease.lost:
+            raise ConfigError(f"run '{run_name}' was taken over by another driver (this one missed its heartbeats)")
+        display(event)
+
+    search = Search(store, run_id, config, executor, on_event)
     t0 = time.perf_counter()
     try:
         with display.progress:
@@ -190,7 +250,46 @@ def run_cmd(
         sys.exit(130)
     finally:
         executor.close()
+        lease.release()
     _run_summary(store, run_name, search, time.perf_counter() - t0, db, fmt)
+
+
+@cli.command(
+    "worker", context_settings={"ignore_unknown_options": True, "allow_extra_args": False, "allow_interspersed_args": False}
+)
+@click.argument("scheduler", required=False, metavar="[SCHEDULER]")
+@click.option(
+    "--scheduler-file", default=None, help="Read the scheduler's address from this file (dask scheduler --scheduler-file)."
+)
+@click.option("--nworkers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes (one thread each).")
+@click.argument("dask_args", nargs=-1, type=click.UNPROCESSED, metavar="[DASK WORKER OPTIONS]...")
+def worker_cmd(scheduler: str | None, scheduler_file: str | None, nworkers: int, dask_args: tuple[str, ...]) -> None:
+    """Serve evaluations to a Dask scheduler: `dask worker` with one thread per worker process and
+    BLAS/Numba pinned to one thread. Start it on each machine; drive the search from anywhere with
+    `cellsearch run --dask tcp://SCHEDULER:8786 --db postgresql://...`. Options it does not know go
+    to `dask worker` (e.g. --memory-limit 4GB).
+
+    \b
+    Example:
+      dask scheduler --port 8786 &
+      cellsearch worker tcp://scheduler-host:8786 --nworkers 8
+    """
+    import os
+
+    if (scheduler is None) == (scheduler_file is None):
+        raise ConfigError("give the scheduler's address (tcp://host:8786) or --scheduler-file, one of them")
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ConfigError("cellsearch worker needs Dask's distributed package: pip install 'cellsearch[dask]'") from None
+    from ..search.distributed import setup_worker_environment
+
+    setup_worker_environment()
+    target = [scheduler] if scheduler is not None else ["--scheduler-file", str(scheduler_file)]
+    argv = [sys.executable, "-m", "distributed.cli.dask_worker", *target, "--nthreads", "1", "--nworkers", str(nworkers),
+            "--preload", "cellsearch.search.distributed", *dask_args]  # fmt: skip
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
 
 
 def _run_summary(store: Any, run_name: str, search: Any, seconds: float, db: str, fmt: str) -> None:
@@ -198,8 +297,11 @@ def _run_summary(store: Any, run_name: str, search: Any, seconds: float, db: str
 
     top = top_frame(store, run=run_name, limit=10)
     run_row = runs_frame(store).set_index("run").loc[run_name]
-    evolved = top[top["name"].isna()] if len(top) else top
-    best = _records(evolved.head(1))[0] if len(evolved) else None
+    evolved = _records(top[top["name"].isna()]) if len(top) else []
+    by_search = evolved[0] if evolved else None
+    confirmed = [r for r in evolved if r.get("confirmed") is not None]
+    # the run's answer: the evolved cell that held up best on held-out training seeds, where it was confirmed
+    best = max(confirmed, key=lambda r: r["confirmed"]) if confirmed else by_search
     refs = {r["name"]: r for r in _records(top[top["reference"]])} if len(top) else {}
     summary = {
         "run": run_name,
@@ -214,6 +316,7 @@ def _run_summary(store: Any, run_name: str, search: Any, seconds: float, db: str
         "evals_per_hour": _plain(run_row["evals_per_hour"]),
         "compile_share": _plain(run_row["compile_share"]),
         "best_evolved": best,
+        "best_by_search_score": by_search,
         "lstm": refs.get("lstm"),
         "gru": refs.get("gru"),
         "leaderboard": _records(top),
@@ -235,16 +338,22 @@ def _run_summary(store: Any, run_name: str, search: Any, seconds: float, db: str
         f"compiling {100 * (summary['compile_share'] or 0):.1f}% of worker time"
     )
 
-    def confirmed(rec: dict[str, Any]) -> str:
+    def confirmed_text(rec: dict[str, Any]) -> str:
         c = rec.get("confirmed")
         return "" if c is None else f", {c:.3f} on held-out training seeds"
 
     for label, rec in (("LSTM", summary["lstm"]), ("GRU", summary["gru"])):
         if rec:
-            click.echo(f"{label:5s} score {rec['score']:.3f}{confirmed(rec)}")
+            click.echo(f"{label:5s} score {rec['score']:.3f}{confirmed_text(rec)}")
+    if best and by_search and best["hash"] != by_search["hash"]:
+        click.echo(
+            f"highest search score: {by_search['hash'][:12]} ({by_search['score']:.3f}{confirmed_text(by_search)}): "
+            "it did not hold up as well on held-out seeds"
+        )
     if best:
         click.echo(
-            f"best evolved cell {best['hash'][:12]} (generation {best['generation']}): score {best['score']:.3f}{confirmed(best)}"
+            f"best evolved cell {best['hash'][:12]} (generation {best['generation']}): "
+            f"score {best['score']:.3f}{confirmed_text(best)}"
         )
         click.echo("  " + best["text"].strip().replace("\n", "\n  "))
     else:
