@@ -197,11 +197,11 @@ def run_cmd(
     from ..store.store import RunLease
 
     if dask is not None:
-        from ..search.distributed import parse_address
+        from ..search.distributed import check_shared_store
 
         if workers is not None:
             raise ConfigError("give --workers (local processes) or --dask (a Dask cluster), not both")
-        parse_address(dask)
+        check_shared_store(dask, db)
     owner = f"{worker_id()}:{uuid.uuid4().hex[:8]}"
     if resume is not None:
         if config_path or name or population is not None or seed is not None:

@@ -33,7 +33,7 @@ from ..store.store import Store
 from ..tasks import make_task
 from .config import RunConfig
 from .evaluation import EvalSpec
-from .executor import Executor
+from .executor import Context, Executor
 from .score import cell_score, relative, task_value
 
 REFERENCE = "gru"
@@ -126,7 +126,7 @@ class Search:
         self.on_event(
             Event("queued", generation or 0, {"total": len(specs), "pending": len(pending), "cached": len(specs) - len(pending)})
         )
-        for spec, result in self.executor.run(pending):
+        for spec, result in self.executor.run(pending, Context(self.run_id, generation)):  # workers may commit first
             self.store.add_evaluation(spec.key, spec.as_dict(), result, self.run_id, generation)
             self.trained += 1
             if result["status"] in ("failed", "diverged"):

@@ -1,7 +1,9 @@
 """Opening a results database: URL checks, SQLite pragmas, and Alembic migrations to the newest schema.
 
 Any SQLAlchemy URL works; a plain path means an SQLite file. SQLite runs in WAL mode with a busy
-timeout, so readers (``cellsearch query``) never block the run that writes.
+timeout, so readers (``cellsearch query``) never block the run that writes, and several processes of
+one machine (the workers) may write to one file. ``postgresql://`` (or ``postgres://``) means
+PostgreSQL through psycopg 3, the shared store for workers on many machines.
 """
 
 from __future__ import annotations
@@ -26,6 +28,24 @@ def normalise_url(url: str) -> str:
     if "://" not in url:
         return f"sqlite:///{Path(url).expanduser().resolve()}"
     return url
+
+
+def driver_url(url: str) -> str:
+    """``url`` with the PostgreSQL driver made explicit: a bare ``postgresql://`` or ``postgres://``
+    means psycopg 3 (SQLAlchemy would pick psycopg2, which cellsearch does not install)."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
+
+
+def full_url(engine: Engine) -> str:
+    """The engine's URL with its password, for the workers to connect with (never print it)."""
+    return engine.url.render_as_string(hide_password=False)
+
+
+def is_sqlite(url: str) -> bool:
+    return normalise_url(url).startswith("sqlite")
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -68,6 +88,7 @@ def _head() -> str:
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; ``ConfigError`` for a malformed URL or a missing driver."""
     try:
+        url = driver_url(url)
         u = make_url(url)
         if u.get_backend_name() == "sqlite":
             engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})

@@ -4,7 +4,8 @@
 sizes a run used), ``runs`` (config, seed, status, RNG state, progress), ``evaluations`` (one row per
 trained (cell, task, options, hyperparameters, seed), unique by its ``key``), ``generations`` (who
 was in each population and with what fitness), ``logbook`` (DEAP's per-generation statistics and
-the RNG state the next generation starts from) and ``lineage`` (parent -> child, with the operator).
+the RNG state the next generation starts from), ``lineage`` (parent -> child, with the operator) and
+``attempts`` (each start of an evaluation on a worker, with its heartbeat: liveness and retry history).
 
 Times are UNIX seconds (float). JSON columns hold plain dicts and lists. The schema is created and
 upgraded by the Alembic migrations in ``cellsearch/store/migrations``; ``SCHEMA_VERSION`` names the
@@ -18,7 +19,7 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = "0002"
+SCHEMA_VERSION = "0003"
 
 
 class Base(DeclarativeBase):
@@ -65,6 +66,8 @@ class RunRow(Base):
     finished: Mapped[float | None] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)  # wall time spent running, over all sessions
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the end-of-run confirmation (0002)
+    driver: Mapped[str | None] = mapped_column(String(128))  # host:pid:token of the driving process (0003)
+    driver_heartbeat: Mapped[float | None] = mapped_column(Float)  # its last sign of life (0003)
 
 
 class Evaluation(Base):
@@ -95,6 +98,32 @@ class Evaluation(Base):
     history: Mapped[list[Any]] = mapped_column(JSON)
     created: Mapped[float] = mapped_column(Float)
     __table_args__ = (Index("ix_evaluations_cell_task", "cell_hash", "task"), Index("ix_evaluations_run", "run_id"))
+
+
+class Attempt(Base):
+    """One start of one evaluation on a worker (0003): its heartbeat while it runs, then how it ended.
+
+    ``status``: running (heartbeating), done (its result is committed, or was already), lost (its
+    worker stopped heartbeating for the grace period, or died: the evaluation was queued again),
+    failed (given up after the last allowed attempt). All attempts of a key are its retry history.
+    """
+
+    __tablename__ = "attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64))  # the evaluation's key
+    attempt: Mapped[int] = mapped_column(Integer)  # 1, 2, ...: starts of this key so far
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    generation: Mapped[int | None] = mapped_column(Integer)
+    cell_hash: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(128))  # host:pid
+    status: Mapped[str] = mapped_column(String(16))  # running | done | lost | failed
+    reason: Mapped[str] = mapped_column(Text, default="")
+    started: Mapped[float] = mapped_column(Float)
+    heartbeat: Mapped[float] = mapped_column(Float)
+    finished: Mapped[float | None] = mapped_column(Float)
+    __table_args__ = (Index("ix_attempts_key", "key"), Index("ix_attempts_status_heartbeat", "status", "heartbeat"))
 
 
 class GenerationMember(Base):

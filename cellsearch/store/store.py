@@ -1,22 +1,32 @@
 """The store: every write the search makes, and the reads that resume it and answer queries.
 
-One process writes (the search's main process); each finished evaluation is committed at once, in
-its own transaction, so a run killed at any moment keeps everything it finished.
+Each finished evaluation is committed at once, in its own transaction, so a run killed at any moment
+keeps everything it finished. Evaluations are idempotent upserts on their key (``INSERT ... ON
+CONFLICT DO NOTHING``, SQLite and PostgreSQL alike): the driver and the workers may both write the
+same result, and whoever is first wins, so each evaluation is in the store exactly once.
+
+Liveness: a worker records each start of an evaluation as an ``attempts`` row and refreshes its
+heartbeat while it trains; ``reap`` marks attempts whose heartbeat stopped (or whose local process is
+gone) ``lost`` so the executor can queue them again. A run is driven by one process at a time: the
+driver holds a lease on its ``runs`` row (``acquire_run``), renewed by a heartbeat.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..errors import ConfigError
 from ..ir.cell import Cell
 from .db import open_engine
-from .schema import CellRow, CellSize, Evaluation, GenerationMember, Lineage, LogbookRow, RunRow
+from .schema import Attempt, CellRow, CellSize, Evaluation, GenerationMember, Lineage, LogbookRow, RunRow
 
 #: result-dict keys copied into an evaluations row
 _RESULT_COLUMNS = (
@@ -41,6 +51,51 @@ def _finite_or_none(v: Any) -> Any:
     if isinstance(v, float) and v != v:  # NaN is not JSON and sorts badly in SQL
         return None
     return v
+
+
+def local_process_gone(worker: str) -> bool:
+    """True when ``worker`` (``host:pid[:...]``) names a process of this machine that no longer exists.
+
+    A dead local worker needs no grace period; a worker on another machine (or one whose process is
+    still there, or that this user may not signal) is judged by its heartbeat alone.
+    """
+    host, _, rest = worker.partition(":")
+    pid = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def evaluation_row(
+    key: str, spec: dict[str, Any], result: dict[str, Any], run_id: int | None, generation: int | None
+) -> dict[str, Any]:
+    """The column values of an evaluations row for one finished spec."""
+    values = {k: _finite_or_none(result.get(k)) for k in _RESULT_COLUMNS}
+    values["history"] = [{k: _finite_or_none(v) for k, v in h.items()} for h in (values["history"] or [])]
+    values["reason"] = values["reason"] or ""
+    values["worker"] = values["worker"] or ""
+    values["steps"] = values["steps"] or 0
+    values["compile_seconds"] = values["compile_seconds"] or 0.0
+    values["train_seconds"] = values["train_seconds"] or 0.0
+    return {
+        "key": key,
+        "run_id": run_id,
+        "generation": generation,
+        "cell_hash": spec["cell_hash"],
+        "task": spec["task"],
+        "task_options": spec["task_options"],
+        "hp": spec["hp"],
+        "seed": spec["seed"],
+        "budget": {"steps": spec["hp"]["steps"], "time_budget": spec["hp"]["time_budget"]},
+        "created": time.time(),
+        **values,
+    }
 
 
 class Store:
@@ -100,18 +155,24 @@ class Store:
 
     # ---- runs -------------------------------------------------------------------------------
 
-    def create_run(self, name: str, config: dict[str, Any], seed: int) -> int:
+    def create_run(self, name: str, config: dict[str, Any], seed: int, driver: str | None = None) -> int:
+        """A new run; ``driver`` (``host:pid:token``) holds its lease from the start (see ``acquire_run``)."""
         now = time.time()
-        with self.session() as s, s.begin():
-            if s.scalar(select(RunRow.id).where(RunRow.name == name)) is not None:
-                raise ConfigError(f"a run named '{name}' already exists in {self.url} (resume it with --resume {name})")
-            run = RunRow(
-                name=name, config=config, seed=seed, status="running", generation=0, rng_state=None,
-                message="", created=now, updated=now, finished=None, seconds=0.0,
-            )  # fmt: skip
-            s.add(run)
-            s.flush()
-            return run.id
+        exists = ConfigError(f"a run named '{name}' already exists in {self.url} (resume it with --resume {name})")
+        try:
+            with self.session() as s, s.begin():
+                if s.scalar(select(RunRow.id).where(RunRow.name == name)) is not None:
+                    raise exists
+                run = RunRow(
+                    name=name, config=config, seed=seed, status="running", generation=0, rng_state=None,
+                    message="", created=now, updated=now, finished=None, seconds=0.0,
+                    driver=driver, driver_heartbeat=now if driver else None,
+                )  # fmt: skip
+                s.add(run)
+                s.flush()
+                return run.id
+        except IntegrityError:  # created by another process between the check and the insert
+            raise exists from None
 
     def run_by_name(self, name: str) -> RunRow:
         with self.session() as s:
@@ -154,31 +215,172 @@ class Store:
     def add_evaluation(
         self, key: str, spec: dict[str, Any], result: dict[str, Any], run_id: int | None, generation: int | None
     ) -> bool:
-        """Commit one finished evaluation; False when its key is there already (nothing written)."""
-        values = {k: _finite_or_none(result.get(k)) for k in _RESULT_COLUMNS}
-        values["history"] = [{k: _finite_or_none(v) for k, v in h.items()} for h in (values["history"] or [])]
-        values["reason"] = values["reason"] or ""
-        values["worker"] = values["worker"] or ""
-        values["steps"] = values["steps"] or 0
+        """Commit one finished evaluation; False when its key is there already (nothing written).
+
+        An idempotent upsert: any number of processes may write the same key at the same time."""
         with self.session() as s, s.begin():
-            if s.scalar(select(Evaluation.id).where(Evaluation.key == key)) is not None:
-                return False
-            s.add(
-                Evaluation(
-                    key=key,
-                    run_id=run_id,
-                    generation=generation,
-                    cell_hash=spec["cell_hash"],
-                    task=spec["task"],
-                    task_options=spec["task_options"],
-                    hp=spec["hp"],
-                    seed=spec["seed"],
-                    budget={"steps": spec["hp"]["steps"], "time_budget": spec["hp"]["time_budget"]},
-                    created=time.time(),
-                    **values,
-                )
-            )
+            return self._insert_evaluation(s, evaluation_row(key, spec, result, run_id, generation))
+
+    def _insert_evaluation(self, s: Session, row: dict[str, Any]) -> bool:
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt: Any = sqlite_insert(Evaluation).values(**row).on_conflict_do_nothing(index_elements=["key"])
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt = pg_insert(Evaluation).values(**row).on_conflict_do_nothing(index_elements=["key"])
+        else:
+            stmt = None
+        if stmt is not None:
+            return s.execute(stmt.returning(Evaluation.id)).first() is not None
+        if s.scalar(select(Evaluation.id).where(Evaluation.key == row["key"])) is not None:  # other databases
+            return False
+        try:
+            with s.begin_nested():
+                s.execute(insert(Evaluation).values(**row))
+        except IntegrityError:
+            return False
         return True
+
+    # ---- attempts: liveness and retry history -----------------------------------------------
+
+    def start_attempt(self, key: str, spec: dict[str, Any], worker: str, run_id: int | None, generation: int | None) -> int:
+        """Record that ``worker`` starts evaluating ``key``; the attempt's id."""
+        now = time.time()
+        with self.session() as s, s.begin():
+            n = s.scalar(select(func.count(Attempt.id)).where(Attempt.key == key)) or 0
+            row = Attempt(
+                key=key, attempt=n + 1, run_id=run_id, generation=generation, cell_hash=spec["cell_hash"], task=spec["task"],
+                seed=spec["seed"], worker=worker, status="running", reason="", started=now, heartbeat=now, finished=None,
+            )  # fmt: skip
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def beat(self, attempt_id: int) -> bool:
+        """Refresh a running attempt's heartbeat; False when it is no longer running (it was reaped)."""
+        with self.session() as s, s.begin():
+            r = s.execute(
+                update(Attempt).where(Attempt.id == attempt_id, Attempt.status == "running").values(heartbeat=time.time())
+            )
+            return bool(r.rowcount == 1)  # type: ignore[attr-defined]
+
+    def finish_attempt(
+        self,
+        attempt_id: int,
+        key: str,
+        spec: dict[str, Any],
+        result: dict[str, Any],
+        run_id: int | None,
+        generation: int | None,
+        *,
+        write: bool,
+    ) -> bool | None:
+        """Atomically: the evaluation (when ``write``; an upsert) and the attempt's end. Whether this
+        attempt's result is the one stored (None when not written here)."""
+        now = time.time()
+        with self.session() as s, s.begin():
+            inserted = self._insert_evaluation(s, evaluation_row(key, spec, result, run_id, generation)) if write else None
+            att = s.get(Attempt, attempt_id)
+            if att is not None:
+                if att.status == "running":
+                    att.status = "done"
+                    att.reason = "" if inserted is not False else "the evaluation was in the store already"
+                else:  # reaped while it still ran: keep the verdict, note the late result
+                    att.reason = f"{att.reason}; finished after all".lstrip("; ")
+                att.finished = now
+                att.heartbeat = now
+        return inserted
+
+    def reap(self, grace: float, keys: Iterable[str] | None = None) -> list[Attempt]:
+        """Mark running attempts ``lost`` whose heartbeat is older than ``grace`` seconds, or whose worker
+        process (on this machine) is gone; the attempts so marked. ``keys`` limits it to those keys."""
+        now = time.time()
+        cutoff = now - grace
+        out: list[Attempt] = []
+        with self.session() as s, s.begin():
+            q = select(Attempt).where(Attempt.status == "running")
+            if keys is not None:
+                keys = list(keys)
+                if not keys:
+                    return []
+                q = q.where(Attempt.key.in_(keys))
+            for att in s.scalars(q).all():
+                if att.heartbeat < cutoff:
+                    reason = f"no heartbeat from worker {att.worker} for {now - att.heartbeat:.0f} s (grace {grace:g} s)"
+                    guard = Attempt.heartbeat < cutoff
+                elif local_process_gone(att.worker):
+                    reason = f"worker process {att.worker} is gone"
+                    guard = Attempt.heartbeat == att.heartbeat
+                else:
+                    continue
+                r = s.execute(
+                    update(Attempt)
+                    .where(Attempt.id == att.id, Attempt.status == "running", guard)
+                    .values(status="lost", reason=reason, finished=now)
+                )
+                if r.rowcount == 1:  # type: ignore[attr-defined]
+                    att.status, att.reason, att.finished = "lost", reason, now
+                    out.append(att)
+        return out
+
+    def end_attempts(self, attempt_ids: Iterable[int], status: str, reason: str) -> None:
+        """Give running (or lost) attempts their final status: ``failed`` when retries are spent."""
+        ids = list(attempt_ids)
+        if not ids:
+            return
+        with self.session() as s, s.begin():
+            s.execute(
+                update(Attempt)
+                .where(Attempt.id.in_(ids), Attempt.status.in_(["running", "lost"]))
+                .values(status=status, reason=reason, finished=time.time())
+            )
+
+    def attempts(self, keys: Sequence[str] | None = None, run_id: int | None = None) -> list[Attempt]:
+        """Attempts (of these keys, of this run), oldest first: the retry history."""
+        with self.session() as s:
+            q = select(Attempt)
+            if keys is not None:
+                q = q.where(Attempt.key.in_(list(keys)))
+            if run_id is not None:
+                q = q.where(Attempt.run_id == run_id)
+            return list(s.scalars(q.order_by(Attempt.id)))
+
+    # ---- the run's driver lease -------------------------------------------------------------
+
+    def acquire_run(self, run_id: int, owner: str, grace: float) -> None:
+        """Become the one process driving run ``run_id``; ``ConfigError`` while another driver is alive
+        (its heartbeat younger than ``grace`` seconds and, on this machine, its process still there)."""
+        now = time.time()
+        with self.session() as s, s.begin():
+            row = s.get(RunRow, run_id)
+            assert row is not None, run_id
+            held, beat = row.driver, row.driver_heartbeat
+            free = held is None or held == owner or beat is None or beat < now - grace or local_process_gone(held)
+            if not free:
+                assert held is not None and beat is not None
+                raise ConfigError(
+                    f"run '{row.name}' is being driven by {held} (heartbeat {now - beat:.0f} s ago); "
+                    f"one driver per run: wait for it to end, or {grace:g} s after it stopped"
+                )
+            same = RunRow.driver.is_(None) if held is None else RunRow.driver == held
+            r = s.execute(update(RunRow).where(RunRow.id == run_id, same).values(driver=owner, driver_heartbeat=now))
+            if r.rowcount != 1:  # type: ignore[attr-defined]
+                raise ConfigError(f"run '{row.name}' was just taken over by another driver")
+
+    def renew_run(self, run_id: int, owner: str) -> bool:
+        """Refresh the driver's heartbeat; False when another driver holds the run now."""
+        with self.session() as s, s.begin():
+            r = s.execute(update(RunRow).where(RunRow.id == run_id, RunRow.driver == owner).values(driver_heartbeat=time.time()))
+            return bool(r.rowcount == 1)  # type: ignore[attr-defined]
+
+    def release_run(self, run_id: int, owner: str) -> None:
+        with self.session() as s, s.begin():
+            s.execute(
+                update(RunRow).where(RunRow.id == run_id, RunRow.driver == owner).values(driver=None, driver_heartbeat=None)
+            )
 
     # ---- generations, logbook, lineage ------------------------------------------------------
 
@@ -245,3 +447,36 @@ class Store:
     def count_evaluations(self, run_id: int) -> int:
         with self.session() as s:
             return int(s.scalar(select(func.count(Evaluation.id)).where(Evaluation.run_id == run_id)) or 0)
+
+
+class RunLease:
+    """The driver's hold on a run: taken on start (``acquire_run`` or ``create_run``), renewed by a
+    heartbeat thread, released at the end. ``lost`` turns True when another driver took the run over
+    (this one stopped renewing for longer than the grace period: suspended, or cut off)."""
+
+    def __init__(self, store: Store, run_id: int, owner: str, every: float) -> None:
+        import threading
+
+        self.store, self.run_id, self.owner = store, run_id, owner
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(every,), daemon=True, name="cellsearch-driver-lease")
+        self._thread.start()
+
+    def _loop(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                if not self.store.renew_run(self.run_id, self.owner):
+                    self.lost = True
+                    return
+            except Exception:  # the database is away for a moment: try again at the next beat
+                continue
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        if not self.lost:
+            try:
+                self.store.release_run(self.run_id, self.owner)
+            except Exception:
+                pass  # its heartbeat stops: the lease runs out after the grace period
