@@ -44,16 +44,18 @@ def task_options(study: Study, scale: str, task: str, ptb: str | None) -> dict[s
 
 
 def trial_specs(study: Study, scale: str, seed: int = 0, ptb: str | None = None) -> Iterator[EvalSpec]:
-    """Every evaluation of the study, trial by trial (all cells of a trial together)."""
+    """Every evaluation of the study, trial by trial (each trial: every task, every cell), so a run
+    stopped part-way holds whole trials of every task and cell."""
     sc = study.scale(scale)
     cells = [zoo.get(v) for v in study.variants]
-    for task in study_tasks(study, ptb):
-        options = task_options(study, scale, task, ptb)
-        for trial in range(sc.trials):
+    tasks = study_tasks(study, ptb)
+    options = {task: task_options(study, scale, task, ptb) for task in tasks}
+    for trial in range(sc.trials):
+        for task in tasks:
             rng = np.random.default_rng([seed, _task_seed(task), trial])
             hp = dataclasses.asdict(make_hp(**{**sc.hp, **sample(sc.space, rng)}))
             for cell in cells:
-                yield EvalSpec(cell.hash, cell.text, task, options, hp, trial)
+                yield EvalSpec(cell.hash, cell.text, task, options[task], hp, trial)
 
 
 def study_config(study: Study, scale: str, seed: int, ptb: str | None) -> dict[str, Any]:
