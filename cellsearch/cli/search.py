@@ -254,20 +254,18 @@ def run_cmd(
     _run_summary(store, run_name, search, time.perf_counter() - t0, db, fmt)
 
 
-@cli.command(
-    "worker", context_settings={"ignore_unknown_options": True, "allow_extra_args": False, "allow_interspersed_args": False}
-)
-@click.argument("scheduler", required=False, metavar="[SCHEDULER]")
+@cli.command("worker", context_settings={"ignore_unknown_options": True})
 @click.option(
     "--scheduler-file", default=None, help="Read the scheduler's address from this file (dask scheduler --scheduler-file)."
 )
 @click.option("--nworkers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes (one thread each).")
-@click.argument("dask_args", nargs=-1, type=click.UNPROCESSED, metavar="[DASK WORKER OPTIONS]...")
-def worker_cmd(scheduler: str | None, scheduler_file: str | None, nworkers: int, dask_args: tuple[str, ...]) -> None:
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[SCHEDULER] [DASK WORKER OPTIONS]...")
+def worker_cmd(scheduler_file: str | None, nworkers: int, args: tuple[str, ...]) -> None:
     """Serve evaluations to a Dask scheduler: `dask worker` with one thread per worker process and
     BLAS/Numba pinned to one thread. Start it on each machine; drive the search from anywhere with
-    `cellsearch run --dask tcp://SCHEDULER:8786 --db postgresql://...`. Options it does not know go
-    to `dask worker` (e.g. --memory-limit 4GB).
+    `cellsearch run --dask tcp://SCHEDULER:8786 --db postgresql://...`. The scheduler's address comes
+    first (or comes from DASK_SCHEDULER_ADDRESS); options it does not know go to `dask worker` (e.g.
+    --memory-limit 4GB).
 
     \b
     Example:
@@ -276,16 +274,22 @@ def worker_cmd(scheduler: str | None, scheduler_file: str | None, nworkers: int,
     """
     import os
 
-    if (scheduler is None) == (scheduler_file is None):
-        raise ConfigError("give the scheduler's address (tcp://host:8786) or --scheduler-file, one of them")
+    scheduler = args[0] if args and not args[0].startswith("-") else None
+    dask_args = args[1:] if scheduler is not None else args
+    from_env = scheduler is None and scheduler_file is None and bool(os.environ.get("DASK_SCHEDULER_ADDRESS"))
+    if not from_env and (scheduler is None) == (scheduler_file is None):
+        raise ConfigError(
+            "give the scheduler's address (tcp://host:8786) or --scheduler-file, one of them "
+            "(or set DASK_SCHEDULER_ADDRESS, as the Dask Kubernetes operator does)"
+        )
     try:
         import distributed  # noqa: F401
     except ImportError:
-        raise ConfigError("cellsearch worker needs Dask's distributed package: pip install 'cellsearch[dask]'") from None
+        raise ConfigError("cellsearch worker needs Dask's distributed package: pip install dask distributed") from None
     from ..search.distributed import setup_worker_environment
 
     setup_worker_environment()
-    target = [scheduler] if scheduler is not None else ["--scheduler-file", str(scheduler_file)]
+    target = [scheduler] if scheduler is not None else ["--scheduler-file", str(scheduler_file)] if scheduler_file else []
     argv = [sys.executable, "-m", "distributed.cli.dask_worker", *target, "--nthreads", "1", "--nworkers", str(nworkers),
             "--preload", "cellsearch.search.distributed", *dask_args]  # fmt: skip
     sys.stdout.flush()

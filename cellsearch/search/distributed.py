@@ -120,7 +120,7 @@ class DaskExecutor(_Bound):
         try:
             from distributed import Client, LocalCluster
         except ImportError:
-            raise ConfigError("--dask needs Dask's distributed package: pip install 'cellsearch[dask]'") from None
+            raise ConfigError("--dask needs Dask's distributed package: pip install dask distributed") from None
         for k, v in ONE_THREAD.items():  # inherited by the LocalCluster's spawned workers
             os.environ.setdefault(k, v)
         self.address = address
@@ -159,6 +159,8 @@ class DaskExecutor(_Bound):
 
     def run(self, specs: Sequence[EvalSpec], context: Context | None = None) -> Iterator[tuple[EvalSpec, dict[str, Any]]]:
         tracking = self.tracking(context)
+        if tracking is not None:
+            self._reap([s.key for s in specs])
         jobs = {s.key: _Job(s, k) for k, s in enumerate(specs)}
         by_future: dict[str, _Job] = {}
         done: queue.Queue[Any] = queue.Queue()

@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -132,11 +133,13 @@ class _Heartbeat:
         self._thread.join(timeout=10)
 
 
-def run_tracked(spec: EvalSpec, tracking: Tracking | None) -> dict[str, Any]:
+def run_tracked(spec: EvalSpec, tracking: Tracking | None, pin: bool = True) -> dict[str, Any]:
     """``run_spec`` with liveness: an attempt row, a heartbeat while it trains, then the result
     committed by this worker (an upsert) together with the attempt's end. Never raises: when the
-    store cannot be reached the result still goes back to the driver, which commits it."""
-    pin_threads()
+    store cannot be reached the result still goes back to the driver, which commits it. ``pin``: one
+    BLAS/Numba thread (in a worker process; not in the driver's own process)."""
+    if pin:
+        pin_threads()
     if tracking is None:
         return run_spec(spec)
     spec_dict = spec.as_dict()
@@ -191,6 +194,17 @@ class _Bound:
         generation = context.generation if context else None
         return Tracking(url, run_id, generation, write=context is not None, heartbeat=self.heartbeat)
 
+    def _reap(self, keys: list[str]) -> list[Any]:
+        """Mark the attempts of these keys lost whose heartbeat stopped or whose local process is gone
+        (an earlier driver's workers, a broken pool's); the attempts so marked."""
+        if self.store is None or not keys:
+            return []
+        try:
+            return self.store.reap(self.grace, keys)
+        except Exception as err:
+            log.warning("cannot mark lost attempts: %s", err)
+            return []
+
 
 class InProcess(_Bound):
     name = "in-process"
@@ -202,8 +216,10 @@ class InProcess(_Bound):
 
     def run(self, specs: Sequence[EvalSpec], context: Context | None = None) -> Iterator[tuple[EvalSpec, dict[str, Any]]]:
         tracking = self.tracking(context)
+        if tracking is not None:
+            self._reap([s.key for s in specs])
         for spec in specs:
-            yield spec, (run_tracked(spec, tracking) if tracking else run_spec(spec))
+            yield spec, (run_tracked(spec, tracking, pin=False) if tracking else run_spec(spec))
 
     def close(self) -> None:
         pass
@@ -211,6 +227,15 @@ class InProcess(_Bound):
 
 def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the driver was SIGKILLed: go too (its attempt is reaped on the next run)
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=orphaned, daemon=True, name="cellsearch-orphan-watch").start()
 
 
 class LocalPool(_Bound):
@@ -238,6 +263,8 @@ class LocalPool(_Bound):
         """Results in the order they finish. After a worker dies, the unfinished specs run one at a
         time, so the next death names its spec exactly (recorded as ``failed``)."""
         tracking = self.tracking(context)
+        if tracking is not None:
+            self._reap([s.key for s in specs])
         todo: list[EvalSpec] = []
         futures = {self._fresh_pool().submit(run_tracked, s, tracking): s for s in specs}
         order = {fut: k for k, fut in enumerate(futures)}
@@ -267,16 +294,6 @@ class LocalPool(_Bound):
             yield spec, outcome
         if todo:
             self._drop_pool()
-
-    def _reap(self, keys: list[str]) -> list[Any]:
-        """Mark the attempts of dead workers lost (a broken pool's processes are gone: no grace)."""
-        if self.store is None:
-            return []
-        try:
-            return self.store.reap(self.grace, keys)
-        except Exception as err:
-            log.warning("cannot mark lost attempts: %s", err)
-            return []
 
     def _end(self, ids: list[int], reason: str) -> None:
         if self.store is not None and ids:

@@ -29,6 +29,7 @@ from cellsearch.store import Store
 from cellsearch.tasks import make_task
 from cellsearch.train.loop import make_hp
 from tests.search.helpers import tiny_config
+from tests.search.sqlite_writer import write_all
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,20 +59,22 @@ def test_a_worker_killed_midway_loses_nothing_and_stores_each_evaluation_once(pg
     run = store.create_run("kill", {}, 0)
     cells = ["gru", "lstm", "mgu", "rnn"]
     store.add_cells([zoo.get(c) for c in cells])
-    specs = specs_for(cells, seeds=25, steps=120)
+    specs = specs_for(cells, seeds=25, steps=40)
     assert len({s.key for s in specs}) == 200
     executor = DaskExecutor(dask_address, store, heartbeat=0.5, grace=10.0)
     assert len(executor.workers()) == 4
     got: list[str] = []
     killed: list[int] = []  # attempt ids whose worker process was killed
+    landed = False  # a kill hit a worker in the middle of an evaluation
     try:
         for spec, result in executor.run(specs, Context(run, 0)):
             store.add_evaluation(spec.key, spec.as_dict(), result, run, 0)
             got.append(spec.key)
-            landed = [a for a in store.attempts(run_id=run) if a.id in killed and a.status != "done"]
             if len(got) >= 40 and not landed and len(killed) < 5:  # kill a worker in the middle of an evaluation
-                running = [a for a in store.attempts(run_id=run) if a.status == "running"]
-                if running:
+                attempts = store.attempts(run_id=run)
+                landed = any(a.id in killed and a.status != "done" for a in attempts)
+                running = [a for a in attempts if a.status == "running"]
+                if running and not landed:
                     victim = running[-1]
                     os.kill(int(victim.worker.split(":")[1]), signal.SIGKILL)
                     killed.append(victim.id)
@@ -97,29 +100,14 @@ def test_a_worker_killed_midway_loses_nothing_and_stores_each_evaluation_once(pg
 # ---- SQLite with several writing processes ----------------------------------------------------------
 
 
-def _sqlite_writer(url: str, run: int, k: int) -> str:
-    """What a worker does to the store, as fast as it can: attempt, heartbeats, result; then what the
-    driver does (its own upsert of the same result)."""
-    store = Store(url)
-    for spec in specs_for(["gru"], seeds=25, steps=5):
-        att = store.start_attempt(spec.key, spec.as_dict(), f"writer:{k}", run, 0)
-        store.beat(att)
-        store.beat(att)
-        result = {"status": "ok", "valid": 0.1, "worker": f"writer:{k}", "history": [{"step": 1, "loss": 1.0}]}
-        store.finish_attempt(att, spec.key, spec.as_dict(), result, run, 0, write=True)
-        store.add_evaluation(spec.key, spec.as_dict(), result, run, 0)
-        store.reap(grace=60.0)
-    store.close()
-    return "ok"
-
-
 def test_four_processes_writing_to_one_sqlite_file_do_not_lock(tmp_path: Path) -> None:
     url = str(tmp_path / "shared.db")
     store = Store(url, create=True)
     run = store.create_run("w", {}, 0)
     store.add_cells([zoo.get("gru")])
+    specs = [(s.key, s.as_dict()) for s in specs_for(["gru"], seeds=25, steps=5)]
     with multiprocessing.get_context("spawn").Pool(4) as pool:
-        outcomes = [pool.apply_async(_sqlite_writer, (url, run, k)) for k in range(4)]
+        outcomes = [pool.apply_async(write_all, (url, run, k, specs)) for k in range(4)]
         results = [o.get(timeout=240) for o in outcomes]  # re-raises a "database is locked" from any writer
     assert results == ["ok"] * 4
     assert store.count_evaluations(run) == 50  # 2 tasks x 25 seeds, each once though written 8 times
@@ -155,20 +143,24 @@ def test_cellsearch_run_on_a_local_dask_cluster(db_url: str, tmp_path: Path) -> 
     assert {e.worker for e in stored.values()} == workers  # the workers committed their own results
 
 
-def test_dask_options_are_checked_before_anything_is_written(tmp_path: Path) -> None:
+def test_dask_options_are_checked_before_anything_is_written(tmp_path: Path, capsys) -> None:
+    from cellsearch.cli import main
+
     db = tmp_path / "x.db"
     for args, message in (
-        (["--dask", "local:0"], "local:N"),
-        (["--dask", "local:2", "--workers", "2"], "not both"),
-        (["--dask", "tcp://203.0.113.7:8786"], "PostgreSQL"),
-        (["--dask", "nonsense"], "scheduler address"),
+        (["run", "--db", str(db), "--dask", "local:0"], "local:N"),
+        (["run", "--db", str(db), "--dask", "local:2", "--workers", "2"], "not both"),
+        (["run", "--db", str(db), "--dask", "tcp://203.0.113.7:8786"], "PostgreSQL"),
+        (["run", "--db", str(db), "--dask", "nonsense"], "scheduler address"),
+        (["worker"], "scheduler"),
+        (["worker", "--nworkers", "2"], "scheduler"),
     ):
-        proc = cli("run", "--db", str(db), "--generations", "0", *args, cwd=tmp_path)
-        assert proc.returncode == 2, (args, proc.stderr)
-        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, (args, err)
+        assert message in err and len(err.strip().splitlines()) == 1, err
     assert not db.exists()
-    proc = cli("worker", cwd=tmp_path)
-    assert proc.returncode == 2 and "scheduler" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_cellsearch_worker_serves_a_scheduler(tmp_path: Path) -> None:
@@ -221,7 +213,7 @@ def test_cellsearch_worker_serves_a_scheduler(tmp_path: Path) -> None:
 
 
 def test_a_second_driver_is_refused_and_a_killed_drivers_run_resumes_at_once(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path / "t.toml", generations=50, workers=1, steps=40)
+    cfg = _quick_config(tmp_path, generations=50, workers=0, steps=40)
     db = tmp_path / "c.db"
     first = subprocess.Popen([sys.executable, "-m", "cellsearch", "run", str(cfg), "--db", str(db), "--name", "c"],
                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
