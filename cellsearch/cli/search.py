@@ -452,6 +452,26 @@ def query_evaluations(
     emit_frame(df, fmt, cols)
 
 
+@query.command("attempts")
+@DB
+@click.option("--run", default=None)
+@click.option("--cell", default=None, help="Hash (prefix) or zoo name.")
+@click.option("--status", type=click.Choice(["running", "done", "lost", "failed"]), default=None)
+@QFORMAT
+def query_attempts(db: str, run: str | None, cell: str | None, status: str | None, fmt: str) -> None:
+    """Each start of an evaluation on a worker: worker, heartbeat, how it ended (the retry history).
+
+    \b
+    Example:
+      cellsearch query attempts --db results.db --status lost
+    """
+    from ..store import attempts_frame
+
+    df = attempts_frame(db, run=run, status=status, cell=cell)
+    cols = ["id", "run", "generation", "hash", "task", "seed", "attempt", "worker", "status", "seconds", "reason"]
+    emit_frame(df, fmt, cols)
+
+
 @query.command("show")
 @click.argument("cell")
 @DB

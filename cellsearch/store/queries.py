@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from ..errors import ConfigError
 from ..search.score import relative
-from .schema import CellRow, CellSize, Evaluation, GenerationMember, Lineage, RunRow
+from .schema import Attempt, CellRow, CellSize, Evaluation, GenerationMember, Lineage, RunRow
 from .store import Store
 
 REFERENCES = ("lstm", "gru")
@@ -272,3 +272,43 @@ def cell_detail(db: Store | str, cell: str) -> dict[str, Any]:
         "evaluations": evaluations_frame(store, cell=h),
         "lineage": lineage_frame(store, h),
     }
+
+
+def attempts_frame(db: Store | str, run: str | None = None, status: str | None = None, cell: str | None = None) -> pd.DataFrame:
+    """Every start of an evaluation on a worker (filtered): its worker, heartbeat and how it ended; the
+    attempts of one evaluation key, in order, are its retry history."""
+    store = _store(db)
+    run_id = _run_id(store, run)
+    target = resolve_hash(store, cell) if cell is not None else None
+    with store.session() as s:
+        names = {r.id: r.name for r in s.scalars(select(RunRow))}
+        q = select(Attempt)
+        if run_id is not None:
+            q = q.where(Attempt.run_id == run_id)
+        if status is not None:
+            q = q.where(Attempt.status == status)
+        if target is not None:
+            q = q.where(Attempt.cell_hash == target)
+        rows = [
+            {
+                "id": a.id,
+                "run": names.get(a.run_id) if a.run_id is not None else None,
+                "generation": a.generation,
+                "key": a.key,
+                "attempt": a.attempt,
+                "hash": a.cell_hash,
+                "task": a.task,
+                "seed": a.seed,
+                "worker": a.worker,
+                "status": a.status,
+                "reason": a.reason,
+                "started": a.started,
+                "heartbeat": a.heartbeat,
+                "finished": a.finished,
+                "seconds": None if a.finished is None else round(a.finished - a.started, 3),
+            }
+            for a in s.scalars(q.order_by(Attempt.id))
+        ]
+    cols = ["id", "run", "generation", "key", "attempt", "hash", "task", "seed", "worker", "status", "reason", "started",
+            "heartbeat", "finished", "seconds"]  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)

@@ -7,6 +7,7 @@ one driver per run; the queries read the same back.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -16,7 +17,7 @@ from sqlalchemy import select, update
 from cellsearch import zoo
 from cellsearch.errors import ConfigError
 from cellsearch.search.evaluation import EvalSpec
-from cellsearch.store import Store, evaluations_frame, runs_frame, top_frame
+from cellsearch.store import Store, attempts_frame, evaluations_frame, runs_frame, top_frame
 from cellsearch.store.schema import SCHEMA_VERSION, Attempt, Base, Meta, RunRow
 
 
@@ -131,6 +132,28 @@ def test_attempts_heartbeat_reap_and_finish(db_url: str) -> None:
     assert store.evaluations_by_key([a.key])[a.key].worker == "elsewhere:13"
     store.end_attempts([second], "failed", "gave up")
     assert store.attempts([b.key])[0].status == "failed"
+    df = attempts_frame(store, run="r", cell="gru")
+    assert sorted(df["status"]) == ["done", "failed", "lost"] and df["seconds"].notna().all()
+
+
+def test_query_attempts_prints_the_retry_history(db_url: str, capsys) -> None:
+    from cellsearch.cli import main
+
+    store = Store(db_url, create=True)
+    run = store.create_run("r", {}, 0)
+    store.add_cells([zoo.get("gru")])
+    (a,) = _specs(1)
+    for worker in ("h:1", "h:2"):
+        att = store.start_attempt(a.key, a.as_dict(), worker, run, 0)
+    store.end_attempts([att - 1], "lost", "no heartbeat")
+    main(["query", "attempts", "--db", db_url, "--format", "json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["attempt"], r["worker"], r["status"], r["run"]) for r in rows] == [
+        (1, "h:1", "lost", "r"),
+        (2, "h:2", "running", "r"),
+    ]
+    main(["query", "attempts", "--db", db_url, "--status", "running", "--format", "json"])
+    assert [r["worker"] for r in json.loads(capsys.readouterr().out)] == ["h:2"]
 
 
 def test_an_attempt_of_a_dead_local_process_needs_no_grace(db_url: str) -> None:
