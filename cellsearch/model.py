@@ -117,13 +117,24 @@ class Model:
         T, B, W = h.shape
         return (self._mm(h.reshape(T * B, W), params["out.W"]) + params["out.b"]).reshape(T, B, -1)
 
-    def init(self, rng: np.random.Generator, scale: float = 1.0) -> dict[str, Array]:
-        """Fresh parameters from ``rng``: each cell's (U(±scale/sqrt(H)) unless hinted), then the
-        encoder's and the head's (U(±1/sqrt(fan_in)))."""
+    def init(
+        self,
+        rng: np.random.Generator,
+        scale: float = 1.0,
+        gate_init: str = "default",
+        chrono_tmax: float = 0.0,
+        forget_bias: float = 0.0,
+    ) -> dict[str, Array]:
+        """Fresh parameters from ``rng``: each cell's (U(±scale/sqrt(H)) unless hinted; the gate
+        options as in ``init_params``), then the encoder's and the head's (U(±1/sqrt(fan_in)))."""
         s = self.shape
         params: dict[str, Array] = {}
         for run in self.runs:
-            for k, v in init_params(self.cell, run.input_width, s.hidden, rng, self.dtype, scale).items():
+            cell_params = init_params(
+                self.cell, run.input_width, s.hidden, rng, self.dtype, scale,
+                gate_init=gate_init, chrono_tmax=chrono_tmax, forget_bias=forget_bias,
+            )  # fmt: skip
+            for k, v in cell_params.items():
                 params[run.prefix + k] = v
 
         def uniform(shape: tuple[int, ...], fan_in: int) -> Array:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..ir.cell import Cell
+from ..ir.params import GATE_INITS, gate_biases
 from ..model import Model
 from ..tasks import make_task
 from ..tasks.base import Batch, Task
@@ -38,6 +39,9 @@ class HP:
     clip: float = 1.0  # global-norm clipping; 0 turns it off
     input_noise: float = 0.0
     init_scale: float = 1.0
+    gate_init: str = "default"  # "chrono": keep gates' biases ~ log U[1, chrono_tmax - 1] (init_params)
+    chrono_tmax: float = 0.0  # chrono's T_max; 0 means the task's sequence length
+    forget_bias: float = 0.0  # added to every keep gate's bias
     embed: int = 0  # embedding width for symbol inputs; 0 means hidden
     layers: int = 1
     bidirectional: bool = False
@@ -59,6 +63,9 @@ _RANGES: dict[str, tuple[Any, Any] | tuple[str, ...]] = {
     "clip": (0.0, 1e6),
     "input_noise": (0.0, 10.0),
     "init_scale": (1e-3, 100.0),
+    "gate_init": GATE_INITS,
+    "chrono_tmax": (0.0, 1e7),
+    "forget_bias": (-50.0, 50.0),
     "embed": (0, 4096),
     "layers": (1, 16),
     "bidirectional": (False, True),
@@ -152,6 +159,12 @@ def _model(cell: Cell, task: Task, hp: HP) -> Model:
     return Model(cell, task, hp.hidden, hp.embed or None, hp.backend, np.dtype(hp.dtype), hp.layers, hp.bidirectional)
 
 
+def sequence_length(task: Task) -> int:
+    """Steps in a batch of ``task`` (the longest of 16 sequences for variable-length tasks), from a
+    private generator: the evaluation's own random streams are untouched."""
+    return task.sample(np.random.default_rng(0), 16).steps
+
+
 def evaluate(
     cell: Cell,
     task: str,
@@ -159,8 +172,13 @@ def evaluate(
     hp: HP | None = None,
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
+    return_params: bool = False,
 ) -> dict[str, Any]:
-    """Train ``cell`` on ``task`` and report validation and test metrics beside the baseline."""
+    """Train ``cell`` on ``task`` and report validation and test metrics beside the baseline.
+
+    With ``return_params`` the result also holds ``params``: the model's parameters (NumPy arrays,
+    not JSON) that its metrics are for, the best validation's, or the initial ones when training
+    stopped before any validation; absent when the evaluation failed."""
     hp = hp or HP()
     task_options = dict(task_options or {})
     train_task, valid_task, test_task = _split_tasks(task, task_options)  # ConfigError escapes: bad input
@@ -168,6 +186,8 @@ def evaluate(
     metric = train_task.metric
     higher = train_task.higher_is_better
     baseline = test_task.baseline()  # the chance level of the split the test metric is measured on
+    chance_loss = float(baseline.get("loss") or math.inf)
+    gates = gate_biases(cell)
     result: dict[str, Any] = {
         "status": "ok",
         "reason": "",
@@ -176,6 +196,13 @@ def evaluate(
         "task": task,
         "task_options": train_task.options,
         "hp": {k: getattr(hp, k) for k in _RANGES},
+        # the biases gate_init and forget_bias act on (the cell's keep gates and their input gates);
+        # empty lists: the cell has none, and those options change nothing
+        "gates": {
+            "keep": [name for name, _ in gates.keep],
+            "input": [name for name, _, _ in gates.input],
+            "chrono_tmax": None,
+        },
         "seed": seed,
         "metric": metric,
         "higher_is_better": higher,
@@ -193,7 +220,11 @@ def evaluate(
     streams = np.random.SeedSequence(seed).spawn(5)
     init_rng, data_rng, noise_rng, valid_rng, test_rng = (np.random.default_rng(s) for s in streams)
     try:
-        params = model.init(init_rng, hp.init_scale)
+        tmax = hp.chrono_tmax
+        if hp.gate_init == "chrono":
+            tmax = tmax or float(sequence_length(train_task))
+            result["gates"]["chrono_tmax"] = tmax
+        params = model.init(init_rng, hp.init_scale, hp.gate_init, tmax, hp.forget_bias)
         opt: Adam | NesterovSGD = Adam(hp.lr) if hp.optimizer == "adam" else NesterovSGD(hp.lr, hp.momentum)
         valid_set = _fixed_set(valid_task, valid_rng, hp.eval_size, hp.batch)
         best: dict[str, float] | None = None
@@ -207,7 +238,8 @@ def evaluate(
             step += 1
             first_loss = loss if first_loss is None else first_loss
             norm = clip_by_global_norm(grads, hp.clip)
-            if not (math.isfinite(loss) and math.isfinite(norm)) or loss > 1e3 * max(first_loss, 1.0):
+            # explosion: 1000x the first loss, or the chance-level loss when the first is worse than chance
+            if not (math.isfinite(loss) and math.isfinite(norm)) or loss > 1e3 * max(min(first_loss, chance_loss), 1.0):
                 result.update(status="diverged", reason=f"loss {loss:.4g}, gradient norm {norm:.4g} at step {step}")
                 break
             opt.step(params, grads)
@@ -234,6 +266,8 @@ def evaluate(
                 result.update(status="timeout", reason=f"time budget of {hp.time_budget:g} s reached at step {step}")
                 break
         result["steps"] = step
+        if return_params:
+            result["params"] = best_params
         if best is not None:
             test_set = _fixed_set(test_task, test_rng, hp.eval_size, hp.batch)
             test = _score(model, best_params, test_task, test_set)
