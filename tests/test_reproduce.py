@@ -121,3 +121,16 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args: l
 def test_get_names_the_known_studies() -> None:
     with pytest.raises(ConfigError, match="greff2016, jozefowicz2015"):
         get("nope")
+
+
+def test_a_study_can_grow_or_shrink_its_trial_count(tmp_path: Path) -> None:
+    study = _mini()
+    store = Store(str(tmp_path / "s.db"), create=True)
+    config = study_config(study, "smoke", 0, None)
+    run_id = open_study_run(store, "mini", config)
+    more = {**config, "trials": 5}
+    assert open_study_run(store, "mini", more) == run_id
+    assert store.run_by_name("mini").config["trials"] == 5
+    fewer = list(trial_specs(study, "smoke"))[:2]
+    grown = dataclasses.replace(study, scales={"smoke": dataclasses.replace(study.scale("smoke"), trials=5)})
+    assert [s.key for s in list(trial_specs(grown, "smoke"))[:2]] == [s.key for s in fewer]  # trial k: the same draw

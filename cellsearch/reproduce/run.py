@@ -93,8 +93,10 @@ def open_study_run(store: Store, name: str, config: dict[str, Any]) -> int:
             f"run '{name}' in {store.url} is not {config['study']} at scale {config['scale']} with seed {config['seed']}; "
             "pick another --name"
         )
-    if old != config:
+    if {**old, "trials": None} != {**config, "trials": None}:
         raise ConfigError(f"run '{name}' was made with other settings (a different cellsearch or --ptb); pick another --name")
+    if old["trials"] != config["trials"]:  # more or fewer trials: trial k is the same draw either way
+        store.update_run(row.id, config=config)
     return row.id
 
 

@@ -179,13 +179,13 @@ JOZEFOWICZ = Study(
             ),
         ),
         "small": Scale(
-            trials=8,
+            trials=4,
             hp={**_JZ_FIXED, "hidden": 64, "steps": 800, "eval_every": 100, "eval_size": 256, "time_budget": 150.0},
             task_options={"arithmetic": {"digits": 3}, "xml": {}, "chorales": {"max_chorales": 0}, "text": {}},
             space=_JZ_SPACE,
             search=_jz_search(
-                8,
-                4,
+                6,
+                2,
                 {"steps": 800, "hidden": 64, "eval_every": 100, "eval_size": 256, "time_budget": 150.0},
                 {"arithmetic": {"digits": 3}},
             ),
