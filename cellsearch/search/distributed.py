@@ -95,6 +95,24 @@ def _pin_plugin() -> Any:
     return PinThreads()
 
 
+def _ignore_sigint_plugin() -> Any:
+    """For the workers of a LocalCluster: Ctrl-C in a terminal reaches the whole process group, and
+    is the driver's to handle (it closes the cluster); the workers would print tracebacks."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class IgnoreSigint(WorkerPlugin):
+        name = "cellsearch-ignore-sigint"
+
+        def setup(self, worker: Any) -> None:
+            import signal
+            import threading
+
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return IgnoreSigint()
+
+
 @dataclass
 class _Job:
     spec: EvalSpec
@@ -146,6 +164,8 @@ class DaskExecutor(_Bound):
                 self._cluster.close()
             raise ConfigError(f"--dask {address}: cannot connect to the scheduler ({type(err).__name__}: {err})") from None
         self.client.register_plugin(_pin_plugin(), name="cellsearch-pin-threads")
+        if self._cluster is not None:
+            self.client.register_plugin(_ignore_sigint_plugin(), name="cellsearch-ignore-sigint")
 
     def workers(self) -> dict[str, Any]:
         """The cluster's workers (address -> info, with ``pid``)."""
