@@ -135,3 +135,11 @@ def test_bench_rejects_bad_configs(capsys):
         main(["bench", "kernels", "--configs", "1,2,3"])
     assert info.value.code == 2
     assert "batch,length,input,hidden" in capsys.readouterr().err
+
+
+def test_eval_help_lists_every_hyperparameter():
+    from cellsearch.train.loop import HP
+
+    text = " ".join(CliRunner().invoke(cli, ["eval", "--help"]).output.split())
+    for name in HP.__dataclass_fields__:
+        assert name in text, name

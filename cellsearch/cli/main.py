@@ -167,8 +167,8 @@ def eval_cmd(cell_ref: str, task_name: str, task_opts: tuple[str, ...], hps: tup
     """Train CELL on a task and print validation/test metrics beside the task's baseline.
 
     Hyperparameters: lr hidden batch steps optimizer(adam|sgd) momentum clip input_noise init_scale
-    embed layers bidirectional eval_every eval_size patience time_budget backend(cpu|reference)
-    dtype(float32|float64).
+    gate_init(default|chrono) chrono_tmax forget_bias embed layers bidirectional eval_every eval_size
+    patience time_budget backend(cpu|reference) dtype(float32|float64).
 
     \b
     Example:
