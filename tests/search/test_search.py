@@ -233,3 +233,20 @@ def test_config_values_are_checked() -> None:
         check_config({"tasks": ["copy"], "task_options": {"adding": {"length": 5}}})
     cfg = check_config({"tasks": ["parity"], "hp": {"steps": 5}})
     assert cfg.task_options == {} and cfg.full_hp()["steps"] == 5
+
+
+def test_nsga2_keeps_a_pareto_front_of_score_and_size(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path / "n.toml", generations=2)
+    cfg.write_text('selection = "nsga2"\n' + cfg.read_text())
+    db = tmp_path / "n.db"
+    proc = cli("run", str(cfg), "--db", str(db), "--name", "n", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    final = final_population(db, "n")
+    con = sqlite3.connect(db)
+    members = con.execute("SELECT cell_hash, score, params FROM generations").fetchall()
+    con.close()
+    assert len(final) == 4 == len({h for h, _ in final})
+    # the best score (fewest parameters among equals) is an extreme of the first front: NSGA-II never
+    # drops it, so the best cell ever kept is still in the final population
+    best = min(members, key=lambda m: (-m[1], m[2]))
+    assert best[0] in {h for h, _ in final}
