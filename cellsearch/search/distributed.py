@@ -139,8 +139,8 @@ class DaskExecutor(_Bound):
             from distributed import Client, LocalCluster
         except ImportError:
             raise ConfigError("--dask needs Dask's distributed package: pip install dask distributed") from None
-        for k, v in ONE_THREAD.items():  # inherited by the LocalCluster's spawned workers
-            os.environ.setdefault(k, v)
+        # the workers pin themselves (the plugin, and pin_threads at each task); this process's
+        # environment is left alone: Numba refuses a NUMBA_NUM_THREADS that changes after its threads started
         self.address = address
         self._cluster: Any = None
         try:

@@ -226,6 +226,8 @@ class InProcess(_Bound):
 
 
 def _init_worker() -> None:
+    for k, v in ONE_THREAD.items():  # before this worker imports Numba or SciPy's BLAS
+        os.environ[k] = v
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     parent = os.getppid()
 
@@ -250,8 +252,8 @@ class LocalPool(_Bound):
         super().__init__(store, heartbeat, grace, max_attempts)
         self.workers = max(1, workers)
         self.name = f"{self.workers} local worker{'s' if self.workers > 1 else ''}"
-        for k, v in ONE_THREAD.items():  # inherited by the spawned workers (this process is set up already)
-            os.environ.setdefault(k, v)
+        # the workers pin themselves (_init_worker, pin_threads); this process's environment is left
+        # alone: Numba refuses a NUMBA_NUM_THREADS that changes after its threads started
         self._pool: ProcessPoolExecutor | None = None
 
     def _fresh_pool(self) -> ProcessPoolExecutor:
