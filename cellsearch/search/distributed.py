@@ -213,6 +213,19 @@ class DaskExecutor(_Bound):
             left = [jobs[k].future for k in open_keys if jobs[k].future is not None]
             if left:
                 self.client.cancel(left)
+            self._close_superseded([k for k in jobs if k not in open_keys])
+
+    def _close_superseded(self, finished: list[str]) -> None:
+        """Attempts still marked running for evaluations that finished through another attempt: Dask
+        may itself re-run a task whose worker died while the driver queued it again, and a cancelled
+        duplicate never reports back; its row is closed as ``superseded``."""
+        if self.store is None or not finished:
+            return
+        try:
+            ids = [a.id for a in self.store.attempts(finished) if a.status == "running"]
+            self.store.end_attempts(ids, "superseded", "another attempt of this evaluation finished it")
+        except Exception as err:
+            log.warning("cannot close superseded attempts: %s", err)
 
     def _outcome(self, fut: Any, job: _Job, tracking: Any, done: queue.Queue[Any]) -> dict[str, Any] | None:
         """The result, or None after queueing the spec again (its task erred: a worker died under it

@@ -118,7 +118,7 @@ class Attempt(Base):
     task: Mapped[str] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(Integer)
     worker: Mapped[str] = mapped_column(String(128))  # host:pid
-    status: Mapped[str] = mapped_column(String(16))  # running | done | lost | failed
+    status: Mapped[str] = mapped_column(String(16))  # running | done | lost | failed | superseded
     reason: Mapped[str] = mapped_column(Text, default="")
     started: Mapped[float] = mapped_column(Float)
     heartbeat: Mapped[float] = mapped_column(Float)
