@@ -196,6 +196,10 @@ def trials_frame(evaluations: pd.DataFrame, config: dict[str, Any]) -> pd.DataFr
     if not len(evaluations):
         return pd.DataFrame(columns=cols)
     ev = evaluations.copy()
+    if isinstance(config.get("trials"), int):  # a study whose trial count shrank keeps the trials it asks for
+        ev = ev[ev["seed"] < config["trials"]]
+        if not len(ev):
+            return pd.DataFrame(columns=cols)
     ev["variant"] = _labels(config, ev)
     ev["higher_is_better"] = [higher_is_better(t) for t in ev["task"]]
     ev["ok"] = [s not in FAILED and _finite(x) for s, x in zip(ev["status"], ev["test"], strict=True)]
