@@ -7,10 +7,11 @@ import json
 import click
 
 from .main import _stderr_console, cli
+from .search import DB
 
 
 @cli.command("report")
-@click.option("--db", default="cellsearch.db", show_default=True, help="Database URL (SQLAlchemy), or a path to an SQLite file.")
+@DB
 @click.option("--out", default="report", show_default=True, help="Folder for report.html, summary.md and the PNG figures.")
 @click.option("--run", "runs", multiple=True, metavar="NAME", help="Report only this run (repeatable) [default: every run].")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")

@@ -10,14 +10,14 @@ import click
 
 from ..errors import ConfigError
 from .main import _stderr_console, cli
-from .search import emit_frame
+from .search import DB, emit_frame
 
 
 @cli.command("reproduce")
 @click.argument("study_name", metavar="greff2016|jozefowicz2015")
 @click.option("--scale", type=click.Choice(["smoke", "small", "paper"]), default="smoke", show_default=True,
               help="smoke: minutes; small: an hour or two on 2 cores; paper: the papers' trial counts.")  # fmt: skip
-@click.option("--db", default="cellsearch.db", show_default=True, help="Database URL (SQLAlchemy), or a path to an SQLite file.")
+@DB
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Worker processes [default: cores; 0: this process].")
 @click.option("--name", default=None, help="Run name [default: STUDY-SCALE, with -sSEED for a seed other than 0].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random search.")
