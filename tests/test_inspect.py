@@ -10,8 +10,16 @@ from click.testing import CliRunner
 
 from cellsearch import compile, init_params, parse, zoo
 from cellsearch.cli import cli, main
-from cellsearch.inspect import diagnose, gate_names, lag_gradients, step_jacobians
-from cellsearch.inspect.diagnostics import fit_decay, reach, with_initial
+from cellsearch.inspect import diagnose, gate_names, lag_gradients
+from cellsearch.inspect.diagnostics import (
+    StepMap,
+    fit_decay,
+    reach,
+    spectrum_dense,
+    spectrum_matrix_free,
+    step_jacobians,
+    with_initial,
+)
 from cellsearch.inspect.figures import render_all
 from cellsearch.train import evaluate, make_hp
 
@@ -159,6 +167,42 @@ def test_step_jacobian_matches_finite_differences(name, rng):
         t = steps[1]
         h_t = full["h"][t + 1][1]
         assert np.allclose(J[1], (1 - h_t**2)[:, None] * params["h.W_h"].T)
+
+
+@pytest.mark.parametrize(("name", "hidden"), [("rnn", 16), ("lstm", 16), ("gru", 32), ("lstm_peephole", 32), ("lstm", 64)])
+def test_matrix_free_spectrum_agrees_with_the_dense_one(name, hidden, rng):
+    """Arnoldi on J^T and Lanczos on J^T J (J v by a central difference) against LAPACK on the dense
+    Jacobian, at S*H = 16 to 128 state numbers."""
+    cell = zoo.get(name)
+    params = init_params(cell, I, hidden, rng, scale=1.5)
+    x = rng.normal(size=(9, 2, I))
+    fwd = compile(cell, "reference").forward(params, x)
+    values = fwd.tape.values
+    states = {s: np.stack([values[t][u] for t in range(9)]) for s, u in zip(cell.states, cell.updates, strict=True)}
+    full = with_initial(states, fwd.tape.state0)
+    kernel = compile(cell, "reference")
+    steps = [0, 4, 8]
+    radius, sigma = spectrum_dense(kernel, params, x, full, steps, seq=1)
+    mf_radius, mf_sigma, unconverged = spectrum_matrix_free(kernel, params, x, full, steps, seq=1)
+    assert unconverged == 0
+    assert np.allclose(mf_radius, radius, rtol=1e-6) and np.allclose(mf_sigma, sigma, rtol=1e-7)
+    # the products themselves: J^T u exactly, J v to about 1e-8
+    J = step_jacobians(kernel, params, x, full, [4], seq=1)[0]
+    m = StepMap(kernel, params, x, full, 4, seq=1)
+    u, v = rng.normal(size=m.n), rng.normal(size=m.n)
+    assert np.allclose(m.vjp(u), J.T @ u, rtol=1e-12, atol=1e-12)
+    assert np.allclose(m.jvp(v), J @ v, rtol=1e-7, atol=1e-8)
+
+
+def test_diagnose_goes_matrix_free_above_the_threshold():
+    hp = make_hp(hidden=16, batch=2, backend="reference")
+    dense = diagnose(zoo.get("gru"), "adding", {"length": 12}, hp, trajectory=False)
+    free = diagnose(zoo.get("gru"), "adding", {"length": 12}, hp, trajectory=False, dense_max=8)
+    assert dense["jacobian_method"] == "dense" and free["jacobian_method"] == "matrix-free"
+    assert len(dense["jacobian_steps"]) == 12 and len(free["jacobian_steps"]) == 8  # fewer steps without the matrix
+    by_step = dict(zip(dense["jacobian_steps"], dense["spectral_radius_by_step"], strict=True))
+    assert free["spectral_radius_by_step"] == pytest.approx([by_step[t] for t in free["jacobian_steps"]], rel=1e-5)
+    assert free["jacobian_unconverged"] == 0 and free["grad_norm_by_lag"] == dense["grad_norm_by_lag"]
 
 
 def test_fit_decay_and_reach():

@@ -16,9 +16,17 @@ dimension, so ``max_lag`` lags cost ``max_lag`` one-step forward and backward ca
 state and over all states together; the decay rate is the least-squares slope of ``-ln |g_k|``
 against ``k``; the reach is the first lag where ``|g_k|`` falls below ``1e-3 |g_0|``.
 
-**Jacobian spectrum.** ``J_t = d s_t / d s_{t-1}`` over all states together (``S*H`` square), dense,
-from ``S*H`` one-step vector-Jacobian products on the reference backend, at up to 32 steps of the
-first sequence: its spectral radius and largest singular value.
+**Jacobian spectrum.** ``J_t = d s_t / d s_{t-1}`` over all states together (``S*H`` square) on the
+reference backend, at up to 32 steps of the first sequence: its spectral radius and largest singular
+value. Up to ``DENSE_MAX`` state numbers ``J_t`` is built densely from ``S*H`` one-step
+vector-Jacobian products and decomposed by LAPACK. Beyond, it is never formed (``matrix_free``): the
+spectral radius is ARPACK's implicitly restarted Arnoldi (``scipy.sparse.linalg.eigs``) on
+``v -> J_t^T v``, one one-step backward per product (``J_t^T`` has ``J_t``'s eigenvalues, complex
+pairs included); the largest singular value is ARPACK's Lanczos (``eigsh``) on ``v -> J_t^T (J_t v)``,
+``J_t v`` by a central difference of the one-step forward in float64 (relative error about 1e-9 for
+smooth cells; a kink of ``relu``/``abs``/``max`` within the step of a state is averaged over). Both
+agree with the dense values to about 1e-6 (``tests/test_inspect.py``); a step where ARPACK does not
+converge reports its best estimate and is counted in ``jacobian_unconverged``.
 
 **Gates and states.** Every sigmoid node's activations over the whole batch (all steps, sequences
 and units): mean, and the fractions below 0.05 and above 0.95 (saturated shut, saturated open); each
@@ -56,12 +64,25 @@ Array = np.ndarray
 REACH = 1e-3
 #: gate saturation thresholds
 LOW, HIGH = 0.05, 0.95
-#: the dense Jacobian is computed up to this many state numbers (S*H)
-MAX_DENSE = 1024
+#: the Jacobian is dense up to this many state numbers (S*H), matrix-free (ARPACK) beyond
+DENSE_MAX = 256
 #: steps of the first sequence at which the Jacobian is taken
 JACOBIAN_STEPS = 32
 #: positions (loss steps) the gradient flow averages over
 POSITIONS = 8
+#: the longest lag measured when ``max_lag`` is not given (at most T - 1)
+LAG_LIMIT = 200
+#: at most this many Jacobian steps when the spectrum is matrix-free (each costs hundreds of products)
+MATRIX_FREE_STEPS = 8
+#: ARPACK's relative tolerance, its Arnoldi/Lanczos basis size (a large basis finds the eigenvalue of
+#: largest modulus in the tight clusters of random recurrent matrices) and its limit on restarts
+ARPACK_TOL = 1e-6
+ARPACK_NCV = 64
+ARPACK_MAXITER = 100
+#: what a search diagnoses with each evaluation (``diagnose = true``): a small batch, a bounded lag
+#: window and a few Jacobian steps, on the reference interpreter (no compile): well under a second
+#: for the default run's cells, about 1% of their training
+SEARCH_BUDGET: dict[str, int] = {"batch": 8, "lag_limit": 100, "positions": 4, "jacobian_steps": 8}
 
 
 # ---- gradient flow ------------------------------------------------------------------------------
@@ -154,6 +175,111 @@ def step_jacobians(
     fwd = kernel.forward(params, xs, s0)
     g = kernel.backward(params, fwd.tape, None, d, grad_x=False).state0
     return np.concatenate([g[s] for s in states], axis=1).reshape(n, SH, SH)
+
+
+def spectrum_dense(
+    kernel: Any, params: Mapping[str, Array], x: Array, full: Mapping[str, Array], steps: list[int], seq: int = 0
+) -> tuple[list[float], list[float]]:
+    """(spectral radius, largest singular value) of each step's dense Jacobian (:func:`step_jacobians`)."""
+    J = step_jacobians(kernel, params, x, full, steps, seq)
+    radius = [float(np.max(np.abs(np.linalg.eigvals(j)))) for j in J]
+    sigma = [float(v) for v in np.linalg.svd(J, compute_uv=False)[:, 0]]
+    return radius, sigma
+
+
+class StepMap:
+    """Step ``t`` of sequence ``seq`` as a map of all states stacked in ``full``'s order (``n = S*H``
+    numbers): ``vjp(u) = J^T u`` by one backward (exact), ``jvp(v) = J v`` by a central difference of
+    one forward of two sequences (float64; relative error about 1e-9 where the cell is smooth)."""
+
+    def __init__(
+        self, kernel: Any, params: Mapping[str, Array], x: Array, full: Mapping[str, Array], t: int, seq: int = 0
+    ) -> None:
+        self.kernel, self.params = kernel, params
+        self.states = list(full)
+        self.H = int(full[self.states[0]].shape[-1])
+        self.n = len(self.states) * self.H
+        self.x = np.asarray(x[t : t + 1, seq : seq + 1], dtype=np.float64)
+        self.s0 = np.concatenate([np.asarray(full[s][t, seq], dtype=np.float64) for s in self.states])
+        self.tape = kernel.forward(params, self.x, self._split(self.s0[None])).tape
+        self.calls = 0
+
+    def _split(self, flat: Array) -> dict[str, Array]:
+        return {s: np.ascontiguousarray(flat[:, i * self.H : (i + 1) * self.H]) for i, s in enumerate(self.states)}
+
+    def vjp(self, u: Array) -> Array:
+        self.calls += 1
+        d = self._split(np.asarray(u, dtype=np.float64).reshape(1, -1))
+        g = self.kernel.backward(self.params, self.tape, None, d, grad_x=False).state0
+        return np.concatenate([g[s][0] for s in self.states])
+
+    def jvp(self, v: Array) -> Array:
+        self.calls += 1
+        v = np.asarray(v, dtype=np.float64).reshape(-1)
+        norm = float(np.linalg.norm(v))
+        if norm == 0.0:
+            return np.zeros(self.n)
+        h = 1e-6 * max(1.0, float(np.linalg.norm(self.s0))) / norm
+        both = np.stack([self.s0 + h * v, self.s0 - h * v])
+        out = self.kernel.forward(self.params, np.repeat(self.x, 2, axis=1), self._split(both)).states
+        f = np.concatenate([out[s] for s in self.states], axis=1)
+        return (f[0] - f[1]) / (2 * h)
+
+
+def spectrum_matrix_free(
+    kernel: Any, params: Mapping[str, Array], x: Array, full: Mapping[str, Array], steps: list[int], seq: int = 0
+) -> tuple[list[float], list[float], int]:
+    """(spectral radius, largest singular value, steps where ARPACK did not converge) of each step's
+    Jacobian without forming it: Arnoldi (``eigs``) on ``J^T`` for the eigenvalue of largest modulus,
+    Lanczos (``eigsh``) on ``J^T J`` for the largest singular value. A step that does not converge
+    keeps ARPACK's best estimate (NaN when it has none)."""
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs, eigsh
+
+    radius: list[float] = []
+    sigma: list[float] = []
+    unconverged = 0
+    for t in steps:
+        m = StepMap(kernel, params, x, full, t, seq)
+        n = m.n
+        if n < 3:
+            raise ConfigError(f"the matrix-free spectrum needs at least 3 state numbers (got {n})")
+        v0 = np.random.default_rng(t).normal(size=n)
+        ncv = min(n - 1, ARPACK_NCV)
+        opts: dict[str, Any] = {"k": 1, "v0": v0, "ncv": ncv, "tol": ARPACK_TOL, "maxiter": ARPACK_MAXITER}
+        try:
+            vals = eigs(LinearOperator((n, n), matvec=m.vjp, dtype=np.float64), which="LM", return_eigenvectors=False, **opts)
+        except ArpackNoConvergence as err:
+            unconverged += 1
+            vals = np.asarray(err.eigenvalues)
+        radius.append(float(np.max(np.abs(vals))) if len(vals) else math.nan)
+        gram = LinearOperator((n, n), matvec=lambda v, m=m: m.vjp(m.jvp(v)), dtype=np.float64)
+        try:
+            vals = eigsh(gram, which="LA", return_eigenvectors=False, **opts)
+        except ArpackNoConvergence as err:
+            unconverged += 1
+            vals = np.asarray(err.eigenvalues)
+        sigma.append(float(np.sqrt(max(float(np.max(vals)), 0.0))) if len(vals) else math.nan)
+    return radius, sigma, unconverged
+
+
+def jacobian_spectrum(
+    kernel: Any,
+    params: Mapping[str, Array],
+    x: Array,
+    full: Mapping[str, Array],
+    steps: list[int],
+    seq: int = 0,
+    dense_max: int = DENSE_MAX,
+) -> tuple[list[float], list[float], str, int]:
+    """Each step's spectral radius and largest singular value, the method (``dense`` up to
+    ``dense_max`` state numbers, ``matrix-free`` beyond) and how many ARPACK runs did not converge."""
+    states = list(full)
+    n = len(states) * int(full[states[0]].shape[-1])
+    if n <= max(dense_max, 2):
+        radius, sigma = spectrum_dense(kernel, params, x, full, steps, seq)
+        return radius, sigma, "dense", 0
+    radius, sigma, unconverged = spectrum_matrix_free(kernel, params, x, full, steps, seq)
+    return radius, sigma, "matrix-free", unconverged
 
 
 # ---- gates --------------------------------------------------------------------------------------
@@ -258,6 +384,13 @@ def _round(v: float, digits: int = 6) -> float | None:
     return float(f"{v:.{digits}g}")
 
 
+def _mean(values: list[float]) -> float | None:
+    """The mean of the finite values (None when there are none)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return _round(float(v.mean())) if len(v) else None
+
+
 def diagnose(
     cell: Cell,
     task: str,
@@ -268,15 +401,24 @@ def diagnose(
     max_lag: int | None = None,
     *,
     trajectory: bool = True,
+    batch: int | None = None,
+    lag_limit: int = LAG_LIMIT,
+    positions: int = POSITIONS,
+    jacobian_steps: int = JACOBIAN_STEPS,
+    dense_max: int = DENSE_MAX,
 ) -> dict[str, Any]:
-    """Diagnostics of ``cell`` on a batch (``hp.batch`` sequences) of ``task``'s data, as a JSON-able dict.
+    """Diagnostics of ``cell`` on a batch (``batch`` sequences, default ``hp.batch``) of ``task``'s
+    data, as a JSON-able dict.
 
     ``params`` are a model's parameters (``Model``'s names: ``cell.*``, ``in.*``, ``out.*``, as
     ``evaluate(..., return_params=True)`` returns them); without them the model starts as
     ``evaluate`` with this ``seed`` and ``hp`` starts it (``gate_init``, ``forget_bias`` included).
-    ``max_lag`` defaults to the sequence length - 1, at most 200. The gradient flow runs on
+    ``max_lag`` defaults to the sequence length - 1, at most ``lag_limit``. The gradient flow runs on
     ``hp.backend``, the rest on the reference interpreter, all in float64. ``trajectory=False``
-    leaves out the per-unit state traces (the bulk of the dict). ``ConfigError`` for bad input.
+    leaves out the per-unit state traces (the bulk of the dict). The cost: ``max_lag`` one-step
+    forward and backward calls on ``positions`` x ``batch`` sequences, and the Jacobian at
+    ``jacobian_steps`` steps (dense up to ``dense_max`` state numbers, matrix-free beyond).
+    ``ConfigError`` for bad input.
     """
     t_start = time.perf_counter()
     hp = hp or HP()
@@ -293,17 +435,21 @@ def diagnose(
         if set(params) != expected:
             missing, extra = sorted(expected - set(params)), sorted(set(params) - expected)
             raise ConfigError(f"params do not fit this model (missing {missing}, unknown {extra})")
+    for name, v, least in (("batch", batch or 1, 1), ("lag_limit", lag_limit, 0), ("positions", positions, 1),
+                           ("jacobian_steps", jacobian_steps, 1)):  # fmt: skip
+        if v < least:
+            raise ConfigError(f"{name} must be at least {least} (got {v})")
     rng = np.random.default_rng(streams[5])
-    x = np.asarray(model.encode(dict(params), the_task.sample(rng, hp.batch).x), dtype=np.float64)
+    x = np.asarray(model.encode(dict(params), the_task.sample(rng, batch or hp.batch).x), dtype=np.float64)
     cp = {k[len("cell.") :]: np.asarray(v, dtype=np.float64) for k, v in params.items() if k.startswith("cell.")}
     T = x.shape[0]
-    K = min(T - 1, 200) if max_lag is None else int(max_lag)
+    K = min(T - 1, lag_limit) if max_lag is None else int(max_lag)
     if not 0 <= K <= T:
         raise ConfigError(f"max_lag must be in [0, {T}] for sequences of {T} steps (got {max_lag})")
     kernel = ReferenceKernel(cell, np.float64) if hp.backend == "reference" else compile(cell, hp.backend, np.float64)
     kernel.forward(cp, x[:1, :1])  # loads the backend's BLAS, so that the limit below reaches it
     with threadpool_limits(1):  # one step of a small batch at a time: BLAS threads would only fight
-        out = _measure(cell, cp, x, kernel, K, rng, trajectory)
+        out = _measure(cell, cp, x, kernel, K, rng, trajectory, positions, jacobian_steps, dense_max)
     head = {
         "cell": cell.name,
         "cell_hash": cell.hash,
@@ -319,7 +465,16 @@ def diagnose(
 
 
 def _measure(
-    cell: Cell, cp: dict[str, Array], x: Array, kernel: Any, K: int, rng: np.random.Generator, trajectory: bool
+    cell: Cell,
+    cp: dict[str, Array],
+    x: Array,
+    kernel: Any,
+    K: int,
+    rng: np.random.Generator,
+    trajectory: bool,
+    n_positions: int = POSITIONS,
+    jacobian_steps: int = JACOBIAN_STEPS,
+    dense_max: int = DENSE_MAX,
 ) -> dict[str, Any]:
     """Every measurement on the cell's input ``x``: the gradient flow through ``kernel``, the rest on
     the reference interpreter."""
@@ -332,7 +487,7 @@ def _measure(
     H = fwd.tape.hidden_size
 
     # gradient flow, on the chosen backend
-    positions = _spread(max(K - 1, 0), T - 1, POSITIONS)
+    positions = _spread(max(K - 1, 0), T - 1, n_positions)
     raw = {s: rng.normal(size=(len(positions), B, H)) for s in cell.states}
     scale = np.sqrt(sum(np.sum(v**2, axis=2) for v in raw.values()))[:, :, None]
     norms, _ = lag_gradients(kernel, cp, x, full, positions, {s: v / scale for s, v in raw.items()}, K)
@@ -341,13 +496,9 @@ def _measure(
     decay = fit_decay(curve)
 
     # the step Jacobian along the first sequence
-    jac_steps = _spread(0, T - 1, JACOBIAN_STEPS)
-    radius: list[float] = []
-    sigma: list[float] = []
-    if len(cell.states) * H <= MAX_DENSE:
-        J = step_jacobians(ref, cp, x, full, jac_steps)
-        radius = [float(np.max(np.abs(np.linalg.eigvals(j)))) for j in J]
-        sigma = [float(s) for s in np.linalg.svd(J, compute_uv=False)[:, 0]]
+    matrix_free = len(cell.states) * H > max(dense_max, 2)
+    jac_steps = _spread(0, T - 1, min(jacobian_steps, MATRIX_FREE_STEPS) if matrix_free else jacobian_steps)
+    radius, sigma, method, unconverged = jacobian_spectrum(ref, cp, x, full, jac_steps, dense_max=dense_max)
 
     # gates and states
     gates = {name: gate_stats(np.stack([np.asarray(values[t][k]) for t in range(T)])) for k, name in gate_names(cell).items()}
@@ -365,15 +516,77 @@ def _measure(
         "per_state": {
             s: {"decay_rate": _round(fit_decay(c)), "reach": reach(c), "reached": reach(c) <= K} for s, c in per_state.items()
         },
-        "jacobian_steps": jac_steps if radius else [],
-        "spectral_radius": _round(float(np.mean(radius))) if radius else None,
-        "spectral_radius_max": _round(max(radius)) if radius else None,
+        "jacobian_steps": jac_steps,
+        "jacobian_method": method,
+        "jacobian_unconverged": unconverged,
+        "spectral_radius": _mean(radius),
+        "spectral_radius_max": _round(float(np.nanmax(radius))) if np.isfinite(radius).any() else None,
         "spectral_radius_by_step": [_round(v) for v in radius],
-        "singular_max": _round(float(np.mean(sigma))) if sigma else None,
+        "singular_max": _mean(sigma),
         "singular_max_by_step": [_round(v) for v in sigma],
         "gates": {n: {k: _round(v) for k, v in g.items()} for n, g in gates.items()},
         "states": {s: {k: _round(float(v)) for k, v in d.items()} for s, d in ranges.items()},
     }
     if trajectory:
         out["trajectory"] = {s: [[_round(float(u), 4) for u in row] for row in v[:, 0, :]] for s, v in states.items()}
+    return out
+
+
+# ---- with each evaluation of a search ----------------------------------------------------------
+
+
+def saturation(gates: Mapping[str, Mapping[str, float | None]]) -> float | None:
+    """The mean over a cell's sigmoid gates of the fraction of activations saturated (below ``LOW``
+    or above ``HIGH``); None for a cell without sigmoid gates."""
+    values = [float(g["low"] or 0.0) + float(g["high"] or 0.0) for g in gates.values()]
+    return _round(sum(values) / len(values)) if values else None
+
+
+#: the measurements of a diagnosis an evaluation keeps
+SUMMARY_KEYS = (
+    "steps", "max_lag", "reach", "reached", "decay_rate", "decay_factor", "spectral_radius", "spectral_radius_max",
+    "singular_max", "jacobian_method", "jacobian_unconverged", "grad_norm_by_lag", "per_state", "gates", "states", "seconds",
+)  # fmt: skip
+
+
+def summary(d: Mapping[str, Any]) -> dict[str, Any]:
+    """What an evaluation keeps of a diagnosis: the numbers and the gradient curve, with the gates'
+    ``saturation``; not the traces, the per-step spectra or what the evaluation already names."""
+    out = {k: d[k] for k in SUMMARY_KEYS if k in d}
+    out["saturation"] = saturation(d.get("gates") or {})
+    return out
+
+
+def evaluation_diagnostics(
+    cell: Cell,
+    task: str,
+    task_options: Mapping[str, Any] | None,
+    hp: HP,
+    seed: int,
+    params: Mapping[str, Array] | None,
+    budget: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """The diagnostics a search stores with an evaluation (``diagnose = true``): :func:`summary` of
+    the cell at initialisation (as ``evaluate`` started it with ``seed`` and ``hp``) and, with
+    ``params`` (the trained parameters ``evaluate(..., return_params=True)`` kept), after training,
+    both on the same small batch of the task's validation data (``SEARCH_BUDGET``), on the reference
+    interpreter (nothing to compile, any training backend). Never raises: a diagnosis that cannot run
+    (several layers, say) is ``status: failed`` with the reason."""
+    t0 = time.perf_counter()
+    budget = dict(SEARCH_BUDGET if budget is None else budget)
+    out: dict[str, Any] = {"status": "ok", "reason": "", "budget": budget, "initial": None, "trained": None}
+    try:
+        on_reference = dataclasses.replace(hp, backend="reference")
+        known = ("batch", "lag_limit", "positions", "jacobian_steps", "dense_max")
+        if set(budget) - set(known):
+            raise ConfigError(f"unknown diagnostics budget keys {sorted(set(budget) - set(known))}")
+        limits: dict[str, Any] = {k: int(v) for k, v in budget.items()}
+        with np.errstate(all="ignore"):
+            for when, p in (("initial", None), ("trained", params)):
+                if when == "initial" or p is not None:
+                    d = diagnose(cell, task, task_options, on_reference, p, seed, trajectory=False, **limits)
+                    out[when] = summary(d)
+    except Exception as err:  # a diagnosis is never a reason to lose an evaluation
+        out.update(status="failed", reason=f"{type(err).__name__}: {err}"[:500])
+    out["seconds"] = round(time.perf_counter() - t0, 4)
     return out
