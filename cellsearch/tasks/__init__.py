@@ -17,10 +17,15 @@ from .chorales import ChoralesTask
 from .copy import CopyTask
 from .delayed_recall import DelayedRecallTask
 from .digits import DigitsTask
+from .forecast import ForecastTask
 from .losses import binary_cross_entropy, cross_entropy, mean_squared_error
+from .mackey_glass import MackeyGlassTask
 from .parity import ParityTask
+from .sunspots import SunspotsTask
+from .tagging import TaggingTask
 from .temporal_order import TemporalOrderTask
 from .text import TextTask
+from .timing import TimingTask
 from .xml import XMLTask
 
 __all__ = [
@@ -31,10 +36,15 @@ __all__ = [
     "Batch",
     "CopyTask",
     "DelayedRecallTask",
+    "ForecastTask",
+    "MackeyGlassTask",
     "Option",
     "ParityTask",
+    "SunspotsTask",
+    "TaggingTask",
     "Task",
     "TemporalOrderTask",
+    "TimingTask",
     "XMLTask",
     "binary_cross_entropy",
     "cross_entropy",
@@ -56,6 +66,10 @@ TASKS: dict[str, type[Task]] = {
         DigitsTask,
         ChoralesTask,
         TextTask,
+        MackeyGlassTask,
+        SunspotsTask,
+        TaggingTask,
+        TimingTask,
     )
 }
 

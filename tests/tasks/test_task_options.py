@@ -11,7 +11,20 @@ import cellsearch.tasks as tasks_pkg
 from cellsearch.errors import ConfigError
 from cellsearch.tasks import TASKS, Task, make_task
 
-NAMES = ["copy", "adding", "temporal_order", "delayed_recall", "associative_recall", "parity", "arithmetic", "xml"]
+NAMES = [
+    "copy",
+    "adding",
+    "temporal_order",
+    "delayed_recall",
+    "associative_recall",
+    "parity",
+    "arithmetic",
+    "xml",
+    "mackey_glass",
+    "sunspots",
+    "tagging",
+    "timing",
+]
 DATA_NAMES = ["digits", "chorales", "text"]  # checked in test_task_data_*.py (they need data)
 
 
@@ -20,7 +33,7 @@ def test_registry_holds_exactly_the_contract_names():
     for name, cls in TASKS.items():
         assert issubclass(cls, Task) and cls.name == name
         assert cls.loss in ("ce", "bce", "mse")
-        assert cls.higher_is_better == (cls.metric not in ("mse", "nll", "perplexity"))
+        assert cls.higher_is_better == (cls.metric not in ("mse", "nrmse", "nll", "perplexity"))
 
 
 def test_unknown_task():
