@@ -24,3 +24,19 @@ def test_kernel_opcodes_match_the_plan():
 
     for code in Code:
         assert getattr(interp, f"OP_{code.name}") == code.value
+
+
+def test_cuda_kernel_opcodes_and_table_columns_match():
+    import pytest
+
+    pytest.importorskip("numba.cuda")
+    from cellsearch.backends import tables
+    from cellsearch.backends.cpu import interp
+    from cellsearch.backends.cuda import kernels
+    from cellsearch.lowering.plan import Code
+
+    for code in Code:
+        assert getattr(kernels, f"OP_{code.name}") == code.value
+    for name in dir(tables):
+        if name[:2] in ("C_", "S_") and name[2:].isupper():
+            assert getattr(interp, name) == getattr(tables, name), name

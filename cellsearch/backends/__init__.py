@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -12,12 +13,14 @@ from ..errors import ConfigError
 from ..ir.cell import Cell
 from .reference import Forward, Gradients, ReferenceKernel, Tape
 
-BACKENDS = ("reference", "cpu")
+BACKENDS = ("reference", "cpu", "cuda")
 
 
 def compile(cell: Cell, backend: str = "reference", dtype: type | np.dtype | None = None, **options: Any) -> Any:
-    """A kernel that runs ``cell`` on ``backend``: ``"reference"`` (NumPy, float64 by default) or
-    ``"cpu"`` (Numba, float32 by default; ``threads=N`` splits the batch over N threads)."""
+    """A kernel that runs ``cell`` on ``backend``: ``"reference"`` (NumPy, float64 by default),
+    ``"cpu"`` (Numba, float32 by default; ``threads=N`` splits the batch over N threads) or ``"cuda"``
+    (numba-cuda on an NVIDIA GPU or in Numba's simulator, float32 by default; options in
+    ``backends.cuda.kernel.CudaKernel``)."""
     if backend == "reference":
         if options:
             raise ConfigError(f"the reference backend takes no options (got {', '.join(options)})")
@@ -26,7 +29,24 @@ def compile(cell: Cell, backend: str = "reference", dtype: type | np.dtype | Non
         from .cpu import CpuKernel  # numba is imported only when asked for
 
         return CpuKernel(cell, np.float32 if dtype is None else dtype, **options)
+    if backend == "cuda":
+        from .cuda import load  # numba.cuda is imported only when asked for
+
+        return load().CudaKernel(cell, np.float32 if dtype is None else dtype, **options)
     raise ConfigError(f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
 
 
-__all__ = ["BACKENDS", "Forward", "Gradients", "ReferenceKernel", "Tape", "compile"]
+def compile_many(cells: Sequence[Cell], backend: str = "cuda", dtype: type | np.dtype | None = None, **options: Any) -> Any:
+    """Several different cells stepped together (``population.step``): on ``"cuda"`` a
+    ``CudaPopulation``, each cell on its own stream. Only the cuda backend has one."""
+    if backend != "cuda":
+        raise ConfigError(f"compile_many runs on the cuda backend only (got '{backend}')")
+    from .cuda import load
+
+    load()
+    from .cuda.population import CudaPopulation
+
+    return CudaPopulation(cells, np.float32 if dtype is None else dtype, **options)
+
+
+__all__ = ["BACKENDS", "Forward", "Gradients", "ReferenceKernel", "Tape", "compile", "compile_many"]

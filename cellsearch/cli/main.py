@@ -162,18 +162,27 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, Any]:
 @click.option("--task-opt", "task_opts", multiple=True, metavar="K=V", help="A task option, e.g. length=100 (repeatable).")
 @click.option("--hp", "hps", multiple=True, metavar="K=V", help="A hyperparameter, e.g. lr=0.01 (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["cpu", "cuda", "reference"]),
+    default=None,
+    help="Where the cell trains [default: cpu]; the same as --hp backend=NAME.",
+)
 @FORMAT
-def eval_cmd(cell_ref: str, task_name: str, task_opts: tuple[str, ...], hps: tuple[str, ...], seed: int, fmt: str) -> None:
+def eval_cmd(
+    cell_ref: str, task_name: str, task_opts: tuple[str, ...], hps: tuple[str, ...], seed: int, backend: str | None, fmt: str
+) -> None:
     """Train CELL on a task and print validation/test metrics beside the task's baseline.
 
     Hyperparameters: lr hidden batch steps optimizer(adam|sgd) momentum clip input_noise init_scale
     gate_init(default|chrono) chrono_tmax forget_bias embed layers bidirectional eval_every eval_size
-    patience time_budget backend(cpu|reference) dtype(float32|float64).
+    patience time_budget backend(cpu|reference|cuda) dtype(float32|float64).
 
     \b
     Example:
       cellsearch eval lstm --task adding --task-opt length=100 --hp steps=3000 --hp lr=0.01
       cellsearch eval my.cell --task copy --task-opt length=50 --seed 1 --format json
+      cellsearch eval gru --task adding --backend cuda --hp hidden=256 --hp batch=128
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -184,7 +193,12 @@ def eval_cmd(cell_ref: str, task_name: str, task_opts: tuple[str, ...], hps: tup
     cell = load_cell(cell_ref)
     if task_name not in TASKS:
         raise ConfigError(f"unknown task '{task_name}' (known: {', '.join(TASKS)})")
-    hp = make_hp(**_pairs(hps, "--hp"))
+    pairs = _pairs(hps, "--hp")
+    if backend is not None:
+        if pairs.get("backend", backend) != backend:
+            raise ConfigError(f"--backend {backend} and --hp backend={pairs['backend']} disagree")
+        pairs["backend"] = backend
+    hp = make_hp(**pairs)
     options = _pairs(task_opts, "--task-opt")
     check_config(cell, task_name, options, hp)  # bad input fails here, before any progress bar
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -24,10 +25,18 @@ from .search import DB, emit_frame
 @click.option(
     "--ptb", default=None, metavar="DIR", help="Penn Treebank folder (ptb.train.txt, ...): adds word-level PTB (Jozefowicz)."
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["cpu", "cuda", "reference"]),
+    default="cpu",
+    show_default=True,
+    help="Where the cells train (cuda: an NVIDIA GPU; its runs are named STUDY-SCALE-cuda by default).",
+)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def reproduce_cmd(
-    study_name: str, scale: str, db: str, workers: int | None, name: str | None, seed: int, ptb: str | None, fmt: str
-) -> None:
+    study_name: str, scale: str, db: str, workers: int | None, name: str | None, seed: int, ptb: str | None, backend: str,
+    fmt: str,
+) -> None:  # fmt: skip
     """Re-run a study: its cells over a random search of its hyperparameters, on its tasks.
 
     Every trial is an evaluation in --db; running the same command again resumes where it stopped.
@@ -38,6 +47,7 @@ def reproduce_cmd(
     Example:
       cellsearch reproduce greff2016 --scale smoke --db studies.db
       cellsearch reproduce jozefowicz2015 --scale small --db studies.db --workers 2
+      cellsearch reproduce greff2016 --scale small --db studies.db --backend cuda --workers 4
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -51,12 +61,22 @@ def reproduce_cmd(
         raise ConfigError(f"--ptb: {study.name} has no language-modelling task")
     config = study_config(study, scale, seed, ptb)  # task options are checked here (a bad --ptb too)
     specs = list(trial_specs(study, scale, seed, ptb))
+    search_spec = dict(study.scale(scale).search or {})
+    if backend != "cpu":  # other evaluations (the hp is part of their identity) in a run of their own
+        if backend == "cuda":
+            from ..backends.cuda import load
+
+            load()  # no GPU: one line now, not a failure per trial
+        config = {**config, "backend": backend}
+        specs = [dataclasses.replace(s, hp={**s.hp, "backend": backend}) for s in specs]
+        if search_spec:
+            search_spec["hp"] = {**search_spec.get("hp", {}), "backend": backend}
     search_cfg = None
-    run_name = name or (f"{study.name}-{scale}" + (f"-s{seed}" if seed else ""))
-    if study.scale(scale).search:
+    run_name = name or (f"{study.name}-{scale}" + (f"-s{seed}" if seed else "") + (f"-{backend}" if backend != "cpu" else ""))
+    if search_spec:
         from ..search.config import check_config
 
-        search_cfg = check_config({**study.scale(scale).search, "seed": seed, "name": f"{run_name}-search", "study_of": run_name},
+        search_cfg = check_config({**search_spec, "seed": seed, "name": f"{run_name}-search", "study_of": run_name},
                                   f"{study.name} ({scale})")  # fmt: skip
     store = Store(db, create=True)
     run_id = open_study_run(store, run_name, config)

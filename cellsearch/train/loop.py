@@ -49,7 +49,7 @@ class HP:
     eval_size: int = 256  # sequences in the validation and test sets
     patience: int = 10  # evaluations without improvement before stopping
     time_budget: float = 0.0  # seconds; 0 means none
-    backend: str = "cpu"
+    backend: str = "cpu"  # or "reference", or "cuda" (numba-cuda on a GPU)
     dtype: str = "float32"
 
 
@@ -73,7 +73,7 @@ _RANGES: dict[str, tuple[Any, Any] | tuple[str, ...]] = {
     "eval_size": (1, 100_000),
     "patience": (1, 1_000_000),
     "time_budget": (0.0, 1e7),
-    "backend": ("cpu", "reference"),
+    "backend": ("cpu", "reference", "cuda"),
     "dtype": ("float32", "float64"),
 }
 

@@ -21,8 +21,9 @@ import numpy as np
 from ...errors import ShapeError
 from ...ir.cell import Cell
 from ...ir.params import param_specs
-from ...lowering import Code, Plan, lower
+from ...lowering import Plan, lower
 from ..reference import Forward, Gradients, check_params, infer_hidden, initial_states
+from ..tables import Tables, pack_weights, tables, unpack_gradients
 from . import interp
 
 Array = np.ndarray
@@ -40,16 +41,9 @@ class CpuTape:
 
 @dataclass
 class _Workspace:
-    """The Plan's arrays, with addresses, and the work buffers for one (T, B, H)."""
+    """The Plan's arrays (``tables.Tables``) and the work buffers for one (T, B, H)."""
 
-    ops: Array
-    stage_info: Array
-    stage_src: Array
-    stage_dst: Array
-    state_g: Array
-    update_g: Array
-    init_at: list[int]  # where each state's initial value goes in A (-1: copied at t == 0 instead)
-    output_at: tuple[int, int]  # (const, tmul) of the output's value
+    tables: Tables
     A: Array
     K: Array
     DZ: Array
@@ -58,68 +52,14 @@ class _Workspace:
 
 
 def _workspace(plan: Plan, T: int, B: int, H: int, dtype: np.dtype) -> _Workspace:
-    BH = B * H
-    NT = plan.n_taped
-    scratch0 = (T + 1) * NT * BH
-    tmul = NT * BH
-    leaf_of = {s: k for s, k in zip(plan.states, plan.state_slots, strict=True)}
-    update_of = dict(zip(plan.states, plan.update_slots, strict=True))
-    state_name = {k: s for s, k in leaf_of.items() if k >= 0}
-
-    def at(k: int) -> tuple[int, int, int]:
-        """(gradient offset, const, tmul) of node k; its value at step t is A[const + t * tmul]."""
-        if k < 0:
-            return (0, 0, 0)
-        if plan.aliased[k]:  # the update's slot, one tape step back
-            return (k * BH, plan.tape_index[update_of[state_name[k]]] * BH, tmul)
-        if plan.tape_index[k] >= 0:
-            return (k * BH, (NT + plan.tape_index[k]) * BH, tmul)
-        if plan.scratch_index[k] >= 0:
-            return (k * BH, scratch0 + plan.scratch_index[k] * BH, 0)
-        return (k * BH, 0, 0)
-
-    rows = []
-    for ins in plan.program:
-        d, a, b, c = at(ins.dst), at(ins.a), at(ins.b), at(ins.c)
-        if ins.code == Code.STATE:  # a copied state reads its update's slot one tape step back
-            u = update_of[plan.states[ins.aux]]
-            a = (0, plan.tape_index[u] * BH, tmul)
-            b = (int(not plan.aliased[ins.dst]), 0, 0)
-        rows.append((int(ins.code), ins.aux, *d, *a, *b, *c))
-    ops = np.array(rows, dtype=np.int64).reshape(-1, 14)
-    n = max(len(plan.stages), 1)
-    info = np.zeros((n, 6), dtype=np.int64)
-    src = np.zeros((n, max([len(s.srcs) for s in plan.stages] + [1]), 3), dtype=np.int64)
-    dst = np.zeros((n, max([len(s.dsts) for s in plan.stages] + [1]), 3), dtype=np.int64)
-    w = k = z = tmp = 0
-    for g, st in enumerate(plan.stages):
-        ns, nk = len(st.srcs), len(st.dsts)
-        info[g] = (ns, nk, w, k, z, 0)
-        src[g, :ns] = [at(v) for v in st.srcs]
-        dst[g, :nk] = [at(v) for v in st.dsts]
-        w += ns * H * nk * H
-        k += T * B * ns * H
-        z += T * B * nk * H
-        tmp = max(tmp, B * ns * H, B * nk * H)
-    init_at = [
-        plan.tape_index[update_of[s]] * BH if leaf >= 0 and plan.aliased[leaf] else -1
-        for s, leaf in zip(plan.states, plan.state_slots, strict=True)
-    ]
-    _, out_c, out_m = at(plan.output_slot)
+    tb = tables(plan, T, B, H)
     return _Workspace(
-        ops,
-        info,
-        src,
-        dst,
-        state_g=np.array([v * BH if v >= 0 else -1 for v in plan.state_slots], dtype=np.int64),
-        update_g=np.array([u * BH for u in plan.update_slots], dtype=np.int64),
-        init_at=init_at,
-        output_at=(out_c, out_m),
-        A=np.empty(scratch0 + plan.n_scratch * BH, dtype=dtype),
-        K=np.empty(max(k, 1), dtype=dtype),
-        DZ=np.empty(max(z, 1), dtype=dtype),
-        TMP=np.empty(max(tmp, 1), dtype=dtype),
-        G=np.empty(plan.n_slots * BH, dtype=dtype),
+        tb,
+        A=np.empty(tb.arena, dtype=dtype),
+        K=np.empty(tb.k_size, dtype=dtype),
+        DZ=np.empty(tb.dz_size, dtype=dtype),
+        TMP=np.empty(tb.tmp_size, dtype=dtype),
+        G=np.empty(tb.g_size, dtype=dtype),
     )
 
 
@@ -196,34 +136,9 @@ class CpuKernel:
             self._ws[key] = _workspace(self.plan, T, B, H, self.dtype)
         return self._ws[key]
 
-    # ---- parameters -> the Plan's arrays ----
     def _weights(self, params: Mapping[str, Array], I: int, H: int, transposed: bool) -> tuple[Array, Array, Array, Array, Array]:
-        """The Plan's arrays from named parameters: Wx, bx, biases, peeps, and the recurrent stages'
-        weights flattened one after another, each transposed when ``transposed`` (the backward's)."""
-        p = self.plan
-        dt = self.dtype
-
-        def get(name: str) -> Array:
-            return np.asarray(params[name], dtype=dt)
-
-        Wx = np.zeros((I, len(p.xblocks) * H), dtype=dt)
-        bx = np.zeros(len(p.xblocks) * H, dtype=dt)
-        for i, blk in enumerate(p.xblocks):
-            for name in blk.weights:
-                Wx[:, i * H : (i + 1) * H] += get(name)
-            bx[i * H : (i + 1) * H] = get(blk.bias)
-        biases = np.stack([get(n) for n in p.biases]) if p.biases else np.zeros((0, H), dtype=dt)
-        peeps = np.stack([get(n) for n in p.peeps]) if p.peeps else np.zeros((0, H), dtype=dt)
-        Ws = []
-        for st in p.stages:
-            W = np.zeros((len(st.srcs) * H, len(st.dsts) * H), dtype=dt)
-            for k, row in enumerate(st.terms):
-                for i, names in enumerate(row):
-                    for name in names:
-                        W[i * H : (i + 1) * H, k * H : (k + 1) * H] += get(name)
-            Ws.append((np.ascontiguousarray(W.T) if transposed else W).ravel())
-        stages = np.concatenate(Ws) if Ws else np.zeros(1, dtype=dt)
-        return Wx, bx, biases, peeps, stages
+        w = pack_weights(self.plan, params, I, H, self.dtype, transposed)
+        return w.Wx, w.bx, w.biases, w.peeps, w.stages
 
     def forward(self, params: Mapping[str, Array], x: Array, state0: Mapping[str, Array] | None = None) -> Forward:
         p = self.plan
@@ -245,11 +160,12 @@ class CpuKernel:
         ws = self._get_workspace(T, B, H)
         consts = np.array((*p.consts, 0.0), dtype=dt)
         BH = B * H
-        for i, off in enumerate(ws.init_at):
+        tb = ws.tables
+        for i, off in enumerate(tb.init_at):
             if off >= 0:
                 ws.A[off : off + BH] = S0[i]
         chunks = self._chunks(B)
-        args = (ws.ops, ws.stage_info, ws.stage_src, ws.stage_dst, T, B, H, ws.A, P, x, S0, consts, biases, peeps, W, ws.K,
+        args = (tb.ops, tb.stage_info, tb.stage_src, tb.stage_dst, T, B, H, ws.A, P, x, S0, consts, biases, peeps, W, ws.K,
                 ws.TMP, self._R, self._fast)  # fmt: skip
         if chunks == 1:
             interp.forward_kernel(*args)
@@ -299,7 +215,8 @@ class CpuKernel:
         chunks = self._chunks(B)
         dBc = np.zeros((chunks, *biases.shape), dtype=dt)
         dPeepc = np.zeros((chunks, *peeps.shape), dtype=dt)
-        bargs = (ws.ops, ws.stage_info, ws.stage_src, ws.stage_dst, T, B, H, tape.A, ws.state_g, ws.update_g,
+        tb = ws.tables
+        bargs = (tb.ops, tb.stage_info, tb.stage_src, tb.stage_dst, T, B, H, tape.A, tb.state_g, tb.update_g,
                  p.output_slot * B * H, dOut, dS, peeps, WT, ws.DZ, ws.TMP, ws.G, dP, dX)  # fmt: skip
         if chunks == 1:
             interp.backward_kernel(*bargs, dBc[0], dPeepc[0], self._R)
@@ -308,11 +225,6 @@ class CpuKernel:
                 interp.backward_kernel_split(*bargs, dBc, dPeepc, self._R, chunks)
         dB = dBc.sum(axis=0)
         dPeep = dPeepc.sum(axis=0)
-        grads: dict[str, Array] = {}
-
-        def add(name: str, value: Array) -> None:
-            grads[name] = grads[name] + value if name in grads else value
-
         # deferred weight gradients: one GEMM for the input projection, one per recurrent stage
         dP2 = dP.reshape(T * B, -1)
         dWx = np.empty((I, dP2.shape[1]), dtype=dt)
@@ -320,28 +232,19 @@ class CpuKernel:
         if p.xblocks:
             interp.gemm(x.reshape(T * B, I).T, dP2, dWx)
             interp.column_sums(dP2, dbx)
-        for i, blk in enumerate(p.xblocks):
-            for name in blk.weights:
-                add(name, dWx[:, i * H : (i + 1) * H])
-            add(blk.bias, dbx[i * H : (i + 1) * H])
+        dWs = []
         for g, st in enumerate(p.stages):
             ns, nk = len(st.srcs), len(st.dsts)
-            koff, zoff = int(ws.stage_info[g, 3]), int(ws.stage_info[g, 4])
+            koff, zoff = int(tb.stage_info[g, 3]), int(tb.stage_info[g, 4])
             src = tape.K[koff : koff + T * B * ns * H].reshape(T * B, ns * H)
             dz = ws.DZ[zoff : zoff + T * B * nk * H].reshape(T * B, nk * H)
             dW = np.empty((ns * H, nk * H), dtype=dt)
             interp.gemm(src.T, dz, dW)
-            for k, row in enumerate(st.terms):
-                for i, names in enumerate(row):
-                    for name in names:
-                        add(name, dW[i * H : (i + 1) * H, k * H : (k + 1) * H])
-        for i, name in enumerate(p.biases):
-            add(name, dB[i])
-        for i, name in enumerate(p.peeps):
-            add(name, dPeep[i])
+            dWs.append(dW)
+        grads = unpack_gradients(p, H, dWx, dbx, dWs, dB, dPeep)
         if p.xblocks and grad_x:  # x also feeds the input GEMM
             dXp = np.empty((T * B, I), dtype=dt)
             interp.gemm(dP2, Wx.T, dXp)
             dX += dXp.reshape(T, B, I)
         state0 = {s: dS[i].reshape(B, H).copy() for i, s in enumerate(p.states)}
-        return Gradients({k: np.ascontiguousarray(v) for k, v in grads.items()}, dX if grad_x else None, state0)
+        return Gradients(grads, dX if grad_x else None, state0)

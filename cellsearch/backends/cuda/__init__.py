@@ -1,0 +1,28 @@
+"""The CUDA backend (optional: the ``cuda`` extra, numba-cuda). Nothing here imports ``numba.cuda``
+until ``load()`` is called, so the rest of cellsearch never needs it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import ConfigError
+
+
+def load() -> Any:
+    """The backend's module (``kernel``), after checking that it can run: ``ConfigError`` (one line)
+    when numba-cuda is missing, or when there is no usable GPU and the simulator is off."""
+    try:
+        from numba import config, cuda
+    except ImportError:
+        raise ConfigError("the cuda backend needs numba-cuda: pip install 'cellsearch[cuda]'") from None
+    if not getattr(config, "ENABLE_CUDASIM", 0) and not cuda.is_available():
+        raise ConfigError(
+            "the cuda backend found no usable NVIDIA GPU (driver or device missing); "
+            "set NUMBA_ENABLE_CUDASIM=1 to run it in Numba's CUDA simulator"
+        )
+    from . import kernel
+
+    return kernel
+
+
+__all__ = ["load"]

@@ -1,0 +1,453 @@
+"""The CUDA backend: a cell's Plan run by the compile-once CUDA executor (``kernels.py``).
+
+Same API as the reference and cpu backends, with host NumPy arrays in and out:
+``forward(params, x, state0) -> Forward`` and ``backward(params, tape, d_out, d_state_T) -> Gradients``,
+so a ``Model`` trains on it unchanged. Under them, a device-array path for callers that keep their
+data on the GPU: ``upload(params, I, H) -> DeviceWeights``, ``forward_device(weights, x, s0)`` and
+``backward_device(weights, tape, d_out, d_state) -> DeviceGradients`` (``.to_host()`` names them).
+Every launch and copy goes to the kernel's own ``stream``, and the work buffers of a shape are
+allocated once and reused (an allocation may synchronise the device), so kernels on different
+streams overlap: ``population.CudaPopulation`` runs many cells that way.
+
+A step is: one GEMM for the input projection of the whole sequence, one launch for the time loop,
+then backward one launch for the reverse time loop and one GEMM per weight gradient (deferred to
+after the loop), plus column sums for the biases. Like the cpu backend's, a tape is valid until the
+kernel's next ``forward``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numba import config as numba_config
+from numba import cuda
+
+from ...errors import ShapeError
+from ...ir.cell import Cell
+from ...ir.params import param_specs
+from ...lowering import lower
+from ..reference import Forward, Gradients, check_params, infer_hidden, initial_states
+from ..tables import I_K, I_Z, pack_weights, tables, unpack_gradients
+from .kernels import ROWS, gemm_kernel, kernels
+
+Array = np.ndarray
+DeviceArray = Any  # numba.cuda's DeviceNDArray (untyped)
+
+#: the GEMM kernel's tiling (TX, TY, RM, RN, BK): 64x64 tiles of 16x16 threads on a GPU; small tiles
+#: in the simulator, where every thread is a Python thread
+GPU_TILE = (16, 16, 4, 4, 16)
+SIM_TILE = (4, 4, 2, 2, 4)
+MAX_THREADS = 256  # threads per block of the time-loop kernels: H units split over at most this many
+
+
+def simulated() -> bool:
+    return bool(getattr(numba_config, "ENABLE_CUDASIM", 0))
+
+
+@dataclass
+class DeviceWeights:
+    """A cell's parameters on the device, as the Plan's matrices."""
+
+    Wx: DeviceArray  # [I, NX*H]
+    bx: DeviceArray  # [NX*H] (at least 1 element)
+    biases: DeviceArray  # [n_biases, H]
+    peeps: DeviceArray  # [n_peeps, H]
+    W: DeviceArray  # the stages' weights, flat
+    WT: DeviceArray  # the same, each stage transposed (the backward's)
+    input_size: int
+    hidden_size: int
+
+
+@dataclass
+class CudaTape:
+    x: DeviceArray  # [T, B, I]
+    A: DeviceArray  # the arena: tape [T+1, NT, B, H] then scratch slots
+    K: DeviceArray  # packed GEMM sources, [T, B, ns*H] per stage
+    input_size: int
+    hidden_size: int
+    generation: int
+
+
+@dataclass
+class DeviceForward:
+    outputs: DeviceArray  # [T, B, H]
+    states: DeviceArray  # [n_states, B, H], the states after the last step
+    tape: CudaTape
+
+
+@dataclass
+class DeviceGradients:
+    """Packed gradients on the device; ``to_host`` names them as ``Gradients``."""
+
+    kernel: CudaKernel
+    dWx: DeviceArray  # [I, NX*H]
+    dbx: DeviceArray  # [NX*H]
+    dWs: list[DeviceArray]  # per stage [ns*H, nk*H]
+    dB: DeviceArray  # [n_biases*H]
+    dPeep: DeviceArray  # [n_peeps*H]
+    dX: DeviceArray | None  # [T, B, I]
+    dS: DeviceArray  # [n_states, B*H]
+    hidden_size: int
+    batch: int
+
+    def to_host(self) -> Gradients:
+        p = self.kernel.plan
+        H, B = self.hidden_size, self.batch
+        s = self.kernel.stream
+        dWx = self.dWx.copy_to_host(stream=s)
+        dbx = self.dbx.copy_to_host(stream=s)
+        dWs = [w.copy_to_host(stream=s) for w in self.dWs]
+        dB = self.dB.copy_to_host(stream=s)[: len(p.biases) * H].reshape(len(p.biases), H)
+        dPeep = self.dPeep.copy_to_host(stream=s)[: len(p.peeps) * H].reshape(len(p.peeps), H)
+        dX = None if self.dX is None else self.dX.copy_to_host(stream=s)
+        dS = self.dS.copy_to_host(stream=s)
+        s.synchronize()
+        grads = unpack_gradients(p, H, dWx, dbx[: len(p.xblocks) * H], dWs, dB, dPeep)
+        state0 = {name: dS[i].reshape(B, H).copy() for i, name in enumerate(p.states)}
+        return Gradients(grads, dX, state0)
+
+
+@dataclass
+class _Workspace:
+    """The Plan's tables and every work buffer for one (T, B, I, H), on the device."""
+
+    T: int
+    B: int
+    I: int
+    H: int
+    ops: DeviceArray
+    info: DeviceArray
+    stage_src: DeviceArray
+    stage_dst: DeviceArray
+    init_at: DeviceArray
+    out_at: DeviceArray
+    update_at: DeviceArray
+    state_g: DeviceArray
+    update_g: DeviceArray
+    stage_offsets: list[tuple[int, int, int, int]]  # per stage: K offset, DZ offset, ns, nk
+    A: DeviceArray
+    K: DeviceArray
+    DZ: DeviceArray
+    G: DeviceArray
+    P: DeviceArray  # [T*B, NX*H] the input projection
+    dP: DeviceArray
+    Y: DeviceArray  # [T, B, H]
+    ST: DeviceArray  # [n_states, B, H]
+    S0: DeviceArray  # [n_states, B*H]
+    dS: DeviceArray  # [n_states, B*H]
+    dOut: DeviceArray  # [T, B, H]
+    dX: DeviceArray  # [T, B, I]
+    dBr: DeviceArray  # [B, n_biases*H]
+    dPeepr: DeviceArray  # [B, n_peeps*H]
+    dWx: DeviceArray
+    dbx: DeviceArray
+    dWs: list[DeviceArray]
+    dB: DeviceArray
+    dPeep: DeviceArray
+    X: DeviceArray  # [T, B, I] host inputs land here
+    weights: DeviceWeights | None = None  # host parameters land here
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class CudaKernel:
+    """A cell on an NVIDIA GPU (or Numba's CUDA simulator). Options: ``rows_per_block`` (1, 2, 4 or
+    8 batch rows per block of the time-loop kernels; default: as many as keep one block per
+    multiprocessor busy), ``threads_per_block`` (default min(H, 256)), ``stream`` (a
+    ``numba.cuda`` stream; default a new one)."""
+
+    backend = "cuda"
+
+    def __init__(
+        self,
+        cell: Cell,
+        dtype: type | np.dtype = np.float32,
+        rows_per_block: int | None = None,
+        threads_per_block: int | None = None,
+        stream: Any = None,
+        gemm_tile: tuple[int, int, int, int, int] | None = None,
+    ) -> None:
+        self.cell = cell
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ShapeError(f"the cuda backend runs float32 or float64, not {self.dtype}")
+        if rows_per_block is not None and rows_per_block not in ROWS:
+            raise ShapeError(f"rows_per_block must be one of {', '.join(map(str, ROWS))} (got {rows_per_block})")
+        if threads_per_block is not None and not 1 <= threads_per_block <= 1024:
+            raise ShapeError(f"threads_per_block must be in [1, 1024] (got {threads_per_block})")
+        self.plan = lower(cell)
+        self.rows_per_block = rows_per_block
+        self.threads_per_block = threads_per_block
+        self.stream = stream if stream is not None else cuda.stream()
+        self._gemm = gemm_kernel(self.dtype, *(gemm_tile or (SIM_TILE if simulated() else GPU_TILE)))
+        self._ws: dict[tuple[int, int, int, int], _Workspace] = {}
+        self._generation = 0
+
+    # ---- launch geometry ----
+    def _rows(self, B: int) -> int:
+        if self.rows_per_block is not None:
+            return self.rows_per_block
+        sms = _multiprocessors()
+        rows = 1
+        for r in ROWS:  # the most rows per block that still gives every multiprocessor a block
+            if math.ceil(B / r) >= sms:
+                rows = r
+        return rows
+
+    def _threads(self, H: int) -> int:
+        return self.threads_per_block or min(H, MAX_THREADS)
+
+    # ---- buffers ----
+    def _workspace(self, T: int, B: int, I: int, H: int) -> _Workspace:
+        key = (T, B, I, H)
+        ws = self._ws.get(key)
+        if ws is not None:
+            return ws
+        if len(self._ws) > 4:
+            self._ws.clear()
+        p = self.plan
+        tb = tables(p, T, B, H)
+        dt = self.dtype
+        s = self.stream
+
+        def dev(a: Array) -> DeviceArray:
+            return cuda.to_device(np.ascontiguousarray(a), stream=s)
+
+        def empty(*shape: int) -> DeviceArray:  # the last axis at least 1 wide: no empty device arrays
+            return cuda.device_array((*shape[:-1], max(shape[-1], 1)), dtype=dt, stream=s)
+
+        nS = len(p.states)
+        NX = len(p.xblocks)
+        offsets = []
+        dWs = []
+        for g, st in enumerate(p.stages):
+            ns, nk = len(st.srcs), len(st.dsts)
+            offsets.append((int(tb.stage_info[g, I_K]), int(tb.stage_info[g, I_Z]), ns, nk))
+            dWs.append(empty(ns * H, nk * H))
+        ws = _Workspace(
+            T, B, I, H,
+            ops=dev(tb.ops), info=dev(tb.stage_info), stage_src=dev(tb.stage_src), stage_dst=dev(tb.stage_dst),
+            init_at=dev(tb.init_at), out_at=dev(np.array(tb.output_at, dtype=np.int64)),
+            update_at=dev(tb.update_at), state_g=dev(tb.state_g), update_g=dev(tb.update_g),
+            stage_offsets=offsets,
+            A=empty(tb.arena), K=empty(tb.k_size), DZ=empty(tb.dz_size), G=empty(tb.g_size),
+            P=empty(T * B, NX * H), dP=empty(T * B, NX * H), Y=empty(T, B, H), ST=empty(nS, B, H),
+            S0=empty(nS, B * H), dS=empty(nS, B * H), dOut=empty(T, B, H), dX=empty(T, B, I),
+            dBr=empty(B, len(p.biases) * H), dPeepr=empty(B, len(p.peeps) * H),
+            dWx=empty(I, NX * H), dbx=empty(NX * H), dWs=dWs,
+            dB=empty(len(p.biases) * H), dPeep=empty(len(p.peeps) * H), X=empty(T, B, I),
+        )  # fmt: skip
+        self._ws[key] = ws
+        return ws
+
+    def upload(self, params: Mapping[str, Array], I: int, H: int, out: DeviceWeights | None = None) -> DeviceWeights:
+        """The parameters on the device (into ``out``'s buffers when given), on this kernel's stream."""
+        check_params(param_specs(self.cell, I, H), params)
+        fw = pack_weights(self.plan, params, I, H, self.dtype, transposed=False)
+        bw = pack_weights(self.plan, params, I, H, self.dtype, transposed=True)
+        host = {
+            "Wx": fw.Wx if fw.Wx.size else np.zeros((I, 1), dtype=self.dtype),
+            "bx": fw.bx if fw.bx.size else np.zeros(1, dtype=self.dtype),
+            "biases": fw.biases if fw.biases.size else np.zeros((1, H), dtype=self.dtype),
+            "peeps": fw.peeps if fw.peeps.size else np.zeros((1, H), dtype=self.dtype),
+            "W": fw.stages,
+            "WT": bw.stages,
+        }
+        s = self.stream
+        if out is None:
+            return DeviceWeights(**{k: cuda.to_device(np.ascontiguousarray(v), stream=s) for k, v in host.items()},
+                                 input_size=I, hidden_size=H)  # fmt: skip
+        for k, v in host.items():
+            getattr(out, k).copy_to_device(np.ascontiguousarray(v), stream=s)
+        return out
+
+    def _host_weights(self, ws: _Workspace, params: Mapping[str, Array]) -> DeviceWeights:
+        ws.weights = self.upload(params, ws.I, ws.H, ws.weights)
+        return ws.weights
+
+    # ---- helpers ----
+    def _fill(self, arr: DeviceArray, value: float = 0.0) -> None:
+        flat = arr.reshape(arr.size)
+        k = kernels(self.dtype, 1).fill
+        k[math.ceil(arr.size / 256), 256, self.stream](flat, self.dtype.type(value))
+
+    def _column_sums(self, M: DeviceArray, out: DeviceArray) -> None:
+        if M.shape[1] == 0:
+            return
+        k = kernels(self.dtype, 1).column_sums
+        k[math.ceil(M.shape[1] / 128), 128, self.stream](M, out)
+
+    def gemm(self, A: DeviceArray, B: DeviceArray, C: DeviceArray, ta: bool = False, tb: bool = False,
+             bias: DeviceArray | None = None, accumulate: bool = False) -> None:  # fmt: skip
+        """C = op(A) @ op(B) (+ bias) (+ C) on this kernel's stream."""
+        M, N = C.shape
+        if M == 0 or N == 0:
+            return
+        g = self._gemm
+        BM, BN = g.tile
+        g[(math.ceil(N / BN), math.ceil(M / BM)), g.threads, self.stream](
+            A, B, C, C.reshape(C.size) if bias is None else bias, ta, tb, bias is not None, accumulate
+        )
+
+    # ---- the device path ----
+    def forward_device(self, weights: DeviceWeights, x: DeviceArray, state0: DeviceArray | None = None) -> DeviceForward:
+        """The forward over ``x [T, B, I]`` (a device array) from ``state0 [n_states, B*H]`` (device;
+        None: zeros). The outputs and states returned are the kernel's buffers: valid until the next
+        forward."""
+        p = self.plan
+        T, B, I = x.shape
+        H = weights.hidden_size
+        if I != weights.input_size:
+            raise ShapeError(f"x has {I} inputs; the weights were uploaded for {weights.input_size}")
+        ws = self._workspace(T, B, I, H)
+        if state0 is None:
+            state0 = ws.S0
+            self._fill(state0)
+        NX = len(p.xblocks)
+        if NX:
+            self.gemm(x.reshape(T * B, I), weights.Wx, ws.P, bias=weights.bx)
+        rows = self._rows(B)
+        k = kernels(self.dtype, rows).forward_loop
+        consts = ws.extra.get("consts")
+        if consts is None:
+            consts = ws.extra["consts"] = cuda.to_device(np.array((*p.consts, 0.0), dtype=self.dtype), stream=self.stream)
+        args = (ws.ops, ws.info, ws.stage_src, ws.stage_dst, T, B, H, ws.init_at, ws.out_at, ws.update_at, ws.A, ws.P, x, state0,
+                consts, weights.biases, weights.peeps, weights.W, ws.K, ws.Y, ws.ST)  # fmt: skip
+        k[math.ceil(B / rows), self._threads(H), self.stream](*args)
+        self._generation += 1
+        return DeviceForward(ws.Y, ws.ST, CudaTape(x, ws.A, ws.K, I, H, self._generation))
+
+    def backward_device(
+        self,
+        weights: DeviceWeights,
+        tape: CudaTape,
+        d_out: DeviceArray | None,
+        d_state: DeviceArray | None = None,
+        grad_x: bool = True,
+    ) -> DeviceGradients:
+        """Gradients of ``sum(d_out * outputs) + sum(d_state * final states)`` (device arrays ``[T, B,
+        H]`` and ``[n_states, B*H]``; None: zeros). The returned arrays are the kernel's buffers:
+        valid until the next backward."""
+        if tape.generation != self._generation:
+            raise ShapeError("this tape is stale: the kernel ran forward again since (backward needs the latest tape)")
+        p = self.plan
+        x = tape.x
+        T, B, I = x.shape
+        H = tape.hidden_size
+        ws = self._workspace(T, B, I, H)
+        if d_out is None:
+            d_out = ws.dOut
+            self._fill(d_out)
+        if d_state is None:
+            self._fill(ws.dS)
+        elif d_state is not ws.dS:
+            ws.dS.copy_to_device(d_state, stream=self.stream)
+        self._fill(ws.dX)
+        self._fill(ws.dBr)
+        self._fill(ws.dPeepr)
+        rows = self._rows(B)
+        k = kernels(self.dtype, rows).backward_loop
+        args = (ws.ops, ws.info, ws.stage_src, ws.stage_dst, T, B, H, tape.A, ws.state_g, ws.update_g, p.output_slot * B * H,
+                d_out, ws.dS, weights.peeps, weights.WT, ws.DZ, ws.G, ws.dP, ws.dX, ws.dBr, ws.dPeepr)  # fmt: skip
+        k[math.ceil(B / rows), self._threads(H), self.stream](*args)
+        # deferred weight gradients: one GEMM for the input projection, one per recurrent stage
+        x2 = x.reshape(T * B, I)
+        if p.xblocks:
+            self.gemm(x2, ws.dP, ws.dWx, ta=True)
+            self._column_sums(ws.dP, ws.dbx)
+        for (koff, zoff, ns, nk), dW in zip(ws.stage_offsets, ws.dWs, strict=True):
+            src = tape.K[koff : koff + T * B * ns * H].reshape(T * B, ns * H)
+            dz = ws.DZ[zoff : zoff + T * B * nk * H].reshape(T * B, nk * H)
+            self.gemm(src, dz, dW, ta=True)
+        if p.biases:
+            self._column_sums(ws.dBr, ws.dB)
+        if p.peeps:
+            self._column_sums(ws.dPeepr, ws.dPeep)
+        if p.xblocks and grad_x:  # x also feeds the input GEMM
+            self.gemm(ws.dP, weights.Wx, ws.dX.reshape(T * B, I), tb=True, accumulate=True)
+        return DeviceGradients(self, ws.dWx, ws.dbx, ws.dWs, ws.dB, ws.dPeep, ws.dX if grad_x else None, ws.dS, H, B)
+
+    # ---- the host API ----
+    def forward(self, params: Mapping[str, Array], x: Array, state0: Mapping[str, Array] | None = None) -> Forward:
+        dev = self.forward_async(params, x, state0)
+        p = self.plan
+        outputs = dev.outputs.copy_to_host(stream=self.stream)
+        ST = dev.states.copy_to_host(stream=self.stream)
+        self.stream.synchronize()
+        states = {s: ST[i] for i, s in enumerate(p.states)}
+        return Forward(outputs, states, dev.tape)  # type: ignore[arg-type]
+
+    def forward_async(self, params: Mapping[str, Array], x: Array, state0: Mapping[str, Array] | None = None) -> DeviceForward:
+        """``forward`` without waiting: host arrays in, results left on the device."""
+        p = self.plan
+        dt = self.dtype
+        x = np.ascontiguousarray(x, dtype=dt)
+        if x.ndim != 3:
+            raise ShapeError(f"x must be [T, B, I]; got shape {x.shape}")
+        T, B, I = x.shape
+        H = infer_hidden(params, I)
+        check_params(param_specs(self.cell, I, H), params)
+        given = initial_states(p.states, state0, B, H, dt)
+        ws = self._workspace(T, B, I, H)
+        weights = self._host_weights(ws, params)
+        ws.X.copy_to_device(x, stream=self.stream)
+        ws.S0.copy_to_device(np.stack([given[s].ravel() for s in p.states]), stream=self.stream)
+        return self.forward_device(weights, ws.X, ws.S0)
+
+    def backward(
+        self,
+        params: Mapping[str, Array],
+        tape: CudaTape,
+        d_out: Array | None,
+        d_state_T: Mapping[str, Array] | None = None,
+        grad_x: bool = True,
+    ) -> Gradients:
+        """Gradients of ``sum(d_out * outputs) + sum_s sum(d_state_T[s] * states[s])``; with
+        ``grad_x=False`` the input's gradient is skipped (``Gradients.x`` is None)."""
+        return self.backward_async(params, tape, d_out, d_state_T, grad_x).to_host()
+
+    def backward_async(
+        self,
+        params: Mapping[str, Array],
+        tape: CudaTape,
+        d_out: Array | None,
+        d_state_T: Mapping[str, Array] | None = None,
+        grad_x: bool = True,
+    ) -> DeviceGradients:
+        """``backward`` without waiting: host arrays in, packed gradients left on the device."""
+        if tape.generation != self._generation:
+            raise ShapeError("this tape is stale: the kernel ran forward again since (backward needs the latest tape)")
+        p = self.plan
+        dt = self.dtype
+        T, B, I = tape.x.shape
+        H = tape.hidden_size
+        ws = self._workspace(T, B, I, H)
+        weights = self._host_weights(ws, params)
+        dOut = None
+        if d_out is not None:
+            ws.dOut.copy_to_device(np.ascontiguousarray(d_out, dtype=dt), stream=self.stream)
+            dOut = ws.dOut
+        dS = None
+        if d_state_T is not None:
+            host = np.zeros((len(p.states), B * H), dtype=dt)
+            for i, s in enumerate(p.states):
+                if s in d_state_T:
+                    host[i] = np.asarray(d_state_T[s], dtype=dt).ravel()
+            ws.dS.copy_to_device(host, stream=self.stream)
+            dS = ws.dS
+        return self.backward_device(weights, tape, dOut, dS, grad_x)
+
+
+_SMS: list[int] = []
+
+
+def _multiprocessors() -> int:
+    if not _SMS:
+        try:
+            _SMS.append(int(cuda.get_current_device().MULTIPROCESSOR_COUNT))
+        except Exception:  # the simulator's fake device may not say
+            _SMS.append(1)
+    return _SMS[0]

@@ -1,0 +1,390 @@
+"""The CUDA kernels: a compile-once executor of the Plan's step program (the same op table and value
+arena as the cpu backend's, ``backends/tables.py``), a tiled GEMM for the input projection and the
+deferred weight gradients, and two small helpers. Built once per dtype by ``kernels(dtype)``.
+
+**The time loop** runs inside one launch, forward and backward: rows of an RNN never interact, so a
+block owns R batch rows for the whole sequence and its threads split the H units (thread ``tid``
+owns units ``tid, tid + nthreads, ...`` of every row it holds, in every slot). Elementwise ops then
+touch only the thread's own elements, and the recurrent GEMM of a stage is computed inside the
+block: each thread packs its own elements of the stage's sources into ``K`` (kept for the deferred
+weight gradients), the block synchronises once, and each thread computes the stage's outputs for its
+own units (all R rows at once, so each weight read serves R rows) straight into their slots. So a
+step is one ``syncthreads`` per GEMM stage and no launch; every other read is of the thread's own
+elements. The backward runs the program in reverse the same way, one ``syncthreads`` per stage.
+
+Biases and peepholes get their gradients per element (``[B, n*H]``, no atomics: results are the same
+on every run) and are summed over the batch after the loop, like the input projection's bias.
+
+**GEMMs** outside the loop (``[T*B, I] @ W_x``, ``X^T @ dP``, ``K^T @ DZ``, ``dP @ W_x^T``) go
+through one register-tiled shared-memory kernel: a block computes a BM x BN tile of C, each thread
+an RM x RN sub-tile from BK-deep slices of A and B staged in shared memory; either operand may be
+read transposed.
+
+No fastmath (NaN and Inf must survive, so that divergence is detected); tanh and exp are libdevice's
+for the dtype; every constant is typed to the dtype, so float32 kernels never compute in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from types import SimpleNamespace
+
+import numpy as np
+from numba import cuda
+from numba.np.numpy_support import from_dtype
+
+from ..tables import (
+    C_AC,
+    C_AG,
+    C_AM,
+    C_AUX,
+    C_BC,
+    C_BG,
+    C_BM,
+    C_CC,
+    C_CG,
+    C_CM,
+    C_CODE,
+    C_DC,
+    C_DG,
+    C_DM,
+    I_K,
+    I_NK,
+    I_NS,
+    I_W,
+    I_Z,
+    S_C,
+    S_G,
+    S_M,
+)
+
+# opcodes: keep in step with cellsearch.lowering.plan.Code (tests/test_tables.py checks)
+OP_STATE, OP_X, OP_CONST, OP_LOADP, OP_BIAS, OP_GEMM, OP_ADD, OP_SUB, OP_MUL, OP_BLEND, OP_SIGMOID, OP_TANH, OP_RELU, OP_PEEP = (
+    range(14)
+)
+
+#: batch rows one block of the time-loop kernels may hold (its GEMM accumulators are per row)
+ROWS = (1, 2, 4, 8)
+
+
+@lru_cache(maxsize=8)
+def gemm_kernel(dtype: np.dtype, TX: int = 16, TY: int = 16, RM: int = 4, RN: int = 4, BK: int = 16):  # type: ignore[no-untyped-def]
+    """``C = op(A) @ op(B) (+ bias) (+ C)``, a (BM = TY*RM) x (BN = TX*RN) tile of C per block of
+    TX x TY threads; launch with ``grid=(ceil(N/BN), ceil(M/BM)), block=(TX, TY)``."""
+    dt = from_dtype(np.dtype(dtype))
+    zero = np.dtype(dtype).type(0)
+    BM = TY * RM
+    BN = TX * RN
+    NT = TX * TY
+
+    @cuda.jit
+    def gemm(A, B, C, bias, ta, tb, has_bias, accumulate):
+        sA = cuda.shared.array((BK, BM), dt)  # sA[k, m] = op(A)[m0 + m, k0 + k]
+        sB = cuda.shared.array((BK, BN), dt)  # sB[k, n] = op(B)[k0 + k, n0 + n]
+        acc = cuda.local.array((RM, RN), dt)
+        ra = cuda.local.array(RM, dt)
+        rb = cuda.local.array(RN, dt)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * TX + tx
+        M = C.shape[0]
+        N = C.shape[1]
+        Kd = A.shape[0] if ta else A.shape[1]
+        m0 = cuda.blockIdx.y * BM
+        n0 = cuda.blockIdx.x * BN
+        for i in range(RM):
+            for j in range(RN):
+                acc[i, j] = zero
+        for k0 in range(0, Kd, BK):
+            for idx in range(tid, BK * BM, NT):
+                # consecutive threads read consecutive addresses of A, whichever way it is stored
+                if ta:
+                    kk = idx // BM
+                    mm = idx - kk * BM
+                else:
+                    mm = idx // BK
+                    kk = idx - mm * BK
+                gm = m0 + mm
+                gk = k0 + kk
+                v = zero
+                if gm < M and gk < Kd:
+                    v = A[gk, gm] if ta else A[gm, gk]
+                sA[kk, mm] = v
+            for idx in range(tid, BK * BN, NT):
+                if tb:
+                    nn = idx // BK
+                    kk = idx - nn * BK
+                else:
+                    kk = idx // BN
+                    nn = idx - kk * BN
+                gn = n0 + nn
+                gk = k0 + kk
+                v = zero
+                if gn < N and gk < Kd:
+                    v = B[gn, gk] if tb else B[gk, gn]
+                sB[kk, nn] = v
+            cuda.syncthreads()
+            for kk in range(BK):
+                for i in range(RM):
+                    ra[i] = sA[kk, ty + i * TY]
+                for j in range(RN):
+                    rb[j] = sB[kk, tx + j * TX]
+                for i in range(RM):
+                    for j in range(RN):
+                        acc[i, j] += ra[i] * rb[j]
+            cuda.syncthreads()
+        for i in range(RM):
+            m = m0 + ty + i * TY
+            if m < M:
+                for j in range(RN):
+                    n = n0 + tx + j * TX
+                    if n < N:
+                        v = acc[i, j]
+                        if has_bias:
+                            v += bias[n]
+                        if accumulate:
+                            v += C[m, n]
+                        C[m, n] = v
+
+    gemm.tile = (BM, BN)  # type: ignore[attr-defined]
+    gemm.threads = (TX, TY)  # type: ignore[attr-defined]
+    return gemm
+
+
+@lru_cache(maxsize=16)
+def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
+    """The time-loop kernels and helpers for one dtype (float32 or float64) and ``rows`` batch rows
+    per block (a constant, so that the GEMM accumulators stay in registers)."""
+    dt = from_dtype(np.dtype(dtype))
+    typ = np.dtype(dtype).type
+    zero = typ(0)
+    half = typ(0.5)
+    one = typ(1)
+    R = rows
+
+    @cuda.jit
+    def forward_loop(ops, info, stage_src, stage_dst, T, B, H, init_at, out_at, update_at, A, P, X, S0, consts, biases,
+                     peeps, W, K, Y, ST):  # fmt: skip
+        """The forward over the whole sequence for rows [blockIdx.x * R, +R): fills the tape A, the
+        packed GEMM sources K, the outputs Y [T, B, H] and the final states ST [n_states, B, H]."""
+        acc = cuda.local.array(R, dt)
+        tid = cuda.threadIdx.x
+        nth = cuda.blockDim.x
+        r0 = cuda.blockIdx.x * R
+        r1 = min(r0 + R, B)
+        last = B - 1  # a partial last block computes its missing rows on copies of the last row
+        for s in range(init_at.shape[0]):  # initial states read in place from tape step 0
+            off = init_at[s]
+            if off >= 0:
+                for j in range(tid, H, nth):
+                    for bb in range(r0, r1):
+                        A[off + bb * H + j] = S0[s, bb * H + j]
+        for t in range(T):
+            for r in range(ops.shape[0]):
+                code = ops[r, C_CODE]
+                aux = ops[r, C_AUX]
+                d = ops[r, C_DC] + t * ops[r, C_DM]
+                a = ops[r, C_AC] + t * ops[r, C_AM]
+                b = ops[r, C_BC] + t * ops[r, C_BM]
+                c = ops[r, C_CC] + t * ops[r, C_CM]
+                if code == OP_GEMM:
+                    ns = info[aux, I_NS]
+                    nk = info[aux, I_NK]
+                    woff = info[aux, I_W]
+                    width = ns * H
+                    ncol = nk * H
+                    koff = info[aux, I_K] + t * B * width
+                    for i in range(ns):
+                        src = stage_src[aux, i, S_C] + t * stage_src[aux, i, S_M]
+                        for j in range(tid, H, nth):
+                            for bb in range(r0, r1):
+                                K[koff + bb * width + i * H + j] = A[src + bb * H + j]
+                    cuda.syncthreads()  # the block's rows of K are complete
+                    for k in range(nk):
+                        dd = stage_dst[aux, k, S_C] + t * stage_dst[aux, k, S_M]
+                        for j in range(tid, H, nth):
+                            col = woff + k * H + j
+                            for q in range(R):
+                                acc[q] = zero
+                            for i in range(width):
+                                w = W[col + i * ncol]
+                                for q in range(R):
+                                    acc[q] += K[koff + min(r0 + q, last) * width + i] * w
+                            for q in range(R):
+                                if r0 + q < B:
+                                    A[dd + (r0 + q) * H + j] += acc[q]
+                    continue
+                for j in range(tid, H, nth):
+                    for bb in range(r0, r1):
+                        e = bb * H + j
+                        if code == OP_STATE:
+                            if ops[r, C_BG] == 1:  # a copied state; the others are read in place
+                                A[d + e] = S0[aux, e] if t == 0 else A[a + e]
+                        elif code == OP_X:
+                            A[d + e] = X[t, bb, j]
+                        elif code == OP_CONST:
+                            A[d + e] = consts[aux]
+                        elif code == OP_LOADP:
+                            A[d + e] = P[t * B + bb, aux * H + j]
+                        elif code == OP_BIAS:
+                            A[d + e] = biases[aux, j]
+                        elif code == OP_ADD:
+                            A[d + e] = A[a + e] + A[b + e]
+                        elif code == OP_SUB:
+                            A[d + e] = A[a + e] - A[b + e]
+                        elif code == OP_MUL:
+                            A[d + e] = A[a + e] * A[b + e]
+                        elif code == OP_BLEND:
+                            g = A[c + e]
+                            A[d + e] = g * A[a + e] + (one - g) * A[b + e]
+                        elif code == OP_SIGMOID:
+                            A[d + e] = half * math.tanh(half * A[a + e]) + half
+                        elif code == OP_TANH:
+                            A[d + e] = math.tanh(A[a + e])
+                        elif code == OP_RELU:
+                            v = A[a + e]
+                            A[d + e] = zero if v <= zero else v  # NaN passes
+                        elif code == OP_PEEP:
+                            A[d + e] = peeps[aux, j] * A[a + e]
+            o = out_at[0] + t * out_at[1]
+            for j in range(tid, H, nth):
+                for bb in range(r0, r1):
+                    Y[t, bb, j] = A[o + bb * H + j]
+        for s in range(update_at.shape[0]):
+            u = update_at[s, 0] + (T - 1) * update_at[s, 1]
+            for j in range(tid, H, nth):
+                for bb in range(r0, r1):
+                    ST[s, bb, j] = A[u + bb * H + j]
+
+    @cuda.jit
+    def backward_loop(ops, info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, G,
+                      dP, dX, dBr, dPeepr):  # fmt: skip
+        """The reverse walk for rows [blockIdx.x * R, +R). dS [n_states, B*H] comes in holding the
+        final states' gradients and leaves holding the initial states'; dP [T*B, NX*H] and DZ are
+        filled, dX [T, B, I] accumulates x's elementwise uses, dBr [B, nb*H] and dPeepr [B, np*H]
+        (zeroed by the caller) accumulate per element. G holds one step's gradients, a slot per node."""
+        acc = cuda.local.array(R, dt)
+        tid = cuda.threadIdx.x
+        nth = cuda.blockDim.x
+        r0 = cuda.blockIdx.x * R
+        r1 = min(r0 + R, B)
+        last = B - 1  # a partial last block computes its missing rows on copies of the last row
+        BH = B * H
+        nS = dS.shape[0]
+        for t in range(T - 1, -1, -1):
+            for slot in range(G.shape[0] // BH):
+                for j in range(tid, H, nth):
+                    for bb in range(r0, r1):
+                        G[slot * BH + bb * H + j] = zero
+            for j in range(tid, H, nth):
+                for bb in range(r0, r1):
+                    e = bb * H + j
+                    G[output_g + e] += dOut[t, bb, j]
+                    for s in range(nS):
+                        G[update_g[s] + e] += dS[s, e]
+                        if state_g[s] < 0:
+                            dS[s, e] = zero
+            for r in range(ops.shape[0] - 1, -1, -1):
+                code = ops[r, C_CODE]
+                aux = ops[r, C_AUX]
+                gd = ops[r, C_DG]
+                ga = ops[r, C_AG]
+                gb = ops[r, C_BG]
+                gc = ops[r, C_CG]
+                d = ops[r, C_DC] + t * ops[r, C_DM]
+                a = ops[r, C_AC] + t * ops[r, C_AM]
+                b = ops[r, C_BC] + t * ops[r, C_BM]
+                c = ops[r, C_CC] + t * ops[r, C_CM]
+                if code == OP_GEMM:
+                    ns = info[aux, I_NS]
+                    nk = info[aux, I_NK]
+                    woff = info[aux, I_W]
+                    width = nk * H
+                    ncol = ns * H
+                    zoff = info[aux, I_Z] + t * B * width
+                    for k in range(nk):
+                        src = stage_dst[aux, k, S_G]
+                        for j in range(tid, H, nth):
+                            for bb in range(r0, r1):
+                                DZ[zoff + bb * width + k * H + j] = G[src + bb * H + j]
+                    cuda.syncthreads()  # the block's rows of DZ are complete
+                    for i in range(ns):
+                        dst = stage_src[aux, i, S_G]
+                        for j in range(tid, H, nth):
+                            col = woff + i * H + j
+                            for q in range(R):
+                                acc[q] = zero
+                            for m in range(width):
+                                w = WT[col + m * ncol]
+                                for q in range(R):
+                                    acc[q] += DZ[zoff + min(r0 + q, last) * width + m] * w
+                            for q in range(R):
+                                if r0 + q < B:
+                                    G[dst + (r0 + q) * H + j] += acc[q]
+                    continue
+                if code == OP_CONST:
+                    continue
+                for j in range(tid, H, nth):
+                    for bb in range(r0, r1):
+                        e = bb * H + j
+                        g = G[gd + e]
+                        if code == OP_STATE:
+                            dS[aux, e] = g
+                        elif code == OP_X:
+                            dX[t, bb, j] += g
+                        elif code == OP_LOADP:
+                            dP[t * B + bb, aux * H + j] = g
+                        elif code == OP_BIAS:
+                            dBr[bb, aux * H + j] += g
+                        elif code == OP_ADD:
+                            G[ga + e] += g
+                            G[gb + e] += g
+                        elif code == OP_SUB:
+                            G[ga + e] += g
+                            G[gb + e] -= g
+                        elif code == OP_MUL:
+                            G[ga + e] += g * A[b + e]
+                            G[gb + e] += g * A[a + e]
+                        elif code == OP_BLEND:
+                            w = A[c + e]
+                            G[ga + e] += g * w
+                            G[gb + e] += g * (one - w)
+                            G[gc + e] += g * (A[a + e] - A[b + e])
+                        elif code == OP_SIGMOID:
+                            y = A[d + e]
+                            G[ga + e] += g * y * (one - y)
+                        elif code == OP_TANH:
+                            y = A[d + e]
+                            G[ga + e] += g * (one - y * y)
+                        elif code == OP_RELU:
+                            if A[a + e] > zero:
+                                G[ga + e] += g
+                        elif code == OP_PEEP:
+                            G[ga + e] += g * peeps[aux, j]
+                            dPeepr[bb, aux * H + j] += g * A[a + e]
+
+    @cuda.jit
+    def column_sums(M, out):
+        """out[n] = sum over rows of M[:, n], one thread per column (rows in order: deterministic)."""
+        n = cuda.grid(1)
+        if n < M.shape[1]:
+            s = zero
+            for i in range(M.shape[0]):
+                s += M[i, n]
+            out[n] = s
+
+    @cuda.jit
+    def fill(flat, value):
+        i = cuda.grid(1)
+        if i < flat.shape[0]:
+            flat[i] = value
+
+    return SimpleNamespace(
+        forward_loop=forward_loop,
+        backward_loop=backward_loop,
+        column_sums=column_sums,
+        fill=fill,
+        zero=zero,
+        dt=dt,
+    )

@@ -1,0 +1,252 @@
+"""The cuda backend against the reference: every zoo cell, random cells and the edge cells, forward
+and backward, float64 and float32, on tiny shapes. On a machine without a GPU these run in Numba's
+CUDA simulator (NUMBA_ENABLE_CUDASIM=1, as .ci/run does); without either they skip. Also: launch
+geometries, the tiled GEMM at the GPU's tile size, the population runner, NaN, the one-line error
+without CUDA, a model trained on it, and (with NVVM installed) every kernel compiled to PTX."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_conformance import EDGE_CELLS, check
+
+from cellsearch import compile, init_params, parse, zoo
+from cellsearch.ir.random import random_cell
+
+pytestmark = pytest.mark.cuda
+
+
+def _why_not() -> str | None:
+    try:
+        from numba import config, cuda
+    except ImportError:
+        return "numba-cuda is not installed (the cuda extra)"
+    if config.ENABLE_CUDASIM or cuda.is_available():
+        return None
+    return "no GPU here; NUMBA_ENABLE_CUDASIM=1 runs these in Numba's CUDA simulator"
+
+
+WHY_NOT = _why_not()
+needs_cuda = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0")
+DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+TINY = {"T": 4, "B": 2, "I": 3, "H": 3}  # the simulator runs every GPU thread as a Python thread
+
+
+@needs_cuda
+@DTYPES
+@pytest.mark.parametrize("name", zoo.names())
+def test_zoo_cell(name, dtype):
+    assert check(zoo.get(name), "cuda", dtype, seed=1, **TINY)
+
+
+@needs_cuda
+@DTYPES
+def test_random_cells(dtype):
+    compared = 0
+    for seed in range(12):
+        cell = random_cell(np.random.default_rng(seed), name=f"random{seed}")
+        compared += check(cell, "cuda", dtype, seed=seed, **TINY)
+    assert compared >= 11
+
+
+@needs_cuda
+@DTYPES
+@pytest.mark.parametrize("name", list(EDGE_CELLS))
+def test_edge_cells(name, dtype):
+    assert check(parse(EDGE_CELLS[name], name=name), "cuda", dtype, seed=3, T=4, B=2, I=3, H=3)
+
+
+@needs_cuda
+@pytest.mark.parametrize(("rows", "threads"), [(1, None), (2, 2), (4, 1), (8, 3)])
+@pytest.mark.parametrize("name", ["lstm", "mut2"])  # mut2: two GEMM stages in a step
+def test_launch_geometry(name, rows, threads):
+    """Any rows per block (a partial last block included) and threads per block give the same answers."""
+    assert check(zoo.get(name), "cuda", np.float64, seed=4, T=3, B=3, I=2, H=4, rows_per_block=rows, threads_per_block=threads)
+
+
+@needs_cuda
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_gemm_at_the_gpu_tile_size(ta, tb):
+    """The GEMM kernel with the tiling a GPU uses (64x64 tiles, 16-deep), on shapes that cross tile
+    edges, transposed operands, bias and accumulation."""
+    from numba import cuda
+
+    from cellsearch.backends.cuda.kernel import GPU_TILE
+
+    kern = compile(zoo.get("rnn"), "cuda", np.float64, gemm_tile=GPU_TILE)
+
+    rng = np.random.default_rng(0)
+    M, N, K = 67, 5, 18
+    a = rng.normal(size=(K, M) if ta else (M, K))
+    b = rng.normal(size=(N, K) if tb else (K, N))
+    bias = rng.normal(size=N)
+    c0 = rng.normal(size=(M, N))
+    C = cuda.to_device(c0.copy())
+    kern.gemm(cuda.to_device(a), cuda.to_device(b), C, ta=ta, tb=tb, bias=cuda.to_device(bias), accumulate=True)
+    want = (a.T if ta else a) @ (b.T if tb else b) + bias + c0
+    np.testing.assert_allclose(C.copy_to_host(), want, rtol=1e-12, atol=1e-12)
+
+
+@needs_cuda
+def test_population_matches_each_cell_alone():
+    """Cells on their own streams, enqueued together, give what each gives alone, and the same one
+    by one (concurrent=False); the outputs and gradients match the reference."""
+    from cellsearch.backends import compile_many
+
+    cells = [zoo.get("lstm"), zoo.get("gru"), random_cell(np.random.default_rng(5), name="r5"), zoo.get("mut2")]
+    rng = np.random.default_rng(0)
+    T, B, I, H = 3, 2, 3, 3
+    params = [init_params(c, I, H, rng) for c in cells]
+    x = rng.normal(size=(T, B, I))
+    d_out = [rng.normal(size=(T, B, H)) for _ in cells]
+    pop = compile_many(cells, "cuda", np.float64)
+    together = pop.step(params, x, d_out, grad_x=True)
+    again = pop.step(params, x, d_out, grad_x=True, concurrent=False)
+    for cell, p, d, r, r2 in zip(cells, params, d_out, together, again, strict=True):
+        ref = compile(cell, "reference")
+        f = ref.forward(p, x)
+        g = ref.backward(p, f.tape, d)
+        np.testing.assert_allclose(r.outputs, f.outputs, rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(r.outputs, r2.outputs)
+        np.testing.assert_allclose(r.gradients.x, g.x, rtol=1e-10, atol=1e-12)
+        for name in g.params:
+            np.testing.assert_allclose(r.gradients.params[name], g.params[name], rtol=1e-10, atol=1e-12, err_msg=name)
+            np.testing.assert_array_equal(r.gradients.params[name], r2.gradients.params[name])
+        alone = compile(cell, "cuda", np.float64)
+        fa = alone.forward(p, x)
+        ga = alone.backward(p, fa.tape, d)
+        np.testing.assert_array_equal(fa.outputs, r.outputs)
+        for name in g.params:
+            np.testing.assert_array_equal(ga.params[name], r.gradients.params[name])
+
+
+@needs_cuda
+def test_population_default_loss_is_the_sum_of_outputs():
+    from cellsearch.backends import compile_many
+
+    cell = zoo.get("gru")
+    rng = np.random.default_rng(1)
+    p = init_params(cell, 2, 3, rng)
+    x = rng.normal(size=(3, 2, 2)).astype(np.float32)
+    (r,) = compile_many([cell], "cuda").step([p], x)
+    ref = compile(cell, "reference")
+    g = ref.backward(p, ref.forward(p, x).tape, np.ones((3, 2, 3)))
+    for name in g.params:
+        np.testing.assert_allclose(r.gradients.params[name], g.params[name], rtol=2e-4, atol=2e-5)
+
+
+@needs_cuda
+@DTYPES
+def test_nan_propagates(dtype):
+    """A NaN weight reaches the outputs and the gradients (divergence detection depends on it)."""
+    cell = zoo.get("lstm")
+    rng = np.random.default_rng(0)
+    p = {k: v.astype(dtype) for k, v in init_params(cell, 3, 3, rng).items()}
+    p["i.W_h"][0, 0] = np.nan
+    kern = compile(cell, "cuda", dtype)
+    f = kern.forward(p, rng.normal(size=(3, 2, 3)).astype(dtype))
+    assert np.isnan(f.outputs[-1]).any()
+    g = kern.backward(p, f.tape, np.ones((3, 2, 3), dtype=dtype))
+    assert np.isnan(g.params["i.W_h"]).any()
+
+
+@needs_cuda
+def test_input_gradient_skip_and_stale_tape():
+    from cellsearch import ShapeError
+
+    cell = zoo.get("mut1")  # x used elementwise and through linears
+    rng = np.random.default_rng(0)
+    params = init_params(cell, 3, 3, rng)
+    x = rng.normal(size=(3, 2, 3))
+    kern = compile(cell, "cuda", np.float64)
+    full = kern.backward(params, kern.forward(params, x).tape, np.ones((3, 2, 3)))
+    part = kern.backward(params, kern.forward(params, x).tape, np.ones((3, 2, 3)), grad_x=False)
+    assert part.x is None and full.x is not None
+    for name in full.params:
+        np.testing.assert_allclose(part.params[name], full.params[name], rtol=1e-12)
+    old = kern.forward(params, x).tape
+    kern.forward(params, x)
+    with pytest.raises(ShapeError, match="stale"):
+        kern.backward(params, old, None)
+
+
+@needs_cuda
+def test_a_model_trains_on_cuda_as_on_cpu():
+    """Training through Model (host arrays in and out) gives the cpu backend's numbers."""
+    from cellsearch.train import evaluate, make_hp
+
+    hp = {"steps": 3, "batch": 2, "hidden": 3, "eval_every": 3, "eval_size": 2, "dtype": "float64"}
+    a = evaluate(zoo.get("gru"), "parity", {"length": 3}, make_hp(**hp, backend="cuda"), seed=0)
+    b = evaluate(zoo.get("gru"), "parity", {"length": 3}, make_hp(**hp, backend="cpu"), seed=0)
+    assert a["status"] == b["status"] == "ok", (a["reason"], b["reason"])
+    assert a["valid_loss"] == pytest.approx(b["valid_loss"], rel=1e-9)
+    assert a["test"] == pytest.approx(b["test"], rel=1e-9)
+
+
+def test_without_cuda_compile_says_so_in_one_line():
+    """No numba-cuda, or no GPU and no simulator: a one-line ConfigError, from compile and the CLI."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    code = (
+        "import sys\n"
+        "if sys.argv[1] == 'missing': sys.modules['numba.cuda'] = None\n"
+        "from cellsearch import compile, zoo, ConfigError\n"
+        "try:\n    compile(zoo.get('lstm'), 'cuda')\nexcept ConfigError as e:\n    print('ConfigError:', e)\n"
+        "else:\n    print('compiled')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, "missing"], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "ConfigError: the cuda backend needs numba-cuda: pip install 'cellsearch[cuda]'"
+    out = subprocess.run([sys.executable, "-c", code, "present"], env=env, capture_output=True, text=True, check=True).stdout
+    if out.strip() == "compiled":
+        pytest.skip("this machine has a GPU")
+    assert out.startswith("ConfigError: the cuda backend found no usable NVIDIA GPU") and out.count("\n") == 1
+    cli = subprocess.run(
+        [sys.executable, "-m", "cellsearch", "eval", "lstm", "--task", "parity", "--hp", "steps=1", "--backend", "cuda"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert cli.returncode == 2, cli.stderr
+    assert "no usable NVIDIA GPU" in cli.stderr and cli.stderr.strip().count("\n") == 0, cli.stderr
+
+
+def test_kernels_compile_to_ptx():
+    """Every kernel, both dtypes, a few rows-per-block, compiles for sm_90 (typing and code generation
+    checked without a GPU; needs NVVM, e.g. pip install 'cuda-toolkit[nvrtc,nvvm]'). No float64
+    instruction in the float32 kernels, and no local memory (the accumulators stay in registers)."""
+    if SIMULATED:
+        pytest.skip("the simulator does not compile")
+    pytest.importorskip("numba.cuda")
+    from numba import cuda, typeof, types
+
+    from cellsearch.backends.cuda.kernels import ROWS, gemm_kernel, kernels
+
+    def arr(nd, dt):
+        return types.Array(typeof(np.dtype(dt).type(0)), nd, "C")
+
+    i64 = types.int64
+    for dt in (np.float32, np.float64):
+        I = lambda n: arr(n, np.int64)
+        F = lambda n, dt=dt: arr(n, dt)
+        for rows in (ROWS[0], ROWS[-1]) if dt == np.float32 else (ROWS[1],):
+            ks = kernels(np.dtype(dt), rows)
+            fwd = (I(2), I(2), I(3), I(3), i64, i64, i64, I(1), I(1), I(2), F(1), F(2), F(3), F(2), F(1), F(2), F(2), F(1),
+                   F(1), F(3), F(3))  # fmt: skip
+            bwd = (I(2), I(2), I(3), I(3), i64, i64, i64, F(1), I(1), I(1), i64, F(3), F(2), F(2), F(1), F(1), F(1), F(2),
+                   F(3), F(2), F(2))  # fmt: skip
+            sigs = [(ks.forward_loop, fwd), (ks.backward_loop, bwd), (ks.column_sums, (F(2), F(1))),
+                    (ks.fill, (F(1), typeof(np.dtype(dt).type(0))))]  # fmt: skip
+            if rows == ROWS[-1] or dt == np.float64:
+                sigs.append((gemm_kernel(np.dtype(dt)), (F(2), F(2), F(2), F(1), *[types.boolean] * 4)))
+            for k, sig in sigs:
+                try:
+                    ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=(9, 0))
+                except Exception as e:  # NVVM/NVRTC not installed: nothing to check here
+                    if "nvvm" in str(e).lower() or "nvrtc" in str(e).lower() or "NotFound" in type(e).__name__:
+                        pytest.skip(f"NVVM is not installed: {str(e).splitlines()[0]}")
+                    raise
+                lines = ptx.splitlines()
+                assert not any(".local" in line for line in lines), f"{k.py_func.__name__} uses local memory"
+                if dt == np.float32:
+                    assert not any(".f64" in line for line in lines), f"{k.py_func.__name__} computes in float64"
