@@ -33,7 +33,7 @@ from cellsearch.analysis import (
 from cellsearch.analysis import figures as F
 from cellsearch.analysis.stats import search_progress
 from cellsearch.cli import cli, main
-from cellsearch.store import Store, lineage_frame, top_frame
+from cellsearch.store import Store, diagnostics_frame, lineage_frame, top_frame
 from tests.search.helpers import tiny_config
 
 GREFF_VARIANTS = ["lstm_peephole", "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr"]
@@ -199,7 +199,7 @@ def fixture_db(tmp_path_factory) -> Path:
         build_greff(store)
         build_jozefowicz(store)
     cfg = tiny_config(tmp / "tiny.toml", generations=2, workers=0, steps=40)
-    cfg.write_text('study_of = "jozefowicz2015-small"\n' + cfg.read_text())
+    cfg.write_text('study_of = "jozefowicz2015-small"\ndiagnose = true\n' + cfg.read_text())  # diagnostics: the reach figure
     proc = CliRunner().invoke(cli, ["run", str(cfg), "--db", str(db), "--name", "jozefowicz2015-small-search"])
     assert proc.exit_code == 0, proc.output
     return db
@@ -223,7 +223,7 @@ def test_report_writes_html_markdown_and_every_figure(report_dir):
     stem, jz, search = "greff2016-small", "jozefowicz2015-small", "jozefowicz2015-small-search"
     expected = {f"{stem}-box-{t}.png" for t in GREFF_TASKS} | {f"{stem}-marginal-{t}.png" for t in GREFF_TASKS}
     expected |= {f"{stem}-fanova.png", f"{jz}-relative.png"} | {f"{jz}-box-{t}.png" for t in JZ_TASKS}
-    expected |= {f"{search}-progress.png", f"{search}-pareto.png"}
+    expected |= {f"{search}-progress.png", f"{search}-pareto.png", f"{search}-reach.png"}
     assert expected <= set(pngs), sorted(expected - set(pngs))
     for name in pngs:
         data = (report_dir / name).read_bytes()
@@ -373,6 +373,10 @@ def test_search_figures_render(fixture_db):
     F.save_png(F.progress_plot(progress))
     cells = top_frame(store, run=run.name, limit=1000)
     F.save_png(F.pareto_plot(cells))
+    diag = diagnostics_frame(store, run=run.name)
+    assert set(diag["hash"]) == set(cells["hash"]) and (diag["diagnosed"] == 2).all()  # 2 tasks, 1 seed
+    assert diag["reach"].notna().all() and list(diag["rank"]) == list(range(1, len(diag) + 1))
+    assert F.save_png(F.reach_plot(diag))[:4] == b"\x89PNG"
     evolved = [h for h in cells["hash"] if len(lineage_frame(store, h))]
     assert evolved, "a two-generation search has children"
     lineage = lineage_frame(store, evolved[0])
@@ -387,6 +391,7 @@ def test_empty_inputs_draw_a_placeholder_not_an_error():
         F.progress_plot(empty),
         F.pareto_plot(pd.DataFrame(columns=["score", "params", "name", "generation", "hash"])),
         F.fanova_plot(pd.DataFrame(columns=["task", "hyperparameter", "scale", "importance", "trials"])),
+        F.reach_plot(pd.DataFrame(columns=["score", "reach", "reach_init", "name", "generation", "diagnosed"])),
     ):
         assert F.save_png(fig)[:4] == b"\x89PNG"
 

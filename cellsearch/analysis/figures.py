@@ -445,6 +445,70 @@ def pareto_plot(cells: pd.DataFrame, title: str | None = None, best: str | None 
     return fig
 
 
+def reach_plot(cells: pd.DataFrame, title: str | None = None) -> Figure:
+    """Score against gradient reach (log x), one point per cell, from ``diagnostics_frame``: at
+    initialisation (left) and after training (right), coloured by the generation the cell first
+    appeared in; the zoo cells labelled. A triangle marks a cell whose gradient stayed above 1e-3 of
+    its lag-0 value within the measured lags in at least half of its evaluations: its reach is a lower
+    bound."""
+    import seaborn as sns
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    with style():
+        df = cells.copy()
+        for c in ("score", "reach", "reach_init", "generation", "unreached", "unreached_init", "diagnosed"):
+            df[c] = pd.to_numeric(df[c], errors="coerce") if c in df.columns else np.nan
+        df = df[df["score"].notna() & (df["reach"].notna() | df["reach_init"].notna())]
+        if not len(df):
+            return _empty(Figure(figsize=(6, 2)), "no cells with diagnostics")
+        df["generation"] = df["generation"].fillna(0).astype(int)
+        generations = sorted(set(df["generation"]))
+        palette = dict(zip(generations, sns.color_palette("viridis", len(generations)), strict=True))
+        fig = Figure(figsize=(10.5, 4.4))
+        axes = fig.subplots(1, 2, sharey=True)
+        yspan = max(float(df["score"].max() - df["score"].min()), 1e-9)
+        for ax, col, missed, when in (
+            (axes[0], "reach_init", "unreached_init", "at initialisation"),
+            (axes[1], "reach", "unreached", "after training"),
+        ):
+            d = df[df[col].notna()].copy()
+            d[col] = d[col].clip(lower=1.0)  # a gradient gone at lag 1 sits at the left edge
+            bound = (d[missed] * 2 >= d["diagnosed"]).fillna(False).astype(bool)
+            for marker, part in (("o", d[~bound]), (">", d[bound])):
+                if len(part):
+                    sns.scatterplot(data=part, x=col, y="score", hue="generation", palette=palette, marker=marker, s=45,
+                                    alpha=0.85, ax=ax, edgecolor="none", legend=False)  # fmt: skip
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            lo, hi = float(d[col].min()), float(d[col].max())
+            ax.set_xlim(lo / 1.4, hi * 1.4)
+            placed: list[tuple[float, float]] = []
+            for r in d.sort_values(["score", col]).to_dict(orient="records"):
+                if not (isinstance(r.get("name"), str) and r["name"]):
+                    continue
+                x, y = math.log10(r[col]), r["score"] / yspan
+                near = sum(1 for px, py in placed if abs(px - x) < 0.12 and abs(py - y) < 0.06)  # stack close labels
+                placed.append((x, y))
+                box = {"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7}
+                ax.annotate(r["name"], (r[col], r["score"]), xytext=(5, 4 + 10 * near), textcoords="offset points",
+                            fontsize=8, bbox=box)  # fmt: skip
+            ax.set_xlabel(f"gradient reach {when} (lags)")
+        axes[0].set_ylabel("score (min over tasks of result / GRU's)")
+        handles = [Line2D([], [], marker="o", ls="", color=palette[g], label=f"generation {g}") for g in generations]
+        handles += [
+            Line2D([], [], marker="o", ls="", color="#555555", label="reach"),
+            Line2D([], [], marker=">", ls="", color="#555555", label="reach ≥ (not reached\nin the lags measured)"),
+        ]
+        axes[1].legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        fig.suptitle(title or "score against gradient reach, one point per cell", fontsize=11)
+        fig.text(0.5, -0.02, "reach: the first lag k where |dL_t/ds_(t-k)| < 1e-3 of its lag-0 value (median over "
+                 "the cell's evaluations)", ha="center", fontsize=8, color="#555555")  # fmt: skip
+        fig.tight_layout()
+    return fig
+
+
 def lineage_plot(
     lineage: pd.DataFrame,
     target: str,

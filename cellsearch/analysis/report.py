@@ -9,8 +9,9 @@ Sections, one per run in creation order:
 * a Jozefowicz et al. 2015 study: the best trial per cell and task relative to the GRU, the paper's
   claims beside ours, box plots per task, Welch's t-tests against the GRU, failures;
 * a search (``cellsearch run``, or a study's evolutionary search): progress over generations, the
-  Pareto front of score against parameters, the leaderboard with each cell's DSL text, and the
-  lineage of the best evolved cell.
+  Pareto front of score against parameters, score against gradient reach (when the run stored
+  diagnostics: ``diagnose = true``), the leaderboard with each cell's DSL text, and the lineage of
+  the best evolved cell.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import ConfigError
-from ..store import Store, evaluations_frame, lineage_frame, runs_frame, top_frame
+from ..store import Store, diagnostics_frame, evaluations_frame, lineage_frame, runs_frame, top_frame
 from ..store.schema import RunRow
 from . import figures as F
 from . import stats as S
@@ -479,6 +480,48 @@ def best_evolved(cells: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | Non
     return by_search, by_search
 
 
+def _reach_section(doc: _Doc, store: Store, run: RunRow, stem: str) -> None:
+    """Score against gradient reach, when the run stored diagnostics with its evaluations (``diagnose = true``)."""
+    try:
+        diag = diagnostics_frame(store, run=run.name)
+    except ConfigError:
+        return
+    if not len(diag) or int(diag["diagnosed"].sum()) == 0:
+        return
+    doc.heading(3, "Score against gradient reach")
+    lags = diag["max_lag"].dropna()
+    window = f"lags up to {int(lags.max())}" if len(lags) else "the lags measured"
+    doc.figure(
+        F.reach_plot(diag, f"{run.name}: score against gradient reach"),
+        f"{stem}-reach",
+        "One point per cell that entered a population: its score against its gradient reach (the first lag where "
+        "the gradient of a random projection of the states falls below 1e-3 of its lag-0 value; median over the "
+        f"cell's evaluations, on 8 sequences of each task, {window}), at initialisation and after training. "
+        "Triangles: reach beyond the lags measured.",
+    )
+    doc.table(
+        display(
+            diag.head(15),
+            {
+                "rank": "rank",
+                "hash": "hash",
+                "name": "name",
+                "score": "score",
+                "reach": "reach",
+                "reach_init": "reach (init)",
+                "spectral_radius": "ρ(J)",
+                "spectral_radius_init": "ρ(J) (init)",
+                "singular_max": "σ_max(J)",
+                "saturation": "gate saturation",
+                "diagnosed": "evaluations",
+            },
+        ),
+        "Cells by gradient reach after training (medians over their evaluations)",
+        md=False,
+        collapsed=True,
+    )
+
+
 def _search_section(doc: _Doc, store: Store, run: RunRow, stem: str, runs_table: pd.DataFrame) -> None:
     cfg = run.config
     row = runs_table.set_index("run").loc[run.name] if len(runs_table) and run.name in set(runs_table["run"]) else None
@@ -559,6 +602,7 @@ def _search_section(doc: _Doc, store: Store, run: RunRow, stem: str, runs_table:
         "Pareto front",
         md=False,
     )
+    _reach_section(doc, store, run, stem)
     doc.heading(3, "Leaderboard")
     lead = pd.concat([cells.head(10), cells.iloc[10:][cells.iloc[10:]["reference"]]])
     task_cols = {c: c.replace("_relative", " / GRU") for c in cells.columns if c.endswith("_relative")}

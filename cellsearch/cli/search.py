@@ -315,6 +315,7 @@ def _run_summary(store: Any, run_name: str, search: Any, seconds: float, db: str
         "evaluations": int(run_row["evaluations"]),
         "trained_now": search.trained,
         "reused": search.reused,
+        "rediagnosed": search.rediagnosed,
         "failures": int(run_row["failures"]),
         "seconds": round(seconds, 1),
         "evals_per_hour": _plain(run_row["evals_per_hour"]),
@@ -369,12 +370,13 @@ def _run_summary(store: Any, run_name: str, search: Any, seconds: float, db: str
 
 @cli.group()
 def query() -> None:
-    """Read a results database: runs, leaderboards, evaluations, one cell, lineage.
+    """Read a results database: runs, leaderboards, diagnostics, evaluations, one cell, lineage.
 
     \b
     Example:
       cellsearch query runs
       cellsearch query top --db results.db --task adding --format csv
+      cellsearch query diagnostics --db results.db --sort reach
       cellsearch query show 3fa2b1c9 --db results.db
     """
 
@@ -422,6 +424,43 @@ def query_top(db: str, run: str | None, task: str | None, limit: int, fmt: str) 
         "params",
         "generation",
     ]
+    emit_frame(df, fmt, cols)
+
+
+@query.command("diagnostics")
+@DB
+@click.option("--run", default=None, help="Run name [default: the latest run].")
+@click.option("--task", default=None, help="Only this task's evaluations.")
+@click.option(
+    "--sort",
+    type=click.Choice(["reach", "reach_init", "score", "spectral_radius", "spectral_radius_init", "singular_max",
+                       "singular_max_init", "decay_rate", "decay_rate_init", "saturation", "saturation_init"]),
+    default="reach",
+    show_default=True,
+    help="Sort by this column, largest first (*_init: at initialisation; the others after training).",
+)  # fmt: skip
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show this many cells (LSTM and GRU always).")
+@QFORMAT
+def query_diagnostics(db: str, run: str | None, task: str | None, sort: str, limit: int | None, fmt: str) -> None:
+    """A run's cells by gradient reach: score beside the diagnostics stored with their evaluations.
+
+    Needs a run with `diagnose = true` in its config (cells without diagnostics are listed last,
+    with empty columns). Per cell, the median over its evaluations (tasks and training seeds) of:
+    reach (the first lag where the gradient falls below 1e-3 of its lag-0 value; max_lag + 1 when it
+    never does, counted in 'unreached'), spectral_radius and singular_max of the step Jacobian,
+    decay_rate (nepers per step) and saturation (share of gate activations below 0.05 or above
+    0.95), after training and at initialisation (*_init). rank is the position in --sort's order.
+
+    \b
+    Example:
+      cellsearch query diagnostics --db results.db --run trial1
+      cellsearch query diagnostics --db results.db --sort reach_init --task adding --format json
+    """
+    from ..store import diagnostics_frame
+
+    df = diagnostics_frame(db, run=run, task=task, sort=sort, limit=limit)
+    cols = ["rank", "hash", "name", "score", "reach", "reach_init", "unreached", "spectral_radius", "spectral_radius_init",
+            "singular_max", "saturation", "diagnosed", "generation"]  # fmt: skip
     emit_frame(df, fmt, cols)
 
 

@@ -182,8 +182,12 @@ def spectrum_dense(
 ) -> tuple[list[float], list[float]]:
     """(spectral radius, largest singular value) of each step's dense Jacobian (:func:`step_jacobians`)."""
     J = step_jacobians(kernel, params, x, full, steps, seq)
-    radius = [float(np.max(np.abs(np.linalg.eigvals(j)))) for j in J]
-    sigma = [float(v) for v in np.linalg.svd(J, compute_uv=False)[:, 0]]
+    radius: list[float] = []
+    sigma: list[float] = []
+    for j in J:  # a step whose Jacobian is not finite (an exploding cell) has NaN for both
+        ok = bool(np.isfinite(j).all())
+        radius.append(float(np.max(np.abs(np.linalg.eigvals(j)))) if ok else math.nan)
+        sigma.append(float(np.linalg.svd(j, compute_uv=False)[0]) if ok else math.nan)
     return radius, sigma
 
 
@@ -243,6 +247,10 @@ def spectrum_matrix_free(
         n = m.n
         if n < 3:
             raise ConfigError(f"the matrix-free spectrum needs at least 3 state numbers (got {n})")
+        if not (np.isfinite(m.s0).all() and np.isfinite(m.vjp(np.ones(n))).all()):  # an exploding cell
+            radius.append(math.nan)
+            sigma.append(math.nan)
+            continue
         v0 = np.random.default_rng(t).normal(size=n)
         ncv = min(n - 1, ARPACK_NCV)
         opts: dict[str, Any] = {"k": 1, "v0": v0, "ncv": ncv, "tol": ARPACK_TOL, "maxiter": ARPACK_MAXITER}
@@ -575,18 +583,21 @@ def evaluation_diagnostics(
     t0 = time.perf_counter()
     budget = dict(SEARCH_BUDGET if budget is None else budget)
     out: dict[str, Any] = {"status": "ok", "reason": "", "budget": budget, "initial": None, "trained": None}
-    try:
-        on_reference = dataclasses.replace(hp, backend="reference")
-        known = ("batch", "lag_limit", "positions", "jacobian_steps", "dense_max")
-        if set(budget) - set(known):
-            raise ConfigError(f"unknown diagnostics budget keys {sorted(set(budget) - set(known))}")
-        limits: dict[str, Any] = {k: int(v) for k, v in budget.items()}
-        with np.errstate(all="ignore"):
-            for when, p in (("initial", None), ("trained", params)):
-                if when == "initial" or p is not None:
-                    d = diagnose(cell, task, task_options, on_reference, p, seed, trajectory=False, **limits)
-                    out[when] = summary(d)
-    except Exception as err:  # a diagnosis is never a reason to lose an evaluation
-        out.update(status="failed", reason=f"{type(err).__name__}: {err}"[:500])
+    known = ("batch", "lag_limit", "positions", "jacobian_steps", "dense_max")
+    if set(budget) - set(known):
+        raise ConfigError(f"unknown diagnostics budget keys {sorted(set(budget) - set(known))}")
+    limits: dict[str, Any] = {k: int(v) for k, v in budget.items()}
+    on_reference = dataclasses.replace(hp, backend="reference")
+    reasons: list[str] = []
+    for when, p in (("initial", None), ("trained", params)):
+        if when == "trained" and p is None:
+            continue
+        try:
+            with np.errstate(all="ignore"):
+                out[when] = summary(diagnose(cell, task, task_options, on_reference, p, seed, trajectory=False, **limits))
+        except Exception as err:  # a diagnosis is never a reason to lose an evaluation
+            reasons.append(f"{when}: {type(err).__name__}: {err}")
+    if reasons:  # what could be measured is kept
+        out.update(status="failed", reason="; ".join(reasons)[:500])
     out["seconds"] = round(time.perf_counter() - t0, 4)
     return out

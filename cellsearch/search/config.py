@@ -57,6 +57,7 @@ class RunConfig:
     confirm_top: int = 3  # at the end, retrain this many best evolved cells and the seed cells ...
     confirm_trials: int = 3  # ... on this many held-out training seeds, and score them again (0: skip)
     study_of: str | None = None  # the study run this search belongs to (`cellsearch reproduce jozefowicz2015`)
+    diagnose: bool = False  # also store each evaluation's diagnostics (gradient reach, Jacobian spectrum, gates)
     task_options: dict[str, dict[str, Any]] = field(default_factory=_default_task_options)
     hp: dict[str, Any] = field(default_factory=_default_hp)
     source: str = field(default="<defaults>", compare=False)  # where it was read from
@@ -103,6 +104,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "confirm_top": (int,),
     "confirm_trials": (int,),
     "study_of": (str, type(None)),
+    "diagnose": (bool,),
     "task_options": (dict,),
     "hp": (dict,),
 }
@@ -128,7 +130,7 @@ def check_config(values: dict[str, Any], source: str = "<config>") -> RunConfig:
         if key not in _TYPES:
             raise ConfigError(f"{where}unknown key '{key}' (known: {', '.join(_TYPES)})")
         types = _TYPES[key]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise ConfigError(f"{where}key '{key}' must be {want} (got {value!r})")
         if key in _RANGES and value is not None:

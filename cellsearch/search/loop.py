@@ -100,6 +100,7 @@ class Search:
         self.logbook = tools.Logbook()
         self.trained = 0  # evaluations this session trained
         self.reused = 0  # found in the store instead
+        self.rediagnosed = 0  # found in the store without diagnostics, trained again to add them (diagnose = true)
         self.failures = 0
         self._seen: set[str] = set()  # evaluation keys this session has looked up
 
@@ -107,12 +108,17 @@ class Search:
 
     def specs(self, cell: Cell, trials: Sequence[int] | None = None) -> list[EvalSpec]:
         trials = range(self.config.trials) if trials is None else trials
-        return [EvalSpec(cell.hash, cell.text, t, self.options[t], self.hp, trial) for t in self.config.tasks for trial in trials]
+        return [
+            EvalSpec(cell.hash, cell.text, t, self.options[t], self.hp, trial, diagnose=self.config.diagnose)
+            for t in self.config.tasks
+            for trial in trials
+        ]
 
     def _evaluate(
         self, cells: Sequence[Cell], generation: int | None, trials: Sequence[int] | None = None
     ) -> dict[str, dict[str, list[dict[str, Any]]]]:
-        """Train what the store lacks; rows by cell hash and task."""
+        """Train what the store lacks; rows by cell hash and task. With ``diagnose`` an evaluation
+        stored without diagnostics is trained again for them (its stored result is kept)."""
         hidden = self.hp["hidden"]
         self.store.add_cells(cells, [(hidden, hidden, *cell_size(c, hidden)) for c in cells])
         specs: dict[str, EvalSpec] = {}
@@ -120,11 +126,24 @@ class Search:
             for s in self.specs(cell, trials):
                 specs.setdefault(s.key, s)
         known = self.store.evaluations_by_key(list(specs))
-        pending = [s for k, s in specs.items() if k not in known]
-        self.reused += sum(1 for k in known if k not in self._seen)  # trained before this session
+        undiagnosed: set[str] = set()
+        if self.config.diagnose and known:
+            undiagnosed = set(known) - self.store.diagnosed_keys(list(known))
+        pending = [s for k, s in specs.items() if k not in known or k in undiagnosed]
+        self.reused += sum(1 for k in known if k not in self._seen and k not in undiagnosed)  # trained before this session
+        self.rediagnosed += len(undiagnosed)
         self._seen.update(specs)
         self.on_event(
-            Event("queued", generation or 0, {"total": len(specs), "pending": len(pending), "cached": len(specs) - len(pending)})
+            Event(
+                "queued",
+                generation or 0,
+                {
+                    "total": len(specs),
+                    "pending": len(pending),
+                    "cached": len(specs) - len(pending),
+                    "rediagnose": len(undiagnosed),
+                },
+            )
         )
         for spec, result in self.executor.run(pending, Context(self.run_id, generation)):  # workers may commit first
             self.store.add_evaluation(spec.key, spec.as_dict(), result, self.run_id, generation)

@@ -12,6 +12,7 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
@@ -216,6 +217,100 @@ def top_frame(db: Store | str, run: str | None = None, task: str | None = None, 
         df.insert(0, "rank", df.pop("rank"))
         df.insert(1, "run", row.name)
     return df
+
+
+#: the columns ``diagnostics_frame`` can sort by (largest first)
+DIAGNOSTIC_SORTS = (
+    "reach", "reach_init", "score", "spectral_radius", "spectral_radius_init", "singular_max", "singular_max_init",
+    "decay_rate", "decay_rate_init", "saturation", "saturation_init",
+)  # fmt: skip
+_DIAGNOSTIC_COLUMNS = [
+    "rank", "run", "hash", "name", "score", "reach", "reach_init", "spectral_radius", "spectral_radius_init",
+    "singular_max", "singular_max_init", "decay_rate", "decay_rate_init", "saturation", "saturation_init",
+    "unreached", "unreached_init", "max_lag", "diagnosed", "evaluations", "rerun_mismatches", "params", "generation",
+    "reference",
+]  # fmt: skip
+
+
+def _run_keys(row: RunRow, hashes: list[str], tasks: list[str]) -> dict[str, tuple[str, str]]:
+    """The evaluation keys a search run's config gives these cells on these tasks (its search seeds
+    0 .. trials - 1): key -> (cell hash, task), as the search computed them."""
+    import dataclasses
+
+    from ..search.config import evaluation_options
+    from ..search.evaluation import evaluation_key
+    from ..train.loop import make_hp
+
+    cfg = row.config
+    hp = dataclasses.asdict(make_hp(**(cfg.get("hp") or {})))
+    options = {t: evaluation_options(t, (cfg.get("task_options") or {}).get(t, {})) for t in tasks}
+    seeds = range(int(cfg.get("trials") or 1))
+    return {evaluation_key(h, t, options[t], hp, seed): (h, t) for h in hashes for t in tasks for seed in seeds}
+
+
+def diagnostics_frame(
+    db: Store | str, run: str | None = None, task: str | None = None, sort: str = "reach", limit: int | None = None
+) -> pd.DataFrame:
+    """The cells of a search run (the latest run by default) with their score and the diagnostics
+    stored with their evaluations (a run with ``diagnose = true``): per cell the median over its
+    evaluations (the run's tasks, or ``task``, and training seeds) of the gradient reach, the step
+    Jacobian's spectral radius and largest singular value, the gradient's decay rate and the gates'
+    saturation, after training and (``*_init``) at initialisation. ``unreached``: evaluations whose
+    gradient never fell below 1e-3 within ``max_lag`` (their reach is ``max_lag + 1``, a lower bound).
+    Sorted by ``sort`` (one of ``DIAGNOSTIC_SORTS``), largest first, cells without diagnostics last;
+    ``rank`` is the position in that order. ``limit`` keeps the first rows, LSTM and GRU always."""
+    if sort not in DIAGNOSTIC_SORTS:
+        raise ConfigError(f"cannot sort by '{sort}' (one of {', '.join(DIAGNOSTIC_SORTS)})")
+    store = _store(db)
+    row = store.run_by_name(run) if run is not None else _latest_run(store)
+    tasks = list(row.config.get("tasks", []))
+    if task is not None:
+        if task not in tasks:
+            raise ConfigError(f"run '{row.name}' has no task '{task}' (its tasks: {', '.join(tasks)})")
+        tasks = [task]
+    cells = top_frame(store, run=row.name, limit=10**9)
+    if not len(cells):
+        return pd.DataFrame(columns=_DIAGNOSTIC_COLUMNS)
+    keys = _run_keys(row, list(cells["hash"]), tasks)
+    found = store.diagnostics_by_key(list(keys))
+    per_cell: dict[str, list[Any]] = {}
+    for key, d in found.items():
+        per_cell.setdefault(keys[key][0], []).append(d)
+
+    def median(rows: list[Any], column: str) -> float | None:
+        v = np.array([getattr(r, column) for r in rows if getattr(r, column) is not None], dtype=float)
+        v = v[np.isfinite(v)]
+        return float(np.median(v)) if len(v) else None
+
+    records = []
+    for c in cells.to_dict(orient="records"):
+        mine = per_cell.get(c["hash"], [])
+        ok = [d for d in mine if d.init_reach is not None or d.trained_reach is not None]  # measured, at least in part
+        rec: dict[str, Any] = {"run": row.name, "hash": c["hash"], "name": c["name"], "score": c["score"]}
+        for out, col in (("reach", "reach"), ("spectral_radius", "spectral_radius"), ("singular_max", "singular_max"),
+                         ("decay_rate", "decay_rate"), ("saturation", "saturation")):  # fmt: skip
+            rec[out] = median(ok, f"trained_{col}")
+            rec[f"{out}_init"] = median(ok, f"init_{col}")
+        rec["unreached"] = sum(1 for d in ok if d.trained_reached is False)
+        rec["unreached_init"] = sum(1 for d in ok if d.init_reached is False)
+        rec["max_lag"] = max((d.max_lag for d in ok if d.max_lag is not None), default=None)
+        rec["diagnosed"] = len(ok)
+        rec["evaluations"] = sum(1 for h, t in keys.values() if h == c["hash"])
+        rec["rerun_mismatches"] = sum(1 for d in mine if d.rerun and d.rerun_matches is False)
+        rec.update(params=c["params"], generation=c["generation"], reference=bool(c["reference"]))
+        records.append(rec)
+
+    def number(v: Any) -> float | None:
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+    def order(r: dict[str, Any]) -> tuple[bool, float, float, str]:
+        v, score = number(r.get(sort)), number(r.get("score"))
+        return (v is None, -v if v is not None else 0.0, -score if score is not None else math.inf, r["hash"])
+
+    ranked = [dict(r, rank=k + 1) for k, r in enumerate(sorted(records, key=order))]
+    if limit is not None:
+        ranked = ranked[:limit] + [r for r in ranked[limit:] if r["reference"]]
+    return pd.DataFrame(ranked, columns=_DIAGNOSTIC_COLUMNS)
 
 
 def lineage_frame(db: Store | str, cell: str) -> pd.DataFrame:

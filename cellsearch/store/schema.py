@@ -5,7 +5,9 @@ sizes a run used), ``runs`` (config, seed, status, RNG state, progress), ``evalu
 trained (cell, task, options, hyperparameters, seed), unique by its ``key``), ``generations`` (who
 was in each population and with what fitness), ``logbook`` (DEAP's per-generation statistics and
 the RNG state the next generation starts from), ``lineage`` (parent -> child, with the operator) and
-``attempts`` (each start of an evaluation on a worker, with its heartbeat: liveness and retry history).
+``attempts`` (each start of an evaluation on a worker, with its heartbeat: liveness and retry history)
+and ``diagnostics`` (a cell's gradient reach, Jacobian spectrum and gate saturation at initialisation
+and after training, per evaluation, when the run asked for them).
 
 Times are UNIX seconds (float). JSON columns hold plain dicts and lists. The schema is created and
 upgraded by the Alembic migrations in ``cellsearch/store/migrations``; ``SCHEMA_VERSION`` names the
@@ -19,7 +21,7 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = "0003"
+SCHEMA_VERSION = "0004"
 
 
 class Base(DeclarativeBase):
@@ -124,6 +126,42 @@ class Attempt(Base):
     heartbeat: Mapped[float] = mapped_column(Float)
     finished: Mapped[float | None] = mapped_column(Float)
     __table_args__ = (Index("ix_attempts_key", "key"), Index("ix_attempts_status_heartbeat", "status", "heartbeat"))
+
+
+class DiagnosticsRow(Base):
+    """The diagnostics of one evaluation (0004; ``cellsearch.inspect.diagnostics.evaluation_diagnostics``):
+    the cell at initialisation (``init_*``) and with its trained parameters (``trained_*``) on a small
+    batch of the evaluation's task. ``reach`` is the first lag where the gradient norm fell below 1e-3
+    of its lag-0 value, ``max_lag + 1`` when it never did (``reached`` False); ``saturation`` the mean
+    over the sigmoid gates of the fraction of activations below 0.05 or above 0.95. ``detail`` holds
+    both diagnoses whole (gradient curve, per state, gates, states) and the budget.
+
+    ``rerun``: added to an evaluation stored without diagnostics by training it again;
+    ``rerun_matches``: whether that re-run's status and validation result were the stored ones (so the
+    trained diagnostics are of the stored result's parameters)."""
+
+    __tablename__ = "diagnostics"
+    key: Mapped[str] = mapped_column(ForeignKey("evaluations.key"), primary_key=True)  # the evaluation's key
+    status: Mapped[str] = mapped_column(String(16))  # ok | failed
+    reason: Mapped[str] = mapped_column(Text, default="")
+    max_lag: Mapped[int | None] = mapped_column(Integer)
+    init_reach: Mapped[int | None] = mapped_column(Integer)
+    init_reached: Mapped[bool | None] = mapped_column(Boolean)
+    init_decay_rate: Mapped[float | None] = mapped_column(Float)
+    init_spectral_radius: Mapped[float | None] = mapped_column(Float)
+    init_singular_max: Mapped[float | None] = mapped_column(Float)
+    init_saturation: Mapped[float | None] = mapped_column(Float)
+    trained_reach: Mapped[int | None] = mapped_column(Integer)
+    trained_reached: Mapped[bool | None] = mapped_column(Boolean)
+    trained_decay_rate: Mapped[float | None] = mapped_column(Float)
+    trained_spectral_radius: Mapped[float | None] = mapped_column(Float)
+    trained_singular_max: Mapped[float | None] = mapped_column(Float)
+    trained_saturation: Mapped[float | None] = mapped_column(Float)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    rerun: Mapped[bool] = mapped_column(Boolean, default=False)
+    rerun_matches: Mapped[bool | None] = mapped_column(Boolean)
+    created: Mapped[float] = mapped_column(Float)
 
 
 class GenerationMember(Base):

@@ -5,6 +5,10 @@ keeps everything it finished. Evaluations are idempotent upserts on their key (`
 CONFLICT DO NOTHING``, SQLite and PostgreSQL alike): the driver and the workers may both write the
 same result, and whoever is first wins, so each evaluation is in the store exactly once.
 
+An evaluation's diagnostics (when its spec asked for them: ``result["diagnostics"]``) go into
+``diagnostics`` in the same transaction, keyed by the evaluation's key, also an upsert: an evaluation
+already stored gets them added (``rerun``), never replaced.
+
 Liveness: a worker records each start of an evaluation as an ``attempts`` row and refreshes its
 heartbeat while it trains; ``reap`` marks attempts whose heartbeat stopped (or whose local process is
 gone) ``lost`` so the executor can queue them again. A run is driven by one process at a time: the
@@ -13,6 +17,7 @@ driver holds a lease on its ``runs`` row (``acquire_run``), renewed by a heartbe
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -26,7 +31,7 @@ from sqlalchemy.orm import Session
 from ..errors import ConfigError
 from ..ir.cell import Cell
 from .db import open_engine
-from .schema import Attempt, CellRow, CellSize, Evaluation, GenerationMember, Lineage, LogbookRow, RunRow
+from .schema import Attempt, CellRow, CellSize, DiagnosticsRow, Evaluation, GenerationMember, Lineage, LogbookRow, RunRow
 
 #: result-dict keys copied into an evaluations row
 _RESULT_COLUMNS = (
@@ -70,6 +75,53 @@ def local_process_gone(worker: str) -> bool:
     except OSError:
         return False
     return False
+
+
+def _json_safe(v: Any) -> Any:
+    """``v`` with NaN and infinities as None, numpy scalars as Python numbers (for JSON columns)."""
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+#: the measurements kept in columns of a diagnostics row, for each of init_* and trained_*
+DIAGNOSTICS_COLUMNS = ("reach", "reached", "decay_rate", "spectral_radius", "singular_max", "saturation")
+
+
+def diagnostics_row(key: str, diagnostics: dict[str, Any], rerun: bool, rerun_matches: bool | None) -> dict[str, Any]:
+    """The column values of a diagnostics row from an evaluation result's ``diagnostics``."""
+    parts = {"init": diagnostics.get("initial") or {}, "trained": diagnostics.get("trained") or {}}
+    max_lag = parts["init"].get("max_lag", parts["trained"].get("max_lag"))
+    values = {f"{w}_{c}": _json_safe(d.get(c)) for w, d in parts.items() for c in DIAGNOSTICS_COLUMNS}
+    detail = {k: diagnostics.get(k) for k in ("initial", "trained", "budget")}
+    return {
+        "key": key,
+        "status": str(diagnostics.get("status") or "ok"),
+        "reason": str(diagnostics.get("reason") or ""),
+        "max_lag": None if max_lag is None else int(max_lag),
+        **values,
+        "detail": _json_safe(detail),
+        "seconds": float(diagnostics.get("seconds") or 0.0),
+        "rerun": rerun,
+        "rerun_matches": rerun_matches,
+        "created": time.time(),
+    }
+
+
+def _same_result(stored: Evaluation, result: dict[str, Any]) -> bool:
+    """Whether a re-run's result is the stored one: the same status and validation result (to 1e-6)."""
+    a, b = stored.valid, _finite_or_none(result.get("valid"))
+    if stored.status != result.get("status"):
+        return False
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-12)
 
 
 def evaluation_row(
@@ -219,30 +271,64 @@ class Store:
 
         An idempotent upsert: any number of processes may write the same key at the same time."""
         with self.session() as s, s.begin():
-            return self._insert_evaluation(s, evaluation_row(key, spec, result, run_id, generation))
+            return self._insert_result(s, key, spec, result, run_id, generation)
 
-    def _insert_evaluation(self, s: Session, row: dict[str, Any]) -> bool:
+    def _insert_result(
+        self, s: Session, key: str, spec: dict[str, Any], result: dict[str, Any], run_id: int | None, generation: int | None
+    ) -> bool:
+        """The evaluation (an upsert) and its diagnostics when the result has them (an upsert too:
+        added to an evaluation stored without them). Whether the evaluation was new."""
+        inserted = self._insert_new(s, Evaluation, evaluation_row(key, spec, result, run_id, generation))
+        diagnostics = result.get("diagnostics")
+        if isinstance(diagnostics, dict):
+            matches = None
+            if not inserted:
+                stored = s.scalar(select(Evaluation).where(Evaluation.key == key))
+                matches = None if stored is None else _same_result(stored, result)
+            self._insert_new(s, DiagnosticsRow, diagnostics_row(key, diagnostics, not inserted, matches))
+        return inserted
+
+    def _insert_new(self, s: Session, table: Any, row: dict[str, Any]) -> bool:
+        """Insert ``row`` into ``table`` unless its ``key`` is there; whether it was inserted."""
         dialect = self.engine.dialect.name
         if dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-            stmt: Any = sqlite_insert(Evaluation).values(**row).on_conflict_do_nothing(index_elements=["key"])
+            stmt: Any = sqlite_insert(table).values(**row).on_conflict_do_nothing(index_elements=["key"])
         elif dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            stmt = pg_insert(Evaluation).values(**row).on_conflict_do_nothing(index_elements=["key"])
+            stmt = pg_insert(table).values(**row).on_conflict_do_nothing(index_elements=["key"])
         else:
             stmt = None
         if stmt is not None:
-            return s.execute(stmt.returning(Evaluation.id)).first() is not None
-        if s.scalar(select(Evaluation.id).where(Evaluation.key == row["key"])) is not None:  # other databases
+            return s.execute(stmt.returning(table.key)).first() is not None
+        if s.scalar(select(table.key).where(table.key == row["key"])) is not None:  # other databases
             return False
         try:
             with s.begin_nested():
-                s.execute(insert(Evaluation).values(**row))
+                s.execute(insert(table).values(**row))
         except IntegrityError:
             return False
         return True
+
+    def diagnosed_keys(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` whose evaluation has a diagnostics row."""
+        out: set[str] = set()
+        keys = list(keys)
+        with self.session() as s:
+            for i in range(0, len(keys), 500):
+                out.update(s.scalars(select(DiagnosticsRow.key).where(DiagnosticsRow.key.in_(keys[i : i + 500]))))
+        return out
+
+    def diagnostics_by_key(self, keys: Sequence[str]) -> dict[str, DiagnosticsRow]:
+        out: dict[str, DiagnosticsRow] = {}
+        keys = list(keys)
+        with self.session() as s:
+            for i in range(0, len(keys), 500):
+                for row in s.scalars(select(DiagnosticsRow).where(DiagnosticsRow.key.in_(keys[i : i + 500]))):
+                    out[row.key] = row
+        return out
 
     # ---- attempts: liveness and retry history -----------------------------------------------
 
@@ -282,7 +368,7 @@ class Store:
         attempt's result is the one stored (None when not written here)."""
         now = time.time()
         with self.session() as s, s.begin():
-            inserted = self._insert_evaluation(s, evaluation_row(key, spec, result, run_id, generation)) if write else None
+            inserted = self._insert_result(s, key, spec, result, run_id, generation) if write else None
             att = s.get(Attempt, attempt_id)
             if att is not None:
                 if att.status == "running":

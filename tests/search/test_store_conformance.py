@@ -209,3 +209,70 @@ def test_generations_lineage_and_queries_round_trip(db_url: str) -> None:
     assert set(top["name"]) == {"gru", "lstm"} and list(top["rank"]) == [1, 2]
     assert runs_frame(store)["run"].tolist() == ["r"]
     assert store.cell_texts([gru.hash]) == {gru.hash: gru.text}
+
+
+def _diagnostics(reach: int, status: str = "ok") -> dict:
+    part = {"max_lag": 9, "reach": reach, "reached": True, "decay_rate": 0.7, "spectral_radius": 0.5,
+            "singular_max": 0.9, "saturation": 0.25, "grad_norm_by_lag": [1.0, 0.5, float("nan")]}  # fmt: skip
+    return {"status": status, "reason": "", "budget": {"batch": 8}, "initial": part, "trained": dict(part, reach=reach + 1),
+            "seconds": 0.05}  # fmt: skip
+
+
+def test_diagnostics_are_stored_with_their_evaluation_and_added_to_stored_ones(db_url: str) -> None:
+    store = Store(db_url, create=True)
+    run = store.create_run("r", {"tasks": ["adding"]}, 0)
+    store.add_cells([zoo.get("gru")])
+    a, b, c = _specs(3)
+    assert store.add_evaluation(a.key, a.as_dict(), {**_result(0.05), "diagnostics": _diagnostics(4)}, run, 0)
+    row = store.diagnostics_by_key([a.key])[a.key]
+    assert (row.init_reach, row.trained_reach, row.init_reached, row.max_lag) == (4, 5, True, 9)
+    assert row.init_saturation == 0.25 and not row.rerun and row.rerun_matches is None
+    assert row.detail["initial"]["grad_norm_by_lag"] == [1.0, 0.5, None]  # NaN is not JSON
+    # stored once: a second result with other diagnostics replaces neither
+    assert not store.add_evaluation(a.key, a.as_dict(), {**_result(0.05), "diagnostics": _diagnostics(7)}, run, 0)
+    assert store.diagnostics_by_key([a.key])[a.key].init_reach == 4
+    # evaluations stored without diagnostics get them added by a re-run, which says whether it matched
+    store.add_evaluation(b.key, b.as_dict(), _result(0.1), run, 0)
+    store.add_evaluation(c.key, c.as_dict(), _result(0.1), run, 0)
+    assert store.diagnosed_keys([a.key, b.key, c.key]) == {a.key}
+    assert not store.add_evaluation(b.key, b.as_dict(), {**_result(0.1), "diagnostics": _diagnostics(3)}, run, 0)
+    assert not store.add_evaluation(c.key, c.as_dict(), {**_result(0.3), "diagnostics": _diagnostics(3)}, run, 0)
+    rows = store.diagnostics_by_key([b.key, c.key])
+    assert rows[b.key].rerun and rows[b.key].rerun_matches is True
+    assert rows[c.key].rerun and rows[c.key].rerun_matches is False
+    assert store.evaluations_by_key([c.key])[c.key].valid == 0.1  # the stored result stays
+    # the worker's path: the evaluation and its diagnostics in the attempt's transaction
+    (d,) = [s for s in _specs(4) if s.key not in (a.key, b.key, c.key)]
+    att = store.start_attempt(d.key, d.as_dict(), "w:1", run, 0)
+    assert store.finish_attempt(att, d.key, d.as_dict(), {**_result(0.2), "diagnostics": _diagnostics(6)}, run, 0, write=True)
+    assert store.diagnostics_by_key([d.key])[d.key].init_reach == 6
+
+
+def test_a_0003_database_is_migrated_and_its_evaluations_take_diagnostics(db_url: str) -> None:
+    from alembic import command
+    from sqlalchemy import insert, inspect
+
+    from cellsearch.store.db import _alembic_config, make_engine, normalise_url
+    from cellsearch.store.schema import CellRow, Evaluation
+    from cellsearch.store.store import evaluation_row
+
+    (a,) = _specs(1)
+    gru = zoo.get("gru")
+    engine = make_engine(normalise_url(db_url))
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0003")  # the schema before diagnostics
+        assert "diagnostics" not in inspect(conn).get_table_names()
+        conn.execute(insert(RunRow.__table__).values(name="old", config={}, seed=0, status="done", generation=1, message="",
+                                                     created=0.0, updated=0.0, seconds=1.0))  # fmt: skip
+        conn.execute(insert(CellRow.__table__).values(hash=gru.hash, text=gru.text, name="gru", n_states=1, n_nodes=5,
+                                                      created=0.0))  # fmt: skip
+        conn.execute(insert(Evaluation.__table__).values(**evaluation_row(a.key, a.as_dict(), _result(0.05), 1, 0)))
+    engine.dispose()
+    store = Store(db_url)
+    with store.engine.connect() as conn:
+        assert "diagnostics" in inspect(conn).get_table_names()
+        assert conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar() == SCHEMA_VERSION == "0004"
+    assert list(evaluations_frame(store)["valid"]) == [0.05] and store.diagnosed_keys([a.key]) == set()
+    assert not store.add_evaluation(a.key, a.as_dict(), {**_result(0.05), "diagnostics": _diagnostics(2)}, 1, 0)
+    row = store.diagnostics_by_key([a.key])[a.key]
+    assert row.rerun and row.rerun_matches and row.trained_reach == 3
