@@ -250,3 +250,21 @@ def test_kernels_compile_to_ptx():
                 assert not any(".local" in line for line in lines), f"{k.py_func.__name__} uses local memory"
                 if dt == np.float32:
                     assert not any(".f64" in line for line in lines), f"{k.py_func.__name__} computes in float64"
+
+
+@needs_cuda
+def test_the_gpu_benchmark_and_its_script_run(tmp_path):
+    """The GPU benchmark's timing functions and gpu/run_checks.py, on tiny shapes (in the simulator
+    here): so they are known to work when a GPU arrives."""
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "gpu" / "run_checks.py"
+    cmd = [sys.executable, str(script), "--skip", "tests", "--configs", "2,3,2,3;1,2,2,2", "--rounds", "1", "--population", "2",
+           "--population-config", "1,2,2,2", "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    kernels = json.loads((tmp_path / "kernels.json").read_text())
+    assert [(r["cell"], r["batch"]) for r in kernels["rows"]] == [("lstm", 2), ("lstm", 1), ("gru", 2), ("gru", 1)]
+    assert len(json.loads((tmp_path / "rows_per_block.json").read_text())["rows"]) == 4
+    assert json.loads((tmp_path / "population.json").read_text())["cells"] == 2

@@ -345,9 +345,6 @@ class CudaKernel:
             self._fill(ws.dS)
         elif d_state is not ws.dS:
             ws.dS.copy_to_device(d_state, stream=self.stream)
-        self._fill(ws.dX)
-        self._fill(ws.dBr)
-        self._fill(ws.dPeepr)
         rows = self._rows(B)
         k = kernels(self.dtype, rows).backward_loop
         args = (ws.ops, ws.info, ws.stage_src, ws.stage_dst, T, B, H, tape.A, ws.state_g, ws.update_g, p.output_slot * B * H,

@@ -262,8 +262,9 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
                       dP, dX, dBr, dPeepr):  # fmt: skip
         """The reverse walk for rows [blockIdx.x * R, +R). dS [n_states, B*H] comes in holding the
         final states' gradients and leaves holding the initial states'; dP [T*B, NX*H] and DZ are
-        filled, dX [T, B, I] accumulates x's elementwise uses, dBr [B, nb*H] and dPeepr [B, np*H]
-        (zeroed by the caller) accumulate per element. G holds one step's gradients, a slot per node."""
+        filled, dX [T, B, I] gets x's elementwise uses, dBr [B, nb*H] and dPeepr [B, np*H] the
+        biases' and peepholes' gradients per element (all three zeroed here first). G holds one
+        step's gradients, a slot per node."""
         acc = cuda.local.array(R, dt)
         tid = cuda.threadIdx.x
         nth = cuda.blockDim.x
@@ -272,6 +273,16 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
         last = B - 1  # a partial last block computes its missing rows on copies of the last row
         BH = B * H
         nS = dS.shape[0]
+        for bb in range(r0, r1):  # the accumulated outputs start at 0 (each element by the thread that adds to it)
+            for j in range(tid, dX.shape[2], nth):
+                for t in range(T):
+                    dX[t, bb, j] = zero
+            for aux in range(dBr.shape[1] // H):
+                for j in range(tid, H, nth):
+                    dBr[bb, aux * H + j] = zero
+            for aux in range(dPeepr.shape[1] // H):
+                for j in range(tid, H, nth):
+                    dPeepr[bb, aux * H + j] = zero
         for t in range(T - 1, -1, -1):
             for slot in range(G.shape[0] // BH):
                 for j in range(tid, H, nth):

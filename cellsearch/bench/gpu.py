@@ -1,0 +1,205 @@
+"""One training step (forward over the sequence + backward for every weight gradient) of a cell on
+the cuda backend, side by side with torch.nn.LSTM / torch.nn.GRU (cuDNN) on the same GPU; and the
+population check: many different cells stepped together (one stream each) against one by one.
+
+Both sides keep their data on the GPU (parameters uploaded once, ``x`` resident; x needs no
+gradient, the loss is the sum of the outputs), and every timed call ends with the device
+synchronised. Timings are medians of interleaved rounds (ours, torch, ours, torch, ...), each after
+an untimed call. ``gpu/run_checks.py`` runs these on a GPU machine; the tests run them on tiny
+shapes in Numba's CUDA simulator, so they are known to work before a GPU is at hand.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..backends import compile, compile_many
+from ..ir.params import init_params
+from ..ir.random import random_cell
+from ..zoo import get
+from .kernels import CONFIGS, TORCH_CELLS, step_flops
+
+#: the CPU benchmark's configs, and two larger ones a GPU is for
+GPU_CONFIGS: tuple[tuple[int, int, int, int], ...] = (*CONFIGS, (64, 100, 256, 256), (256, 100, 512, 1024))
+
+
+@dataclass
+class GpuRow:
+    cell: str
+    batch: int
+    length: int
+    input: int
+    hidden: int
+    backend: str
+    dtype: str
+    rows_per_block: int
+    median_ms: float
+    torch_median_ms: float | None  # torch.nn.LSTM/GRU on the same GPU (cuDNN)
+    ratio: float | None  # ours / torch: < 1 is faster
+    gflops: float
+    torch_gflops: float | None
+    device: str
+
+
+def device_name() -> str:
+    from numba import cuda
+
+    try:
+        name = cuda.get_current_device().name
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # the simulator's device has no name
+        return "CUDA simulator"
+
+
+def median_interleaved(fns: list[Callable[[], object]], rounds: int) -> list[float]:
+    """Median seconds of each fn (which must leave the device synchronised), in rounds ABAB...,
+    each timed call after an untimed one."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            fn()
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+    return [float(np.median(t)) for t in times]
+
+
+def _torch_cuda() -> Any:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def _torch_step(torch: Any, name: str, B: int, T: int, I: int, H: int, x: np.ndarray) -> Callable[[], object] | None:
+    if name not in TORCH_CELLS:
+        return None
+    mod = getattr(torch.nn, TORCH_CELLS[name])(I, H).to(device="cuda", dtype=torch.float32)
+    tx = torch.tensor(x, device="cuda")
+
+    def step() -> object:
+        mod.zero_grad()
+        out, _ = mod(tx)
+        out.sum().backward()
+        torch.cuda.synchronize()
+        return out
+
+    return step
+
+
+def our_step(
+    name: str, B: int, T: int, I: int, H: int, rows_per_block: int | None = None, seed: int = 0
+) -> tuple[Any, Callable[[], object], np.ndarray]:
+    """(kernel, step, x): one training step of zoo cell ``name`` on data resident on the device."""
+    from numba import cuda
+
+    cell = get(name)
+    rng = np.random.default_rng(seed)
+    I_ = H if cell.x_elementwise else I
+    params = init_params(cell, I_, H, rng, dtype=np.float32)
+    x = rng.normal(size=(T, B, I_)).astype(np.float32)
+    kernel = compile(cell, "cuda", np.float32, rows_per_block=rows_per_block)
+    weights = kernel.upload(params, I_, H)
+    xd = cuda.to_device(x, stream=kernel.stream)
+    d_out = cuda.to_device(np.ones((T, B, H), dtype=np.float32), stream=kernel.stream)
+
+    def step() -> object:
+        f = kernel.forward_device(weights, xd)
+        g = kernel.backward_device(weights, f.tape, d_out, grad_x=False)  # as torch: x needs no gradient
+        kernel.stream.synchronize()
+        return g
+
+    return kernel, step, x
+
+
+def bench_gpu(
+    cells: list[str],
+    configs: list[tuple[int, int, int, int]],
+    rounds: int = 7,
+    rows_per_block: int | None = None,
+    with_torch: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> list[GpuRow]:
+    torch = _torch_cuda() if with_torch else None
+    dev = device_name()
+    rows = []
+    for name in cells:
+        cell = get(name)
+        for B, T, I, H in configs:
+            if progress:
+                progress(f"{name} B={B} T={T} I={I} H={H}")
+            kernel, ours, x = our_step(name, B, T, I, H, rows_per_block)
+            I_ = x.shape[2]
+            fns: list[Callable[[], object]] = [ours]
+            theirs = _torch_step(torch, name, B, T, I_, H, x) if torch is not None else None
+            if theirs is not None:
+                fns.append(theirs)
+            for fn in fns:  # warm up (compilation, allocations)
+                fn()
+            med = median_interleaved(fns, rounds)
+            flops = step_flops(cell, B, T, I_, H)
+            t_ms = med[1] * 1e3 if len(med) > 1 else None
+            rows.append(
+                GpuRow(
+                    cell=name,
+                    batch=B,
+                    length=T,
+                    input=I_,
+                    hidden=H,
+                    backend="cuda",
+                    dtype="float32",
+                    rows_per_block=kernel._rows(B),
+                    median_ms=round(med[0] * 1e3, 3),
+                    torch_median_ms=None if t_ms is None else round(t_ms, 3),
+                    ratio=None if t_ms is None else round(med[0] * 1e3 / t_ms, 3),
+                    gflops=round(flops / med[0] / 1e9, 2),
+                    torch_gflops=None if t_ms is None else round(flops / (t_ms / 1e3) / 1e9, 2),
+                    device=dev,
+                )
+            )
+    return rows
+
+
+def population_throughput(
+    n_cells: int = 32, config: tuple[int, int, int, int] = (32, 100, 8, 64), rounds: int = 5, seed: int = 0
+) -> dict[str, Any]:
+    """``n_cells`` different random cells, one training step each: all enqueued on their own streams
+    before any is waited for (concurrent) against each waited for before the next (one by one)."""
+    B, T, I, H = config
+    rng = np.random.default_rng(seed)
+    cells = [random_cell(rng, name=f"random{i}") for i in range(n_cells)]
+    params = []
+    xs = []
+    for c in cells:
+        I_ = H if c.x_elementwise else I
+        params.append(init_params(c, I_, H, rng, dtype=np.float32))
+        xs.append(rng.normal(size=(T, B, I_)).astype(np.float32))
+    pop = compile_many(cells, "cuda", np.float32)
+
+    def concurrent() -> object:
+        return pop.step(params, xs, concurrent=True)
+
+    def one_by_one() -> object:
+        return pop.step(params, xs, concurrent=False)
+
+    concurrent()  # warm up: compilation, allocations
+    one_by_one()
+    med = median_interleaved([concurrent, one_by_one], rounds)
+    return {
+        "cells": n_cells,
+        "batch": B,
+        "length": T,
+        "input": I,
+        "hidden": H,
+        "concurrent_ms": round(med[0] * 1e3, 3),
+        "one_by_one_ms": round(med[1] * 1e3, 3),
+        "speedup": round(med[1] / med[0], 3),
+        "cells_per_second": round(n_cells / med[0], 2),
+        "device": device_name(),
+    }

@@ -1,0 +1,137 @@
+"""The cuda backend's checks on a machine with an NVIDIA GPU, in one run (from the repository root):
+
+    python3 gpu/run_checks.py            # everything, results under $OUT (else gpu/results/)
+    python3 gpu/run_checks.py --quick    # a few minutes less: small configs, 3 rounds
+
+1. the conformance suite on the real GPU (``pytest -m cuda tests/backends/test_cuda.py``, no simulator);
+2. one training step of lstm and gru at the kernels benchmark's configs plus (64,100,256,256) and
+   (256,100,512,1024), beside torch.nn.LSTM/GRU (cuDNN) on the same GPU: JSON rows, as the CPU
+   benchmark writes them (``kernels.json``), and the largest lstm config at each rows-per-block;
+3. the population check: 32 different random cells trained one step each, all on their own
+   streams at once against one by one (``population.json``).
+
+Each part writes its file as soon as it ends, so a run cut short keeps what it finished; gpu/README.md
+records the results. The GPU image needs no extra packages (numba-cuda, torch, pytest, hypothesis);
+cellsearch is used from this checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def machine() -> dict:
+    info: dict = {"python": platform.python_version(), "platform": platform.platform()}
+    try:
+        info["nvidia_smi"] = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        info["nvidia_smi"] = None
+    import numba
+    import numpy
+
+    info["numba"] = numba.__version__
+    info["numpy"] = numpy.__version__
+    try:
+        from importlib.metadata import version
+
+        info["numba_cuda"] = version("numba-cuda")
+    except Exception:
+        info["numba_cuda"] = None
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
+    except ImportError:
+        info["torch"] = None
+    from cellsearch.bench.gpu import device_name
+
+    info["device"] = device_name()
+    return info
+
+
+def conformance(out: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/backends/test_cuda.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    (out / "conformance.log").write_text(proc.stdout + proc.stderr)
+    tail = [line for line in proc.stdout.strip().splitlines() if line.strip()][-1:] or [""]
+    return {"returncode": proc.returncode, "summary": tail[0], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "gpu" / "results"))
+    ap.add_argument("--quick", action="store_true", help="3 rounds instead of 7, and no rows-per-block sweep")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: tests,kernels,sweep,population")
+    ap.add_argument("--configs", default=None, help="B,T,I,H;... instead of the benchmark's configs (the sweep uses the last)")
+    ap.add_argument("--population", type=int, default=32, help="cells in the population check")
+    ap.add_argument("--population-config", default="32,100,8,64", help="B,T,I,H of the population check")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    skip = set(filter(None, args.skip.split(",")))
+    rounds = args.rounds or (3 if args.quick else 7)
+    from cellsearch.bench.gpu import GPU_CONFIGS, bench_gpu, population_throughput
+    from cellsearch.bench.kernels import parse_config
+
+    configs = [parse_config(c) for c in args.configs.split(";")] if args.configs else list(GPU_CONFIGS)
+
+    info = machine()
+    log(f"machine: {json.dumps(info)}")
+    (out / "machine.json").write_text(json.dumps(info, indent=2))
+    failed = False
+    if "tests" not in skip:
+        log("conformance: pytest -m cuda on the GPU")
+        res = conformance(out)
+        log(f"conformance: {res}")
+        (out / "conformance.json").write_text(json.dumps(res, indent=2))
+        failed |= res["returncode"] != 0
+    if "kernels" not in skip:
+        rows = []
+        for cell in ("lstm", "gru"):
+            for cfg in configs:
+                got = bench_gpu([cell], [cfg], rounds=rounds, progress=log)
+                log(json.dumps(asdict(got[0])))
+                rows.extend(asdict(r) for r in got)
+                (out / "kernels.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+    if "sweep" not in skip and not args.quick:
+        rows = []
+        for rpb in (1, 2, 4, 8):
+            got = bench_gpu(["lstm"], [configs[-1]], rounds=rounds, rows_per_block=rpb, with_torch=False, progress=log)
+            log(json.dumps(asdict(got[0])))
+            rows.extend(asdict(r) for r in got)
+            (out / "rows_per_block.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+    if "population" not in skip:
+        log(f"population: {args.population} random cells, one step each, concurrent vs one by one")
+        res = population_throughput(args.population, parse_config(args.population_config), rounds=3 if args.quick else 5)
+        log(json.dumps(res))
+        (out / "population.json").write_text(json.dumps({"machine": info, **res}, indent=2))
+    log(f"results in {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
