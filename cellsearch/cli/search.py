@@ -140,6 +140,12 @@ class _Display:
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of the search's RNG.")
 @click.option("--resume", default=None, metavar="NAME", help="Go on with an interrupted (or finished) run.")
 @click.option(
+    "--backend",
+    type=click.Choice(["cpu", "cuda", "reference"]),
+    default=None,
+    help="Where cells train [default: the config's hp, else cpu].",
+)
+@click.option(
     "--heartbeat",
     type=click.FloatRange(min=0.05),
     default=HEARTBEAT,
@@ -171,6 +177,7 @@ def run_cmd(
     population: int | None,
     seed: int | None,
     resume: str | None,
+    backend: str | None,
     heartbeat: float,
     grace: float,
     max_attempts: int,
@@ -204,7 +211,7 @@ def run_cmd(
         check_shared_store(dask, db)
     owner = f"{worker_id()}:{uuid.uuid4().hex[:8]}"
     if resume is not None:
-        if config_path or name or population is not None or seed is not None:
+        if config_path or name or population is not None or seed is not None or backend is not None:
             raise ConfigError(
                 "--resume goes on with the run's stored config: "
                 "only --workers, --dask, --generations and the liveness options may be given"
@@ -219,6 +226,12 @@ def run_cmd(
     else:
         config = load_config(config_path) if config_path else RunConfig()
         config = config.replace(workers=workers, generations=generations, population=population, seed=seed, name=name)
+        if backend is not None:
+            config = config.replace(hp={**config.hp, "backend": backend})
+        if config.hp.get("backend") == "cuda":  # no GPU: one line now, not a failed evaluation per cell
+            from ..backends.cuda import load
+
+            load()
         run_name = config.name or time.strftime("run-%Y%m%d-%H%M%S")
         config = config.replace(name=run_name)
         store = Store(db, create=True)  # everything is checked: now the database may be written

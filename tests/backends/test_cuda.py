@@ -187,7 +187,7 @@ def test_a_model_trains_on_cuda_as_on_cpu():
     assert a["test"] == pytest.approx(b["test"], rel=1e-9)
 
 
-def test_without_cuda_compile_says_so_in_one_line():
+def test_without_cuda_compile_says_so_in_one_line(tmp_path):
     """No numba-cuda, or no GPU and no simulator: a one-line ConfigError, from compile and the CLI."""
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     code = (
@@ -209,6 +209,12 @@ def test_without_cuda_compile_says_so_in_one_line():
     )  # fmt: skip
     assert cli.returncode == 2, cli.stderr
     assert "no usable NVIDIA GPU" in cli.stderr and cli.stderr.strip().count("\n") == 0, cli.stderr
+    for args in (["run", "--generations", "0"], ["reproduce", "greff2016"]):  # refused before the database is touched
+        db = tmp_path / f"{args[0]}.db"
+        cli = subprocess.run([sys.executable, "-m", "cellsearch", *args, "--db", str(db), "--backend", "cuda"],
+                             env=env, capture_output=True, text=True)  # fmt: skip
+        assert cli.returncode == 2 and "no usable NVIDIA GPU" in cli.stderr, cli.stderr
+        assert not db.exists()
 
 
 def test_kernels_compile_to_ptx():
