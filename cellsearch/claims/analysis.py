@@ -20,6 +20,7 @@ from ..analysis.stats import format_p, welch
 from .experiments import Claim
 
 ALPHA = 0.05
+LEARNED = 0.95  # an accuracy this high on validation counts as having learned the task
 SUPPORTED, NOT_SUPPORTED, PARTLY, INCONCLUSIVE = "supported", "not supported", "partly supported", "inconclusive at this scale"
 BAD = ("failed", "diverged")
 
@@ -39,6 +40,7 @@ class ArmResult:
     tests: list[float | None] = field(default_factory=list)
     test_losses: list[float | None] = field(default_factory=list)
     params: int | None = None
+    learned_at: list[int | None] = field(default_factory=list)  # first step whose validation reached LEARNED (accuracy)
 
     @property
     def ok(self) -> list[float]:
@@ -61,6 +63,10 @@ class ArmResult:
     def sd(self) -> float:
         return float(np.std(self.ok, ddof=1)) if len(self.ok) > 1 else math.nan
 
+    def learned_text(self) -> str:
+        """When each seed first reached LEARNED validation accuracy ("never" within the budget)."""
+        return ", ".join("never" if s is None else str(s) for s in self.learned_at)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
@@ -74,6 +80,7 @@ class ArmResult:
             "mean": _num(self.mean),
             "sd": _num(self.sd),
             "tests": [_num(t) if t is not None else None for t in self.tests],
+            "learned_at": self.learned_at,
             "baseline": _num(self.baseline) if self.baseline is not None else None,
             **{k: _num(v) for k, v in self.extra_baselines.items()},
         }
@@ -121,7 +128,11 @@ def long_lags(claim: Claim, arms: list[ArmResult]) -> Verdict:
     lstm, rnn, gru = (next(a for a in arms if a.cell == c) for c in ("lstm", "rnn", "gru"))
     p, better = compare(lstm, rnn)
     chance = lstm.baseline
-    measured = f"test accuracy (chance {fmt(chance)}): LSTM {_mean_sd(lstm)}, RNN {_mean_sd(rnn)}, GRU {_mean_sd(gru)}"
+    measured = (
+        f"test accuracy (chance {fmt(chance)}): LSTM {_mean_sd(lstm)}, RNN {_mean_sd(rnn)}, GRU {_mean_sd(gru)}; "
+        f"step first at {LEARNED:g} validation accuracy, per seed: LSTM {lstm.learned_text()}; RNN {rnn.learned_text()}; "
+        f"GRU {gru.learned_text()}"
+    )
     if not lstm.ok or lstm.mean < 0.9:
         v = INCONCLUSIVE if not rnn.ok or rnn.mean < 0.9 else NOT_SUPPORTED
     elif better:
@@ -185,6 +196,10 @@ def two_cells(claim: Claim, arms: list[ArmResult]) -> Verdict:
     chance = f" (chance {fmt(a.baseline)})" if a.baseline is not None else ""
     params = f", {a.params} and {b.params} parameters" if a.params and b.params else ""
     measured = f"test {a.metric}{chance}: {a.label} {_mean_sd(a)}, {b.label} {_mean_sd(b)}{params}"
+    if a.higher_is_better and (a.learned_at or b.learned_at):
+        measured += (
+            f"; step first at {LEARNED:g} validation, per seed: {a.label} {a.learned_text()}; {b.label} {b.learned_text()}"
+        )
     if better:
         v = SUPPORTED
     elif p is not None and p < ALPHA:

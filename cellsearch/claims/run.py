@@ -26,7 +26,7 @@ from ..search.executor import Executor
 from ..store.store import Store
 from ..tasks import make_task
 from ..train.loop import make_hp
-from .analysis import MEASURED, TRAINED, ArmResult, Verdict
+from .analysis import LEARNED, MEASURED, TRAINED, ArmResult, Verdict
 from .experiments import Arm, Claim, claims
 
 
@@ -208,8 +208,18 @@ def arm_results(store: Store, claim: Claim, seed: int) -> list[ArmResult]:
             res.statuses.append(r.status if r is not None else "missing")
             res.tests.append(r.test if r is not None else None)
             res.test_losses.append(r.test_loss if r is not None else None)
+            if task.higher_is_better:
+                res.learned_at.append(_learned_at(r.history if r is not None else [], task.metric))
         out.append(res)
     return out
+
+
+def _learned_at(history: list[dict[str, Any]], metric: str) -> int | None:
+    for h in history or []:
+        v = h.get(f"valid_{metric}")
+        if v is not None and v >= LEARNED:
+            return int(h["step"])
+    return None
 
 
 def _test_baseline(arm: Arm) -> dict[str, float]:
