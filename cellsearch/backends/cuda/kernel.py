@@ -41,7 +41,9 @@ DeviceArray = Any  # numba.cuda's DeviceNDArray (untyped)
 #: in the simulator, where every thread is a Python thread
 GPU_TILE = (16, 16, 4, 4, 16)
 SIM_TILE = (4, 4, 2, 2, 4)
-MAX_THREADS = 256  # threads per block of the time-loop kernels: H units split over at most this many
+#: threads per block of the time-loop kernels: H units split over at most this many (ptxas for sm_90
+#: gives the kernels 87-168 registers a thread: 256 threads always fit a multiprocessor's 64K)
+MAX_THREADS = 256
 
 
 def simulated() -> bool:
@@ -176,8 +178,8 @@ class CudaKernel:
             raise ShapeError(f"the cuda backend runs float32 or float64, not {self.dtype}")
         if rows_per_block is not None and rows_per_block not in ROWS:
             raise ShapeError(f"rows_per_block must be one of {', '.join(map(str, ROWS))} (got {rows_per_block})")
-        if threads_per_block is not None and not 1 <= threads_per_block <= 1024:
-            raise ShapeError(f"threads_per_block must be in [1, 1024] (got {threads_per_block})")
+        if threads_per_block is not None and not 1 <= threads_per_block <= MAX_THREADS:
+            raise ShapeError(f"threads_per_block must be in [1, {MAX_THREADS}] (got {threads_per_block})")
         self.plan = lower(cell)
         self.rows_per_block = rows_per_block
         self.threads_per_block = threads_per_block

@@ -78,7 +78,7 @@ def gemm_kernel(dtype: np.dtype, TX: int = 16, TY: int = 16, RM: int = 4, RN: in
     BN = TX * RN
     NT = TX * TY
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def gemm(A, B, C, bias, ta, tb, has_bias, accumulate):
         sA = cuda.shared.array((BK, BM), dt)  # sA[k, m] = op(A)[m0 + m, k0 + k]
         sB = cuda.shared.array((BK, BN), dt)  # sB[k, n] = op(B)[k0 + k, n0 + n]
@@ -163,7 +163,7 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
     one = typ(1)
     R = rows
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def forward_loop(ops, info, stage_src, stage_dst, T, B, H, init_at, out_at, update_at, A, P, X, S0, consts, biases,
                      peeps, W, K, Y, ST):  # fmt: skip
         """The forward over the whole sequence for rows [blockIdx.x * R, +R): fills the tape A, the
@@ -257,7 +257,7 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
                 for bb in range(r0, r1):
                     ST[s, bb, j] = A[u + bb * H + j]
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def backward_loop(ops, info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, G,
                       dP, dX, dBr, dPeepr):  # fmt: skip
         """The reverse walk for rows [blockIdx.x * R, +R). dS [n_states, B*H] comes in holding the
@@ -375,7 +375,7 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
                             G[ga + e] += g * peeps[aux, j]
                             dPeepr[bb, aux * H + j] += g * A[a + e]
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def column_sums(M, out):
         """out[n] = sum over rows of M[:, n], one thread per column (rows in order: deterministic)."""
         n = cuda.grid(1)
@@ -385,7 +385,7 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
                 s += M[i, n]
             out[n] = s
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def fill(flat, value):
         i = cuda.grid(1)
         if i < flat.shape[0]:
