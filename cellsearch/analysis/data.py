@@ -58,6 +58,8 @@ METRIC_UNITS = {
     "mse": "MSE (squared error)",
     "nll": "NLL (nats per step)",
     "perplexity": "perplexity (per symbol)",
+    "nrmse": "NRMSE (RMSE / std of the targets)",
+    "timing_accuracy": "exact-timing accuracy (fraction of sequences)",
 }
 
 

@@ -214,14 +214,14 @@ def claims(scale: str) -> list[Claim]:
             "gate-cost",
             "the gates cost parameters and time",
             "parameters at (input 8, H 64) and the measured time of one training step (forward and BPTT, all "
-            "gradients) at (batch 32, length 100, input 8, H 64) on the cpu backend, per cell",
+            "gradients) at (batch 32, length 100, input 8, H 64) on the cpu backend, one thread, per cell",
             "supported when LSTM has the most parameters and the slowest step of LSTM, GRU and RNN, in that order, "
             "and every SLIM variant has fewer parameters than LSTM",
             "cost",
             settings={
                 "cells": ["lstm", "gru", "rnn", *SLIMS],
                 "config": [32, 100, 8, 64],
-                "rounds": 7 if small else 3,
+                "rounds": 15 if small else 5,
             },
         ),
     ]

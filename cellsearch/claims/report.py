@@ -26,9 +26,9 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _metric_label(metric: str | None) -> str:
-    return {"accuracy": "test accuracy", "mse": "test MSE", "nrmse": "test NRMSE (RMSE / std of targets)"}.get(
-        metric or "", f"test {metric}"
-    )
+    from ..analysis.data import METRIC_UNITS
+
+    return "test " + METRIC_UNITS.get(metric or "", metric or "result")
 
 
 def plot_trained(items: Sequence[Claim], arms: dict[str, list[ArmResult]], path: Path) -> Path | None:
@@ -55,12 +55,13 @@ def plot_trained(items: Sequence[Claim], arms: dict[str, list[ArmResult]], path:
         if len(df):
             sns.barplot(data=df, x="arm", y="value", order=order, ax=ax, color="#c6dbef", errorbar=None)
             sns.stripplot(data=df, x="arm", y="value", order=order, ax=ax, color="#08519c", size=5, jitter=0.15)
-        drawn = set()
-        for a in res:
+        drawn = False
+        for i, a in enumerate(res):  # each arm's baselines over its own bar: arms may be on different tasks
             for name, value in (("chance / mean predictor", a.baseline), *a.extra_baselines.items()):
-                if value is not None and math.isfinite(value) and (name, value) not in drawn:
-                    drawn.add((name, value))
-                    ax.axhline(value, ls="--", lw=1, color="#e6550d" if "persist" in name else "#636363", label=name)
+                if value is not None and math.isfinite(value):
+                    drawn = True
+                    ax.hlines(value, i - 0.45, i + 0.45, colors="#e6550d" if "persist" in name else "#636363",
+                              linestyles="--", lw=1.2, label=name)  # fmt: skip
         diverged = sum(a.diverged for a in res)
         title = f"claim {c.number}: {c.slug}" + (f"\n({diverged} diverged runs not shown)" if diverged else "")
         ax.set_title(title, fontsize=10)
@@ -94,13 +95,12 @@ def plot_slim(arms: list[ArmResult], path: Path) -> Path | None:
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     for ax, task in zip(axes, tasks, strict=True):
         d = df[df["task"] == task]
-        sns.scatterplot(data=d, x="params", y="value", hue="cell", style="cell", s=80, ax=ax)
-        for _, r in d.iterrows():
-            ax.annotate(r["cell"], (r["params"], r["value"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        sns.scatterplot(data=d, x="params", y="value", hue="cell", style="cell", s=90, ax=ax, alpha=0.85)
         ax.set_xlabel("model parameters (cell, encoder and head)")
         ax.set_ylabel(f"mean {_metric_label(d['metric'].iloc[0])}")
         ax.set_title(f"claim 6 on {task}", fontsize=10)
-        if d["metric"].iloc[0] in ("mse", "nrmse"):
+        lo, hi = float(d["value"].min()), float(d["value"].max())
+        if d["metric"].iloc[0] in ("mse", "nrmse") and lo > 0 and hi / lo > 10:
             ax.set_yscale("log")
         ax.legend(fontsize=7, title="cell", title_fontsize=8)
     fig.suptitle("Simplified gating: result against parameter count (mean over seeds)", fontsize=11)
@@ -121,7 +121,7 @@ def plot_cost(measurement: dict[str, Any], path: Path) -> Path:
         ax.annotate(r["cell"], (r["params"], r["step_ms"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     B, T, I, H = measurement["config"]
     ax.set_xlabel(f"cell parameters (input {I}, H {H})")
-    ax.set_ylabel("one training step, median (ms)")
+    ax.set_ylabel("one training step, fastest round (ms)")
     ax.set_title(f"claim 8: what the gates cost (cpu backend, B={B}, T={T})", fontsize=10)
     fig.savefig(path)
     return path
@@ -144,7 +144,7 @@ def _trials(c: Claim, m: dict[str, Any] | None) -> str:
     if c.kind == "reach" and m:
         return f"{c.settings['seeds']} seed(s) per cell and initialisation"
     if c.kind == "cost":
-        return f"median of {c.settings['rounds']} interleaved rounds"
+        return f"fastest of {c.settings['rounds']} interleaved rounds"
     return "–"
 
 
@@ -237,7 +237,7 @@ def write(
         "trained": "Trained claims (1, 3, 4, 5, 7): each seed's test result and the arm's mean; dashed: the baselines.",
         "slim": "Claim 6: each SLIM variant's mean test result against its parameter count, beside LSTM.",
         "reach": "Claim 2: mean gradient norm |dL/ds_(t-k)| against the lag k at initialisation (log axis).",
-        "cost": "Claim 8: the median time of one training step against the cell's parameter count.",
+        "cost": "Claim 8: the time of one training step (one thread, fastest round) against the cell's parameter count.",
     }
     for key, path in figures.items():
         if path is not None:
