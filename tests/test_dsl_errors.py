@@ -40,6 +40,13 @@ CASES = [
     ("state(h)\nh += tanh(linear(x, h))\nreturn h\n", 2, 1, "augmented assignment"),
     ("state(h)\nh = tanh(linear(x, h, bias='a'))\nreturn h\n", 2, 28, "must be a number"),
     ("state(h)\nh = tanh(linear(x, h, scale=2))\nreturn h\n", 2, 23, "has no keyword 'scale'"),
+    # bias=none is the one spelling of a linear without a bias
+    ("state(h)\nh = tanh(linear(x, h, bias=None))\nreturn h\n", 2, 28, "write linear(..., bias=none), in lower case"),
+    ("state(h)\nh = tanh(linear(x, h, bias=nothing))\nreturn h\n", 2, 28, "bias=) must be a number or none (no bias)"),
+    ("state(h)\nh = tanh(linear(x, h, bias=-none))\nreturn h\n", 2, 28, "bias=) must be a number or none"),
+    ("state(h)\nh = tanh(linear(x, h, bias='none'))\nreturn h\n", 2, 28, "bias=) must be a number or none"),
+    ("state(h)\nh = tanh(linear(x, h, bias=none, bias=1))\nreturn h\n", 2, 34, "has the keyword 'bias' twice"),
+    ("state(h)\nh = tanh(linear(x, h) + peep(h, bias=none))\nreturn h\n", 2, 33, "peep() has no keyword 'bias'"),
     ("state(h)\nh = tanh(linear(x, h))\nreturn x\n", 3, 8, "returns its input x"),
     ("state(h)\nh = h\nreturn h\n", 1, 7, "state 'h' is never updated"),
     ("state(h)\nx = tanh(linear(h))\nh = x\nreturn h\n", 2, 1, "x is the step's input and cannot be assigned"),

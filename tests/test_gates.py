@@ -77,6 +77,24 @@ return h
         ("state(h)\ng = sigmoid(linear(x, h))\nh = tanh(linear(x)) - g * h\nreturn h", {}),
         # the kept value must be the old state itself
         ("state(h)\ng = sigmoid(linear(x, h))\nh = g * tanh(h) + tanh(linear(x))\nreturn h", {}),
+        # a linear without a bias is no handle on the gate (like a peep): no bias, no keep gate ...
+        ("state(h)\ng = sigmoid(linear(x, h, bias=none))\nh = g * h + tanh(linear(x))\nreturn h", {}),
+        # ... and beside a linear with a bias, that one sets the gate alone
+        (
+            "state(h)\ng = sigmoid(linear(x, bias=none) + linear(h))\nh = g * h + tanh(linear(x))\nreturn h",
+            {"h": ("g.1.b", 1, [])},
+        ),
+        # an input gate without a bias is not mirrored; a keep gate without one is none
+        (
+            "state(c, h)\ni = sigmoid(linear(x, h, bias=none))\nf = sigmoid(linear(x, h))\n"
+            "c = f * c + i * tanh(linear(x, h))\nh = tanh(c)\nreturn h",
+            {"c": ("f.b", 1, [])},
+        ),
+        (
+            "state(c, h)\ni = sigmoid(linear(x, h))\nf = sigmoid(linear(x, h, bias=none))\n"
+            "c = f * c + i * tanh(linear(x, h))\nh = tanh(c)\nreturn h",
+            {},
+        ),
     ],
 )
 def test_edge_cases(text, expected):
@@ -113,7 +131,7 @@ def test_forget_bias_adds_along_the_sign():
     np.testing.assert_array_equal(hinted["f.b"], 5.0)
 
 
-@pytest.mark.parametrize("name", ["rnn", "nfg", "indrnn"])
+@pytest.mark.parametrize("name", ["rnn", "nfg", "indrnn", "slim2"])
 def test_cells_without_keep_gates_are_unchanged(name):
     cell = zoo.get(name)
     assert gate_biases(cell).keep == ()

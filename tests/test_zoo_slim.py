@@ -1,11 +1,11 @@
-"""The SLIM LSTMs of Lu & Salem 2017 and Akandeh & Salem 2017 (zoo ``slim1 slim3 slim4 slim5``).
+"""The SLIM LSTMs of Lu & Salem 2017 and Akandeh & Salem 2017 (zoo ``slim1`` to ``slim5``).
 
 Each cell is checked against its paper's equations written out here by hand: the parameter count
 as a formula in N (input) and H (hidden), and the forward pass as plain NumPy. The reference
 backend's gradients against finite differences and the cpu backend against the reference run on
 every zoo cell already (``tests/test_reference_grad.py``, ``tests/backends/test_conformance.py``);
 here the finite differences run once more on a different draw, with the helpers imported from there.
-LSTM2 (gates ``sigmoid(U h)``, no bias) is not in the zoo: the DSL has no ``linear`` without a bias.
+LSTM2's gates ``sigmoid(U h)`` have no bias: ``linear(h, bias=none)``.
 """
 
 import json
@@ -20,7 +20,7 @@ from cellsearch.ir.params import parameter_count
 from tests.test_gates import roles
 from tests.test_reference_grad import directional_fd, retry_on_kinks
 
-SLIM = ["slim1", "slim3", "slim4", "slim5"]
+SLIM = ["slim1", "slim2", "slim3", "slim4", "slim5"]
 
 
 def block_input(N, H):
@@ -32,6 +32,7 @@ def block_input(N, H):
 COUNTS = {
     "lstm": lambda N, H: 4 * (N * H + H * H + H),
     "slim1": lambda N, H: block_input(N, H) + 3 * (H * H + H),  # gate = sigmoid(U h + b)
+    "slim2": lambda N, H: block_input(N, H) + 3 * H * H,  # gate = sigmoid(U h): N H + 4 H^2 + H in all
     "slim3": lambda N, H: block_input(N, H) + 3 * H,  # gate = sigmoid(b)
     "slim4": lambda N, H: block_input(N, H) + 3 * H,  # gate = sigmoid(u * h)
     "slim5": lambda N, H: block_input(N, H) + 3 * (H + H),  # gate = sigmoid(u * h + b)
@@ -46,6 +47,8 @@ def gates(name, p, h):
     """(i, f, o) from the previous h, as each paper writes them (``y = x @ W``: rows index the input)."""
     if name == "slim1":
         return tuple(sigmoid(h @ p[f"{k}.W_h"] + p[f"{k}.b"]) for k in "ifo")
+    if name == "slim2":
+        return tuple(sigmoid(h @ p[f"{k}.W_h"]) for k in "ifo")
     if name == "slim3":
         return tuple(sigmoid(p[f"{k}.p_ones"]) for k in "ifo")
     if name == "slim4":
@@ -77,7 +80,7 @@ def test_parameter_count_is_the_papers(name, N, H):
 
 def test_counts_at_n8_h64():
     got = {name: parameter_count(zoo.get(name), 8, 64) for name in ["lstm", *SLIM]}
-    assert got == {"lstm": 18_688, "slim1": 17_152, "slim3": 4_864, "slim4": 4_864, "slim5": 5_056}
+    assert got == {"lstm": 18_688, "slim1": 17_152, "slim2": 16_960, "slim3": 4_864, "slim4": 4_864, "slim5": 5_056}
 
 
 @pytest.mark.parametrize("name", SLIM)
@@ -106,10 +109,25 @@ def test_each_is_its_own_zoo_cell(name):
 
 
 def test_keep_gates_as_the_readme_says():
-    """Only slim1's forget gate has a ``linear`` (and so a bias that gate_init / forget_bias can set)."""
+    """Only slim1's forget gate has a ``linear`` with a bias that gate_init / forget_bias can set; slim2's
+    ``linear(h, bias=none)`` has none, so chrono and forget_bias leave every parameter as it was."""
     assert roles(zoo.get("slim1")) == {"c": ("f.b", 1, [("i.b", 1)])}
-    for name in ["slim3", "slim4", "slim5"]:
+    for name in ["slim2", "slim3", "slim4", "slim5"]:
         assert roles(zoo.get(name)) == {}
+    slim2 = zoo.get("slim2")
+    plain = init_params(slim2, 3, 8, np.random.default_rng(4))
+    for options in ({"gate_init": "chrono", "chrono_tmax": 50}, {"forget_bias": 1.0}):
+        other = init_params(slim2, 3, 8, np.random.default_rng(4), **options)
+        assert other.keys() == plain.keys() and all(np.array_equal(plain[k], other[k]) for k in plain)
+
+
+def test_slim2_has_one_bias_and_three_bias_free_gates():
+    cell = zoo.get("slim2")
+    assert sorted(init_params(cell, 3, 4, np.random.default_rng(0))) == [
+        "f.W_h", "g.W_h", "g.W_x", "g.b", "i.W_h", "o.W_h"
+    ]  # fmt: skip
+    assert cell.text.count("linear(h, bias=none)") == 3
+    assert parameter_count(cell, 8, 64) == parameter_count(zoo.get("slim1"), 8, 64) - 3 * 64
 
 
 def test_cells_lists_them():

@@ -2,6 +2,8 @@
 
 A cell is ``state(a, b, ...)``, then assignments, then ``return NAME``. Expressions use ``x``,
 names, numbers, ``+ - *`` and the functions ``linear peep blend sigmoid tanh relu identity``.
+``linear`` takes one keyword: ``bias=v`` (a number: the bias starts at ``v``) or ``bias=none`` (the
+linear has no bias at all).
 Assignment is sequential: after ``c = ...`` later lines see the new ``c``; before it, ``c`` is the
 previous step's value. Anything else is an error with the file, line and column.
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 from ..errors import DSLError, IRError
 from ..ir.canon import canonicalize
 from ..ir.cell import Cell, Node, arity_ok, make_attrs
-from ..ir.ops import FUNCTIONS, KEYWORDS, LEAVES, OP_INFO, PURE, Op
+from ..ir.ops import FUNCTIONS, KEYWORDS, LEAVES, NO_BIAS, OP_INFO, PURE, Op
 from ..ir.validate import problems
 
 _BINOPS = {ast.Add: Op.ADD, ast.Sub: Op.SUB, ast.Mult: Op.MUL}
@@ -61,6 +63,23 @@ def _at(node: ast.AST) -> tuple[int, int]:
 def _not_allowed(node: ast.AST) -> DSLError:
     what = _CONSTRUCTS.get(type(node), f"`{type(node).__name__}`")
     return DSLError(f"{what} is not part of the cell language", *_at(node))
+
+
+def _keyword_value(fname: str, kw: ast.keyword) -> float | str:
+    """A keyword's value: a number (an initialisation hint), or ``none`` for ``bias=`` (no bias)."""
+    value = kw.value
+    if kw.arg == "bias":
+        if isinstance(value, ast.Name) and value.id == NO_BIAS:
+            return NO_BIAS
+        if isinstance(value, ast.Constant) and value.value is None:
+            raise DSLError(f"write {fname}(..., bias=none), in lower case, for no bias", *_at(value))
+    sign = 1.0
+    if isinstance(value, ast.UnaryOp) and isinstance(value.op, ast.USub):
+        sign, value = -1.0, value.operand
+    if not isinstance(value, ast.Constant) or isinstance(value.value, bool) or not isinstance(value.value, int | float):
+        what = "a number or none (no bias)" if kw.arg == "bias" else "a number"
+        raise DSLError(f"{fname}(..., {kw.arg}=) must be {what}", *_at(kw.value))
+    return sign * float(value.value)
 
 
 @dataclass
@@ -168,19 +187,15 @@ class _Builder:
             arity = OP_INFO[op].arity
             want = "at least 1 argument" if arity is None else f"{arity} argument{'s' if arity != 1 else ''}"
             raise DSLError(f"{fname}() takes {want}, got {len(e.args)}", *at)
-        attrs: dict[str, float] = {}
+        attrs: dict[str, float | str] = {}
         for kw in e.keywords:
             allowed = KEYWORDS.get(op, frozenset())
             if kw.arg is None or kw.arg not in allowed:
                 hint = f" (it accepts: {', '.join(sorted(allowed))})" if allowed else ""
                 raise DSLError(f"{fname}() has no keyword '{kw.arg or '**'}'{hint}", *_at(kw))
-            value = kw.value
-            sign = 1.0
-            if isinstance(value, ast.UnaryOp) and isinstance(value.op, ast.USub):
-                sign, value = -1.0, value.operand
-            if not isinstance(value, ast.Constant) or isinstance(value.value, bool) or not isinstance(value.value, int | float):
-                raise DSLError(f"{fname}(..., {kw.arg}=) must be a number", *_at(kw.value))
-            attrs[kw.arg] = sign * float(value.value)
+            if kw.arg in attrs:
+                raise DSLError(f"{fname}() has the keyword '{kw.arg}' twice", *_at(kw))
+            attrs[kw.arg] = _keyword_value(fname, kw)
         args = tuple(self.expr(a) for a in e.args)
         if op in (Op.LINEAR, Op.PEEP):
             for a, src in zip(args, e.args, strict=True):

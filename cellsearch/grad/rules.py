@@ -20,7 +20,7 @@ Array = np.ndarray
 @dataclass
 class NodeParams:
     weights: Sequence[Array] = ()  # LINEAR: one [rows, H] matrix per argument
-    bias: Array | None = None  # LINEAR: [H]
+    bias: Array | None = None  # LINEAR: [H]; None for a linear(..., bias=none)
     peep: Array | None = None  # PEEP: [H]
 
 
@@ -37,8 +37,9 @@ def sigmoid(a: Array) -> Array:
 
 
 def _linear(args: Sequence[Array], p: NodeParams) -> Array:
-    assert p.bias is not None
-    out = p.bias + args[0] @ p.weights[0]
+    out = args[0] @ p.weights[0]
+    if p.bias is not None:  # a linear(..., bias=none) has none
+        out = p.bias + out
     for a, w in zip(args[1:], p.weights[1:], strict=True):
         out = out + a @ w
     return out
@@ -62,7 +63,7 @@ def _vjp_linear(g: Array, a: Sequence[Array], y: Array, p: NodeParams) -> LocalG
     return LocalGrad(
         args=[g @ w.T for w in p.weights],
         weights=[ai.T @ g for ai in a],
-        bias=g.sum(axis=0),
+        bias=None if p.bias is None else g.sum(axis=0),
     )
 
 

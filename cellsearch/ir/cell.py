@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from .ops import LEAVES, OP_INFO, Op
+from .ops import LEAVES, NO_BIAS, OP_INFO, Op
 
 Attrs = tuple[tuple[str, Any], ...]
 
@@ -42,6 +42,11 @@ class Node:
     @property
     def is_leaf(self) -> bool:
         return self.op in LEAVES
+
+    @property
+    def has_bias(self) -> bool:
+        """True for a ``linear`` with a bias vector (every one but ``linear(..., bias=none)``)."""
+        return self.op is Op.LINEAR and self.attr("bias") != NO_BIAS
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self.attrs)

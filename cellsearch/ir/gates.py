@@ -8,9 +8,10 @@ of the old value survives the step (an LSTM's ``f * c``, a GRU's ``blend(h, n, u
 ``blend(n, h, f)`` through ``1 - f``, JANET's ``sigmoid(s) * h``).
 
 The gate is set by the bias of the one ``linear`` found in ``u`` through ``+`` and ``-`` (a ``peep``,
-a constant or a raw ``x`` there carry no bias; a gate whose ``u`` holds no ``linear``, or more than
-one, is left out: its bias is ambiguous). ``sign`` says which way that bias moves the gate: the
-fraction kept is ``sigmoid(sign * b + ...)``.
+a constant, a raw ``x`` or a ``linear(..., bias=none)`` there carry no bias; a gate whose ``u`` holds
+no ``linear`` with a bias, or more than one, is left out: it has no bias to set, or an ambiguous one
+— SLIM LSTM2's ``sigmoid(linear(h, bias=none))`` is no keep gate). ``sign`` says which way that bias
+moves the gate: the fraction kept is ``sigmoid(sign * b + ...)``.
 
 The **input gate** of a keep gate is a sigmoid gate (again ``sigmoid(u)`` or ``1 - sigmoid(u)``)
 that multiplies the candidate in another term of the same update (an LSTM's ``i * g``), when its
@@ -88,7 +89,8 @@ def _is_one(cell: Cell, k: int) -> bool:
 
 
 def _gate(cell: Cell, factor: Factor) -> tuple[int, int, int] | None:
-    """``(sigmoid node, linear, sign)`` when the factor is a sigmoid gate set by one linear's bias."""
+    """``(sigmoid node, linear, sign)`` when the factor is a sigmoid gate set by one linear's bias
+    (linears without a bias do not count)."""
     k, complemented = factor
     node = cell.nodes[k]
     if node.op is not Op.SIGMOID:
@@ -97,7 +99,7 @@ def _gate(cell: Cell, factor: Factor) -> tuple[int, int, int] | None:
 
     def walk(j: int, s: int) -> None:
         n = cell.nodes[j]
-        if n.op is Op.LINEAR:
+        if n.has_bias:  # a linear without a bias is no handle on the gate, like a peep
             found.append((j, s))
         elif n.op is Op.ADD:
             walk(n.args[0], s)

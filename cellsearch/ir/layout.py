@@ -8,7 +8,8 @@ order allows that, the previous value is first copied to ``<state>_prev``.
 Parameter names come from this layout: a parameterised node is named after its line and its site
 in that line (``i.W_x``, ``i.W_h``, ``i.b``, ``i.p_c``; a second ``linear`` in line ``n`` is
 ``n.1``, so ``n.1.W_h``), and a weight after the argument it multiplies (``x``, a state, a named
-value, or its position when the argument is an inline expression).
+value, or its position when the argument is an inline expression). A ``linear(..., bias=none)`` has
+weights and no ``.b``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cell import Cell
-from .ops import Op
+from .ops import NO_BIAS, Op
 
 _PREC = {Op.ADD: 1, Op.SUB: 1, Op.MUL: 2}
 _SYMBOL = {Op.ADD: "+", Op.SUB: "-", Op.MUL: "*"}
@@ -36,7 +37,7 @@ class ParamNames:
     """Names of one parameterised node's parameters. ``weights[i]`` multiplies ``node.args[i]``."""
 
     weights: tuple[str, ...] = ()
-    bias: str | None = None
+    bias: str | None = None  # None for a peephole and for a linear(..., bias=none)
     peep: str | None = None
     printed: tuple[int, ...] = ()  # argument indices in the order the text shows them
 
@@ -176,7 +177,7 @@ def _render(cell: Cell, root: int, names: dict[int, str], aliases: dict[str, str
         args = ordered(node.args) if node.op is Op.LINEAR else list(node.args)
         inner = ", ".join(go(a)[0] for a in args)
         if node.op is Op.LINEAR and node.attr("bias") is not None:
-            inner += f", bias={format_number(node.attr('bias'))}"
+            inner += f", bias={format_number(node.attr('bias')) if node.has_bias else NO_BIAS}"
         return f"{node.op.value}({inner})", 3
 
     return go(root)[0]
@@ -256,7 +257,7 @@ def _param_names(cell: Cell, items: list[_Item], names: dict[int, str], aliases:
                     n = used.get(t, 0)
                     used[t] = n + 1
                     weights[i] = f"{prefix}.W_{t}" + (f"_{n}" if n else "")
-                out[k] = ParamNames(tuple(weights), bias=f"{prefix}.b", printed=tuple(printed))
+                out[k] = ParamNames(tuple(weights), bias=f"{prefix}.b" if node.has_bias else None, printed=tuple(printed))
             else:
                 out[k] = ParamNames(peep=f"{prefix}.p_{term(node.args[0], 0)}")
     return out

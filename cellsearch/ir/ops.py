@@ -15,7 +15,7 @@ class Op(enum.Enum):
     STATE = "state"  # a state's value from the previous step, size H; attrs: name
     CONST = "const"  # a scalar, broadcast; attrs: value
     # ** parameterised: each node owns its parameters **
-    LINEAR = "linear"  # sum_k arg_k @ W_k + b; attrs: bias (init hint, optional)
+    LINEAR = "linear"  # sum_k arg_k @ W_k + b; attrs: bias (a number: init hint; NO_BIAS: no b at all)
     PEEP = "peep"  # p * v, p a vector (H)
     # ** elementwise arithmetic **
     ADD = "add"
@@ -62,5 +62,8 @@ PURE = frozenset(Op) - PARAMETERISED - {Op.INPUT, Op.STATE}
 FUNCTIONS: dict[str, Op] = {
     info.dsl: op for op, info in OP_INFO.items() if info.dsl is not None and info.dsl.isidentifier() and op is not Op.INPUT
 }
-#: keyword arguments (initialisation hints) each function accepts
+#: keyword arguments each function accepts: ``linear(..., bias=v)`` with a number (an initialisation
+#: hint) or ``none`` (no bias parameter at all)
 KEYWORDS: dict[Op, frozenset[str]] = {Op.LINEAR: frozenset({"bias"})}
+#: the ``bias`` attribute of a ``linear`` without a bias, spelled ``linear(..., bias=none)``
+NO_BIAS = "none"

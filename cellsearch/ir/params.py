@@ -1,7 +1,8 @@
 """Parameters of a cell: names (from the layout), shapes (from I and H), count and initialisation.
 
 Shapes: a ``linear`` weight that multiplies ``x`` is ``[I, H]``, one that multiplies an H-sized value
-is ``[H, H]`` (``y = x @ W``, rows index the input); a bias is ``[H]``; a peephole is ``[H]``.
+is ``[H, H]`` (``y = x @ W``, rows index the input); a bias is ``[H]`` (a ``linear(..., bias=none)``
+has none); a peephole is ``[H]``.
 Initialisation is uniform in ±1/sqrt(H) as in PyTorch, except a ``linear(..., bias=v)`` bias,
 which starts at ``v``. Two options act on the gates found in the graph (:mod:`.gates`):
 ``gate_init="chrono"`` and ``forget_bias``; see :func:`init_params`.
@@ -58,9 +59,9 @@ def param_specs(cell: Cell, input_size: int, hidden_size: int) -> list[ParamSpec
             for i in pn.printed:
                 rows = input_size if cell.nodes[node.args[i]].op is Op.INPUT else H
                 specs.append(ParamSpec(pn.weights[i], (rows, H), k, "weight", arg=i))
-            bias = node.attr("bias")
-            assert pn.bias is not None
-            specs.append(ParamSpec(pn.bias, (H,), k, "bias", init=None if bias is None else float(bias)))
+            if pn.bias is not None:  # a linear(..., bias=none) has none
+                bias = node.attr("bias")
+                specs.append(ParamSpec(pn.bias, (H,), k, "bias", init=None if bias is None else float(bias)))
         else:
             assert pn.peep is not None
             specs.append(ParamSpec(pn.peep, (H,), k, "peep"))
@@ -80,7 +81,9 @@ class GateBiases:
 
     ``keep`` maps a keep gate's bias to its sign (the kept fraction is ``sigmoid(sign * b + ...)``);
     ``input`` maps an input gate's bias to ``(sign, keep)``: its sign and the keep gate's bias it
-    mirrors. Both are empty for a cell without keep gates.
+    mirrors. Both are empty for a cell without keep gates. A gate whose only ``linear`` has no bias
+    (``linear(..., bias=none)``) has nothing to set: :func:`~.gates.keep_gates` does not count it
+    as a gate, so it is in neither.
     """
 
     keep: tuple[tuple[str, int], ...]
@@ -94,12 +97,13 @@ def gate_biases(cell: Cell) -> GateBiases:
     inputs: dict[str, set[tuple[int, str]]] = {}
     for g in keep_gates(cell):
         bias = names[g.linear].bias
-        assert bias is not None
+        if bias is None:  # keep_gates counts only linears with a bias; never here
+            continue
         keep[bias] = g.sign
         for linear, sign in g.inputs:
             name = names[linear].bias
-            assert name is not None
-            inputs.setdefault(name, set()).add((sign, bias))
+            if name is not None:
+                inputs.setdefault(name, set()).add((sign, bias))
     # an input gate shared by keep gates is set only when they agree on what it mirrors
     chosen = tuple((name, *next(iter(v))) for name, v in sorted(inputs.items()) if len(v) == 1)
     return GateBiases(tuple(sorted(keep.items())), chosen)

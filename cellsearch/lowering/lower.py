@@ -12,14 +12,15 @@ from .plan import ELEMENTWISE, Code, Instr, Plan, Stage, XBlock
 
 
 def _input_gemm(cell: Cell) -> tuple[XBlock, ...]:
-    """Every linear with an x argument gets one block of the input GEMM (its x weights and bias)."""
+    """Every linear with an x argument gets one block of the input GEMM (its x weights and its bias,
+    None for a linear(..., bias=none))."""
     names = param_names(cell)
     blocks = []
     for k, node in enumerate(cell.nodes):
         if node.op is Op.LINEAR:
             xs = tuple(names[k].weights[i] for i, a in enumerate(node.args) if cell.nodes[a].op is Op.INPUT)
             if xs:
-                blocks.append(XBlock(k, xs, str(names[k].bias)))
+                blocks.append(XBlock(k, xs, names[k].bias))
     return tuple(blocks)
 
 
@@ -57,11 +58,15 @@ def _schedule(
         linears = [k for k in pending if cell.nodes[k].op is Op.LINEAR and ready(k)]
         if linears:
             for k in linears:
+                bias = names[k].bias
                 if k in block_of:
                     program.append(Instr(Code.LOADP, k, aux=block_of[k]))
+                elif bias is None:  # a linear(..., bias=none) on H-vectors only: its GEMM adds to 0
+                    program.append(Instr(Code.CONST, k, aux=len(consts)))
+                    consts.append(0.0)
                 else:
                     program.append(Instr(Code.BIAS, k, aux=len(biases)))
-                    biases.append(str(names[k].bias))
+                    biases.append(bias)
             rec = [k for k in linears if any(cell.nodes[a].op is not Op.INPUT for a in cell.nodes[k].args)]
             if rec:
                 srcs = sorted({a for k in rec for a in cell.nodes[k].args if cell.nodes[a].op is not Op.INPUT})

@@ -4,9 +4,11 @@ Every node of the cell gets a value slot per time step (slot = node index). The 
 
 - the **input GEMM**: every ``linear`` with ``x`` among its arguments owns one block of H columns in
   ``W_x [I, NX*H]``; the whole sequence is projected at once (``X[T*B, I] @ W_x + b``) before the
-  time loop, and the block seeds that linear's slot each step (``LOADP``);
+  time loop, and the block seeds that linear's slot each step (``LOADP``); a block's bias is None
+  for a ``linear(..., bias=none)``, whose part of ``b`` is zero;
 - a **step program**: a list of ops in dependency order. Leaves are filled (``STATE``, ``X``,
-  ``CONST``); linears without an ``x`` term start from their bias (``BIAS``); each ``GEMM`` stage
+  ``CONST``); linears without an ``x`` term start from their bias (``BIAS``), or from 0 (``CONST``,
+  a constant 0.0) when they have none (``linear(..., bias=none)``); each ``GEMM`` stage
   multiplies the already-computed H-vectors that linears read (``[B, ns*H] @ [ns*H, nk*H]``, all
   linears ready at that point fused) and adds into their slots; elementwise ops follow;
 - the **backward** is the same program read in reverse, each op applying its VJP rule; weight
@@ -29,7 +31,7 @@ class Code(enum.IntEnum):
 
     STATE = 0  # dst <- previous value of state aux
     X = 1  # dst <- x_t (x used elementwise; I == H)
-    CONST = 2  # dst <- constant aux
+    CONST = 2  # dst <- constant aux (also the 0 a linear without bias and x term starts from)
     LOADP = 3  # dst <- input projection block aux (x terms + bias)
     BIAS = 4  # dst <- bias aux
     GEMM = 5  # stage aux: dsts += pack(srcs) @ W
@@ -67,11 +69,12 @@ class Instr:
 
 @dataclass(frozen=True)
 class XBlock:
-    """One block of the input GEMM: a linear's x weights (summed if x appears twice) and its bias."""
+    """One block of the input GEMM: a linear's x weights (summed if x appears twice) and its bias
+    (None for a ``linear(..., bias=none)``: that block's bias is zero and gets no gradient)."""
 
     node: int
     weights: tuple[str, ...]
-    bias: str
+    bias: str | None
 
 
 @dataclass(frozen=True)

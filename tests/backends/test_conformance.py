@@ -119,6 +119,14 @@ EDGE_CELLS = {
     "input_state": "state(h, m)\nh = tanh(linear(x, h, m))\nm = x\nreturn h\n",
     # the output is not a state
     "output_not_state": "state(c)\nc = sigmoid(linear(x, c)) * c + tanh(linear(x))\ny = tanh(c) * x\nreturn y\n",
+    # linears without a bias: an input-GEMM block with none (x and h; x only, beside biased blocks),
+    # and recurrent ones that start from 0 (on h, and mid-step on a product)
+    "no_bias_x_h": "state(h)\nh = tanh(linear(x, h, bias=none))\nreturn h\n",
+    "no_bias_mixed": (
+        "state(c, h)\ni = sigmoid(linear(x, h, bias=none))\nf = sigmoid(linear(h, bias=none) + linear(x))\n"
+        "r = sigmoid(linear(x, bias=none))\nc = f * c + i * tanh(linear(x, bias=none) + linear(r * h, bias=none))\n"
+        "h = tanh(c) * sigmoid(linear(x, h, c, bias=-0.5))\nreturn h\n"
+    ),
 }
 
 
