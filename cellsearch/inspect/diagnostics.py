@@ -324,8 +324,9 @@ def _first_bias(cell: Cell, k: int, names: dict[int, str], pnames: Mapping[int, 
     node = cell.nodes[k]
     if k in names:
         return None
-    if node.op is Op.LINEAR:
-        return str(pnames[k].bias)
+    if node.op is Op.LINEAR:  # a bias-free linear (bias=none) names nothing: look on in the siblings
+        bias = pnames[k].bias
+        return None if bias is None else str(bias)
     for a in node.args:
         found = _first_bias(cell, a, names, pnames)
         if found:
