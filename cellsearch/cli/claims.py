@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .main import _stderr_console, cli
+from .main import cli, trials_progress
 from .search import DB
 
 
@@ -35,8 +35,6 @@ def claims_cmd(scale: str, db: str, out: str, workers: int | None, seed: int, na
       cellsearch claims --scale smoke --db claims.db --out /tmp/claims
       cellsearch claims --scale small --db claims.db
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from ..claims import run_claims, run_name, verdicts
     from ..claims.report import write
     from ..search.executor import make_executor
@@ -45,16 +43,8 @@ def claims_cmd(scale: str, db: str, out: str, workers: int | None, seed: int, na
     store = Store(db, create=True)
     executor = make_executor(workers)
     run = name or run_name(scale, seed)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("cached {task.fields[cached]} · failures {task.fields[failures]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
     try:
-        with Progress(*columns, console=_stderr_console()) as bar:
+        with trials_progress() as bar:
             tid = bar.add_task(f"{run} evaluations", total=None, cached=0, failures=0)
 
             def tick(prog: Any, _result: Any) -> None:

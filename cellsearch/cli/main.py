@@ -299,6 +299,22 @@ def _stderr_console() -> Any:
     return Console(stderr=True)
 
 
+def trials_progress() -> Any:
+    """The progress display of a batch of evaluations (``reproduce``, ``claims``): a bar with done/total,
+    the cached and failed counts (task fields ``cached``, ``failures``), elapsed and remaining time."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("cached {task.fields[cached]} · failures {task.fields[failures]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=_stderr_console(),
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; known errors print one line on stderr and exit with code 2."""
     try:

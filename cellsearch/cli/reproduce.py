@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import ConfigError
-from .main import _stderr_console, cli
+from .main import cli, trials_progress
 from .search import DB, emit_frame
 
 
@@ -49,8 +49,6 @@ def reproduce_cmd(
       cellsearch reproduce jozefowicz2015 --scale small --db studies.db --workers 2
       cellsearch reproduce greff2016 --scale small --db studies.db --backend cuda --workers 4
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from ..reproduce import get, open_study_run, run_study, study_config, summary_rows, trial_specs
     from ..search.executor import make_executor
     from ..store import Store
@@ -81,16 +79,8 @@ def reproduce_cmd(
     store = Store(db, create=True)
     run_id = open_study_run(store, run_name, config)
     executor = make_executor(workers)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("cached {task.fields[cached]} · failures {task.fields[failures]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
     try:
-        with Progress(*columns, console=_stderr_console()) as bar:
+        with trials_progress() as bar:
             tid = bar.add_task(f"{run_name} trials", total=len(specs), cached=0, failures=0)
 
             def tick(prog: Any, _result: Any) -> None:
