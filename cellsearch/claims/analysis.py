@@ -20,6 +20,7 @@ from ..analysis.stats import format_p, welch
 from .experiments import Claim
 
 ALPHA = 0.05
+MARGIN = 0.05  # the smallest gain in accuracy (absolute) that counts as "helps"
 LEARNED = 0.95  # an accuracy this high on validation counts as having learned the task
 SUPPORTED, NOT_SUPPORTED, PARTLY, INCONCLUSIVE = "supported", "not supported", "partly supported", "inconclusive at this scale"
 BAD = ("failed", "diverged")
@@ -200,15 +201,37 @@ def two_cells(claim: Claim, arms: list[ArmResult]) -> Verdict:
         measured += (
             f"; step first at {LEARNED:g} validation, per seed: {a.label} {a.learned_text()}; {b.label} {b.learned_text()}"
         )
+    low, high = welch_interval(a.ok, b.ok)
+    if low is not None and high is not None:
+        measured += f"; difference {fmt(a.mean - b.mean)}, 95% CI [{fmt(low)}, {fmt(high)}]"
+    gain = high if a.higher_is_better else (None if low is None else -low)  # the largest gain the data allow
     if better:
         v = SUPPORTED
     elif p is not None and p < ALPHA:
         v = NOT_SUPPORTED  # significantly worse
-    elif max(a.mean, b.mean) <= (a.baseline or 0.0) + 0.02 and a.higher_is_better:
+    elif a.higher_is_better and a.baseline is not None and max(a.mean, b.mean) <= a.baseline + 0.02:
         v = INCONCLUSIVE  # neither learned the task: no evidence either way
+    elif gain is not None and gain < MARGIN:
+        v = NOT_SUPPORTED  # a gain of MARGIN or more is excluded
     else:
-        v = NOT_SUPPORTED if len(a.ok) >= 5 and len(b.ok) >= 5 else INCONCLUSIVE
+        v = INCONCLUSIVE  # too few seeds for the spread: a gain can be neither shown nor excluded
     return Verdict(claim.number, measured, v, p)
+
+
+def welch_interval(a: list[float], b: list[float], level: float = 0.95) -> tuple[float | None, float | None]:
+    """The Welch (unequal variances) confidence interval of ``mean(a) - mean(b)``."""
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        return None, None
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    diff = float(np.mean(a) - np.mean(b))
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    return diff - half, diff + half
 
 
 def _skill(a: ArmResult, value: float) -> float:
@@ -237,18 +260,22 @@ def slim(claim: Claim, arms: list[ArmResult]) -> Verdict:
                 ps.append(p)
             rows.append({"task": task, "cell": a.cell, "params": a.params, "mean": _num(a.mean), "lstm": _num(ref.mean),
                          "p": _num(p) if p is not None else None, "keeps": keep})  # fmt: skip
-    kept = [c for c, ks in keeps.items() if all(ks)]
-    lost = [c for c in keeps if c not in kept]
     per_task = []
     for task in dict.fromkeys(a.task for a in arms):
         cells = [a for a in arms if a.task == task]
-        per_task.append(f"{task} ({cells[0].metric}): " + ", ".join(f"{a.cell} {fmt(a.mean)} [{a.params}]" for a in cells))
-    measured = "; ".join(per_task) + f". Keep: {', '.join(kept) or 'none'}; lose: {', '.join(lost) or 'none'}"
-    if not keeps:
+        kept = [str(r["cell"]) for r in rows if r["task"] == task and r["keeps"]]
+        per_task.append(
+            f"{task} ({cells[0].metric}): "
+            + ", ".join(f"{a.cell} {fmt(a.mean)} [{a.params}]" for a in cells)
+            + f" — keep: {', '.join(kept) or 'none'}"
+        )
+    measured = "; ".join(per_task) + " ([N]: model parameters)"
+    pairs = [r["keeps"] for r in rows]
+    if not pairs:
         v = INCONCLUSIVE
-    elif not lost:
+    elif all(pairs):
         v = SUPPORTED
-    elif not kept:
+    elif not any(pairs):
         v = NOT_SUPPORTED
     else:
         v = PARTLY

@@ -55,7 +55,7 @@ SLIMS = ("slim1", "slim2", "slim3", "slim4", "slim5")
 
 _BUDGET = {  # per scale: training steps of a typical arm, evaluation cadence and size, seeds
     "smoke": {"steps": 120, "eval_every": 40, "eval_size": 64, "seeds": 2, "long_steps": 150},
-    "small": {"steps": 1500, "eval_every": 100, "eval_size": 256, "seeds": 5, "long_steps": 1200},
+    "small": {"steps": 1500, "eval_every": 100, "eval_size": 256, "seeds": 5, "long_steps": 3000},
 }
 
 
@@ -164,7 +164,9 @@ def claims(scale: str) -> list[Claim]:
             "a BiLSTM beats a one-directional LSTM of equal parameter count when labels need the future",
             f"tagging (each label needs the symbols before and after it), BiLSTM H={bi_h} per direction against "
             f"LSTM H={uni_h} (about the same parameters; both embed the symbols in {bi_h} dimensions)",
-            "supported when the BiLSTM's test accuracy is significantly higher (Welch, p<0.05)",
+            "supported when the BiLSTM's test accuracy is significantly higher (Welch, p<0.05); not supported when "
+            "it is significantly lower or the 95% confidence interval of the difference excludes a gain of 0.05; "
+            "inconclusive otherwise (or when neither learns the task)",
             "train",
             (
                 Arm(f"BiLSTM H={bi_h}", "lstm", "tagging", tagging, bi_hp),
@@ -178,7 +180,9 @@ def claims(scale: str) -> list[Claim]:
             "peephole connections help an LSTM learn precise timing",
             "timing (reproduce the interval between two input spikes with an output spike at exactly the right step), "
             "lstm_peephole against the same LSTM without peepholes (Greff's NP), H=16",
-            "supported when the peephole LSTM's exact-timing accuracy is significantly higher (Welch, p<0.05)",
+            "supported when the peephole LSTM's exact-timing accuracy is significantly higher (Welch, p<0.05); not "
+            "supported when it is significantly lower or the 95% confidence interval of the difference excludes a "
+            "gain of 0.05; inconclusive otherwise (or when neither learns the task)",
             "train",
             tuple(Arm(c, c, "timing", timing, _hp(scale, hidden=16, lr=1e-2)) for c in ("lstm_peephole", "np")),
             seeds,
@@ -189,7 +193,8 @@ def claims(scale: str) -> list[Claim]:
             "simplified gating (SLIM LSTMs) keeps the accuracy with fewer parameters",
             "sequential digits (8 rows of 8 pixels) and the adding problem (T=50), LSTM and SLIM1-5, H=32, Adam",
             "per variant and task: keeps when not significantly worse than LSTM (Welch, p<0.05) and within 5% of "
-            "its result (accuracy; MSE as log skill over the mean predictor); supported when every variant keeps",
+            "its result (accuracy; MSE as log skill over the mean predictor); supported when every variant keeps on "
+            "every task, not supported when none does anywhere, partly supported otherwise",
             "train",
             tuple(Arm(c, c, "digits", {}, digits_hp) for c in slim_cells)
             + tuple(Arm(c, c, "adding", {"length": 50}, _hp(scale, hidden=32, batch=32, lr=1e-2)) for c in slim_cells),
