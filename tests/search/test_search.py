@@ -206,7 +206,9 @@ def test_bad_db_and_unknown_resume_are_one_line_exit_2(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path / "t.toml", generations=50, workers=1, steps=40)
+    # more generations than the run can finish before the signal, however slow the poll below is to see
+    # its first evaluations (a loaded CI machine once let 50 generations finish first)
+    cfg = tiny_config(tmp_path / "t.toml", generations=1000, workers=1, steps=40)
     db = tmp_path / "c.db"
     proc = subprocess.Popen([sys.executable, "-m", "cellsearch", "run", str(cfg), "--db", str(db), "--name", "c"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -219,6 +221,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path: Path) -> None:
             except sqlite3.OperationalError:
                 pass
         time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
