@@ -201,6 +201,10 @@ def test_claims_command_end_to_end(tmp_path, tiny_budget):
     with Store(str(db)) as store:
         run = store.run_by_name("claims-smoke")
         assert store.count_evaluations(run.id) == data["run"]["evaluations"]
+    # `cellsearch report` on the same database knows the run for what it is
+    rep = CliRunner().invoke(cli, ["report", "--db", str(db), "--out", str(tmp_path / "report")])
+    assert rep.exit_code == 0, rep.output
+    assert "| claims-smoke | claims | smoke |" in (tmp_path / "report" / "summary.md").read_text()
 
 
 def test_bad_database_url_is_one_line(tmp_path, capsys):

@@ -86,7 +86,9 @@ def metric_label(metric: str | None, task: str, prefix: str = "test") -> str:
 
 
 def run_kind(run: RunRow) -> str:
-    """``study`` (a study's random search), ``search`` (an evolutionary search)."""
+    """``study`` (a study's random search), ``claims`` (``cellsearch claims``), ``search`` (an evolutionary search)."""
+    if run.config.get("kind") == "claims":
+        return "claims"
     return "study" if run.config.get("study") in STUDIES else "search"
 
 

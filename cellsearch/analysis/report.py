@@ -704,7 +704,9 @@ def write_report(
         overview.append(
             {
                 "run": r.name,
-                "kind": r.config.get("study") or (f"search of {r.config['study_of']}" if r.config.get("study_of") else "search"),
+                "kind": "claims"
+                if run_kind(r) == "claims"
+                else r.config.get("study") or (f"search of {r.config['study_of']}" if r.config.get("study_of") else "search"),
                 "scale": r.config.get("scale", "–"),
                 "status": r.status,
                 "tasks": ", ".join(r.config.get("tasks", [])),
@@ -734,6 +736,16 @@ def write_report(
                 _greff_section(doc, st, stem)
             else:
                 _jozefowicz_section(doc, st, stem, searches)
+        elif run_kind(r) == "claims":
+            title = f"Claims {r.name}: the LSTM review's claims"
+            doc.heading(2, title, toc=True)
+            scale, seed = r.config.get("scale", "smoke"), r.config.get("seed", 0)
+            doc.para(
+                f"{len(r.config.get('claims', []))} claims at scale '{scale}'. Their verdicts, per-seed tables and figures "
+                f"are written by `cellsearch claims --scale {scale} --db URL --out DIR`"
+                + (f" --seed {seed}" if seed else "")
+                + " (DIR/summary.md), which reads this database and trains nothing already stored."
+            )
         else:
             title = f"Search {r.name}" + (f" (evolutionary search of {r.config['study_of']})" if r.config.get("study_of") else "")
             doc.heading(2, title, toc=True)
