@@ -6,7 +6,9 @@ costs no compilation, only the Plan's arrays. Values live in one flat arena ``A`
 ``[T+1, NT, B, H]`` (step 0 holds the initial states) for the values the backward reads, and scratch
 slots reused every step for the rest; each operand's address is ``const + t * tmul``. A state's
 previous value is read in place, one tape step back. The recurrent GEMMs pack their sources into
-contiguous buffers kept for the deferred weight gradients.
+contiguous buffers kept for the deferred weight gradients; a linear that a GEMM stage writes is seeded
+(input projection plus bias, or bias) while the stage unpacks its product, not by a pass of its own.
+The backward clears each gradient slot as its op reads it, not the whole of G every step.
 
 Speed notes (PERF-NOTES.md): vanishing gradients underflow into denormal numbers, on which the
 CPU is ~100x slower (a tanh RNN at lag 200 spent 10-20 ms per GEMM on them), so the gradients that
@@ -59,12 +61,20 @@ def _tanh_rational(v, R):
 # address in A at step t, const + t * tmul (taped values move with t, scratch values do not)
 C_CODE, C_AUX = 0, 1
 C_DG, C_DC, C_DM, C_AG, C_AC, C_AM, C_BG, C_BC, C_BM, C_CG, C_CC, C_CM = range(2, 14)
+# two columns the cpu backend appends to the shared table (kernel.py, ``cpu_tables``): C_FOLD is 1 on a
+# linear's seeding op (LOADP, BIAS, CONST) whose seed its GEMM stage adds while unpacking instead
+# (``seed``: per stage destination (kind, index), kinds SEED_*); C_DPB is the block of dP a LOADP
+# writes its gradient to, -1 where the stage's DZ already holds it
+C_FOLD, C_DPB = 14, 15
+SEED_ADD, SEED_P, SEED_BIAS, SEED_CONST = 0, 1, 2, 3
 # columns of the stage tables (one row per source or destination): g offset, const, tmul
 S_G, S_C, S_M = 0, 1, 2
 
 
 @njit(cache=True, error_model="numpy")
-def _forward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, consts, biases, peeps, W, K, TMP, R, fast, r0, r1):
+def _forward_rows(
+    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, r0, r1
+):  # fmt: skip
     """The whole time loop for batch rows r0..r1 (rows of an RNN never interact)."""
     Hu = np.uint64(H)
     Bu = np.uint64(B)
@@ -99,16 +109,21 @@ def _forward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, c
                     for j in range(Hu):
                         A[row + j] = X[t, bb, j]
             elif code == OP_CONST:
-                v = consts[aux]
-                for e in range(e0, e1):
-                    A[d + e] = v
+                if ops[r, C_FOLD] == 0:
+                    v = consts[aux]
+                    for e in range(e0, e1):
+                        A[d + e] = v
             elif code == OP_LOADP:
+                if ops[r, C_FOLD] != 0:
+                    continue
                 col = np.uint64(aux) * Hu
                 for bb in range(R0, R1):
                     row = d + bb * Hu
                     for j in range(Hu):
-                        A[row + j] = P[t, bb, col + j]
+                        A[row + j] = P[t, bb, col + j] + bx[col + j]
             elif code == OP_BIAS:
+                if ops[r, C_FOLD] != 0:
+                    continue
                 for bb in range(R0, R1):
                     row = d + bb * Hu
                     for j in range(Hu):
@@ -136,10 +151,35 @@ def _forward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, c
                 )
                 for k in range(nk):
                     dd = np.uint64(stage_dst[aux, k, S_C]) + tu * np.uint64(stage_dst[aux, k, S_M])
-                    for bb in range(R0, R1):
-                        row = dd + bb * Hu
-                        for j in range(Hu):
-                            A[row + j] += out[bb - R0, k * Hu + j]
+                    kind = seed[aux, k, 0]
+                    sx = seed[aux, k, 1]
+                    kc = np.uint64(k) * Hu
+                    if kind == SEED_P:  # the input projection's block and bias, folded in: one pass
+                        pc = np.uint64(sx) * Hu
+                        for bb in range(R0, R1):
+                            row = dd + bb * Hu
+                            ob = bb - R0
+                            for j in range(Hu):
+                                A[row + j] = out[ob, kc + j] + (P[t, bb, pc + j] + bx[pc + j])
+                    elif kind == SEED_BIAS:
+                        for bb in range(R0, R1):
+                            row = dd + bb * Hu
+                            ob = bb - R0
+                            for j in range(Hu):
+                                A[row + j] = out[ob, kc + j] + biases[sx, j]
+                    elif kind == SEED_CONST:
+                        v = consts[sx]
+                        for bb in range(R0, R1):
+                            row = dd + bb * Hu
+                            ob = bb - R0
+                            for j in range(Hu):
+                                A[row + j] = out[ob, kc + j] + v
+                    else:
+                        for bb in range(R0, R1):
+                            row = dd + bb * Hu
+                            ob = bb - R0
+                            for j in range(Hu):
+                                A[row + j] += out[ob, kc + j]
             elif code == OP_ADD:
                 for e in range(e0, e1):
                     A[d + e] = A[a + e] + A[b + e]
@@ -181,11 +221,13 @@ def _forward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, c
 @njit(cache=True, error_model="numpy")
 def _backward_rows(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, R, r0, r1,
+    dPeep, dBx, R, r0, r1,
 ):  # fmt: skip
     """Reverse walk over batch rows r0..r1; on return dS holds the initial states' gradients (those
-    rows); dP, dX, DZ rows filled; dB and dPeep accumulate this range's sums. G holds one step's
-    gradients, one slot per node."""
+    rows); dP (the blocks ``C_DPB`` names), dX, DZ rows filled; dB, dPeep and dBx (the input
+    projection's bias) accumulate this range's sums. G holds one step's gradients, one slot per
+    node: zeroed once, then each op zeroes its own slot once it has read it (every gradient is
+    complete when the reverse walk reaches its node's op), so no step clears the whole of G."""
     Hu = np.uint64(H)
     Bu = np.uint64(B)
     BH = Bu * Hu
@@ -199,12 +241,12 @@ def _backward_rows(
     tiny = R[15]  # the dtype's smallest normal number
     one = R[14]
     carry = dS.copy()
+    for slot in range(G.shape[0] // (B * H)):
+        g0 = np.uint64(slot) * BH
+        for e in range(e0, e1):
+            G[g0 + e] = zero
     for t in range(T - 1, -1, -1):
         tu = np.uint64(t)
-        for slot in range(G.shape[0] // (B * H)):
-            g0 = np.uint64(slot) * BH
-            for e in range(e0, e1):
-                G[g0 + e] = zero
         o = np.uint64(output_g)
         for bb in range(R0, R1):
             for j in range(Hu):
@@ -230,22 +272,38 @@ def _backward_rows(
             if code == OP_STATE:
                 for e in range(e0, e1):
                     carry[aux, e] = G[gd + e]
+                    G[gd + e] = zero
             elif code == OP_X:
                 for bb in range(R0, R1):
                     for j in range(Hu):
                         dX[t, bb, j] += G[gd + bb * Hu + j]
+                        G[gd + bb * Hu + j] = zero
             elif code == OP_CONST:
-                pass
+                for e in range(e0, e1):
+                    G[gd + e] = zero
             elif code == OP_LOADP:
                 col = np.uint64(aux) * Hu
-                for bb in range(R0, R1):
-                    for j in range(Hu):
-                        v = G[gd + bb * Hu + j]
-                        dP[t, bb, col + j] = zero if abs(v) < tiny else v  # flush denormals (NaN stays)
+                pb = ops[r, C_DPB]
+                if pb >= 0:
+                    pcol = np.uint64(pb) * Hu
+                    for bb in range(R0, R1):
+                        for j in range(Hu):
+                            v = G[gd + bb * Hu + j]
+                            v = zero if abs(v) < tiny else v  # flush denormals (NaN stays)
+                            dP[t, bb, pcol + j] = v
+                            dBx[col + j] += v
+                            G[gd + bb * Hu + j] = zero
+                else:  # the stage's DZ holds this gradient already
+                    for bb in range(R0, R1):
+                        for j in range(Hu):
+                            v = G[gd + bb * Hu + j]
+                            dBx[col + j] += zero if abs(v) < tiny else v
+                            G[gd + bb * Hu + j] = zero
             elif code == OP_BIAS:
                 for bb in range(R0, R1):
                     for j in range(Hu):
                         dB[aux, j] += G[gd + bb * Hu + j]
+                        G[gd + bb * Hu + j] = zero
             elif code == OP_GEMM:
                 ns = np.uint64(stage_info[aux, 0])
                 nk = np.uint64(stage_info[aux, 1])
@@ -277,21 +335,25 @@ def _backward_rows(
             elif code == OP_ADD:
                 for e in range(e0, e1):
                     g = G[gd + e]
+                    G[gd + e] = zero
                     G[ga + e] += g
                     G[gb + e] += g
             elif code == OP_SUB:
                 for e in range(e0, e1):
                     g = G[gd + e]
+                    G[gd + e] = zero
                     G[ga + e] += g
                     G[gb + e] -= g
             elif code == OP_MUL:
                 for e in range(e0, e1):
                     g = G[gd + e]
+                    G[gd + e] = zero
                     G[ga + e] += g * A[b + e]
                     G[gb + e] += g * A[a + e]
             elif code == OP_BLEND:
                 for e in range(e0, e1):
                     g = G[gd + e]
+                    G[gd + e] = zero
                     w = A[c + e]
                     G[ga + e] += g * w
                     G[gb + e] += g * (one - w)
@@ -299,20 +361,27 @@ def _backward_rows(
             elif code == OP_SIGMOID:
                 for e in range(e0, e1):
                     y = A[d + e]
-                    G[ga + e] += G[gd + e] * y * (one - y)
+                    g = G[gd + e]
+                    G[gd + e] = zero
+                    G[ga + e] += g * y * (one - y)
             elif code == OP_TANH:
                 for e in range(e0, e1):
                     y = A[d + e]
-                    G[ga + e] += G[gd + e] * (one - y * y)
+                    g = G[gd + e]
+                    G[gd + e] = zero
+                    G[ga + e] += g * (one - y * y)
             elif code == OP_RELU:
                 for e in range(e0, e1):
+                    g = G[gd + e]
+                    G[gd + e] = zero
                     if A[a + e] > zero:
-                        G[ga + e] += G[gd + e]
+                        G[ga + e] += g
             elif code == OP_PEEP:
                 for bb in range(R0, R1):
                     row = bb * Hu
                     for j in range(Hu):
                         g = G[gd + row + j]
+                        G[gd + row + j] = zero
                         G[ga + row + j] += g * peeps[aux, j]
                         dPeep[aux, j] += g * A[a + row + j]
     for s in range(nS):
@@ -321,41 +390,44 @@ def _backward_rows(
 
 
 @njit(cache=True, error_model="numpy")
-def forward_kernel(ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, consts, biases, peeps, W, K, TMP, R, fast):
+def forward_kernel(
+    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast
+):  # fmt: skip
     """The forward pass over the whole batch, on this thread."""
-    _forward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, consts, biases, peeps, W, K, TMP, R, fast, 0, B)
+    _forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R,
+                  fast, 0, B)  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def forward_kernel_split(
-    ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, consts, biases, peeps, W, K, TMP, R, fast, chunks
+    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, chunks
 ):  # fmt: skip
     """The forward pass, the batch split into ``chunks`` ranges run on parallel threads (BLAS must be
     at 1 thread then); each thread runs the whole time loop for its rows, with no synchronisation."""
     for c in prange(chunks):
-        _forward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, P, X, S0, consts, biases, peeps, W, K, TMP, R, fast,
-                      c * B // chunks, (c + 1) * B // chunks)  # fmt: skip
+        _forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R,
+                      fast, c * B // chunks, (c + 1) * B // chunks)  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy")
 def backward_kernel(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, R,
+    dPeep, dBx, R,
 ):  # fmt: skip
     """The backward pass over the whole batch, on this thread."""
     _backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP,
-                   G, dP, dX, dB, dPeep, R, 0, B)  # fmt: skip
+                   G, dP, dX, dB, dPeep, dBx, R, 0, B)  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def backward_kernel_split(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, R, chunks,
+    dPeep, dBx, R, chunks,
 ):  # fmt: skip
-    """The backward pass, split like ``forward_kernel_split``; dB and dPeep have a leading chunk axis."""
+    """The backward pass, split like ``forward_kernel_split``; dB, dPeep and dBx have a leading chunk axis."""
     for c in prange(chunks):
         _backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ,
-                       TMP, G, dP, dX, dB[c], dPeep[c], R, c * B // chunks, (c + 1) * B // chunks)  # fmt: skip
+                       TMP, G, dP, dX, dB[c], dPeep[c], dBx[c], R, c * B // chunks, (c + 1) * B // chunks)  # fmt: skip
 
 
 # The GEMMs around the time loop also go through Numba's np.dot, so that one BLAS library (and one
