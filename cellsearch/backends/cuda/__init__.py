@@ -20,9 +20,20 @@ def load() -> Any:
             "the cuda backend found no usable NVIDIA GPU (driver or device missing); "
             "set NUMBA_ENABLE_CUDASIM=1 to run it in Numba's CUDA simulator"
         )
+    _numpy_compat()
     from . import kernel
 
     return kernel
+
+
+def _numpy_compat() -> None:
+    """numba-cuda 0.30 registers an overload of ``np.row_stack`` when it compiles its first kernel, and
+    NumPy 2.5 removed that alias (a deprecated name for ``np.vstack``): put it back so that such a pair
+    (as on the workplace's GPU image: numba-cuda 0.30.4, NumPy 2.5.2) compiles."""
+    import numpy as np
+
+    if not hasattr(np, "row_stack"):
+        setattr(np, "row_stack", np.vstack)  # noqa: B010 (typed stubs differ across NumPy versions)
 
 
 __all__ = ["load"]
