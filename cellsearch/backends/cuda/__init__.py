@@ -20,7 +20,6 @@ def load() -> Any:
             "the cuda backend found no usable NVIDIA GPU (driver or device missing); "
             "set NUMBA_ENABLE_CUDASIM=1 to run it in Numba's CUDA simulator"
         )
-    _numpy_compat()
     from . import kernel
 
     return kernel
@@ -35,5 +34,7 @@ def _numpy_compat() -> None:
     if not hasattr(np, "row_stack"):
         setattr(np, "row_stack", np.vstack)  # noqa: B010 (typed stubs differ across NumPy versions)
 
+
+_numpy_compat()  # before any submodule imports numba.cuda
 
 __all__ = ["load"]
