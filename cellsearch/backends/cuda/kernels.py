@@ -207,7 +207,20 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
                             col = woff + k * H + j
                             for q in range(R):
                                 acc[q] = zero
-                            for i in range(width):
+                            # four weights in flight at a time: the loop is bound by the latency of its loads
+                            n4 = width - width % 4
+                            for i in range(0, n4, 4):
+                                w0 = W[col + i * ncol]
+                                w1 = W[col + (i + 1) * ncol]
+                                w2 = W[col + (i + 2) * ncol]
+                                w3 = W[col + (i + 3) * ncol]
+                                for q in range(R):
+                                    kr = koff + min(r0 + q, last) * width + i
+                                    v = acc[q] + K[kr] * w0
+                                    v += K[kr + 1] * w1
+                                    v += K[kr + 2] * w2
+                                    acc[q] = v + K[kr + 3] * w3
+                            for i in range(n4, width):
                                 w = W[col + i * ncol]
                                 for q in range(R):
                                     acc[q] += K[koff + min(r0 + q, last) * width + i] * w
@@ -326,7 +339,19 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
                             col = woff + i * H + j
                             for q in range(R):
                                 acc[q] = zero
-                            for m in range(width):
+                            n4 = width - width % 4  # four weights in flight at a time, as in the forward
+                            for m in range(0, n4, 4):
+                                w0 = WT[col + m * ncol]
+                                w1 = WT[col + (m + 1) * ncol]
+                                w2 = WT[col + (m + 2) * ncol]
+                                w3 = WT[col + (m + 3) * ncol]
+                                for q in range(R):
+                                    zr = zoff + min(r0 + q, last) * width + m
+                                    v = acc[q] + DZ[zr] * w0
+                                    v += DZ[zr + 1] * w1
+                                    v += DZ[zr + 2] * w2
+                                    acc[q] = v + DZ[zr + 3] * w3
+                            for m in range(n4, width):
                                 w = WT[col + m * ncol]
                                 for q in range(R):
                                     acc[q] += DZ[zoff + min(r0 + q, last) * width + m] * w
