@@ -41,7 +41,8 @@ DeviceArray = Any  # numba.cuda's DeviceNDArray (untyped)
 #: in the simulator, where every thread is a Python thread
 GPU_TILE = (16, 16, 4, 4, 16)
 SIM_TILE = (4, 4, 2, 2, 4)
-#: threads per block of the time-loop kernels: H units split over at most this many (ptxas for sm_90
+#: threads per block of the time-loop kernels: elementwise ops split H units, GEMM stages their
+#: columns, over at most this many (ptxas for sm_90
 #: gives the kernels 87-168 registers a thread: 256 threads always fit a multiprocessor's 64K)
 MAX_THREADS = 256
 
@@ -158,7 +159,8 @@ class _Workspace:
 class CudaKernel:
     """A cell on an NVIDIA GPU (or Numba's CUDA simulator). Options: ``rows_per_block`` (1, 2, 4 or
     8 batch rows per block of the time-loop kernels; default: as many as keep one block per
-    multiprocessor busy), ``threads_per_block`` (default min(H, 256)), ``stream`` (a
+    multiprocessor busy), ``threads_per_block`` (default min(4H, 256): a GEMM stage gives
+    each thread one output column of its 4H, as LSTM's), ``stream`` (a
     ``numba.cuda`` stream; default a new one)."""
 
     backend = "cuda"
@@ -200,7 +202,7 @@ class CudaKernel:
         return rows
 
     def _threads(self, H: int) -> int:
-        return self.threads_per_block or min(H, MAX_THREADS)
+        return self.threads_per_block or min(4 * H, MAX_THREADS)
 
     # ---- buffers ----
     def _workspace(self, T: int, B: int, I: int, H: int) -> _Workspace:

@@ -7,10 +7,11 @@ block owns R batch rows for the whole sequence and its threads split the H units
 owns units ``tid, tid + nthreads, ...`` of every row it holds, in every slot). Elementwise ops then
 touch only the thread's own elements, and the recurrent GEMM of a stage is computed inside the
 block: each thread packs its own elements of the stage's sources into ``K`` (kept for the deferred
-weight gradients), the block synchronises once, and each thread computes the stage's outputs for its
-own units (all R rows at once, so each weight read serves R rows) straight into their slots. So a
-step is one ``syncthreads`` per GEMM stage and no launch; every other read is of the thread's own
-elements. The backward runs the program in reverse the same way, one ``syncthreads`` per stage.
+weight gradients), the block synchronises, each thread computes whole output columns of the stage
+(the 4H columns of an LSTM are spread over up to 4H threads, all R rows at once, so each weight read
+serves R rows) straight into their slots, and the block synchronises again. So a step is two
+``syncthreads`` per GEMM stage and no launch; every other read is of the thread's own elements. The
+backward runs the program in reverse the same way.
 
 Biases and peepholes get their gradients per element (``[B, n*H]``, no atomics: results are the same
 on every run) and are summed over the batch after the loop, like the input projection's bias.
@@ -201,32 +202,34 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
                             for bb in range(r0, r1):
                                 K[koff + bb * width + i * H + j] = A[src + bb * H + j]
                     cuda.syncthreads()  # the block's rows of K are complete
-                    for k in range(nk):
+                    for kj in range(tid, ncol, nth):  # a thread per output column: (destination k, unit j)
+                        k = kj // H
+                        j = kj - k * H
                         dd = stage_dst[aux, k, S_C] + t * stage_dst[aux, k, S_M]
-                        for j in range(tid, H, nth):
-                            col = woff + k * H + j
+                        col = woff + kj
+                        for q in range(R):
+                            acc[q] = zero
+                        # four weights in flight at a time: the loop is bound by the latency of its loads
+                        n4 = width - width % 4
+                        for i in range(0, n4, 4):
+                            w0 = W[col + i * ncol]
+                            w1 = W[col + (i + 1) * ncol]
+                            w2 = W[col + (i + 2) * ncol]
+                            w3 = W[col + (i + 3) * ncol]
                             for q in range(R):
-                                acc[q] = zero
-                            # four weights in flight at a time: the loop is bound by the latency of its loads
-                            n4 = width - width % 4
-                            for i in range(0, n4, 4):
-                                w0 = W[col + i * ncol]
-                                w1 = W[col + (i + 1) * ncol]
-                                w2 = W[col + (i + 2) * ncol]
-                                w3 = W[col + (i + 3) * ncol]
-                                for q in range(R):
-                                    kr = koff + min(r0 + q, last) * width + i
-                                    v = acc[q] + K[kr] * w0
-                                    v += K[kr + 1] * w1
-                                    v += K[kr + 2] * w2
-                                    acc[q] = v + K[kr + 3] * w3
-                            for i in range(n4, width):
-                                w = W[col + i * ncol]
-                                for q in range(R):
-                                    acc[q] += K[koff + min(r0 + q, last) * width + i] * w
+                                kr = koff + min(r0 + q, last) * width + i
+                                v = acc[q] + K[kr] * w0
+                                v += K[kr + 1] * w1
+                                v += K[kr + 2] * w2
+                                acc[q] = v + K[kr + 3] * w3
+                        for i in range(n4, width):
+                            w = W[col + i * ncol]
                             for q in range(R):
-                                if r0 + q < B:
-                                    A[dd + (r0 + q) * H + j] += acc[q]
+                                acc[q] += K[koff + min(r0 + q, last) * width + i] * w
+                        for q in range(R):
+                            if r0 + q < B:
+                                A[dd + (r0 + q) * H + j] += acc[q]
+                    cuda.syncthreads()  # columns were computed by other threads than the units' own
                     continue
                 for j in range(tid, H, nth):
                     for bb in range(r0, r1):
@@ -333,31 +336,33 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
                             for bb in range(r0, r1):
                                 DZ[zoff + bb * width + k * H + j] = G[src + bb * H + j]
                     cuda.syncthreads()  # the block's rows of DZ are complete
-                    for i in range(ns):
+                    for ij in range(tid, ncol, nth):  # a thread per output column: (source i, unit j)
+                        i = ij // H
+                        j = ij - i * H
                         dst = stage_src[aux, i, S_G]
-                        for j in range(tid, H, nth):
-                            col = woff + i * H + j
+                        col = woff + ij
+                        for q in range(R):
+                            acc[q] = zero
+                        n4 = width - width % 4  # four weights in flight at a time, as in the forward
+                        for m in range(0, n4, 4):
+                            w0 = WT[col + m * ncol]
+                            w1 = WT[col + (m + 1) * ncol]
+                            w2 = WT[col + (m + 2) * ncol]
+                            w3 = WT[col + (m + 3) * ncol]
                             for q in range(R):
-                                acc[q] = zero
-                            n4 = width - width % 4  # four weights in flight at a time, as in the forward
-                            for m in range(0, n4, 4):
-                                w0 = WT[col + m * ncol]
-                                w1 = WT[col + (m + 1) * ncol]
-                                w2 = WT[col + (m + 2) * ncol]
-                                w3 = WT[col + (m + 3) * ncol]
-                                for q in range(R):
-                                    zr = zoff + min(r0 + q, last) * width + m
-                                    v = acc[q] + DZ[zr] * w0
-                                    v += DZ[zr + 1] * w1
-                                    v += DZ[zr + 2] * w2
-                                    acc[q] = v + DZ[zr + 3] * w3
-                            for m in range(n4, width):
-                                w = WT[col + m * ncol]
-                                for q in range(R):
-                                    acc[q] += DZ[zoff + min(r0 + q, last) * width + m] * w
+                                zr = zoff + min(r0 + q, last) * width + m
+                                v = acc[q] + DZ[zr] * w0
+                                v += DZ[zr + 1] * w1
+                                v += DZ[zr + 2] * w2
+                                acc[q] = v + DZ[zr + 3] * w3
+                        for m in range(n4, width):
+                            w = WT[col + m * ncol]
                             for q in range(R):
-                                if r0 + q < B:
-                                    G[dst + (r0 + q) * H + j] += acc[q]
+                                acc[q] += DZ[zoff + min(r0 + q, last) * width + m] * w
+                        for q in range(R):
+                            if r0 + q < B:
+                                G[dst + (r0 + q) * H + j] += acc[q]
+                    cuda.syncthreads()  # as in the forward
                     continue
                 if code == OP_CONST:
                     continue
