@@ -42,8 +42,8 @@ DeviceArray = Any  # numba.cuda's DeviceNDArray (untyped)
 GPU_TILE = (16, 16, 4, 4, 16)
 SIM_TILE = (4, 4, 2, 2, 4)
 #: threads per block of the time-loop kernels: elementwise ops split H units, GEMM stages their
-#: columns, over at most this many (ptxas for sm_90
-#: gives the kernels 87-168 registers a thread: 256 threads always fit a multiprocessor's 64K)
+#: columns, over at most this many (ptxas for sm_90 gives the kernels 87-168 registers a thread:
+#: 256 threads always fit a multiprocessor's 64K)
 MAX_THREADS = 256
 
 

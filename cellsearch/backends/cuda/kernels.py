@@ -164,6 +164,33 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
     one = typ(1)
     R = rows
 
+    @cuda.jit(device=True, inline="always")
+    def column_dot(acc, M, moff, Wm, col, ncol, width, r0, last):
+        """acc[q] = sum over i < width of M[moff + row_q * width + i] * Wm[col + i * ncol] for the
+        block's R rows (row_q = min(r0 + q, last)): one output column of a GEMM stage, each weight
+        read serving R rows. Four weights are in flight at a time: the loop is bound by the latency
+        of its loads, not by arithmetic. Inlined in Numba's IR (``inline="always"``): the kernels' PTX is
+        the loop written out in each, so acc stays in registers, and compile_ptx needs no GPU (a device
+        function compiled on its own asks the driver for the device)."""
+        for q in range(R):
+            acc[q] = zero
+        n4 = width - width % 4
+        for i in range(0, n4, 4):
+            w0 = Wm[col + i * ncol]
+            w1 = Wm[col + (i + 1) * ncol]
+            w2 = Wm[col + (i + 2) * ncol]
+            w3 = Wm[col + (i + 3) * ncol]
+            for q in range(R):
+                mr = moff + min(r0 + q, last) * width + i
+                v = acc[q] + M[mr] * w0
+                v += M[mr + 1] * w1
+                v += M[mr + 2] * w2
+                acc[q] = v + M[mr + 3] * w3
+        for i in range(n4, width):
+            w = Wm[col + i * ncol]
+            for q in range(R):
+                acc[q] += M[moff + min(r0 + q, last) * width + i] * w
+
     @cuda.jit(cache=True)
     def forward_loop(ops, info, stage_src, stage_dst, T, B, H, init_at, out_at, update_at, A, P, X, S0, consts, biases,
                      peeps, W, K, Y, ST):  # fmt: skip
@@ -207,25 +234,7 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
                         j = kj - k * H
                         dd = stage_dst[aux, k, S_C] + t * stage_dst[aux, k, S_M]
                         col = woff + kj
-                        for q in range(R):
-                            acc[q] = zero
-                        # four weights in flight at a time: the loop is bound by the latency of its loads
-                        n4 = width - width % 4
-                        for i in range(0, n4, 4):
-                            w0 = W[col + i * ncol]
-                            w1 = W[col + (i + 1) * ncol]
-                            w2 = W[col + (i + 2) * ncol]
-                            w3 = W[col + (i + 3) * ncol]
-                            for q in range(R):
-                                kr = koff + min(r0 + q, last) * width + i
-                                v = acc[q] + K[kr] * w0
-                                v += K[kr + 1] * w1
-                                v += K[kr + 2] * w2
-                                acc[q] = v + K[kr + 3] * w3
-                        for i in range(n4, width):
-                            w = W[col + i * ncol]
-                            for q in range(R):
-                                acc[q] += K[koff + min(r0 + q, last) * width + i] * w
+                        column_dot(acc, K, koff, W, col, ncol, width, r0, last)
                         for q in range(R):
                             if r0 + q < B:
                                 A[dd + (r0 + q) * H + j] += acc[q]
@@ -341,24 +350,7 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
                         j = ij - i * H
                         dst = stage_src[aux, i, S_G]
                         col = woff + ij
-                        for q in range(R):
-                            acc[q] = zero
-                        n4 = width - width % 4  # four weights in flight at a time, as in the forward
-                        for m in range(0, n4, 4):
-                            w0 = WT[col + m * ncol]
-                            w1 = WT[col + (m + 1) * ncol]
-                            w2 = WT[col + (m + 2) * ncol]
-                            w3 = WT[col + (m + 3) * ncol]
-                            for q in range(R):
-                                zr = zoff + min(r0 + q, last) * width + m
-                                v = acc[q] + DZ[zr] * w0
-                                v += DZ[zr + 1] * w1
-                                v += DZ[zr + 2] * w2
-                                acc[q] = v + DZ[zr + 3] * w3
-                        for m in range(n4, width):
-                            w = WT[col + m * ncol]
-                            for q in range(R):
-                                acc[q] += DZ[zoff + min(r0 + q, last) * width + m] * w
+                        column_dot(acc, DZ, zoff, WT, col, ncol, width, r0, last)
                         for q in range(R):
                             if r0 + q < B:
                                 G[dst + (r0 + q) * H + j] += acc[q]
