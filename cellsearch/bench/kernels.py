@@ -130,7 +130,7 @@ def bench_kernels(
             params = init_params(cell, I_, H, rng, dtype=np.float32)
             x = rng.normal(size=(T, B, I_)).astype(np.float32)
             d_out = np.ones((T, B, H), dtype=np.float32)
-            kernel = compile(cell, backend, np.float32)
+            kernel = compile(cell, backend, np.float32, **({"threads": threads} if backend == "cpu" else {}))
 
             def ours(kernel: Any = kernel, params: dict = params, x: np.ndarray = x, d_out: np.ndarray = d_out) -> object:
                 f = kernel.forward(params, x)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .blas import gemm_at
+
 # opcodes: keep in step with cellsearch.lowering.plan.Code (tests/test_tables.py checks)
 OP_STATE, OP_X, OP_CONST, OP_LOADP, OP_BIAS, OP_GEMM, OP_ADD, OP_SUB, OP_MUL, OP_BLEND, OP_SIGMOID, OP_TANH, OP_RELU, OP_PEEP = (
     range(14)
@@ -73,19 +75,28 @@ S_G, S_C, S_M = 0, 1, 2
 
 @njit(cache=True, error_model="numpy")
 def _forward_rows(
-    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, r0, r1
+    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, r0, r1, xr
 ):  # fmt: skip
-    """The whole time loop for batch rows r0..r1 (rows of an RNN never interact)."""
+    """The whole time loop for batch rows r0..r1 (rows of an RNN never interact); X and P (read only)
+    hold these rows at xr + r0.., the other arrays at r0.."""
     Hu = np.uint64(H)
     Bu = np.uint64(B)
     R0 = np.uint64(r0)
     R1 = np.uint64(r1)
+    XR = np.uint64(xr)
     nr = r1 - r0
     e0 = R0 * Hu
     e1 = R1 * Hu
     zero = R[12]
     half = R[13]
     one = R[14]
+    # raw addresses for the per-step GEMMs (gemm_at: no views inside the loop)
+    isz = np.uint64(A.itemsize)
+    kp = K.ctypes.data
+    wp = W.ctypes.data
+    tp = TMP.ctypes.data
+    ab = R.ctypes.data + np.uint64(16) * isz  # R[16], R[17] = 1, 0: alpha, beta
+    mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, widest stage]: each range owns its rows
     for t in range(T):
         tu = np.uint64(t)
         for r in range(ops.shape[0]):
@@ -107,7 +118,7 @@ def _forward_rows(
                 for bb in range(R0, R1):
                     row = d + bb * Hu
                     for j in range(Hu):
-                        A[row + j] = X[t, bb, j]
+                        A[row + j] = X[t, XR + bb, j]
             elif code == OP_CONST:
                 if ops[r, C_FOLD] == 0:
                     v = consts[aux]
@@ -120,7 +131,7 @@ def _forward_rows(
                 for bb in range(R0, R1):
                     row = d + bb * Hu
                     for j in range(Hu):
-                        A[row + j] = P[t, bb, col + j] + bx[col + j]
+                        A[row + j] = P[t, XR + bb, col + j] + bx[col + j]
             elif code == OP_BIAS:
                 if ops[r, C_FOLD] != 0:
                     continue
@@ -134,21 +145,17 @@ def _forward_rows(
                 woff = np.uint64(stage_info[aux, 2])
                 width = ns * Hu
                 koff = np.uint64(stage_info[aux, 3]) + tu * Bu * width
-                pk = K[koff : koff + Bu * width]
-                for i in range(ns):
+                for i in range(ns):  # K[t] = [src_0 | src_1 | ...], one row per batch row
                     src = np.uint64(stage_src[aux, i, S_C]) + tu * np.uint64(stage_src[aux, i, S_M])
                     for bb in range(R0, R1):
-                        row = bb * width + i * Hu
+                        row = koff + bb * width + i * Hu
                         srow = src + bb * Hu
                         for j in range(Hu):
-                            pk[row + j] = A[srow + j]
-                mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, widest stage]: each range owns its rows
-                out = TMP[R0 * mw : R0 * mw + np.uint64(nr) * nk * Hu].reshape((nr, np.int64(nk) * H))
-                np.dot(
-                    pk[R0 * width : R1 * width].reshape((nr, np.int64(width))),
-                    W[woff : woff + width * nk * Hu].reshape((np.int64(width), np.int64(nk) * H)),
-                    out,
-                )
+                            K[row + j] = A[srow + j]
+                ow = nk * Hu  # out: TMP's rows R0..R1 (each range owns its rows), [nr, nk*H]
+                oo = R0 * mw
+                gemm_at(False, False, nr, ow, width, kp + (koff + R0 * width) * isz, width, wp + woff * isz, ow,
+                        tp + oo * isz, ow, ab, isz)  # fmt: skip
                 for k in range(nk):
                     dd = np.uint64(stage_dst[aux, k, S_C]) + tu * np.uint64(stage_dst[aux, k, S_M])
                     kind = seed[aux, k, 0]
@@ -160,26 +167,26 @@ def _forward_rows(
                             row = dd + bb * Hu
                             ob = bb - R0
                             for j in range(Hu):
-                                A[row + j] = out[ob, kc + j] + (P[t, bb, pc + j] + bx[pc + j])
+                                A[row + j] = TMP[oo + ob * ow + kc + j] + (P[t, XR + bb, pc + j] + bx[pc + j])
                     elif kind == SEED_BIAS:
                         for bb in range(R0, R1):
                             row = dd + bb * Hu
                             ob = bb - R0
                             for j in range(Hu):
-                                A[row + j] = out[ob, kc + j] + biases[sx, j]
+                                A[row + j] = TMP[oo + ob * ow + kc + j] + biases[sx, j]
                     elif kind == SEED_CONST:
                         v = consts[sx]
                         for bb in range(R0, R1):
                             row = dd + bb * Hu
                             ob = bb - R0
                             for j in range(Hu):
-                                A[row + j] = out[ob, kc + j] + v
+                                A[row + j] = TMP[oo + ob * ow + kc + j] + v
                     else:
                         for bb in range(R0, R1):
                             row = dd + bb * Hu
                             ob = bb - R0
                             for j in range(Hu):
-                                A[row + j] += out[ob, kc + j]
+                                A[row + j] += TMP[oo + ob * ow + kc + j]
             elif code == OP_ADD:
                 for e in range(e0, e1):
                     A[d + e] = A[a + e] + A[b + e]
@@ -221,18 +228,19 @@ def _forward_rows(
 @njit(cache=True, error_model="numpy")
 def _backward_rows(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, dBx, R, r0, r1,
+    dPeep, dBx, R, r0, r1, xr,
 ):  # fmt: skip
-    """Reverse walk over batch rows r0..r1; on return dS holds the initial states' gradients (those
-    rows); dP (the blocks ``C_DPB`` names), dX, DZ rows filled; dB, dPeep and dBx (the input
-    projection's bias) accumulate this range's sums. G holds one step's gradients, one slot per
-    node: zeroed once, then each op zeroes its own slot once it has read it (every gradient is
+    """Reverse walk over batch rows r0..r1 (dOut, read only, holds them at xr + r0..); on return dS
+    holds the initial states' gradients (those rows); dP (the blocks ``C_DPB`` names), dX, DZ rows
+    filled; dB, dPeep and dBx (the input projection's bias) accumulate this range's sums. G holds one
+    step's gradients, one slot per node: zeroed once, then each op zeroes its own slot once it has read it (every gradient is
     complete when the reverse walk reaches its node's op), so no step clears the whole of G."""
     Hu = np.uint64(H)
     Bu = np.uint64(B)
     BH = Bu * Hu
     R0 = np.uint64(r0)
     R1 = np.uint64(r1)
+    XR = np.uint64(xr)
     nr = r1 - r0
     e0 = R0 * Hu
     e1 = R1 * Hu
@@ -240,6 +248,12 @@ def _backward_rows(
     zero = R[12]
     tiny = R[15]  # the dtype's smallest normal number
     one = R[14]
+    isz = np.uint64(A.itemsize)
+    zp = DZ.ctypes.data
+    wp = WT.ctypes.data
+    tp = TMP.ctypes.data
+    ab = R.ctypes.data + np.uint64(16) * isz  # R[16], R[17] = 1, 0: alpha, beta
+    mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, widest stage]: each range owns its rows
     carry = dS.copy()
     for slot in range(G.shape[0] // (B * H)):
         g0 = np.uint64(slot) * BH
@@ -250,7 +264,7 @@ def _backward_rows(
         o = np.uint64(output_g)
         for bb in range(R0, R1):
             for j in range(Hu):
-                G[o + bb * Hu + j] += dOut[t, bb, j]
+                G[o + bb * Hu + j] += dOut[t, XR + bb, j]
         for s in range(nS):
             u = np.uint64(update_g[s])
             for e in range(e0, e1):
@@ -310,28 +324,26 @@ def _backward_rows(
                 woff = np.uint64(stage_info[aux, 2])
                 width = nk * Hu
                 zoff = np.uint64(stage_info[aux, 4]) + tu * Bu * width
-                dz = DZ[zoff : zoff + Bu * width]
-                for k in range(nk):
+                for k in range(nk):  # DZ[t] = [g_dst_0 | g_dst_1 | ...], one row per batch row
                     src = np.uint64(stage_dst[aux, k, S_G])
                     for bb in range(R0, R1):
-                        row = bb * width + k * Hu
+                        row = zoff + bb * width + k * Hu
                         srow = src + bb * Hu
                         for j in range(Hu):
                             v = G[srow + j]
-                            dz[row + j] = zero if abs(v) < tiny else v  # flush denormals (NaN stays)
-                mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, widest stage]: each range owns its rows
-                dsrc = TMP[R0 * mw : R0 * mw + np.uint64(nr) * ns * Hu].reshape((nr, np.int64(ns) * H))
-                np.dot(
-                    dz[R0 * width : R1 * width].reshape((nr, np.int64(width))),
-                    WT[woff : woff + ns * Hu * width].reshape((np.int64(width), np.int64(ns) * H)),
-                    dsrc,
-                )
+                            DZ[row + j] = zero if abs(v) < tiny else v  # flush denormals (NaN stays)
+                sw = ns * Hu  # dsrc: TMP's rows R0..R1, [nr, ns*H]
+                oo = R0 * mw
+                gemm_at(False, False, nr, sw, width, zp + (zoff + R0 * width) * isz, width, wp + woff * isz, sw,
+                        tp + oo * isz, sw, ab, isz)  # fmt: skip
                 for i in range(ns):
                     dst = np.uint64(stage_src[aux, i, S_G])
+                    ic = np.uint64(i) * Hu
                     for bb in range(R0, R1):
                         row = dst + bb * Hu
+                        orow = oo + (bb - R0) * sw + ic
                         for j in range(Hu):
-                            G[row + j] += dsrc[bb - R0, i * Hu + j]
+                            G[row + j] += TMP[orow + j]
             elif code == OP_ADD:
                 for e in range(e0, e1):
                     g = G[gd + e]
@@ -395,18 +407,22 @@ def forward_kernel(
 ):  # fmt: skip
     """The forward pass over the whole batch, on this thread."""
     _forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R,
-                  fast, 0, B)  # fmt: skip
+                  fast, 0, B, 0)  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def forward_kernel_split(
-    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, chunks
+    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, rows
 ):  # fmt: skip
-    """The forward pass, the batch split into ``chunks`` ranges run on parallel threads (BLAS must be
-    at 1 thread then); each thread runs the whole time loop for its rows, with no synchronisation."""
-    for c in prange(chunks):
-        _forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R,
-                      fast, c * B // chunks, (c + 1) * B // chunks)  # fmt: skip
+    """The forward pass with the batch split into chunks run on parallel threads (BLAS must be at 1
+    thread then); each thread runs the whole time loop for its chunk, with no synchronisation. A, S0,
+    K, TMP have a leading chunk axis: each chunk has buffers of its own, laid out for B rows (threads
+    writing rows of one shared buffer measured up to 2.5x slower: cache lines and prefetches bounce
+    between the cores), of which chunk c uses the first ``rows[c+1] - rows[c]``; X and P, only read,
+    are the whole batch's (chunk c at rows[c]..)."""
+    for c in prange(rows.shape[0] - 1):
+        _forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A[c], P, bx, X, S0[c], consts, biases, peeps, W,
+                      K[c], TMP[c], R, fast, 0, rows[c + 1] - rows[c], rows[c])  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy")
@@ -416,18 +432,20 @@ def backward_kernel(
 ):  # fmt: skip
     """The backward pass over the whole batch, on this thread."""
     _backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP,
-                   G, dP, dX, dB, dPeep, dBx, R, 0, B)  # fmt: skip
+                   G, dP, dX, dB, dPeep, dBx, R, 0, B, 0)  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def backward_kernel_split(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, dBx, R, chunks,
+    dPeep, dBx, R, rows,
 ):  # fmt: skip
-    """The backward pass, split like ``forward_kernel_split``; dB, dPeep and dBx have a leading chunk axis."""
-    for c in prange(chunks):
-        _backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ,
-                       TMP, G, dP, dX, dB[c], dPeep[c], dBx[c], R, c * B // chunks, (c + 1) * B // chunks)  # fmt: skip
+    """The backward pass, split like ``forward_kernel_split``: every array but dOut (the whole
+    batch's, only read), peeps and WT has a leading chunk axis."""
+    for c in prange(rows.shape[0] - 1):
+        n = rows[c + 1] - rows[c]
+        _backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A[c], state_g, update_g, output_g, dOut, dS[c], peeps,
+                       WT, DZ[c], TMP[c], G[c], dP[c], dX[c], dB[c], dPeep[c], dBx[c], R, 0, n, rows[c])  # fmt: skip
 
 
 # The GEMMs around the time loop also go through Numba's np.dot, so that one BLAS library (and one
