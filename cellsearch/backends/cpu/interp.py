@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from .blas import gemm_at
+from .microkernel import gemm_panels
 
 # opcodes: keep in step with cellsearch.lowering.plan.Code (tests/test_tables.py checks)
 OP_STATE, OP_X, OP_CONST, OP_LOADP, OP_BIAS, OP_GEMM, OP_ADD, OP_SUB, OP_MUL, OP_BLEND, OP_SIGMOID, OP_TANH, OP_RELU, OP_PEEP = (
@@ -71,6 +72,10 @@ C_FOLD, C_DPB = 14, 15
 SEED_ADD, SEED_P, SEED_BIAS, SEED_CONST = 0, 1, 2, 3
 # columns of the stage tables (one row per source or destination): g offset, const, tmul
 S_G, S_C, S_M = 0, 1, 2
+# two columns the cpu backend appends to the stage info table: where the stage's weight panels
+# (microkernel.pack_panels) start in W (forward) and in WT (backward), after the plain weights; -1
+# where the GEMM goes to BLAS instead (float64)
+C_PF, C_PB = 6, 7
 
 
 @njit(cache=True, error_model="numpy")
@@ -96,7 +101,7 @@ def _forward_rows(
     wp = W.ctypes.data
     tp = TMP.ctypes.data
     ab = R.ctypes.data + np.uint64(16) * isz  # R[16], R[17] = 1, 0: alpha, beta
-    mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, widest stage]: each range owns its rows
+    mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, mw]: each range owns its rows
     for t in range(T):
         tu = np.uint64(t)
         for r in range(ops.shape[0]):
@@ -152,10 +157,13 @@ def _forward_rows(
                         srow = src + bb * Hu
                         for j in range(Hu):
                             K[row + j] = A[srow + j]
-                ow = nk * Hu  # out: TMP's rows R0..R1 (each range owns its rows), [nr, nk*H]
+                ow = nk * Hu  # out: TMP's rows R0..R1 (each range owns its rows), [nr, nk*H], row stride mw
                 oo = R0 * mw
-                gemm_at(False, False, nr, ow, width, kp + (koff + R0 * width) * isz, width, wp + woff * isz, ow,
-                        tp + oo * isz, ow, ab, isz)  # fmt: skip
+                a0 = kp + (koff + R0 * width) * isz
+                if stage_info[aux, C_PF] >= 0:  # float32: the weights' panels, packed once per call
+                    gemm_panels(nr, ow, width, a0, width, wp + np.uint64(stage_info[aux, C_PF]) * isz, tp + oo * isz, mw)
+                else:
+                    gemm_at(False, False, nr, ow, width, a0, width, wp + woff * isz, ow, tp + oo * isz, mw, ab, isz)
                 for k in range(nk):
                     dd = np.uint64(stage_dst[aux, k, S_C]) + tu * np.uint64(stage_dst[aux, k, S_M])
                     kind = seed[aux, k, 0]
@@ -167,26 +175,26 @@ def _forward_rows(
                             row = dd + bb * Hu
                             ob = bb - R0
                             for j in range(Hu):
-                                A[row + j] = TMP[oo + ob * ow + kc + j] + (P[t, XR + bb, pc + j] + bx[pc + j])
+                                A[row + j] = TMP[oo + ob * mw + kc + j] + (P[t, XR + bb, pc + j] + bx[pc + j])
                     elif kind == SEED_BIAS:
                         for bb in range(R0, R1):
                             row = dd + bb * Hu
                             ob = bb - R0
                             for j in range(Hu):
-                                A[row + j] = TMP[oo + ob * ow + kc + j] + biases[sx, j]
+                                A[row + j] = TMP[oo + ob * mw + kc + j] + biases[sx, j]
                     elif kind == SEED_CONST:
                         v = consts[sx]
                         for bb in range(R0, R1):
                             row = dd + bb * Hu
                             ob = bb - R0
                             for j in range(Hu):
-                                A[row + j] = TMP[oo + ob * ow + kc + j] + v
+                                A[row + j] = TMP[oo + ob * mw + kc + j] + v
                     else:
                         for bb in range(R0, R1):
                             row = dd + bb * Hu
                             ob = bb - R0
                             for j in range(Hu):
-                                A[row + j] += TMP[oo + ob * ow + kc + j]
+                                A[row + j] += TMP[oo + ob * mw + kc + j]
             elif code == OP_ADD:
                 for e in range(e0, e1):
                     A[d + e] = A[a + e] + A[b + e]
@@ -253,7 +261,7 @@ def _backward_rows(
     wp = WT.ctypes.data
     tp = TMP.ctypes.data
     ab = R.ctypes.data + np.uint64(16) * isz  # R[16], R[17] = 1, 0: alpha, beta
-    mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, widest stage]: each range owns its rows
+    mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, mw]: each range owns its rows
     carry = dS.copy()
     for slot in range(G.shape[0] // (B * H)):
         g0 = np.uint64(slot) * BH
@@ -332,16 +340,19 @@ def _backward_rows(
                         for j in range(Hu):
                             v = G[srow + j]
                             DZ[row + j] = zero if abs(v) < tiny else v  # flush denormals (NaN stays)
-                sw = ns * Hu  # dsrc: TMP's rows R0..R1, [nr, ns*H]
+                sw = ns * Hu  # dsrc: TMP's rows R0..R1, [nr, ns*H], row stride mw
                 oo = R0 * mw
-                gemm_at(False, False, nr, sw, width, zp + (zoff + R0 * width) * isz, width, wp + woff * isz, sw,
-                        tp + oo * isz, sw, ab, isz)  # fmt: skip
+                a0 = zp + (zoff + R0 * width) * isz
+                if stage_info[aux, C_PB] >= 0:  # float32: the weights' panels, packed once per call
+                    gemm_panels(nr, sw, width, a0, width, wp + np.uint64(stage_info[aux, C_PB]) * isz, tp + oo * isz, mw)
+                else:
+                    gemm_at(False, False, nr, sw, width, a0, width, wp + woff * isz, sw, tp + oo * isz, mw, ab, isz)
                 for i in range(ns):
                     dst = np.uint64(stage_src[aux, i, S_G])
                     ic = np.uint64(i) * Hu
                     for bb in range(R0, R1):
                         row = dst + bb * Hu
-                        orow = oo + (bb - R0) * sw + ic
+                        orow = oo + (bb - R0) * mw + ic
                         for j in range(Hu):
                             G[row + j] += TMP[orow + j]
             elif code == OP_ADD:

@@ -26,6 +26,7 @@ from ..reference import Forward, Gradients, check_params, infer_hidden, initial_
 from ..tables import Tables, pack_weights, tables, unpack_gradients
 from . import interp
 from .blas import pgemm, warm
+from .microkernel import NR, pack_panels, padded, panels_size
 
 Array = np.ndarray
 
@@ -48,15 +49,28 @@ class _CpuTables:
     (``A = P + out``, ``bias + out``), not by its own op first and then ``+=``. Backward: the gradient
     of a stage whose destinations all have an input-projection block is already in that stage's DZ,
     so their LOADPs write no dP and their input weights' gradient is ``x^T @ DZ``; the other blocks
-    go to a compact dP (``dp_blocks``)."""
+    go to a compact dP (``dp_blocks``). Float32 GEMMs per step read the weights as panels packed once
+    per call (``microkernel``), found through two columns appended to the stage info table."""
 
     ops: Array  # [n_ops, 16] int64: the shared table, then C_FOLD, C_DPB
+    stage_info: Array  # [n_stages, 8] int64: the shared table, then C_PF, C_PB (offsets in W, WT; -1: BLAS)
+    panels: tuple[int, int]  # sizes of all stages' panels, forward (W) and backward (WT)
     seed: Array  # [n_stages, max dsts, 2] int64: (SEED_* kind, index) of each stage destination
     dz_stages: list[tuple[int, list[int]]]  # (stage, x block of each destination) whose DZ is dP
     dp_blocks: list[int]  # x blocks whose gradient goes to the compact dP, in its column order
 
 
-def _cpu_tables(plan: Plan, tb: Tables) -> _CpuTables:
+def _cpu_tables(plan: Plan, tb: Tables, H: int, panels: bool) -> _CpuTables:
+    info = np.full((tb.stage_info.shape[0], 8), -1, dtype=np.int64)
+    info[:, :6] = tb.stage_info
+    plain = sum(len(st.srcs) * len(st.dsts) * H * H for st in plan.stages)  # the panels come after W
+    sizes = [0, 0]
+    if panels:
+        for g, st in enumerate(plan.stages):
+            ns, nk = len(st.srcs), len(st.dsts)
+            info[g, interp.C_PF], info[g, interp.C_PB] = plain + sizes[0], plain + sizes[1]
+            sizes[0] += panels_size(ns * H, nk * H)
+            sizes[1] += panels_size(nk * H, ns * H)
     ops = np.full((tb.ops.shape[0], 16), -1, dtype=np.int64)
     ops[:, :14] = tb.ops
     ops[:, interp.C_FOLD] = 0
@@ -79,7 +93,7 @@ def _cpu_tables(plan: Plan, tb: Tables) -> _CpuTables:
     for r, ins in enumerate(plan.program):
         if ins.code == Code.LOADP and ins.aux not in in_dz:
             ops[r, interp.C_DPB] = dp_blocks.index(ins.aux)
-    return _CpuTables(ops, seed, dz_stages, dp_blocks)
+    return _CpuTables(ops, info, (sizes[0], sizes[1]), seed, dz_stages, dp_blocks)
 
 
 @dataclass
@@ -119,7 +133,8 @@ def _lines(n: int) -> int:
 def _workspace(plan: Plan, T: int, B: int, I: int, H: int, C: int, dtype: np.dtype) -> _Workspace:
     Bp = -(-B // C)
     tb = tables(plan, T, Bp, H)
-    cpu = _cpu_tables(plan, tb)
+    cpu = _cpu_tables(plan, tb, H, panels=dtype == np.float32)
+    widest = max([padded(max(len(st.srcs), len(st.dsts)) * H) for st in plan.stages] + [NR])
     rows = np.array([c * B // C for c in range(C + 1)], dtype=np.int64)
     z = np.zeros  # pages are zeroed lazily; the unused rows of K, DZ, dP and X must read as 0
     return _Workspace(
@@ -133,7 +148,7 @@ def _workspace(plan: Plan, T: int, B: int, I: int, H: int, C: int, dtype: np.dty
         A=np.empty((C, _lines(tb.arena)), dtype=dtype),
         K=z((C, _lines(tb.k_size)), dtype=dtype),
         DZ=z((C, _lines(tb.dz_size)), dtype=dtype),
-        TMP=np.empty((C, _lines(tb.tmp_size)), dtype=dtype),
+        TMP=np.empty((C, Bp * widest), dtype=dtype),  # [Bp, widest]: a GEMM's rows (room for panel padding)
         G=np.empty((C, _lines(tb.g_size)), dtype=dtype),
     )
 
@@ -244,6 +259,21 @@ class CpuKernel:
             self._ws[key] = _workspace(self.plan, T, B, I, H, key[-1], self.dtype)
         return self._ws[key]
 
+    def _with_panels(self, W: Array, cpu: _CpuTables, H: int, forward: bool) -> Array:
+        """The stages' weights W (flat), then each stage's weights packed as panels (C_PF, C_PB)."""
+        size = cpu.panels[0 if forward else 1]
+        if size == 0:
+            return W
+        out = np.empty(W.size + size, dtype=W.dtype)
+        out[: W.size] = W
+        for g, st in enumerate(self.plan.stages):
+            ns, nk = len(st.srcs), len(st.dsts)
+            K, N = (ns * H, nk * H) if forward else (nk * H, ns * H)
+            woff = int(cpu.stage_info[g, 2])
+            poff = int(cpu.stage_info[g, interp.C_PF if forward else interp.C_PB])
+            pack_panels(W[woff : woff + K * N], K, N, out[poff : poff + panels_size(K, N)])
+        return out
+
     def _weights(self, params: Mapping[str, Array], I: int, H: int, transposed: bool) -> tuple[Array, Array, Array, Array, Array]:
         w = pack_weights(self.plan, params, I, H, self.dtype, transposed)
         return w.Wx, w.bx, w.biases, w.peeps, w.stages
@@ -268,7 +298,8 @@ class CpuKernel:
             if off >= 0:
                 ws.A[:, off : off + Bp * H] = S0[:, i]
         consts = np.array((*p.consts, 0.0), dtype=dt)
-        head = (ws.cpu.ops, tb.stage_info, tb.stage_src, tb.stage_dst, ws.cpu.seed, T, Bp, H)
+        head = (ws.cpu.ops, ws.cpu.stage_info, tb.stage_src, tb.stage_dst, ws.cpu.seed, T, Bp, H)
+        W = self._with_panels(W, ws.cpu, H, forward=True)
         with BLAS.single(C > 1):
             if p.xblocks:  # P = x @ Wx; the kernel adds the bias bx as it reads P
                 pgemm(x.reshape(T * B, I), Wx, ws.P.reshape(T * B, -1), C)
@@ -330,7 +361,8 @@ class CpuKernel:
         dB = np.zeros((C, *biases.shape), dtype=dt)
         dPeep = np.zeros((C, *peeps.shape), dtype=dt)
         dBx = np.zeros((C, NX * H), dtype=dt)
-        head = (cpu.ops, tb.stage_info, tb.stage_src, tb.stage_dst, T, Bp, H)
+        head = (cpu.ops, cpu.stage_info, tb.stage_src, tb.stage_dst, T, Bp, H)
+        WT = self._with_panels(WT, cpu, H, forward=False)
         tail = (tb.state_g, tb.update_g, p.output_slot * Bp * H)
         with BLAS.single(C > 1):
             if C == 1:

@@ -1,0 +1,45 @@
+"""The float32 per-step GEMM (weights packed as panels, register tiles in LLVM IR) against NumPy."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from cellsearch.backends.cpu.microkernel import NR, gemm_panels, pack_panels, padded, panels_size
+
+
+@njit
+def _run(M, N, K, A, lda, Bp, C, ldc):
+    gemm_panels(M, N, K, A.ctypes.data, lda, Bp.ctypes.data, C.ctypes.data, ldc)
+
+
+@pytest.mark.parametrize(
+    "M,K,N",
+    [(8, 4, 32), (5, 3, 7), (13, 17, 45), (1, 64, 256), (12, 1, 33), (4, 0, 32), (27, 40, 96), (64, 128, 512)],
+)
+def test_gemm_panels_matches_numpy(M, K, N):
+    rng = np.random.default_rng(M * 1000 + K * 10 + N)
+    A = rng.normal(size=(M, K + 3)).astype(np.float32)  # a leading dimension wider than K
+    W = rng.normal(size=(K, N)).astype(np.float32)
+    Bp = np.full(panels_size(K, N), np.nan, dtype=np.float32)  # every element must be written
+    pack_panels(W.ravel(), K, N, Bp)
+    assert not np.isnan(Bp).any() and Bp.size == padded(N) * K and padded(N) % NR == 0
+    ldc = padded(N) + 5
+    C = np.full((M + 1, ldc), np.nan, dtype=np.float32)  # a row past M: must stay untouched
+    _run(M, N, K, A, K + 3, Bp, C, ldc)
+    want = A[:, :K].astype(np.float64) @ W.astype(np.float64)
+    np.testing.assert_allclose(C[:M, :N], want, rtol=1e-5, atol=1e-5 * max(1, K))
+    assert (C[:M, N : padded(N)] == 0).all()  # the padding columns hold zeros
+    assert np.isnan(C[:M, padded(N) :]).all() and np.isnan(C[M]).all()
+
+
+def test_nan_and_inf_pass_through():
+    """A diverging cell must be seen as diverging: no fast-math assumption drops NaN or Inf."""
+    A = np.ones((8, 4), dtype=np.float32)
+    A[2, 1] = np.nan
+    A[5, 3] = np.inf
+    W = np.ones((4, 32), dtype=np.float32)
+    Bp = np.empty(panels_size(4, 32), dtype=np.float32)
+    pack_panels(W.ravel(), 4, 32, Bp)
+    C = np.empty((8, 32), dtype=np.float32)
+    _run(8, 32, 4, A, 4, Bp, C, 32)
+    assert np.isnan(C[2]).all() and np.isposinf(C[5]).all() and (C[0] == 4).all()
