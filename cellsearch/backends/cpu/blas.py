@@ -1,11 +1,12 @@
-"""GEMM on strided views, split over Numba's threads, each calling BLAS at one thread.
+"""BLAS GEMMs at raw addresses, callable inside the kernels' loops and parallel regions.
 
-Numba's ``np.dot`` copies any operand that is not C- or F-contiguous and runs on the BLAS library's
-own thread pool. When the cpu kernel splits the batch over Numba's threads, that second pool must stay
-at one thread (two pools spinning on the same cores cost 1.2-1.7x here), so the GEMMs around the time
-loop are split over Numba's threads too: ``pgemm`` cuts the output into row or column blocks and each
-thread calls SciPy's BLAS (through Numba's own ``numba_xxgemm`` helper, the function ``np.dot`` calls)
-on its block, with leading dimensions, so views are never copied.
+Numba's ``np.dot`` copies any operand that is not C- or F-contiguous, takes views (whose reference
+counts parallel threads fight over), and runs on the BLAS library's own thread pool. Here the kernels
+call SciPy's BLAS through Numba's own ``numba_xxgemm`` helper (the function ``np.dot`` calls) with
+addresses and leading dimensions (``gemm_at``), and the GEMMs around the time loop (the input
+projection, the deferred weight gradients) are a table of jobs (``Jobs``) that the kernel's threads run
+for their own chunk of the batch, inside the same parallel region: when the batch is split over
+Numba's threads, BLAS stays at one thread (two pools spinning on the same cores cost 1.2-1.7x here).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core.typing import signature
 
 Array = np.ndarray
@@ -54,41 +55,11 @@ def gemm_at(ta, tb, M, N, K, a, lda, b, ldb, c, ldc, ab, isz):  # pragma: no cov
     )
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _gemm_block(ta, tb, M, N, K, A, aoff, lda, B, boff, ldb, ab, C, coff, ldc):  # pragma: no cover - njit
-    """``gemm_at`` on flat arrays, at element offsets."""
-    if M == 0 or N == 0:
-        return 0
-    isz = np.uint64(C.itemsize)
-    a = A.ctypes.data + np.uint64(aoff) * isz
-    b = B.ctypes.data + np.uint64(boff) * isz
-    return gemm_at(ta, tb, M, N, K, a, lda, b, ldb, C.ctypes.data + np.uint64(coff) * isz, ldc, ab.ctypes.data, isz)
-
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def _pgemm(ta, tb, M, N, K, A, lda, B, ldb, ab, C, ldc, chunks):  # pragma: no cover - njit
-    """``_gemm_block`` with the output cut into ``chunks`` blocks of rows (or of columns where the
-    output is wider than tall), one per thread. Returns the number of blocks that failed."""
-    by_rows = M >= N
-    failed = 0
-    for c in prange(chunks):
-        if by_rows:
-            m0 = c * M // chunks
-            m1 = (c + 1) * M // chunks
-            aoff = m0 if ta else m0 * lda  # op(A)'s rows m0.. are A's columns m0.. where transposed
-            err = _gemm_block(ta, tb, m1 - m0, N, K, A, aoff, lda, B, 0, ldb, ab, C, m0 * ldc, ldc)
-        else:
-            n0 = c * N // chunks
-            n1 = (c + 1) * N // chunks
-            boff = n0 * ldb if tb else n0
-            err = _gemm_block(ta, tb, M, n1 - n0, K, A, 0, lda, B, boff, ldb, ab, C, n0, ldc)
-        failed += 1 if err != 0 else 0
-    return failed
-
-
 @njit(cache=True, error_model="numpy")
-def _gemm_serial(ta, tb, M, N, K, A, lda, B, ldb, ab, C, ldc):  # pragma: no cover - njit
-    return _gemm_block(ta, tb, M, N, K, A, 0, lda, B, 0, ldb, ab, C, 0, ldc)
+def _one_by_one(a, ab):  # pragma: no cover - njit
+    """a[1] = a[0] * a[0] through gemm_at (a: 2 elements; ab: (1, 0))."""
+    isz = np.uint64(a.itemsize)
+    return gemm_at(False, False, 1, 1, 1, a.ctypes.data, 1, a.ctypes.data, 1, a.ctypes.data + isz, 1, ab.ctypes.data, isz)
 
 
 _WARM: set[np.dtype] = set()
@@ -97,9 +68,10 @@ _WARM: set[np.dtype] = set()
 def warm(dtype: np.dtype) -> None:
     """Numba's helper finds SciPy's BLAS function under the GIL at its first call of each kind, so
     that call must happen here on the calling thread, not on a worker while this thread waits."""
+    dtype = np.dtype(dtype)
     if dtype not in _WARM:
-        a = np.ones(1, dtype=dtype)
-        if _gemm_serial(False, False, 1, 1, 1, a, 1, a, 1, np.array((1.0, 0.0), dtype=dtype), np.empty(1, dtype=dtype), 1):
+        a = np.array((3.0, 0.0), dtype=dtype)
+        if _one_by_one(a, np.array((1.0, 0.0), dtype=dtype)) != 0 or a[1] != 9.0:
             raise RuntimeError("BLAS gemm failed (is SciPy installed?)")
         _WARM.add(dtype)
 
@@ -120,36 +92,56 @@ def _operand(a: Array) -> tuple[bool, int, Array]:
     return trans, ld, flat
 
 
-def pgemm(a: Array, b: Array, out: Array, chunks: int = 1, accumulate: bool = False) -> Array:
-    """``out = a @ b`` (``out += a @ b`` with ``accumulate``) for 2-D views with one unit stride each
-    (transposed views included), split over ``chunks`` of Numba's threads. BLAS must be at one thread
-    when ``chunks > 1`` (``kernel.BLAS.single``); with ``chunks == 1`` it runs on this thread (and
-    BLAS's own threads)."""
-    M, K = a.shape
-    K2, N = b.shape
-    if K2 != K or out.shape != (M, N) or not (a.dtype == b.dtype == out.dtype) or a.dtype not in (np.float32, np.float64):
-        raise ValueError(f"pgemm: shapes {a.shape} @ {b.shape} -> {out.shape}, dtypes {a.dtype} {b.dtype} {out.dtype}")
-    if out.strides[1] != out.itemsize and N > 1:
-        raise ValueError("pgemm: out must have unit column stride")
-    if M == 0 or N == 0:
-        return out
-    if K == 0:
-        if not accumulate:
-            out[...] = 0
-        return out
-    ta, lda, fa = _operand(a)
-    tb, ldb, fb = _operand(b)
-    _, ldc, fc = _operand(out)
-    warm(out.dtype)
-    ab = np.array((1.0, 1.0 if accumulate else 0.0), dtype=out.dtype)
-    chunks = max(1, min(chunks, max(M, N)))
-    if chunks == 1:  # here: no parallel region (whose idle threads would spin beside BLAS's own)
-        failed = _gemm_serial(ta, tb, M, N, K, fa, lda, fb, ldb, ab, fc, ldc)
-    else:
-        failed = _pgemm(ta, tb, M, N, K, fa, lda, fb, ldb, ab, fc, ldc, chunks)
-    if failed:
-        raise RuntimeError("BLAS gemm failed")
-    return out
+# columns of a GEMM job table (``Jobs``): the chunk (thread) that runs it, transposes, sizes, addresses
+# and leading dimensions, and whether it adds to C (beta 1) or overwrites it
+J_CHUNK, J_TA, J_TB, J_M, J_N, J_K, J_A, J_LDA, J_B, J_LDB, J_C, J_LDC, J_ACC = range(13)
 
 
-__all__ = ["gemm_at", "pgemm", "warm"]
+@njit(cache=True, error_model="numpy", inline="always")
+def run_jobs(jobs, c, ab, isz):  # pragma: no cover - njit
+    """Run the GEMMs of ``jobs`` that chunk c owns, in order; ab: the address of (1, 0, 1, 1), the
+    (alpha, beta) pairs that overwrite and accumulate."""
+    isz = np.uint64(isz)
+    for r in range(jobs.shape[0]):
+        if jobs[r, J_CHUNK] == c:
+            gemm_at(jobs[r, J_TA] != 0, jobs[r, J_TB] != 0, jobs[r, J_M], jobs[r, J_N], jobs[r, J_K], np.uint64(jobs[r, J_A]),
+                    jobs[r, J_LDA], np.uint64(jobs[r, J_B]), jobs[r, J_LDB], np.uint64(jobs[r, J_C]), jobs[r, J_LDC],
+                    ab + (np.uint64(2) * isz if jobs[r, J_ACC] != 0 else np.uint64(0)), isz)  # fmt: skip
+
+
+class Jobs:
+    """A table of GEMMs on views (one unit stride each) for ``run_jobs``: built here, run inside a
+    kernel's parallel region by the thread of each job's chunk, so that no GEMM needs a region (and a
+    BLAS thread pool) of its own. The views must stay alive until the jobs have run (this keeps them)."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        self.rows: list[tuple[int, ...]] = []
+        self._keep: list[Array] = []
+
+    def add(self, chunk: int, a: Array, b: Array, out: Array, accumulate: bool = False) -> None:
+        """chunk's thread runs ``out = a @ b`` (``+=`` with accumulate)."""
+        M, K = a.shape
+        N = b.shape[1]
+        if b.shape[0] != K or out.shape != (M, N) or not (a.dtype == b.dtype == out.dtype == self.dtype):
+            raise ValueError(f"Jobs.add: shapes {a.shape} @ {b.shape} -> {out.shape}")
+        if out.strides[1] != out.itemsize and N > 1:
+            raise ValueError("Jobs.add: out must have unit column stride")
+        if M == 0 or N == 0:
+            return
+        if K == 0:
+            if not accumulate:
+                out[...] = 0
+            return
+        ta, lda, fa = _operand(a)
+        tb, ldb, fb = _operand(b)
+        _, ldc, fc = _operand(out)
+        self._keep += [fa, fb, fc]
+        addr = [int(f.__array_interface__["data"][0]) for f in (fa, fb, fc)]
+        self.rows.append((chunk, int(ta), int(tb), M, N, K, addr[0], lda, addr[1], ldb, addr[2], ldc, int(accumulate)))
+
+    def table(self) -> Array:
+        return np.array(self.rows, dtype=np.int64).reshape(-1, 13)
+
+
+__all__ = ["Jobs", "gemm_at", "run_jobs", "warm"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .blas import gemm_at
+from .blas import gemm_at, run_jobs
 from .microkernel import gemm_panels
 
 # opcodes: keep in step with cellsearch.lowering.plan.Code (tests/test_tables.py checks)
@@ -80,15 +80,13 @@ C_PF, C_PB = 6, 7
 
 @njit(cache=True, error_model="numpy")
 def _forward_rows(
-    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, r0, r1, xr
+    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, r0, r1
 ):  # fmt: skip
-    """The whole time loop for batch rows r0..r1 (rows of an RNN never interact); X and P (read only)
-    hold these rows at xr + r0.., the other arrays at r0.."""
+    """The whole time loop for batch rows r0..r1 (rows of an RNN never interact)."""
     Hu = np.uint64(H)
     Bu = np.uint64(B)
     R0 = np.uint64(r0)
     R1 = np.uint64(r1)
-    XR = np.uint64(xr)
     nr = r1 - r0
     e0 = R0 * Hu
     e1 = R1 * Hu
@@ -123,7 +121,7 @@ def _forward_rows(
                 for bb in range(R0, R1):
                     row = d + bb * Hu
                     for j in range(Hu):
-                        A[row + j] = X[t, XR + bb, j]
+                        A[row + j] = X[t, bb, j]
             elif code == OP_CONST:
                 if ops[r, C_FOLD] == 0:
                     v = consts[aux]
@@ -136,7 +134,7 @@ def _forward_rows(
                 for bb in range(R0, R1):
                     row = d + bb * Hu
                     for j in range(Hu):
-                        A[row + j] = P[t, XR + bb, col + j] + bx[col + j]
+                        A[row + j] = P[t, bb, col + j] + bx[col + j]
             elif code == OP_BIAS:
                 if ops[r, C_FOLD] != 0:
                     continue
@@ -175,7 +173,7 @@ def _forward_rows(
                             row = dd + bb * Hu
                             ob = bb - R0
                             for j in range(Hu):
-                                A[row + j] = TMP[oo + ob * mw + kc + j] + (P[t, XR + bb, pc + j] + bx[pc + j])
+                                A[row + j] = TMP[oo + ob * mw + kc + j] + (P[t, bb, pc + j] + bx[pc + j])
                     elif kind == SEED_BIAS:
                         for bb in range(R0, R1):
                             row = dd + bb * Hu
@@ -414,49 +412,56 @@ def _backward_rows(
 
 @njit(cache=True, error_model="numpy")
 def forward_kernel(
-    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast
+    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, jobs
 ):  # fmt: skip
-    """The forward pass over the whole batch, on this thread."""
+    """The forward pass over the whole batch, on this thread: first the GEMMs in ``jobs`` (the input
+    projection P = X @ Wx; ``blas.Jobs``), then the time loop."""
+    run_jobs(jobs, 0, R.ctypes.data + np.uint64(16 * R.itemsize), R.itemsize)
     _forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R,
-                  fast, 0, B, 0)  # fmt: skip
+                  fast, 0, B)  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def forward_kernel_split(
-    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, rows
+    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, jobs, rows
 ):  # fmt: skip
     """The forward pass with the batch split into chunks run on parallel threads (BLAS must be at 1
-    thread then); each thread runs the whole time loop for its chunk, with no synchronisation. A, S0,
-    K, TMP have a leading chunk axis: each chunk has buffers of its own, laid out for B rows (threads
-    writing rows of one shared buffer measured up to 2.5x slower: cache lines and prefetches bounce
-    between the cores), of which chunk c uses the first ``rows[c+1] - rows[c]``; X and P, only read,
-    are the whole batch's (chunk c at rows[c]..)."""
+    thread then); each thread runs its chunk's GEMMs in ``jobs``, then the whole time loop for its
+    chunk, with no synchronisation. A, P, X, S0, K, TMP have a leading chunk axis: each chunk has
+    buffers of its own, laid out for B rows (threads writing rows of one shared buffer measured up to
+    2.5x slower: cache lines and prefetches bounce between the cores), of which chunk c uses the
+    first ``rows[c+1] - rows[c]``."""
     for c in prange(rows.shape[0] - 1):
-        _forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A[c], P, bx, X, S0[c], consts, biases, peeps, W,
-                      K[c], TMP[c], R, fast, 0, rows[c + 1] - rows[c], rows[c])  # fmt: skip
+        run_jobs(jobs, c, R.ctypes.data + np.uint64(16 * R.itemsize), R.itemsize)
+        _forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A[c], P[c], bx, X[c], S0[c], consts, biases, peeps,
+                      W, K[c], TMP[c], R, fast, 0, rows[c + 1] - rows[c])  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy")
 def backward_kernel(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, dBx, R,
+    dPeep, dBx, R, jobs,
 ):  # fmt: skip
-    """The backward pass over the whole batch, on this thread."""
+    """The backward pass over the whole batch, on this thread: the reverse walk, then the deferred
+    weight-gradient GEMMs in ``jobs``."""
     _backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP,
                    G, dP, dX, dB, dPeep, dBx, R, 0, B, 0)  # fmt: skip
+    run_jobs(jobs, 0, R.ctypes.data + np.uint64(16 * R.itemsize), R.itemsize)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def backward_kernel_split(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, dBx, R, rows,
+    dPeep, dBx, R, jobs, rows,
 ):  # fmt: skip
     """The backward pass, split like ``forward_kernel_split``: every array but dOut (the whole
-    batch's, only read), peeps and WT has a leading chunk axis."""
+    batch's, only read; chunk c at rows[c]..), peeps and WT has a leading chunk axis; each thread
+    runs its chunk's GEMMs in ``jobs`` after its reverse walk (its part of the weight gradients)."""
     for c in prange(rows.shape[0] - 1):
         n = rows[c + 1] - rows[c]
         _backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A[c], state_g, update_g, output_g, dOut, dS[c], peeps,
                        WT, DZ[c], TMP[c], G[c], dP[c], dX[c], dB[c], dPeep[c], dBx[c], R, 0, n, rows[c])  # fmt: skip
+        run_jobs(jobs, c, R.ctypes.data + np.uint64(16 * R.itemsize), R.itemsize)
 
 
 # The GEMMs around the time loop also go through Numba's np.dot, so that one BLAS library (and one

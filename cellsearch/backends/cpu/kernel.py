@@ -25,7 +25,7 @@ from ...lowering import Code, Plan, lower
 from ..reference import Forward, Gradients, check_params, infer_hidden, initial_states
 from ..tables import Tables, pack_weights, tables, unpack_gradients
 from . import interp
-from .blas import pgemm, warm
+from .blas import Jobs, warm
 from .microkernel import NR, pack_panels, padded, panels_size
 
 Array = np.ndarray
@@ -108,8 +108,8 @@ class _Workspace:
     cpu: _CpuTables
     rows: Array  # [C + 1] batch row bounds
     Bp: int
-    X: Array  # [C, T, Bp, I] the chunks' copies of x for the input weights' gradient (C > 1; else empty)
-    P: Array  # the input projection [T, B, NX*H], whole (kept: a fresh one per call pays its page faults)
+    X: Array  # [C, T, Bp, I] the chunks' copies of x (C > 1; else empty: x itself is the one chunk)
+    P: Array  # the input projection [C, T, Bp, NX*H] (kept: a fresh one per call pays its page faults)
     dP: Array  # its gradient's blocks that no stage's DZ holds [C, T, Bp, len(dp_blocks)*H]
     A: Array  # [C, arena]
     K: Array  # [C, k_size]
@@ -143,7 +143,7 @@ def _workspace(plan: Plan, T: int, B: int, I: int, H: int, C: int, dtype: np.dty
         rows,
         Bp,
         X=z((C, T, Bp, I) if C > 1 else (0, T, Bp, I), dtype=dtype),
-        P=np.empty((T, B, len(plan.xblocks) * H), dtype=dtype),
+        P=np.empty((C, T, Bp, len(plan.xblocks) * H), dtype=dtype),
         dP=z((C, T, Bp, len(cpu.dp_blocks) * H), dtype=dtype),
         A=np.empty((C, _lines(tb.arena)), dtype=dtype),
         K=z((C, _lines(tb.k_size)), dtype=dtype),
@@ -239,10 +239,10 @@ class CpuKernel:
         if self.dtype not in (np.float32, np.float64):
             raise ShapeError(f"the cpu backend runs float32 or float64, not {self.dtype}")
         self.plan = lower(cell)
-        # rational-tanh coefficients, then 0, 1/2, 1, the smallest normal, and the GEMMs' (alpha, beta) =
-        # (1, 0): every constant the kernels use
+        # rational-tanh coefficients, then 0, 1/2, 1, the smallest normal, and the GEMMs' (alpha, beta)
+        # pairs (1, 0) and (1, 1): every constant the kernels use
         tiny = float(np.finfo(self.dtype).tiny)
-        self._R = np.array((*interp.RATIONAL_TANH, 0.0, 0.5, 1.0, tiny, 1.0, 0.0), dtype=self.dtype)
+        self._R = np.array((*interp.RATIONAL_TANH, 0.0, 0.5, 1.0, tiny, 1.0, 0.0, 1.0, 1.0), dtype=self.dtype)
         self._fast = self.dtype == np.float32
         warm(self.dtype)  # BLAS's first call must come from this thread (blas.warm)
         self._ws: dict[tuple[int, int, int, int, int], _Workspace] = {}
@@ -300,15 +300,18 @@ class CpuKernel:
         consts = np.array((*p.consts, 0.0), dtype=dt)
         head = (ws.cpu.ops, ws.cpu.stage_info, tb.stage_src, tb.stage_dst, ws.cpu.seed, T, Bp, H)
         W = self._with_panels(W, ws.cpu, H, forward=True)
+        X = x[None] if C == 1 else _to_chunks(ws, x, 1, ws.X)
+        jobs = Jobs(dt)  # each chunk's P = X @ Wx, run by its thread; the kernel adds the bias bx as it reads P
+        if p.xblocks:
+            for c in range(C):
+                jobs.add(c, X[c].reshape(T * Bp, I), Wx, ws.P[c].reshape(T * Bp, -1))
         with BLAS.single(C > 1):
-            if p.xblocks:  # P = x @ Wx; the kernel adds the bias bx as it reads P
-                pgemm(x.reshape(T * B, I), Wx, ws.P.reshape(T * B, -1), C)
             if C == 1:
-                interp.forward_kernel(*head, ws.A[0], ws.P, bx, x, S0[0], consts, biases, peeps, W, ws.K[0], ws.TMP[0], self._R,
-                                      self._fast)  # fmt: skip
+                interp.forward_kernel(*head, ws.A[0], ws.P[0], bx, x, S0[0], consts, biases, peeps, W, ws.K[0], ws.TMP[0],
+                                      self._R, self._fast, jobs.table())  # fmt: skip
             else:
-                interp.forward_kernel_split(*head, ws.A, ws.P, bx, x, S0, consts, biases, peeps, W, ws.K, ws.TMP, self._R,
-                                            self._fast, ws.rows)  # fmt: skip
+                interp.forward_kernel_split(*head, ws.A, ws.P, bx, X, S0, consts, biases, peeps, W, ws.K, ws.TMP, self._R,
+                                            self._fast, jobs.table(), ws.rows)  # fmt: skip
         self._generation += 1
         outputs = self._values(ws, p.output_slot, T, H)
         states = {s: self._values(ws, u, T, H, last=True)[0].copy() for s, u in zip(p.states, p.update_slots, strict=True)}
@@ -352,54 +355,57 @@ class CpuKernel:
             for i, s in enumerate(p.states):
                 if s in d_state_T:
                     dS[i] = np.asarray(d_state_T[s], dtype=dt).reshape(B, H)
+        X = x[None] if C == 1 else ws.X  # the chunks' copies of x, made by the forward
         if C == 1:
-            dS, X = dS.reshape(1, nS, B * H), x[None]
+            dS = dS.reshape(1, nS, B * H)
         else:
             dS = _to_chunks(ws, dS, 1, np.zeros((C, nS, Bp, H), dtype=dt)).reshape(C, nS, Bp * H)
-            X = _to_chunks(ws, x, 1, ws.X) if NX else ws.X
         dX = np.zeros((C, T, Bp, I), dtype=dt)
         dB = np.zeros((C, *biases.shape), dtype=dt)
         dPeep = np.zeros((C, *peeps.shape), dtype=dt)
         dBx = np.zeros((C, NX * H), dtype=dt)
+        # the deferred weight gradients, each chunk's part by its thread after its reverse walk (summed
+        # below): one GEMM per recurrent stage; the input projection's from the stages' DZ where it
+        # holds the projection's gradient, else from dP
+        TB = T * Bp
+        jobs = Jobs(dt)
+        dzs: list[list[Array]] = []
+        dWt = []
+        for g, st in enumerate(p.stages):
+            ns, nk = len(st.srcs), len(st.dsts)
+            koff, zoff = int(tb.stage_info[g, 3]), int(tb.stage_info[g, 4])
+            dWt.append(np.empty((C, nk * H, ns * H), dtype=dt))
+            dzs.append([])
+            for c in range(C):
+                src = ws.K[c, koff : koff + TB * ns * H].reshape(TB, ns * H)
+                dz = ws.DZ[c, zoff : zoff + TB * nk * H].reshape(TB, nk * H)
+                dzs[g].append(dz)
+                jobs.add(c, dz.T, src, dWt[g][c])  # as (dz^T @ src)^T: OpenBLAS runs this orientation faster
+        # (gradient of the projection's output [T*Bp, n*H] in each chunk, its x blocks)
+        groups = [(dzs[g], blocks) for g, blocks in cpu.dz_stages]
+        if cpu.dp_blocks:
+            groups.append(([ws.dP[c].reshape(TB, -1) for c in range(C)], cpu.dp_blocks))
+        dWxt = np.zeros((C, NX * H, I), dtype=dt)  # dWx^T: m^T @ x runs 1.1-1.6x faster than x^T @ m (small I)
+        for ms, blocks in groups:
+            for k, i, n in _runs(blocks):  # m's columns k*H.. hold blocks i..i+n-1
+                for c, m in enumerate(ms):
+                    mk = m[:, k * H : (k + n) * H]
+                    jobs.add(c, mk.T, X[c].reshape(TB, I), dWxt[c, i * H : (i + n) * H])
+                    if grad_x:  # x also feeds the input GEMM
+                        jobs.add(c, mk, Wx[:, i * H : (i + n) * H].T, dX[c].reshape(TB, I), accumulate=True)
         head = (cpu.ops, cpu.stage_info, tb.stage_src, tb.stage_dst, T, Bp, H)
         WT = self._with_panels(WT, cpu, H, forward=False)
         tail = (tb.state_g, tb.update_g, p.output_slot * Bp * H)
         with BLAS.single(C > 1):
             if C == 1:
                 interp.backward_kernel(*head, ws.A[0], *tail, dOut, dS[0], peeps, WT, ws.DZ[0], ws.TMP[0], ws.G[0], ws.dP[0],
-                                       dX[0], dB[0], dPeep[0], dBx[0], self._R)  # fmt: skip
+                                       dX[0], dB[0], dPeep[0], dBx[0], self._R, jobs.table())  # fmt: skip
             else:
                 interp.backward_kernel_split(*head, ws.A, *tail, dOut, dS, peeps, WT, ws.DZ, ws.TMP, ws.G, ws.dP, dX, dB, dPeep,
-                                             dBx, self._R, ws.rows)  # fmt: skip
-            # deferred weight gradients, summed over the chunks: one GEMM per recurrent stage; the input
-            # projection's from the stages' DZ where it holds the projection's gradient, else from dP
-            TB = T * Bp
-            dzs: list[list[Array]] = []
-            dWs = []
-            for g, st in enumerate(p.stages):
-                ns, nk = len(st.srcs), len(st.dsts)
-                koff, zoff = int(tb.stage_info[g, 3]), int(tb.stage_info[g, 4])
-                dWt = np.empty((nk * H, ns * H), dtype=dt)
-                dzs.append([])
-                for c in range(C):
-                    src = ws.K[c, koff : koff + TB * ns * H].reshape(TB, ns * H)
-                    dz = ws.DZ[c, zoff : zoff + TB * nk * H].reshape(TB, nk * H)
-                    dzs[g].append(dz)
-                    pgemm(dz.T, src, dWt, C, accumulate=c > 0)  # as (dz^T @ src)^T: OpenBLAS runs this orientation faster
-                dWs.append(dWt.T)
-            # (gradient of the projection's output [T*Bp, n*H] in each chunk, its x blocks)
-            groups = [(dzs[g], blocks) for g, blocks in cpu.dz_stages]
-            if cpu.dp_blocks:
-                groups.append(([ws.dP[c].reshape(TB, -1) for c in range(C)], cpu.dp_blocks))
-            dWxt = np.empty((NX * H, I), dtype=dt)  # dWx^T: m^T @ x runs 1.1-1.6x faster than x^T @ m (small I)
-            for ms, blocks in groups:
-                for k, i, n in _runs(blocks):  # m's columns k*H.. hold blocks i..i+n-1
-                    for c, m in enumerate(ms):
-                        mk = m[:, k * H : (k + n) * H]
-                        pgemm(mk.T, X[c].reshape(TB, I), dWxt[i * H : (i + n) * H], C, accumulate=c > 0)
-                        if grad_x:  # x also feeds the input GEMM
-                            pgemm(mk, Wx[:, i * H : (i + n) * H].T, dX[c].reshape(TB, I), C, accumulate=True)
-        grads = unpack_gradients(p, H, dWxt.T, dBx.sum(axis=0), dWs, dB.sum(axis=0), dPeep.sum(axis=0))
+                                             dBx, self._R, jobs.table(), ws.rows)  # fmt: skip
+        dWs = [d.sum(axis=0).T if C > 1 else d[0].T for d in dWt]
+        dWx = (dWxt.sum(axis=0) if C > 1 else dWxt[0]).T
+        grads = unpack_gradients(p, H, dWx, dBx.sum(axis=0), dWs, dB.sum(axis=0), dPeep.sum(axis=0))
         if C == 1:
             dx, dS = dX[0], dS[0].reshape(nS, B, H)
         else:
