@@ -102,7 +102,7 @@ _tile4 = _tile(4)
 _tile1 = _tile(1)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")  # not inlined: compiled once for both kernels (compile time)
 def gemm_panels(M, N, K, a, lda, bp, c, ldc):  # pragma: no cover - njit
     """Row-major float32 ``C[M, ceil(N/32)*32] = A[M, K] @ W`` with W packed by ``pack_panels`` at
     address bp; a, c addresses, lda, ldc leading dimensions in floats (C's must hold the padded
