@@ -78,6 +78,17 @@ S_G, S_C, S_M = 0, 1, 2
 C_PF, C_PB = 6, 7
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _step_gemm(M, N, K, a, wp, woff, panels, c, ldc, ab, isz):
+    """A stage's per-step GEMM: C[M, N] (row stride ldc) = A[M, K] (address a, rows of K) @ the
+    stage's weights in the flat array at wp: as panels at offset ``panels`` where the weights were
+    packed (float32: the microkernel), else the plain [K, N] matrix at offset woff through BLAS."""
+    if panels >= 0:
+        gemm_panels(M, N, K, a, K, wp + np.uint64(panels) * isz, c, ldc)
+    else:
+        gemm_at(False, False, M, N, K, a, K, wp + woff * isz, N, c, ldc, ab, isz)
+
+
 @njit(cache=True, error_model="numpy")
 def _forward_rows(
     ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, r0, r1
@@ -157,11 +168,9 @@ def _forward_rows(
                             K[row + j] = A[srow + j]
                 ow = nk * Hu  # out: TMP's rows R0..R1 (each range owns its rows), [nr, nk*H], row stride mw
                 oo = R0 * mw
-                a0 = kp + (koff + R0 * width) * isz
-                if stage_info[aux, C_PF] >= 0:  # float32: the weights' panels, packed once per call
-                    gemm_panels(nr, ow, width, a0, width, wp + np.uint64(stage_info[aux, C_PF]) * isz, tp + oo * isz, mw)
-                else:
-                    gemm_at(False, False, nr, ow, width, a0, width, wp + woff * isz, ow, tp + oo * isz, mw, ab, isz)
+                _step_gemm(
+                    nr, ow, width, kp + (koff + R0 * width) * isz, wp, woff, stage_info[aux, C_PF], tp + oo * isz, mw, ab, isz
+                )
                 for k in range(nk):
                     dd = np.uint64(stage_dst[aux, k, S_C]) + tu * np.uint64(stage_dst[aux, k, S_M])
                     kind = seed[aux, k, 0]
@@ -340,11 +349,9 @@ def _backward_rows(
                             DZ[row + j] = zero if abs(v) < tiny else v  # flush denormals (NaN stays)
                 sw = ns * Hu  # dsrc: TMP's rows R0..R1, [nr, ns*H], row stride mw
                 oo = R0 * mw
-                a0 = zp + (zoff + R0 * width) * isz
-                if stage_info[aux, C_PB] >= 0:  # float32: the weights' panels, packed once per call
-                    gemm_panels(nr, sw, width, a0, width, wp + np.uint64(stage_info[aux, C_PB]) * isz, tp + oo * isz, mw)
-                else:
-                    gemm_at(False, False, nr, sw, width, a0, width, wp + woff * isz, sw, tp + oo * isz, mw, ab, isz)
+                _step_gemm(
+                    nr, sw, width, zp + (zoff + R0 * width) * isz, wp, woff, stage_info[aux, C_PB], tp + oo * isz, mw, ab, isz
+                )
                 for i in range(ns):
                     dst = np.uint64(stage_src[aux, i, S_G])
                     ic = np.uint64(i) * Hu
