@@ -90,7 +90,7 @@ def _step_gemm(M, N, K, a, wp, woff, panels, c, ldc, ab, isz):
 
 
 @njit(cache=True, error_model="numpy")
-def _forward_rows(
+def forward_rows(
     ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, r0, r1
 ):  # fmt: skip
     """The whole time loop for batch rows r0..r1 (rows of an RNN never interact)."""
@@ -241,7 +241,7 @@ def _forward_rows(
 
 
 @njit(cache=True, error_model="numpy")
-def _backward_rows(
+def backward_rows(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
     dPeep, dBx, R, r0, r1, xr,
 ):  # fmt: skip
@@ -418,14 +418,11 @@ def _backward_rows(
 
 
 @njit(cache=True, error_model="numpy")
-def forward_kernel(
-    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, jobs
-):  # fmt: skip
-    """The forward pass over the whole batch, on this thread: first the GEMMs in ``jobs`` (the input
-    projection P = X @ Wx; ``blas.Jobs``), then the time loop."""
-    run_jobs(jobs, 0, R.ctypes.data + np.uint64(16 * R.itemsize), R.itemsize)
-    _forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R,
-                  fast, 0, B)  # fmt: skip
+def jobs_kernel(jobs, c, R):
+    """Run chunk c's GEMMs in ``jobs`` on this thread (``blas.Jobs``): the one-chunk path calls this and
+    ``forward_rows`` / ``backward_rows`` itself rather than through a wrapper, since a wrapper compiles
+    its callee's code again (about a second each, once per machine)."""
+    run_jobs(jobs, c, R.ctypes.data + np.uint64(16 * R.itemsize), R.itemsize)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -440,20 +437,8 @@ def forward_kernel_split(
     first ``rows[c+1] - rows[c]``."""
     for c in prange(rows.shape[0] - 1):
         run_jobs(jobs, c, R.ctypes.data + np.uint64(16 * R.itemsize), R.itemsize)
-        _forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A[c], P[c], bx, X[c], S0[c], consts, biases, peeps,
+        forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A[c], P[c], bx, X[c], S0[c], consts, biases, peeps,
                       W, K[c], TMP[c], R, fast, 0, rows[c + 1] - rows[c])  # fmt: skip
-
-
-@njit(cache=True, error_model="numpy")
-def backward_kernel(
-    ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, dBx, R, jobs,
-):  # fmt: skip
-    """The backward pass over the whole batch, on this thread: the reverse walk, then the deferred
-    weight-gradient GEMMs in ``jobs``."""
-    _backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP,
-                   G, dP, dX, dB, dPeep, dBx, R, 0, B, 0)  # fmt: skip
-    run_jobs(jobs, 0, R.ctypes.data + np.uint64(16 * R.itemsize), R.itemsize)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -466,7 +451,7 @@ def backward_kernel_split(
     runs its chunk's GEMMs in ``jobs`` after its reverse walk (its part of the weight gradients)."""
     for c in prange(rows.shape[0] - 1):
         n = rows[c + 1] - rows[c]
-        _backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A[c], state_g, update_g, output_g, dOut, dS[c], peeps,
+        backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A[c], state_g, update_g, output_g, dOut, dS[c], peeps,
                        WT, DZ[c], TMP[c], G[c], dP[c], dX[c], dB[c], dPeep[c], dBx[c], R, 0, n, rows[c])  # fmt: skip
         run_jobs(jobs, c, R.ctypes.data + np.uint64(16 * R.itemsize), R.itemsize)
 

@@ -307,8 +307,9 @@ class CpuKernel:
                 jobs.add(c, X[c].reshape(T * Bp, I), Wx, ws.P[c].reshape(T * Bp, -1))
         with BLAS.single(C > 1):
             if C == 1:
-                interp.forward_kernel(*head, ws.A[0], ws.P[0], bx, x, S0[0], consts, biases, peeps, W, ws.K[0], ws.TMP[0],
-                                      self._R, self._fast, jobs.table())  # fmt: skip
+                interp.jobs_kernel(jobs.table(), 0, self._R)
+                interp.forward_rows(*head, ws.A[0], ws.P[0], bx, x, S0[0], consts, biases, peeps, W, ws.K[0], ws.TMP[0],
+                                    self._R, self._fast, 0, B)  # fmt: skip
             else:
                 interp.forward_kernel_split(*head, ws.A, ws.P, bx, X, S0, consts, biases, peeps, W, ws.K, ws.TMP, self._R,
                                             self._fast, jobs.table(), ws.rows)  # fmt: skip
@@ -398,8 +399,9 @@ class CpuKernel:
         tail = (tb.state_g, tb.update_g, p.output_slot * Bp * H)
         with BLAS.single(C > 1):
             if C == 1:
-                interp.backward_kernel(*head, ws.A[0], *tail, dOut, dS[0], peeps, WT, ws.DZ[0], ws.TMP[0], ws.G[0], ws.dP[0],
-                                       dX[0], dB[0], dPeep[0], dBx[0], self._R, jobs.table())  # fmt: skip
+                interp.backward_rows(*head, ws.A[0], *tail, dOut, dS[0], peeps, WT, ws.DZ[0], ws.TMP[0], ws.G[0], ws.dP[0],
+                                     dX[0], dB[0], dPeep[0], dBx[0], self._R, 0, B, 0)  # fmt: skip
+                interp.jobs_kernel(jobs.table(), 0, self._R)
             else:
                 interp.backward_kernel_split(*head, ws.A, *tail, dOut, dS, peeps, WT, ws.DZ, ws.TMP, ws.G, ws.dP, dX, dB, dPeep,
                                              dBx, self._R, jobs.table(), ws.rows)  # fmt: skip
