@@ -126,8 +126,9 @@ class _Workspace:
 
 
 def _lines(n: int) -> int:
-    """n rounded up to whole 64-byte cache lines of float64 (so chunks never share a line)."""
-    return max(8, -(-n // 8) * 8)
+    """n elements rounded up to a multiple of 16: whole 64-byte cache lines in float32 and float64, so
+    the rows of a [C, n] buffer (one per chunk) never share a line."""
+    return max(16, -(-n // 16) * 16)
 
 
 def _workspace(plan: Plan, T: int, B: int, I: int, H: int, C: int, dtype: np.dtype) -> _Workspace:
