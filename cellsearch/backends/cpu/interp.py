@@ -14,7 +14,7 @@ Speed notes (PERF-NOTES.md): vanishing gradients underflow into denormal numbers
 CPU is ~100x slower (a tanh RNN at lag 200 spent 10-20 ms per GEMM on them), so the gradients that
 feed GEMMs are flushed to zero below the smallest normal number; offsets are unsigned so that the
 elementwise loops vectorise (a signed flat index adds a wraparound check); ``error_model="numpy"``
-keeps divisions vectorisable; with ``fast`` set (float32) tanh and sigmoid use a rational
+keeps divisions vectorisable; in float32 tanh and sigmoid use a rational
 approximation (max error ~3e-7) instead of libm; constants come typed from the caller's dtype so
 float32 code never promotes to float64. No fastmath: NaN and Inf must survive, so that divergence is detected.
 """
@@ -22,7 +22,8 @@ float32 code never promotes to float64. No fastmath: NaN and Inf must survive, s
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from .blas import gemm_at, run_jobs
 from .microkernel import gemm_panels
@@ -49,15 +50,27 @@ RATIONAL_TANH = (
 )
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _tanh_rational(v, R):
-    # clamp with selects: min()/max() keep the loop scalar (NaN semantics), these vectorise
-    x = R[0] if v > R[0] else v
-    x = -R[0] if x < -R[0] else x
-    x2 = x * x
-    p = x * (R[1] + x2 * (R[2] + x2 * (R[3] + x2 * (R[4] + x2 * (R[5] + x2 * (R[6] + x2 * R[7]))))))
-    q = R[8] + x2 * (R[9] + x2 * (R[10] + x2 * R[11]))
-    return p / q
+def _tanh(v, R):  # pragma: no cover - replaced by the overload below inside njit code
+    return np.tanh(v)
+
+
+@overload(_tanh)
+def _tanh_overload(v, R):
+    """tanh for the kernels, chosen by the dtype when Numba types the call (so each dtype's kernel
+    holds one loop per activation): float32 a rational approximation, float64 libm's."""
+    if v == types.float32:
+
+        def rational(v, R):
+            # clamp with selects: min()/max() keep the loop scalar (NaN semantics), these vectorise
+            x = R[0] if v > R[0] else v
+            x = -R[0] if x < -R[0] else x
+            x2 = x * x
+            p = x * (R[1] + x2 * (R[2] + x2 * (R[3] + x2 * (R[4] + x2 * (R[5] + x2 * (R[6] + x2 * R[7]))))))
+            q = R[8] + x2 * (R[9] + x2 * (R[10] + x2 * R[11]))
+            return p / q
+
+        return rational
+    return lambda v, R: np.tanh(v)
 
 
 # columns of the ops table: per operand (d, a, b, c) its gradient slot offset in G (g), and its value
@@ -91,7 +104,7 @@ def _step_gemm(M, N, K, a, wp, woff, panels, c, ldc, ab, isz):
 
 @njit(cache=True, error_model="numpy")
 def forward_rows(
-    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, r0, r1
+    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, r0, r1
 ):  # fmt: skip
     """The whole time loop for batch rows r0..r1 (rows of an RNN never interact)."""
     Hu = np.uint64(H)
@@ -216,19 +229,11 @@ def forward_rows(
                     g = A[c + e]
                     A[d + e] = g * A[a + e] + (one - g) * A[b + e]
             elif code == OP_SIGMOID:
-                if fast:
-                    for e in range(e0, e1):
-                        A[d + e] = half * _tanh_rational(half * A[a + e], R) + half
-                else:
-                    for e in range(e0, e1):
-                        A[d + e] = half * np.tanh(half * A[a + e]) + half
+                for e in range(e0, e1):
+                    A[d + e] = half * _tanh(half * A[a + e], R) + half
             elif code == OP_TANH:
-                if fast:
-                    for e in range(e0, e1):
-                        A[d + e] = _tanh_rational(A[a + e], R)
-                else:
-                    for e in range(e0, e1):
-                        A[d + e] = np.tanh(A[a + e])
+                for e in range(e0, e1):
+                    A[d + e] = _tanh(A[a + e], R)
             elif code == OP_RELU:
                 for e in range(e0, e1):
                     v = A[a + e]
@@ -427,7 +432,7 @@ def jobs_kernel(jobs, c, R):
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def forward_kernel_split(
-    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, fast, jobs, rows
+    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, jobs, rows
 ):  # fmt: skip
     """The forward pass with the batch split into chunks run on parallel threads (BLAS must be at 1
     thread then); each thread runs its chunk's GEMMs in ``jobs``, then the whole time loop for its
@@ -438,7 +443,7 @@ def forward_kernel_split(
     for c in prange(rows.shape[0] - 1):
         run_jobs(jobs, c, R.ctypes.data + np.uint64(16 * R.itemsize), R.itemsize)
         forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A[c], P[c], bx, X[c], S0[c], consts, biases, peeps,
-                      W, K[c], TMP[c], R, fast, 0, rows[c + 1] - rows[c])  # fmt: skip
+                      W, K[c], TMP[c], R, 0, rows[c + 1] - rows[c])  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy", parallel=True)

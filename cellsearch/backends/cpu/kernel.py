@@ -24,7 +24,7 @@ from ...ir.params import param_specs
 from ...lowering import Code, Plan, lower
 from ..reference import Forward, Gradients, check_params, infer_hidden, initial_states
 from ..tables import Tables, pack_weights, tables, unpack_gradients
-from . import interp
+from . import ahead, interp
 from .blas import Jobs, warm
 from .microkernel import NR, pack_panels, padded, panels_size
 
@@ -244,7 +244,7 @@ class CpuKernel:
         # pairs (1, 0) and (1, 1): every constant the kernels use
         tiny = float(np.finfo(self.dtype).tiny)
         self._R = np.array((*interp.RATIONAL_TANH, 0.0, 0.5, 1.0, tiny, 1.0, 0.0, 1.0, 1.0), dtype=self.dtype)
-        self._fast = self.dtype == np.float32
+        ahead.start(self.dtype, split=(threads or 1) > 1)  # first use on a machine: see ahead.py
         warm(self.dtype)  # BLAS's first call must come from this thread (blas.warm)
         self._ws: dict[tuple[int, int, int, int, int], _Workspace] = {}
         self._generation = 0
@@ -310,10 +310,10 @@ class CpuKernel:
             if C == 1:
                 interp.jobs_kernel(jobs.table(), 0, self._R)
                 interp.forward_rows(*head, ws.A[0], ws.P[0], bx, x, S0[0], consts, biases, peeps, W, ws.K[0], ws.TMP[0],
-                                    self._R, self._fast, 0, B)  # fmt: skip
+                                    self._R, 0, B)  # fmt: skip
             else:
                 interp.forward_kernel_split(*head, ws.A, ws.P, bx, X, S0, consts, biases, peeps, W, ws.K, ws.TMP, self._R,
-                                            self._fast, jobs.table(), ws.rows)  # fmt: skip
+                                            jobs.table(), ws.rows)  # fmt: skip
         self._generation += 1
         outputs = self._values(ws, p.output_slot, T, H)
         states = {s: self._values(ws, u, T, H, last=True)[0].copy() for s, u in zip(p.states, p.update_slots, strict=True)}
@@ -398,6 +398,7 @@ class CpuKernel:
         head = (cpu.ops, cpu.stage_info, tb.stage_src, tb.stage_dst, T, Bp, H)
         WT = self._with_panels(WT, cpu, H, forward=False)
         tail = (tb.state_g, tb.update_g, p.output_slot * Bp * H)
+        ahead.wait(dt, C > 1)
         with BLAS.single(C > 1):
             if C == 1:
                 interp.backward_rows(*head, ws.A[0], *tail, dOut, dS[0], peeps, WT, ws.DZ[0], ws.TMP[0], ws.G[0], ws.dP[0],

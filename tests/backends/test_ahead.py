@@ -1,0 +1,81 @@
+"""The executor's first use on a machine (``cpu/ahead.py``): with an empty Numba cache, the backward
+compiles in a child process while the forward compiles here, and the first backward loads it from
+the cache; its results are those of an in-process compile."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from cellsearch.backends import compile
+from cellsearch.backends.cpu import ahead, interp
+from cellsearch.ir.params import init_params
+from cellsearch.zoo import load
+
+SCRIPT = """
+import json, sys, numpy as np
+from cellsearch.backends import compile
+from cellsearch.backends.cpu import ahead, interp
+from cellsearch.ir.params import init_params
+from cellsearch.zoo import load
+cell = load("gru")
+rng = np.random.default_rng(0)
+params = init_params(cell, 3, 5, rng, dtype=np.float32)
+x = rng.normal(size=(4, 2, 3)).astype(np.float32)
+kernel = compile(cell, "cpu")
+started = ahead._children.get(("float32", False)) is not None
+f = kernel.forward(params, x)
+g = kernel.backward(params, f.tape, np.ones((4, 2, 5), np.float32))
+stats = interp.backward_rows.stats
+print(json.dumps({"started": started, "hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values()),
+                  "grads": {k: v.tolist() for k, v in g.params.items()}}))
+"""
+
+
+def _run(tmp_path, **env):
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"), **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_cold_cache_compiles_backward_in_a_child(tmp_path):
+    got = _run(tmp_path)
+    assert got["started"], "an empty cache must start the child"
+    assert (got["hits"], got["misses"]) == (1, 0), "the first backward must load what the child compiled"
+    again = _run(tmp_path)  # now cached: no child, everything loads
+    assert not again["started"] and (again["hits"], again["misses"]) == (1, 0)
+    assert again["grads"] == got["grads"]
+    cell = load("gru")  # and what the child compiled computes the gradients
+    rng = np.random.default_rng(0)
+    params = {k: v.astype(np.float64) for k, v in init_params(cell, 3, 5, rng, dtype=np.float32).items()}
+    x = rng.normal(size=(4, 2, 3)).astype(np.float32).astype(np.float64)
+    ref = compile(cell, "reference")
+    want = ref.backward(params, ref.forward(params, x).tape, np.ones((4, 2, 5))).params
+    for k, v in want.items():
+        np.testing.assert_allclose(got["grads"][k], v, rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_nothing_started_when_cached_or_switched_off(monkeypatch):
+    compile(load("lstm"), "cpu")  # in this process: compiled or loaded by now
+    kernel = compile(load("lstm"), "cpu")
+    rng = np.random.default_rng(0)
+    params = init_params(kernel.cell, 2, 3, rng, dtype=np.float32)
+    f = kernel.forward(params, rng.normal(size=(2, 1, 2)).astype(np.float32))
+    kernel.backward(params, f.tape, None)
+    assert ahead._cached(interp.backward_rows, np.dtype(np.float32))
+    monkeypatch.setattr(ahead, "_children", {})
+    ahead.start(np.dtype(np.float32), split=False)
+    assert ahead._children == {("float32", False): None}
+    monkeypatch.setattr(ahead, "_children", {})
+    monkeypatch.setenv("CELLSEARCH_COMPILE_AHEAD", "0")
+    monkeypatch.setattr(ahead, "_cached", lambda *a: False)
+    ahead.start(np.dtype(np.float64), split=True)
+    assert ahead._children == {("float64", True): None}
