@@ -86,15 +86,16 @@ def test_the_check_has_teeth():
         compare("x", np.array([1.0, 2.0]), np.array([1.0, 2.001]), 1e-10)
 
 
-@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
-def test_input_gradient_can_be_skipped(backend):
-    cell = zoo.get("mut1")  # x used elementwise and through linears
+@pytest.mark.parametrize("name", ["mut1", "lstm"])  # mut1: x used elementwise and through linears
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS, "cpu-split"])
+def test_input_gradient_can_be_skipped(backend, name):
+    cell = zoo.get(name)
     rng = np.random.default_rng(0)
     params = init_params(cell, 4, 4, rng)
-    x = rng.normal(size=(5, 2, 4))
-    kern = compile(cell, backend, np.float64)
-    full = kern.backward(params, kern.forward(params, x).tape, np.ones((5, 2, 4)))
-    part = kern.backward(params, kern.forward(params, x).tape, np.ones((5, 2, 4)), grad_x=False)
+    x = rng.normal(size=(5, 3, 4))
+    kern = compile(cell, "cpu", np.float64, threads=2) if backend == "cpu-split" else compile(cell, backend, np.float64)
+    full = kern.backward(params, kern.forward(params, x).tape, np.ones((5, 3, 4)))
+    part = kern.backward(params, kern.forward(params, x).tape, np.ones((5, 3, 4)), grad_x=False)
     assert part.x is None and full.x is not None
     for name in full.params:
         np.testing.assert_allclose(part.params[name], full.params[name], rtol=1e-12)

@@ -38,9 +38,9 @@ def _backward_function(split: bool) -> Any:
 def _cached(dispatcher: Any, dtype: np.dtype) -> bool:
     """Whether Numba's cache (or this process) already holds ``dispatcher`` for ``dtype``; True when
     that cannot be told (then nothing is started)."""
-    if any(dtype.name in str(sig) for sig in dispatcher.signatures):
-        return True
     try:
+        if any(dtype.name in str(sig) for sig in dispatcher.signatures):
+            return True
         index = dispatcher._cache._cache_file._load_index()  # {} when missing or stale
         return any(dtype.name in str(key[0]) for key in index)
     except Exception:  # Numba's internals moved: behave as without this module

@@ -240,6 +240,7 @@ class CpuKernel:
         if self.dtype not in (np.float32, np.float64):
             raise ShapeError(f"the cpu backend runs float32 or float64, not {self.dtype}")
         self.plan = lower(cell)
+        self._x_op = any(ins.code == Code.X for ins in self.plan.program)  # x used elementwise (backward writes dX)
         # rational-tanh coefficients, then 0, 1/2, 1, the smallest normal, and the GEMMs' (alpha, beta)
         # pairs (1, 0) and (1, 1): every constant the kernels use
         tiny = float(np.finfo(self.dtype).tiny)
@@ -265,8 +266,7 @@ class CpuKernel:
         size = cpu.panels[0 if forward else 1]
         if size == 0:
             return W
-        out = np.empty(W.size + size, dtype=W.dtype)
-        out[: W.size] = W
+        out = np.empty(W.size + size, dtype=W.dtype)  # the plain weights' part is not read: every stage has panels
         for g, st in enumerate(self.plan.stages):
             ns, nk = len(st.srcs), len(st.dsts)
             K, N = (ns * H, nk * H) if forward else (nk * H, ns * H)
@@ -362,7 +362,8 @@ class CpuKernel:
             dS = dS.reshape(1, nS, B * H)
         else:
             dS = _to_chunks(ws, dS, 1, np.zeros((C, nS, Bp, H), dtype=dt)).reshape(C, nS, Bp * H)
-        dX = np.zeros((C, T, Bp, I), dtype=dt)
+        # dX: x's gradient (the input GEMM's part through the jobs below, an elementwise x's by the walk)
+        dX = np.zeros((C, T, Bp, I) if grad_x or self._x_op else (C, 0, 0, 0), dtype=dt)
         dB = np.zeros((C, *biases.shape), dtype=dt)
         dPeep = np.zeros((C, *peeps.shape), dtype=dt)
         dBx = np.zeros((C, NX * H), dtype=dt)
@@ -413,6 +414,6 @@ class CpuKernel:
         if C == 1:
             dx, dS = dX[0], dS[0].reshape(nS, B, H)
         else:
-            dx, dS = _from_chunks(ws, dX, 1), _from_chunks(ws, dS.reshape(C, nS, Bp, H), 1)
+            dx, dS = _from_chunks(ws, dX, 1) if grad_x else dX, _from_chunks(ws, dS.reshape(C, nS, Bp, H), 1)
         state0 = {s: dS[i].copy() for i, s in enumerate(p.states)}
         return Gradients(grads, dx if grad_x else None, state0)
