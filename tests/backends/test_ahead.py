@@ -79,3 +79,16 @@ def test_nothing_started_when_cached_or_switched_off(monkeypatch):
     monkeypatch.setattr(ahead, "_cached", lambda *a: False)
     ahead.start(np.dtype(np.float64), split=True)
     assert ahead._children == {("float64", True): None}
+
+
+def test_kernels_are_cached_under_cellsearchs_cache_dir(tmp_path):
+    """Without NUMBA_CACHE_DIR the executor's Numba cache goes under $CELLSEARCH_CACHE_DIR/kernels
+    (else the user cache dir), not beside the package's sources; NUMBA_CACHE_DIR still wins."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["CELLSEARCH_CACHE_DIR"] = str(tmp_path / "cs")
+    code = "from cellsearch.backends.cpu import interp; print(interp.backward_rows._cache._cache_path)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().startswith(str(tmp_path / "cs" / "kernels"))
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().startswith(str(tmp_path / "numba"))

@@ -1,0 +1,69 @@
+"""Where Numba keeps cellsearch's compiled kernels: ``$CELLSEARCH_CACHE_DIR/kernels``, else
+platformdirs' ``user_cache_dir("cellsearch")/kernels`` (the same root as the data tasks' cache).
+
+Numba's default for a package is the ``__pycache__`` beside its sources, which a read-only or shared
+install cannot take and where stale entries pile up next to the code. ``install()`` adds a cache
+locator, consulted after ``NUMBA_CACHE_DIR`` (set, it still wins), that sends the functions defined
+in cellsearch's own files there; every other library's cache stays where Numba puts it. One folder
+per source folder (its name and a hash of its path, as Numba names them), so two installs never
+share an index. Numba writes its index and data files through a temporary file and a rename, so
+processes compiling at once cannot corrupt it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+CACHE_ENV = "CELLSEARCH_CACHE_DIR"
+_PACKAGE = Path(__file__).resolve().parents[1]
+_installed = False
+
+
+def kernels_dir() -> Path:
+    """The folder under which cellsearch's compiled kernels are cached."""
+    env = os.environ.get(CACHE_ENV, "")
+    if env:
+        return Path(env).expanduser() / "kernels"
+    try:
+        import platformdirs
+    except ImportError as e:  # pragma: no cover - a dependency
+        raise ConfigError("platformdirs is missing: pip install platformdirs") from e
+    return Path(platformdirs.user_cache_dir("cellsearch")) / "kernels"
+
+
+def install() -> None:
+    """Register the locator (once; before the modules with ``cache=True`` kernels are imported)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    from numba.core import caching
+
+    base: Any = caching._CacheLocator
+    mixin: Any = caching._SourceFileBackedLocatorMixin
+
+    class CellsearchCacheLocator(mixin, base):
+        def __init__(self, py_func: Any, py_file: str) -> None:
+            self._py_file = py_file
+            self._lineno = py_func.__code__.co_firstlineno
+            self._cache_path = str(kernels_dir() / self.get_suitable_cache_subpath(py_file))
+
+        def get_cache_path(self) -> str:
+            return self._cache_path
+
+        @classmethod
+        def from_function(cls, py_func: Any, py_file: str) -> Any:
+            try:
+                ours = Path(py_file).resolve().is_relative_to(_PACKAGE)
+            except (OSError, ValueError):
+                ours = False
+            return super().from_function(py_func, py_file) if ours else None
+
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")  # noqa: B009 (renamed in numba 0.62)
+    classes = impl._locator_classes
+    first = 1 if classes and "UserProvided" in classes[0].__name__ else 0  # NUMBA_CACHE_DIR keeps precedence
+    classes.insert(first, CellsearchCacheLocator)
