@@ -76,20 +76,16 @@ def warm(dtype: np.dtype) -> None:
         _WARM.add(dtype)
 
 
-def _operand(a: Array) -> tuple[bool, int, Array]:
-    """(transposed, leading dimension, flat view from the first element) of a 2-D view with one unit stride."""
+def _operand(a: Array) -> tuple[bool, int]:
+    """(transposed, leading dimension) of a 2-D view with one unit stride."""
     rows, cols = a.shape
     isz = a.itemsize
     s0, s1 = a.strides
     if s1 == isz or cols == 1:
-        trans, ld = False, max(s0 // isz, cols, 1)
-    elif s0 == isz or rows == 1:
-        trans, ld = True, max(s1 // isz, rows, 1)
-    else:
-        raise ValueError(f"gemm needs one unit stride; got strides {a.strides}")
-    span = (rows - 1) * (s0 // isz) + (cols - 1) * (s1 // isz) + 1 if a.size else 0
-    flat = np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(isz,), writeable=a.flags.writeable)
-    return trans, ld, flat
+        return False, max(s0 // isz, cols, 1)
+    if s0 == isz or rows == 1:
+        return True, max(s1 // isz, rows, 1)
+    raise ValueError(f"gemm needs one unit stride; got strides {a.strides}")
 
 
 # columns of a GEMM job table (``Jobs``): the chunk (thread) that runs it, transposes, sizes, addresses
@@ -133,11 +129,11 @@ class Jobs:
             if not accumulate:
                 out[...] = 0
             return
-        ta, lda, fa = _operand(a)
-        tb, ldb, fb = _operand(b)
-        _, ldc, fc = _operand(out)
-        self._keep += [fa, fb, fc]
-        addr = [int(f.__array_interface__["data"][0]) for f in (fa, fb, fc)]
+        ta, lda = _operand(a)
+        tb, ldb = _operand(b)
+        _, ldc = _operand(out)
+        self._keep += [a, b, out]  # each view keeps its memory alive; its address is its first element's
+        addr = [int(v.__array_interface__["data"][0]) for v in (a, b, out)]
         self.rows.append((chunk, int(ta), int(tb), M, N, K, addr[0], lda, addr[1], ldb, addr[2], ldc, int(accumulate)))
 
     def table(self) -> Array:

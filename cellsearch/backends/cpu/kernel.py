@@ -20,7 +20,7 @@ import numpy as np
 
 from ...errors import ShapeError
 from ...ir.cell import Cell
-from ...ir.params import param_specs
+from ...ir.params import ParamSpec, param_specs
 from ...lowering import Code, Plan, lower
 from ..reference import Forward, Gradients, check_params, infer_hidden, initial_states
 from ..tables import Tables, pack_weights, tables, unpack_gradients
@@ -249,6 +249,7 @@ class CpuKernel:
         warm(self.dtype)  # BLAS's first call must come from this thread (blas.warm)
         self._ws: dict[tuple[int, int, int, int, int], _Workspace] = {}
         self._generation = 0
+        self._specs: dict[tuple[int, int], list[ParamSpec]] = {}
 
     def _chunks(self, B: int) -> int:
         return max(1, min(self.threads or 1, B))
@@ -287,7 +288,9 @@ class CpuKernel:
             raise ShapeError(f"x must be [T, B, I]; got shape {x.shape}")
         T, B, I = x.shape
         H = infer_hidden(params, I)
-        check_params(param_specs(self.cell, I, H), params)
+        if (I, H) not in self._specs:
+            self._specs = {(I, H): param_specs(self.cell, I, H)}
+        check_params(self._specs[(I, H)], params)
         Wx, bx, biases, peeps, W = self._weights(params, I, H, transposed=False)
         ws = self._get_workspace(T, B, I, H)
         C, Bp, tb = ws.chunks, ws.Bp, ws.tables
