@@ -130,6 +130,17 @@ def test_bench_kernels_json_contract(torch):
     assert row["median_ms"] > 0 and row["torch_median_ms"] > 0 and row["peak_gflops"] > 0
 
 
+def test_bench_compile_rows():
+    """`bench compile`: a cold first use, a later process loading the cache, and a new cell that
+    costs no compilation (the executor is compiled once per machine, not per cell)."""
+    result = CliRunner().invoke(cli, ["bench", "compile", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["what"]: r for r in json.loads(result.output[result.output.index("[") :])}
+    assert set(rows) == {"cold", "cache_hit", "new_cell"}
+    assert all(r["seconds"] > 0 for r in rows.values())
+    assert rows["cache_hit"]["seconds"] < rows["cold"]["seconds"] and rows["new_cell"]["seconds"] < 0.5
+
+
 def test_bench_rejects_bad_configs(capsys):
     with pytest.raises(SystemExit) as info:
         main(["bench", "kernels", "--configs", "1,2,3"])

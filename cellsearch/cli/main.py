@@ -293,6 +293,35 @@ def bench_kernels_cmd(cells: str, configs: str, backend: str, rounds: int, fmt: 
     )
 
 
+@bench.command("compile")
+@click.option("--cell", default="lstm", show_default=True, help="A zoo cell.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="The kernel's threads.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random new cell.")
+@FORMAT
+def bench_compile_cmd(cell: str, threads: int, seed: int, fmt: str) -> None:
+    """What compilation costs on the cpu backend, each in a fresh process: the first use on a machine
+    (empty Numba cache), a later process (from the cache), and a cell never seen before.
+
+    \b
+    Example:
+      cellsearch bench compile
+      cellsearch bench compile --threads 2 --format json
+    """
+    from ..bench.compile import bench_compile
+
+    zoo.get(cell)
+    with _stderr_console().status("compiling in fresh processes (cold, then from the cache)"):
+        rows = bench_compile(cell, threads, seed)
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    labels = {"cold": "first use (empty cache)", "cache_hit": "later process (cache)", "new_cell": "a new cell"}
+    for r in rows:
+        imp = f"  (+ {r['import_seconds']:.2f} s imports)" if r["import_seconds"] else ""
+        click.echo(f"{labels[r['what']]:<26} {r['cell']:<7} {r['seconds']:7.3f} s{imp}")
+    click.echo(f"\ncompile(cell, 'cpu', threads={threads}) plus its first forward and backward (B,T,I,H = 4,5,8,16)")
+
+
 def _stderr_console() -> Any:
     from rich.console import Console
 

@@ -84,8 +84,17 @@ def _compile_backward(dtype: np.dtype, threads: int) -> None:
     compiles it and writes it to the cache."""
     from ...ir.params import param_specs
     from ...zoo import load
+    from . import kernel as kernel_module
     from .kernel import CpuKernel, CpuTape
 
+    # only the backward's compile matters here (the parent waits for it): the values are made up, so
+    # skip packing panels and, in one thread, the GEMMs after the walk (their kernel compiles in the
+    # parent during its forward) and the BLAS warm-up they need
+    skip: Any = lambda *args: None
+    kernel_module.pack_panels = skip
+    if threads == 1:
+        kernel_module.warm = skip
+        interp.jobs_kernel = skip
     kernel = CpuKernel(load("lstm"), dtype, threads=threads)
     T, B, I, H = 1, threads, 1, 1
     params = {s.name: np.zeros(s.shape, dtype=dtype) for s in param_specs(kernel.cell, I, H)}

@@ -1,0 +1,89 @@
+"""What compilation costs on the cpu backend (`cellsearch bench compile`), each in a fresh process:
+
+- ``cold``: the first use on a machine, with an empty Numba cache (a new temporary folder):
+  ``compile(cell)`` and its first forward and backward, after the imports;
+- ``cache_hit``: the same in a new process once that cache holds the executor;
+- ``new_cell``: in that process, a cell it has never seen (a random one) compiled and run once:
+  what each new candidate of a search costs. The executor is compiled once per machine and dtype,
+  not per cell, so this is the Plan's tables only.
+
+Rows: ``{"what", "cell", "threads", "seconds", "import_seconds"}`` (``import_seconds``: importing
+NumPy, Numba and cellsearch in that process, not counted in ``seconds``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from ..errors import ConfigError
+
+
+def _first_step(cell: Any, threads: int) -> float:
+    """Seconds for compile(cell) and one forward and backward on a small problem."""
+    import numpy as np
+
+    from ..backends import compile
+    from ..ir.params import init_params
+
+    rng = np.random.default_rng(0)
+    I_, H, T, B = 8, 16, 5, max(4, threads)
+    I_ = H if cell.x_elementwise else I_
+    params = init_params(cell, I_, H, rng, dtype=np.float32)
+    x = rng.normal(size=(T, B, I_)).astype(np.float32)
+    t0 = time.perf_counter()
+    kernel = compile(cell, "cpu", np.float32, threads=threads)
+    f = kernel.forward(params, x)
+    kernel.backward(params, f.tape, np.ones((T, B, H), np.float32))
+    return time.perf_counter() - t0
+
+
+def _child(cell_name: str, threads: int, new_cell: int) -> dict[str, Any]:
+    """In the child process: the timings of ``_first_step`` for the zoo cell, then (``new_cell`` >= 0)
+    for a random cell drawn with that seed."""
+    t0 = time.perf_counter()
+    import numba  # noqa: F401
+    import numpy as np
+
+    from ..backends import cpu  # noqa: F401
+    from ..ir.random import random_cell
+    from ..zoo import get
+
+    out: dict[str, Any] = {"import_seconds": time.perf_counter() - t0}
+    out["seconds"] = _first_step(get(cell_name), threads)
+    if new_cell >= 0:
+        out["new_cell_seconds"] = _first_step(random_cell(np.random.default_rng(new_cell)), threads)
+    return out
+
+
+def _run_child(cell_name: str, threads: int, cache: str, new_cell: int) -> dict[str, Any]:
+    env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+    cmd = [sys.executable, "-m", "cellsearch.bench.compile", cell_name, str(threads), str(new_cell)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise ConfigError(f"the compile benchmark's child process failed: {done.stderr.strip().splitlines()[-1:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def bench_compile(cell_name: str = "lstm", threads: int = 1, seed: int = 0) -> list[dict[str, Any]]:
+    """The three rows above for ``cell_name`` (a zoo cell) with ``threads`` threads; the new cell is
+    ``random_cell`` drawn from ``seed``."""
+    with tempfile.TemporaryDirectory(prefix="cellsearch-numba-") as cache:
+        cold = _run_child(cell_name, threads, cache, new_cell=-1)
+        hit = _run_child(cell_name, threads, cache, new_cell=seed)
+    base = {"cell": cell_name, "threads": threads}
+    return [
+        {"what": "cold", **base, "seconds": cold["seconds"], "import_seconds": cold["import_seconds"]},
+        {"what": "cache_hit", **base, "seconds": hit["seconds"], "import_seconds": hit["import_seconds"]},
+        {"what": "new_cell", **base, "cell": "random", "seconds": hit["new_cell_seconds"], "import_seconds": 0.0},
+    ]
+
+
+if __name__ == "__main__":  # pragma: no cover - the child process of bench_compile
+    print(json.dumps(_child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))))
