@@ -246,7 +246,6 @@ class CpuKernel:
         tiny = float(np.finfo(self.dtype).tiny)
         self._R = np.array((*interp.RATIONAL_TANH, 0.0, 0.5, 1.0, tiny, 1.0, 0.0, 1.0, 1.0), dtype=self.dtype)
         ahead.start(self.dtype, split=(threads or 1) > 1)  # first use on a machine: see ahead.py
-        warm(self.dtype)  # BLAS's first call must come from this thread (blas.warm)
         self._ws: dict[tuple[int, int, int, int, int], _Workspace] = {}
         self._generation = 0
         self._specs: dict[tuple[int, int], list[ParamSpec]] = {}
@@ -309,6 +308,8 @@ class CpuKernel:
         if p.xblocks:
             for c in range(C):
                 jobs.add(c, X[c].reshape(T * Bp, I), Wx, ws.P[c].reshape(T * Bp, -1))
+        if C > 1:
+            warm(dt)  # BLAS's first call must come from this thread, not from a chunk's (blas.warm)
         with BLAS.single(C > 1):
             if C == 1:
                 interp.jobs_kernel(jobs.table(), 0, self._R)
