@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,9 @@ def start(dtype: np.dtype, split: bool) -> None:
     cmd = [sys.executable, "-m", "cellsearch.backends.cpu.ahead", key[0], "2" if split else "1"]
     try:
         env = {**os.environ, "CELLSEARCH_COMPILE_AHEAD": "0"}  # the child starts no child of its own
+        # the child imports this cellsearch, wherever it came from (a path added at run time included)
+        root = str(Path(__file__).resolve().parents[3])
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH", "")])])
         _children[key] = subprocess.Popen(
             cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
