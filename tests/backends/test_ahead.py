@@ -30,6 +30,7 @@ f = kernel.forward(params, x)
 g = kernel.backward(params, f.tape, np.ones((4, 2, 5), np.float32))
 stats = interp.backward_rows.stats
 print(json.dumps({"started": started, "hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values()),
+                  "signatures": [len(interp.forward_rows.signatures), len(interp.backward_rows.signatures)],
                   "grads": {k: v.tolist() for k, v in g.params.items()}}))
 """
 
@@ -50,6 +51,7 @@ def test_cold_cache_compiles_backward_in_a_child(tmp_path):
     got = _run(tmp_path)
     assert got["started"], "an empty cache must start the child"
     assert (got["hits"], got["misses"]) == (1, 0), "the first backward must load what the child compiled"
+    assert got["signatures"] == [1, 1], "one signature each: the child's made-up call has the real call's types"
     again = _run(tmp_path)  # now cached: no child, everything loads
     assert not again["started"] and (again["hits"], again["misses"]) == (1, 0)
     assert again["grads"] == got["grads"]
