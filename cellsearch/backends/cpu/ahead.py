@@ -86,8 +86,11 @@ def wait(dtype: np.dtype, split: bool) -> None:
 def _compile_backward(dtype: np.dtype, threads: int) -> None:
     """Run a kernel's backward once on zeros, without its forward (the tape is made up): Numba
     compiles it and writes it to the cache."""
+    from importlib import resources
+
+    from ... import zoo
+    from ...dsl import parse
     from ...ir.params import param_specs
-    from ...zoo import load
     from . import kernel as kernel_module
     from .kernel import CpuKernel, CpuTape
 
@@ -99,7 +102,8 @@ def _compile_backward(dtype: np.dtype, threads: int) -> None:
     if threads == 1:
         kernel_module.warm = skip
         interp.jobs_kernel = skip
-    kernel = CpuKernel(load("lstm"), dtype, threads=threads)
+    lstm = parse((resources.files(zoo) / "lstm.cell").read_text(encoding="utf-8"), name="lstm")  # not the whole zoo
+    kernel = CpuKernel(lstm, dtype, threads=threads)
     T, B, I, H = 1, threads, 1, 1
     params = {s.name: np.zeros(s.shape, dtype=dtype) for s in param_specs(kernel.cell, I, H)}
     ws = kernel._get_workspace(T, B, I, H)
