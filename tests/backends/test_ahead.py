@@ -31,6 +31,7 @@ g = kernel.backward(params, f.tape, np.ones((4, 2, 5), np.float32))
 stats = interp.backward_rows.stats
 print(json.dumps({"started": started, "hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values()),
                   "signatures": [len(interp.forward_rows.signatures), len(interp.backward_rows.signatures)],
+                  "forward_misses": sum(interp.forward_rows.stats.cache_misses.values()),
                   "grads": {k: v.tolist() for k, v in g.params.items()}}))
 """
 
@@ -94,3 +95,22 @@ def test_kernels_are_cached_under_cellsearchs_cache_dir(tmp_path):
     env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip().startswith(str(tmp_path / "numba"))
+
+
+def test_processes_compiling_at_once_share_one_cache(tmp_path):
+    """Two processes on an empty cache at once (each with its compile child: four compiles of the
+    executor into one folder) both succeed; a third then loads everything from the cache, with
+    nothing compiled again, and gets the same gradients: the cache's files are written atomically."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    last = _run(tmp_path)
+    assert not last["started"] and (last["hits"], last["misses"], last["forward_misses"]) == (1, 0, 0)
+    assert outs[0]["grads"] == outs[1]["grads"] == last["grads"]
