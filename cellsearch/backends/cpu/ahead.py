@@ -96,11 +96,10 @@ def _compile_backward(dtype: np.dtype, threads: int) -> None:
 
     # only the backward's compile matters here (the parent waits for it): the values are made up, so
     # skip packing panels and, in one thread, the GEMMs after the walk (their kernel compiles in the
-    # parent during its forward) and the BLAS warm-up they need
+    # parent during its forward)
     skip: Any = lambda *args: None
     kernel_module.pack_panels = skip
     if threads == 1:
-        kernel_module.warm = skip
         interp.jobs_kernel = skip
     lstm = parse((resources.files(zoo) / "lstm.cell").read_text(encoding="utf-8"), name="lstm")  # not the whole zoo
     kernel = CpuKernel(lstm, dtype, threads=threads)

@@ -404,6 +404,8 @@ class CpuKernel:
         WT = self._with_panels(WT, cpu, H, forward=False)
         tail = (tb.state_g, tb.update_g, p.output_slot * Bp * H)
         ahead.wait(dt, C > 1)
+        if C > 1:
+            warm(dt)  # as in forward (a backward without a forward before it: ahead.py's child)
         with BLAS.single(C > 1):
             if C == 1:
                 interp.backward_rows(*head, ws.A[0], *tail, dOut, dS[0], peeps, WT, ws.DZ[0], ws.TMP[0], ws.G[0], ws.dP[0],
