@@ -8,7 +8,8 @@
   not per cell, so this is the Plan's tables only.
 
 Rows: ``{"what", "cell", "threads", "seconds", "import_seconds"}`` (``import_seconds``: importing
-NumPy, Numba and cellsearch in that process, not counted in ``seconds``).
+Numba and the cpu backend in that process, after Python and the ``cellsearch`` package itself; not
+counted in ``seconds``).
 """
 
 from __future__ import annotations
