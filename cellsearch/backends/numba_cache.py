@@ -43,8 +43,13 @@ def install() -> None:
     _installed = True
     from numba.core import caching
 
-    base: Any = caching._CacheLocator
-    mixin: Any = caching._SourceFileBackedLocatorMixin
+    try:
+        base: Any = caching._CacheLocator
+        mixin: Any = caching._SourceFileBackedLocatorMixin
+        impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")  # noqa: B009 (renamed in numba 0.62)
+        classes = impl._locator_classes
+    except AttributeError:  # another Numba's internals: keep its default places
+        return
 
     class CellsearchCacheLocator(mixin, base):
         def __init__(self, py_func: Any, py_file: str) -> None:
@@ -63,7 +68,5 @@ def install() -> None:
                 ours = False
             return super().from_function(py_func, py_file) if ours else None
 
-    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")  # noqa: B009 (renamed in numba 0.62)
-    classes = impl._locator_classes
     first = 1 if classes and "UserProvided" in classes[0].__name__ else 0  # NUMBA_CACHE_DIR keeps precedence
     classes.insert(first, CellsearchCacheLocator)
