@@ -49,6 +49,17 @@ RATIONAL_TANH = (
     1.19825839466702e-06,
 )
 
+# where the other constants sit in R, after the rational-tanh coefficients: 0, 1/2, 1, the dtype's
+# smallest normal number, then the GEMMs' (alpha, beta) pairs (1, 0) and (1, 1)
+R_ZERO, R_HALF, R_ONE, R_TINY, R_AB = 12, 13, 14, 15, 16
+
+
+def constants(dtype: np.dtype) -> np.ndarray:
+    """R: every constant the kernels use, typed as the kernels' values (float32 code never meets a
+    float64 literal)."""
+    tiny = float(np.finfo(dtype).tiny)
+    return np.array((*RATIONAL_TANH, 0.0, 0.5, 1.0, tiny, 1.0, 0.0, 1.0, 1.0), dtype=dtype)
+
 
 def _tanh(v, R):  # pragma: no cover - replaced by the overload below inside njit code
     return np.tanh(v)
@@ -114,15 +125,15 @@ def forward_rows(
     nr = r1 - r0
     e0 = R0 * Hu
     e1 = R1 * Hu
-    zero = R[12]
-    half = R[13]
-    one = R[14]
+    zero = R[R_ZERO]
+    half = R[R_HALF]
+    one = R[R_ONE]
     # raw addresses for the per-step GEMMs (gemm_at: no views inside the loop)
     isz = np.uint64(A.itemsize)
     kp = K.ctypes.data
     wp = W.ctypes.data
     tp = TMP.ctypes.data
-    ab = R.ctypes.data + np.uint64(16) * isz  # R[16], R[17] = 1, 0: alpha, beta
+    ab = R.ctypes.data + np.uint64(R_AB) * isz  # (alpha, beta) = (1, 0), then (1, 1)
     mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, mw]: each range owns its rows
     for t in range(T):
         tu = np.uint64(t)
@@ -265,14 +276,14 @@ def backward_rows(
     e0 = R0 * Hu
     e1 = R1 * Hu
     nS = dS.shape[0]
-    zero = R[12]
-    tiny = R[15]  # the dtype's smallest normal number
-    one = R[14]
+    zero = R[R_ZERO]
+    tiny = R[R_TINY]
+    one = R[R_ONE]
     isz = np.uint64(A.itemsize)
     zp = DZ.ctypes.data
     wp = WT.ctypes.data
     tp = TMP.ctypes.data
-    ab = R.ctypes.data + np.uint64(16) * isz  # R[16], R[17] = 1, 0: alpha, beta
+    ab = R.ctypes.data + np.uint64(R_AB) * isz  # (alpha, beta) = (1, 0), then (1, 1)
     mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, mw]: each range owns its rows
     carry = dS.copy()
     for slot in range(G.shape[0] // (B * H)):
@@ -427,7 +438,7 @@ def jobs_kernel(jobs, c, R):
     """Run chunk c's GEMMs in ``jobs`` on this thread (``blas.Jobs``): the one-chunk path calls this and
     ``forward_rows`` / ``backward_rows`` itself rather than through a wrapper, since a wrapper compiles
     its callee's code again (about a second each, once per machine)."""
-    run_jobs(jobs, c, R.ctypes.data + np.uint64(16 * R.itemsize), R.itemsize)
+    run_jobs(jobs, c, R.ctypes.data + np.uint64(R_AB * R.itemsize), R.itemsize)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -441,7 +452,7 @@ def forward_kernel_split(
     2.5x slower: cache lines and prefetches bounce between the cores), of which chunk c uses the
     first ``rows[c+1] - rows[c]``."""
     for c in prange(rows.shape[0] - 1):
-        run_jobs(jobs, c, R.ctypes.data + np.uint64(16 * R.itemsize), R.itemsize)
+        run_jobs(jobs, c, R.ctypes.data + np.uint64(R_AB * R.itemsize), R.itemsize)
         forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A[c], P[c], bx, X[c], S0[c], consts, biases, peeps,
                       W, K[c], TMP[c], R, 0, rows[c + 1] - rows[c])  # fmt: skip
 
@@ -458,7 +469,7 @@ def backward_kernel_split(
         n = rows[c + 1] - rows[c]
         backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A[c], state_g, update_g, output_g, dOut, dS[c], peeps,
                        WT, DZ[c], TMP[c], G[c], dP[c], dX[c], dB[c], dPeep[c], dBx[c], R, 0, n, rows[c])  # fmt: skip
-        run_jobs(jobs, c, R.ctypes.data + np.uint64(16 * R.itemsize), R.itemsize)
+        run_jobs(jobs, c, R.ctypes.data + np.uint64(R_AB * R.itemsize), R.itemsize)
 
 
 # The GEMMs around the time loop also go through Numba's np.dot, so that one BLAS library (and one

@@ -241,10 +241,7 @@ class CpuKernel:
             raise ShapeError(f"the cpu backend runs float32 or float64, not {self.dtype}")
         self.plan = lower(cell)
         self._x_op = any(ins.code == Code.X for ins in self.plan.program)  # x used elementwise (backward writes dX)
-        # rational-tanh coefficients, then 0, 1/2, 1, the smallest normal, and the GEMMs' (alpha, beta)
-        # pairs (1, 0) and (1, 1): every constant the kernels use
-        tiny = float(np.finfo(self.dtype).tiny)
-        self._R = np.array((*interp.RATIONAL_TANH, 0.0, 0.5, 1.0, tiny, 1.0, 0.0, 1.0, 1.0), dtype=self.dtype)
+        self._R = interp.constants(self.dtype)
         ahead.start(self.dtype, split=(threads or 1) > 1)  # first use on a machine: see ahead.py
         self._ws: dict[tuple[int, int, int, int, int], _Workspace] = {}
         self._generation = 0
