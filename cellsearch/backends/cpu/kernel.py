@@ -212,6 +212,16 @@ class _Blas:
 BLAS = _Blas()
 
 
+@contextmanager
+def _chunk_threads(C: int, dtype: np.dtype) -> Iterator[None]:
+    """Around a kernel call: with C > 1 chunks on Numba's threads, BLAS's first call made on this
+    thread (``blas.warm``; a backward may come first, as in ahead.py's child) and BLAS at one thread."""
+    if C > 1:
+        warm(dtype)
+    with BLAS.single(C > 1):
+        yield
+
+
 def _runs(blocks: list[int]) -> Iterator[tuple[int, int, int]]:
     """(position, first block, length) of each run of consecutive blocks in ``blocks``."""
     k = 0
@@ -305,9 +315,7 @@ class CpuKernel:
         if p.xblocks:
             for c in range(C):
                 jobs.add(c, X[c].reshape(T * Bp, I), Wx, ws.P[c].reshape(T * Bp, -1))
-        if C > 1:
-            warm(dt)  # BLAS's first call must come from this thread, not from a chunk's (blas.warm)
-        with BLAS.single(C > 1):
+        with _chunk_threads(C, dt):
             if C == 1:
                 interp.jobs_kernel(jobs.table(), 0, self._R)
                 interp.forward_rows(*head, ws.A[0], ws.P[0], bx, x, S0[0], consts, biases, peeps, W, ws.K[0], ws.TMP[0],
@@ -401,9 +409,7 @@ class CpuKernel:
         WT = self._with_panels(WT, cpu, H, forward=False)
         tail = (tb.state_g, tb.update_g, p.output_slot * Bp * H)
         ahead.wait(dt, C > 1)
-        if C > 1:
-            warm(dt)  # as in forward (a backward without a forward before it: ahead.py's child)
-        with BLAS.single(C > 1):
+        with _chunk_threads(C, dt):
             if C == 1:
                 interp.backward_rows(*head, ws.A[0], *tail, dOut, dS[0], peeps, WT, ws.DZ[0], ws.TMP[0], ws.G[0], ws.dP[0],
                                      dX[0], dB[0], dPeep[0], dBx[0], self._R, 0, B, 0)  # fmt: skip
