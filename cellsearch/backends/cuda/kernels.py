@@ -153,6 +153,90 @@ def gemm_kernel(dtype: np.dtype, TX: int = 16, TY: int = 16, RM: int = 4, RN: in
     return gemm
 
 
+@lru_cache(maxsize=4)
+def element_ops(dtype: np.dtype) -> SimpleNamespace:
+    """One element of one op of the step program, forward and backward, as inlined device functions
+    that both schedules' time loops call: element ``e = bb * H + j`` (batch row ``bb``, unit ``j``) of
+    the slots at arena offsets d (result), a, b, c (operands); in the backward G holds a slot per
+    node of the step's gradients (gd, ga, gb, gc)."""
+    typ = np.dtype(dtype).type
+    zero = typ(0)
+    half = typ(0.5)
+    one = typ(1)
+
+    @cuda.jit(device=True, inline="always")
+    def forward_op(code, aux, flag, t, A, d, a, b, c, e, bb, j, B, H, X, P, S0, consts, biases, peeps):
+        if code == OP_STATE:
+            if flag == 1:  # a copied state; the others are read in place
+                A[d + e] = S0[aux, e] if t == 0 else A[a + e]
+        elif code == OP_X:
+            A[d + e] = X[t, bb, j]
+        elif code == OP_CONST:
+            A[d + e] = consts[aux]
+        elif code == OP_LOADP:
+            A[d + e] = P[t * B + bb, aux * H + j]
+        elif code == OP_BIAS:
+            A[d + e] = biases[aux, j]
+        elif code == OP_ADD:
+            A[d + e] = A[a + e] + A[b + e]
+        elif code == OP_SUB:
+            A[d + e] = A[a + e] - A[b + e]
+        elif code == OP_MUL:
+            A[d + e] = A[a + e] * A[b + e]
+        elif code == OP_BLEND:
+            g = A[c + e]
+            A[d + e] = g * A[a + e] + (one - g) * A[b + e]
+        elif code == OP_SIGMOID:
+            A[d + e] = half * math.tanh(half * A[a + e]) + half
+        elif code == OP_TANH:
+            A[d + e] = math.tanh(A[a + e])
+        elif code == OP_RELU:
+            v = A[a + e]
+            A[d + e] = zero if v <= zero else v  # NaN passes
+        elif code == OP_PEEP:
+            A[d + e] = peeps[aux, j] * A[a + e]
+
+    @cuda.jit(device=True, inline="always")
+    def backward_op(code, aux, t, A, G, gd, ga, gb, gc, d, a, b, c, e, bb, j, B, H, dS, dX, dP, dBr, dPeepr, peeps):
+        g = G[gd + e]
+        if code == OP_STATE:
+            dS[aux, e] = g
+        elif code == OP_X:
+            dX[t, bb, j] += g
+        elif code == OP_LOADP:
+            dP[t * B + bb, aux * H + j] = g
+        elif code == OP_BIAS:
+            dBr[bb, aux * H + j] += g
+        elif code == OP_ADD:
+            G[ga + e] += g
+            G[gb + e] += g
+        elif code == OP_SUB:
+            G[ga + e] += g
+            G[gb + e] -= g
+        elif code == OP_MUL:
+            G[ga + e] += g * A[b + e]
+            G[gb + e] += g * A[a + e]
+        elif code == OP_BLEND:
+            w = A[c + e]
+            G[ga + e] += g * w
+            G[gb + e] += g * (one - w)
+            G[gc + e] += g * (A[a + e] - A[b + e])
+        elif code == OP_SIGMOID:
+            y = A[d + e]
+            G[ga + e] += g * y * (one - y)
+        elif code == OP_TANH:
+            y = A[d + e]
+            G[ga + e] += g * (one - y * y)
+        elif code == OP_RELU:
+            if A[a + e] > zero:
+                G[ga + e] += g
+        elif code == OP_PEEP:
+            G[ga + e] += g * peeps[aux, j]
+            dPeepr[bb, aux * H + j] += g * A[a + e]
+
+    return SimpleNamespace(forward_op=forward_op, backward_op=backward_op)
+
+
 @lru_cache(maxsize=16)
 def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
     """The time-loop kernels and helpers for one dtype (float32 or float64) and ``rows`` batch rows
@@ -160,9 +244,10 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
     dt = from_dtype(np.dtype(dtype))
     typ = np.dtype(dtype).type
     zero = typ(0)
-    half = typ(0.5)
-    one = typ(1)
     R = rows
+    elem = element_ops(np.dtype(dtype))
+    forward_op = elem.forward_op
+    backward_op = elem.backward_op
 
     @cuda.jit(device=True, inline="always")
     def column_dot(acc, M, moff, Wm, col, ncol, width, r0, last):
@@ -242,36 +327,8 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
                     continue
                 for j in range(tid, H, nth):
                     for bb in range(r0, r1):
-                        e = bb * H + j
-                        if code == OP_STATE:
-                            if ops[r, C_BG] == 1:  # a copied state; the others are read in place
-                                A[d + e] = S0[aux, e] if t == 0 else A[a + e]
-                        elif code == OP_X:
-                            A[d + e] = X[t, bb, j]
-                        elif code == OP_CONST:
-                            A[d + e] = consts[aux]
-                        elif code == OP_LOADP:
-                            A[d + e] = P[t * B + bb, aux * H + j]
-                        elif code == OP_BIAS:
-                            A[d + e] = biases[aux, j]
-                        elif code == OP_ADD:
-                            A[d + e] = A[a + e] + A[b + e]
-                        elif code == OP_SUB:
-                            A[d + e] = A[a + e] - A[b + e]
-                        elif code == OP_MUL:
-                            A[d + e] = A[a + e] * A[b + e]
-                        elif code == OP_BLEND:
-                            g = A[c + e]
-                            A[d + e] = g * A[a + e] + (one - g) * A[b + e]
-                        elif code == OP_SIGMOID:
-                            A[d + e] = half * math.tanh(half * A[a + e]) + half
-                        elif code == OP_TANH:
-                            A[d + e] = math.tanh(A[a + e])
-                        elif code == OP_RELU:
-                            v = A[a + e]
-                            A[d + e] = zero if v <= zero else v  # NaN passes
-                        elif code == OP_PEEP:
-                            A[d + e] = peeps[aux, j] * A[a + e]
+                        forward_op(code, aux, ops[r, C_BG], t, A, d, a, b, c, bb * H + j, bb, j, B, H, X, P, S0, consts, biases,
+                                   peeps)  # fmt: skip
             o = out_at[0] + t * out_at[1]
             for j in range(tid, H, nth):
                 for bb in range(r0, r1):
@@ -360,42 +417,8 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
                     continue
                 for j in range(tid, H, nth):
                     for bb in range(r0, r1):
-                        e = bb * H + j
-                        g = G[gd + e]
-                        if code == OP_STATE:
-                            dS[aux, e] = g
-                        elif code == OP_X:
-                            dX[t, bb, j] += g
-                        elif code == OP_LOADP:
-                            dP[t * B + bb, aux * H + j] = g
-                        elif code == OP_BIAS:
-                            dBr[bb, aux * H + j] += g
-                        elif code == OP_ADD:
-                            G[ga + e] += g
-                            G[gb + e] += g
-                        elif code == OP_SUB:
-                            G[ga + e] += g
-                            G[gb + e] -= g
-                        elif code == OP_MUL:
-                            G[ga + e] += g * A[b + e]
-                            G[gb + e] += g * A[a + e]
-                        elif code == OP_BLEND:
-                            w = A[c + e]
-                            G[ga + e] += g * w
-                            G[gb + e] += g * (one - w)
-                            G[gc + e] += g * (A[a + e] - A[b + e])
-                        elif code == OP_SIGMOID:
-                            y = A[d + e]
-                            G[ga + e] += g * y * (one - y)
-                        elif code == OP_TANH:
-                            y = A[d + e]
-                            G[ga + e] += g * (one - y * y)
-                        elif code == OP_RELU:
-                            if A[a + e] > zero:
-                                G[ga + e] += g
-                        elif code == OP_PEEP:
-                            G[ga + e] += g * peeps[aux, j]
-                            dPeepr[bb, aux * H + j] += g * A[a + e]
+                        backward_op(code, aux, t, A, G, gd, ga, gb, gc, d, a, b, c, bb * H + j, bb, j, B, H, dS, dX, dP, dBr,
+                                    dPeepr, peeps)  # fmt: skip
 
     @cuda.jit(cache=True)
     def column_sums(M, out):
