@@ -27,6 +27,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -65,27 +67,77 @@ def machine() -> dict:
     return info
 
 
-def conformance(out: Path) -> dict:
+def conformance(out: Path, timeout: float = 360) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/backends/test_cuda.py"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    try:  # a kernel that never ends (a grid barrier some block never reaches) must not eat the machine's time
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/backends/test_cuda.py"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:
+        text = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        (out / "conformance.log").write_text(text)
+        return {"returncode": None, "summary": f"timed out after {timeout} s", "seconds": round(time.perf_counter() - t0, 1)}
     (out / "conformance.log").write_text(proc.stdout + proc.stderr)
     tail = [line for line in proc.stdout.strip().splitlines() if line.strip()][-1:] or [""]
     return {"returncode": proc.returncode, "summary": tail[0], "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def resources() -> dict:
+    """Registers a thread and static shared memory a block of each time-loop kernel compiled so far."""
+    from cellsearch.backends.cuda.kernels import kernels, unit_kernels
+
+    found: dict = {}
+    for (dt, *key), ks in [*((k, v) for k, v in _cached(kernels).items()), *((k, v) for k, v in _cached(unit_kernels).items())]:
+        for kname, k in vars(ks).items():
+            if not hasattr(k, "get_regs_per_thread"):
+                continue
+            try:
+                regs = k.get_regs_per_thread()
+                smem = k.get_shared_mem_per_block()
+            except Exception as e:
+                regs, smem = None, f"{type(e).__name__}: {e}"
+            if regs:
+                found[f"{kname}[{dt},{','.join(map(str, key))}]"] = {"regs": _jsonable(regs), "shared_bytes": _jsonable(smem)}
+    log(f"resources: {json.dumps(found)}")
+    return found
+
+
+def _cached(factory) -> dict:  # the lru_cache's (args -> value) pairs, from calls made with the same args again
+    out = {}
+    for args in [(np.dtype(np.float32), r) for r in (1, 2, 4, 8)] + [(np.dtype(np.float32), c) for c in (False, True)]:
+        if factory.__name__ == "kernels" and isinstance(args[1], bool):
+            continue
+        if factory.__name__ == "unit_kernels" and not isinstance(args[1], bool):
+            continue
+        out[args] = factory(*args)
+    return out
+
+
+def _jsonable(v):
+    return {str(k): w for k, w in v.items()} if isinstance(v, dict) else v
+
+
+#: the time loop's variants the schedules sweep times (lstm, float32)
+SCHEDULE_VARIANTS = [
+    {"schedule": "rows"},
+    {"schedule": "units", "barrier": "atomic"},
+    {"schedule": "units", "barrier": "grid"},
+    {"schedule": "units", "barrier": "atomic", "weight_cache": False},
+]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "gpu" / "results"))
-    ap.add_argument("--quick", action="store_true", help="3 rounds instead of 7, and no rows-per-block sweep")
+    ap.add_argument("--quick", action="store_true", help="3 rounds instead of 7; the sweeps at the issue's lstm config only")
     ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: tests,kernels,sweep,population")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: tests,kernels,population,schedules,sweep")
     ap.add_argument("--configs", default=None, help="B,T,I,H;... instead of the benchmark's configs (the sweep uses the last)")
     ap.add_argument("--population", type=int, default=32, help="cells in the population check")
     ap.add_argument("--population-config", default="32,100,8,64", help="B,T,I,H of the population check")
@@ -109,6 +161,9 @@ def main() -> int:
         log(f"conformance: {res}")
         (out / "conformance.json").write_text(json.dumps(res, indent=2))
         failed |= res["returncode"] != 0
+        if res["returncode"] is None:
+            log("conformance timed out: the timings would hang the same way")
+            return 1
     # the must-show rows first (lstm at the issue's config, then the population), so a run cut short keeps them
     key = (64, 100, 256, 256)
     order = [("lstm", key)] if key in configs else []
@@ -131,13 +186,32 @@ def main() -> int:
         (out / "population.json").write_text(json.dumps({"machine": info, **res}, indent=2))
     if "kernels" not in skip:
         kernel_rows(order[1:])
-    if "sweep" not in skip and not args.quick:
-        sweep: list[dict] = []
-        for rpb in (1, 2, 4, 8):
-            got = bench_gpu(["lstm"], [configs[-1]], rounds=rounds, rows_per_block=rpb, with_torch=False, progress=log)
-            log(json.dumps(asdict(got[0])))
-            sweep.extend(asdict(r) for r in got)
-            (out / "rows_per_block.json").write_text(json.dumps({"machine": info, "rows": sweep}, indent=2))
+
+    def sweep(name: str, variants: list[dict], todo: list) -> None:
+        got_rows: list[dict] = []
+        for cfg in todo:
+            for variant in variants:
+                try:
+                    got = [
+                        asdict(r) for r in bench_gpu(["lstm"], [cfg], rounds=rounds, with_torch=False, progress=log, **variant)
+                    ]
+                except Exception as e:  # e.g. no libcudadevrt for the grid barrier: a row that says so
+                    got = [{"config": list(cfg), **variant, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}]
+                log(json.dumps(got[0]))
+                got_rows.extend(got)
+                (out / f"{name}.json").write_text(json.dumps({"machine": info, "rows": got_rows}, indent=2))
+
+    small = [key] if args.quick and key in configs else configs
+    if "schedules" not in skip:  # lstm in each schedule (and barrier, weight cache) at every config
+        sweep("schedules", SCHEDULE_VARIANTS, small)
+    if "sweep" not in skip:
+        sweep(
+            "rows_per_block",
+            [{"schedule": "rows", "rows_per_block": r} for r in (1, 2, 4, 8)],
+            [configs[-1]] if not args.quick else small,
+        )
+    if "kernels" not in skip:
+        (out / "resources.json").write_text(json.dumps(resources(), indent=2))
     log(f"results in {out}")
     return 1 if failed else 0
 

@@ -37,7 +37,12 @@ class GpuRow:
     hidden: int
     backend: str
     dtype: str
-    rows_per_block: int
+    schedule: str  # the time loop's: "rows" or "units"
+    rows_per_block: int | None  # rows schedule
+    units_per_block: int | None  # units schedule
+    blocks: int  # of the time-loop kernels
+    barrier: str | None  # units schedule: "grid" (cooperative groups) or "atomic"
+    weight_cache: bool | None  # units schedule: the block's weights in shared memory
     median_ms: float
     torch_median_ms: float | None  # torch.nn.LSTM/GRU on the same GPU (cuDNN)
     ratio: float | None  # ours / torch: < 1 is faster
@@ -94,9 +99,10 @@ def _torch_step(torch: Any, name: str, B: int, T: int, I: int, H: int, x: np.nda
 
 
 def our_step(
-    name: str, B: int, T: int, I: int, H: int, rows_per_block: int | None = None, seed: int = 0
+    name: str, B: int, T: int, I: int, H: int, seed: int = 0, **options: Any
 ) -> tuple[Any, Callable[[], object], np.ndarray]:
-    """(kernel, step, x): one training step of zoo cell ``name`` on data resident on the device."""
+    """(kernel, step, x): one training step of zoo cell ``name`` on data resident on the device;
+    ``options`` go to ``CudaKernel`` (schedule, rows_per_block, ...)."""
     from numba import cuda
 
     cell = get(name)
@@ -104,7 +110,7 @@ def our_step(
     I_ = H if cell.x_elementwise else I
     params = init_params(cell, I_, H, rng, dtype=np.float32)
     x = rng.normal(size=(T, B, I_)).astype(np.float32)
-    kernel = compile(cell, "cuda", np.float32, rows_per_block=rows_per_block)
+    kernel = compile(cell, "cuda", np.float32, **options)
     weights = kernel.upload(params, I_, H)
     xd = cuda.to_device(x, stream=kernel.stream)
     d_out = cuda.to_device(np.ones((T, B, H), dtype=np.float32), stream=kernel.stream)
@@ -122,10 +128,11 @@ def bench_gpu(
     cells: list[str],
     configs: list[tuple[int, int, int, int]],
     rounds: int = 7,
-    rows_per_block: int | None = None,
     with_torch: bool = True,
     progress: Callable[[str], None] | None = None,
+    **options: Any,
 ) -> list[GpuRow]:
+    """A row per (cell, config); ``options`` go to every ``CudaKernel``."""
     torch = _torch_cuda() if with_torch else None
     dev = device_name()
     rows = []
@@ -134,7 +141,7 @@ def bench_gpu(
         for B, T, I, H in configs:
             if progress:
                 progress(f"{name} B={B} T={T} I={I} H={H}")
-            kernel, ours, x = our_step(name, B, T, I, H, rows_per_block)
+            kernel, ours, x = our_step(name, B, T, I, H, **options)
             I_ = x.shape[2]
             fns: list[Callable[[], object]] = [ours]
             theirs = _torch_step(torch, name, B, T, I_, H, x) if torch is not None else None
@@ -154,7 +161,7 @@ def bench_gpu(
                     hidden=H,
                     backend="cuda",
                     dtype="float32",
-                    rows_per_block=kernel._rows(B),
+                    **_geometry(kernel, B, H),
                     median_ms=round(med[0] * 1e3, 3),
                     torch_median_ms=None if t_ms is None else round(t_ms, 3),
                     ratio=None if t_ms is None else round(med[0] * 1e3 / t_ms, 3),
@@ -164,6 +171,17 @@ def bench_gpu(
                 )
             )
     return rows
+
+
+def _geometry(kernel: Any, B: int, H: int) -> dict[str, Any]:
+    if kernel.schedule_for(B) == "units":
+        U, blocks, cached = kernel.units_geometry(H)
+        barrier = "grid" if kernel._cooperative() else "atomic"
+        return {"schedule": "units", "rows_per_block": None, "units_per_block": U, "blocks": blocks, "barrier": barrier,
+                "weight_cache": cached}  # fmt: skip
+    rows = kernel._rows(B)
+    return {"schedule": "rows", "rows_per_block": rows, "units_per_block": None, "blocks": -(-B // rows), "barrier": None,
+            "weight_cache": None}  # fmt: skip
 
 
 def population_throughput(

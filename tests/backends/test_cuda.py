@@ -59,12 +59,85 @@ def test_edge_cells(name, dtype):
     assert check(parse(EDGE_CELLS[name], name=name), "cuda", dtype, seed=3, T=4, B=2, I=3, H=3)
 
 
+GEOMETRIES = {
+    "rows1": {"schedule": "rows", "rows_per_block": 1},
+    "rows2-t2": {"schedule": "rows", "rows_per_block": 2, "threads_per_block": 2},
+    "rows4-t1": {"schedule": "rows", "rows_per_block": 4, "threads_per_block": 1},
+    "rows8-t3": {"schedule": "rows", "rows_per_block": 8, "threads_per_block": 3},
+    "units": {"schedule": "units"},
+    "units3-nocache": {"schedule": "units", "units_per_block": 3, "weight_cache": False},  # a partial last group
+    "units2-t3": {"schedule": "units", "units_per_block": 2, "threads_per_block": 3},
+    "units1-atomic": {"schedule": "units", "units_per_block": 1, "barrier": "atomic"},
+    "units-grid": {"schedule": "units", "barrier": "grid"},
+}
+
+
 @needs_cuda
-@pytest.mark.parametrize(("rows", "threads"), [(1, None), (2, 2), (4, 1), (8, 3)])
-@pytest.mark.parametrize("name", ["lstm", "mut2"])  # mut2: two GEMM stages in a step
-def test_launch_geometry(name, rows, threads):
-    """Any rows per block (a partial last block included) and threads per block give the same answers."""
-    assert check(zoo.get(name), "cuda", np.float64, seed=4, T=3, B=3, I=2, H=4, rows_per_block=rows, threads_per_block=threads)
+@pytest.mark.parametrize("geometry", list(GEOMETRIES))
+@pytest.mark.parametrize("name", ["lstm", "mut2", "gru"])  # mut2, gru: two GEMM stages in a step
+def test_launch_geometry(name, geometry):
+    """Both schedules, any rows or units per block (partial last blocks included), threads per block,
+    barrier and weight cache give the same answers. (In the simulator a units-schedule grid is one
+    block that walks every group of units, and the weights are cached only when it owns them all.)"""
+    options = GEOMETRIES[geometry]
+    assert check(zoo.get(name), "cuda", np.float64, seed=4, T=3, B=3, I=2, H=4, **options)
+
+
+@needs_cuda
+def test_units_schedule_zoo_and_random_cells():
+    """The units schedule (the default on a GPU at small batch) on every zoo cell (float64) and random
+    cells (float32, two units per block)."""
+    compared = 0
+    for name in zoo.names():
+        compared += check(zoo.get(name), "cuda", np.float64, seed=2, schedule="units", **TINY)
+    for seed in range(6):
+        cell = random_cell(np.random.default_rng(100 + seed), name=f"random{seed}")
+        compared += check(cell, "cuda", np.float32, seed=seed, schedule="units", units_per_block=2, **TINY)
+    # and the same numbers on every run (no atomics touch the data; the barrier only orders)
+    kern = compile(zoo.get("gru"), "cuda", np.float32, schedule="units", units_per_block=2)
+    rng = np.random.default_rng(7)
+    p = init_params(zoo.get("gru"), 3, 5, rng, dtype=np.float32)
+    x = rng.normal(size=(4, 3, 3)).astype(np.float32)
+    runs = []
+    for _ in range(2):
+        f = kern.forward(p, x)
+        runs.append((f.outputs.copy(), kern.backward(p, f.tape, np.ones_like(f.outputs)).params))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    for name in runs[0][1]:
+        np.testing.assert_array_equal(runs[0][1][name], runs[1][1][name])
+    assert compared >= len(zoo.names()) + 5
+
+
+def test_schedule_choice_and_units_geometry(monkeypatch):
+    """On a 132-multiprocessor GPU: units below 132 rows, rows from 132; units per block spread H over
+    at most one block per multiprocessor; the weights are cached when a block's columns fit in its
+    40 KiB (lstm at H=256 float32: 2 units x 256 x 4 gates = 2048 elements; at H=1024: 32768, too
+    many); a population refuses the units schedule; bad options are one clear error."""
+    pytest.importorskip("numba.cuda")
+    from cellsearch.backends.cuda import kernel as kmod
+    from cellsearch.backends.cuda.population import CudaPopulation
+    from cellsearch.errors import ShapeError
+
+    monkeypatch.setattr(kmod, "simulated", lambda: False)
+    monkeypatch.setattr(kmod, "_multiprocessors", lambda: 132)
+    k = kmod.CudaKernel.__new__(kmod.CudaKernel)  # no stream: nothing here touches the device
+    k.plan, k.dtype = __import__("cellsearch.lowering", fromlist=["lower"]).lower(zoo.get("lstm")), np.dtype(np.float32)
+    k.schedule = k.units_per_block = k.barrier = None
+    k.weight_cache = True
+    assert (k.schedule_for(64), k.schedule_for(131), k.schedule_for(132)) == ("units", "units", "rows")
+    assert k.units_geometry(256) == (2, 128, True)
+    assert k.units_geometry(1024) == (8, 128, False)
+    assert k.units_geometry(32) == (1, 32, True)
+    k.units_per_block = 1
+    assert k.units_geometry(256) == (1, 132, False)  # 256 groups over 132 blocks: each walks two, uncached
+    k.dtype = np.dtype(np.float64)
+    k.units_per_block = None
+    assert k.units_geometry(640) == (5, 128, False)  # 5 x 640 x 4 = 12800 doubles > 5120
+    for bad in ({"schedule": "columns"}, {"barrier": "spin"}, {"units_per_block": 0}):
+        with pytest.raises(ShapeError):
+            kmod.CudaKernel(zoo.get("lstm"), **bad)
+    with pytest.raises(ShapeError, match="rows schedule"):
+        CudaPopulation([zoo.get("lstm")], schedule="units")
 
 
 @needs_cuda
@@ -116,7 +189,7 @@ def test_population_matches_each_cell_alone():
         for name in g.params:
             np.testing.assert_allclose(r.gradients.params[name], g.params[name], rtol=1e-10, atol=1e-12, err_msg=name)
             np.testing.assert_array_equal(r.gradients.params[name], r2.gradients.params[name])
-        alone = compile(cell, "cuda", np.float64)
+        alone = compile(cell, "cuda", np.float64, schedule="rows")  # the population's schedule: the same sums in the same order
         fa = alone.forward(p, x)
         ga = alone.backward(p, fa.tape, d)
         np.testing.assert_array_equal(fa.outputs, r.outputs)
@@ -218,7 +291,7 @@ def test_without_cuda_compile_says_so_in_one_line(tmp_path):
 
 
 def test_kernels_compile_to_ptx():
-    """Every kernel, both dtypes, a few rows-per-block, compiles for sm_90 (typing and code generation
+    """Every kernel, both dtypes, a few rows-per-block, both barriers of the units schedule, compiles for sm_90 (typing and code generation
     checked without a GPU; needs NVVM, e.g. pip install 'cuda-toolkit[nvrtc,nvvm]'). No float64
     instruction in the float32 kernels, and no local memory (the accumulators stay in registers)."""
     if SIMULATED:
@@ -226,7 +299,7 @@ def test_kernels_compile_to_ptx():
     pytest.importorskip("numba.cuda")
     from numba import cuda, typeof, types
 
-    from cellsearch.backends.cuda.kernels import ROWS, gemm_kernel, kernels
+    from cellsearch.backends.cuda.kernels import ROWS, gemm_kernel, kernels, unit_kernels
 
     def arr(nd, dt):
         return types.Array(typeof(np.dtype(dt).type(0)), nd, "C")
@@ -235,27 +308,35 @@ def test_kernels_compile_to_ptx():
     for dt in (np.float32, np.float64):
         I = lambda n: arr(n, np.int64)
         F = lambda n, dt=dt: arr(n, dt)
+        sigs = []
         for rows in (ROWS[0], ROWS[-1]) if dt == np.float32 else (ROWS[1],):
             ks = kernels(np.dtype(dt), rows)
             fwd = (I(2), I(2), I(3), I(3), i64, i64, i64, I(1), I(1), I(2), F(1), F(2), F(3), F(2), F(1), F(2), F(2), F(1),
                    F(1), F(3), F(3))  # fmt: skip
             bwd = (I(2), I(2), I(3), I(3), i64, i64, i64, F(1), I(1), I(1), i64, F(3), F(2), F(2), F(1), F(1), F(1), F(2),
                    F(3), F(2), F(2))  # fmt: skip
-            sigs = [(ks.forward_loop, fwd), (ks.backward_loop, bwd), (ks.column_sums, (F(2), F(1))),
-                    (ks.fill, (F(1), typeof(np.dtype(dt).type(0))))]  # fmt: skip
+            sigs += [(ks.forward_loop, fwd), (ks.backward_loop, bwd), (ks.column_sums, (F(2), F(1))),
+                     (ks.fill, (F(1), typeof(np.dtype(dt).type(0))))]  # fmt: skip
             if rows == ROWS[-1] or dt == np.float64:
                 sigs.append((gemm_kernel(np.dtype(dt)), (F(2), F(2), F(2), F(1), *[types.boolean] * 4)))
-            for k, sig in sigs:
-                try:
-                    ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=(9, 0))
-                except Exception as e:  # NVVM/NVRTC not installed: nothing to check here
-                    if "nvvm" in str(e).lower() or "nvrtc" in str(e).lower() or "NotFound" in type(e).__name__:
-                        pytest.skip(f"NVVM is not installed: {str(e).splitlines()[0]}")
-                    raise
-                lines = ptx.splitlines()
-                assert not any(".local" in line for line in lines), f"{k.py_func.__name__} uses local memory"
-                if dt == np.float32:
-                    assert not any(".f64" in line for line in lines), f"{k.py_func.__name__} computes in float64"
+        bar = arr(1, np.int32)
+        for coop in (False, True) if cuda.is_available() else (False,):  # grid sync's typing asks the driver for the device
+            uk = unit_kernels(np.dtype(dt), coop)
+            head = (I(2), I(2), I(3), I(3), i64, i64, i64, i64, types.boolean)
+            fwd_u = (*head, I(1), I(1), I(2), F(1), F(2), F(3), F(2), F(1), F(2), F(2), F(1), F(1), F(3), F(3), bar)
+            bwd_u = (*head, F(1), I(1), I(1), i64, F(3), F(2), F(2), F(1), F(1), F(1), F(2), F(3), F(2), F(2), bar)
+            sigs += [(uk.forward_units, fwd_u), (uk.backward_units, bwd_u)]
+        for k, sig in sigs:
+            try:
+                ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=(9, 0))
+            except Exception as e:  # NVVM/NVRTC not installed: nothing to check here
+                if "nvvm" in str(e).lower() or "nvrtc" in str(e).lower() or "NotFound" in type(e).__name__:
+                    pytest.skip(f"NVVM is not installed: {str(e).splitlines()[0]}")
+                raise
+            lines = ptx.splitlines()
+            assert not any(".local" in line for line in lines), f"{k.py_func.__name__} uses local memory"
+            if dt == np.float32:
+                assert not any(".f64" in line for line in lines), f"{k.py_func.__name__} computes in float64"
 
 
 @needs_cuda
@@ -273,4 +354,9 @@ def test_the_gpu_benchmark_and_its_script_run(tmp_path):
     kernels = json.loads((tmp_path / "kernels.json").read_text())
     assert [(r["cell"], r["batch"]) for r in kernels["rows"]] == [("lstm", 2), ("lstm", 1), ("gru", 2), ("gru", 1)]
     assert len(json.loads((tmp_path / "rows_per_block.json").read_text())["rows"]) == 4
+    sched = json.loads((tmp_path / "schedules.json").read_text())["rows"]
+    assert [(r["schedule"], r["barrier"], r["weight_cache"]) for r in sched[:4]] == [
+        ("rows", None, None), ("units", "atomic", True), ("units", "grid", True), ("units", "atomic", False)
+    ]  # fmt: skip
+    assert len(sched) == 8 and not any("error" in r for r in sched)
     assert json.loads((tmp_path / "population.json").read_text())["cells"] == 2

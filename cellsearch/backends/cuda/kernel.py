@@ -18,6 +18,7 @@ kernel's next ``forward``.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,7 @@ from ...ir.params import param_specs
 from ...lowering import lower
 from ..reference import Forward, Gradients, check_params, infer_hidden, initial_states
 from ..tables import I_K, I_Z, pack_weights, tables, unpack_gradients
-from .kernels import ROWS, gemm_kernel, kernels
+from .kernels import ROWS, gemm_kernel, kernels, unit_kernels, weight_cache_elements
 
 Array = np.ndarray
 DeviceArray = Any  # numba.cuda's DeviceNDArray (untyped)
@@ -45,6 +46,10 @@ SIM_TILE = (4, 4, 2, 2, 4)
 #: columns, over at most this many (ptxas for sm_90 gives the kernels 87-168 registers a thread:
 #: 256 threads always fit a multiprocessor's 64K)
 MAX_THREADS = 256
+#: the time loop's two schedules (``kernels.py``): a block per batch row(s), or a block per group of
+#: hidden units with a grid-wide barrier per GEMM stage
+SCHEDULES = ("rows", "units")
+BARRIERS = ("grid", "atomic")
 
 
 def simulated() -> bool:
@@ -157,11 +162,23 @@ class _Workspace:
 
 
 class CudaKernel:
-    """A cell on an NVIDIA GPU (or Numba's CUDA simulator). Options: ``rows_per_block`` (1, 2, 4 or
-    8 batch rows per block of the time-loop kernels; default: as many as keep one block per
-    multiprocessor busy), ``threads_per_block`` (default min(4H, 256): a GEMM stage gives
-    each thread one output column of its 4H, as LSTM's), ``stream`` (a
-    ``numba.cuda`` stream; default a new one)."""
+    """A cell on an NVIDIA GPU (or Numba's CUDA simulator). Options:
+
+    - ``schedule``: ``"rows"`` (a block owns batch rows for the whole sequence; blocks never wait
+      for each other) or ``"units"`` (a block owns a group of hidden units of every row, and the
+      blocks meet at a grid-wide barrier per GEMM stage: a small batch spread over every
+      multiprocessor, weights in shared memory). Default: units on a GPU when the batch has fewer
+      rows than the GPU has multiprocessors, rows otherwise and in the simulator. The units
+      schedule needs all its blocks resident at once (at most one per multiprocessor): don't run
+      several units-schedule kernels on concurrent streams (``CudaPopulation`` uses rows);
+    - ``rows_per_block`` (rows: 1, 2, 4 or 8; default: as many as keep one block per multiprocessor
+      busy); ``units_per_block`` (units: default ceil(H / multiprocessors), the whole H in the
+      simulator, whose blocks run one after another); ``barrier`` (units: ``"grid"``, cooperative
+      groups' grid sync, which needs libcudadevrt; ``"atomic"``, a counter in global memory;
+      default grid where libcudadevrt is found); ``weight_cache`` (units: keep a block's weight
+      columns in shared memory when they fit; default True);
+    - ``threads_per_block`` (default min(4H, 256): a GEMM stage gives each thread one output column
+      of its 4H, as LSTM's), ``stream`` (a ``numba.cuda`` stream; default a new one)."""
 
     backend = "cuda"
 
@@ -173,6 +190,10 @@ class CudaKernel:
         threads_per_block: int | None = None,
         stream: Any = None,
         gemm_tile: tuple[int, int, int, int, int] | None = None,
+        schedule: str | None = None,
+        units_per_block: int | None = None,
+        barrier: str | None = None,
+        weight_cache: bool = True,
     ) -> None:
         self.cell = cell
         self.dtype = np.dtype(dtype)
@@ -182,7 +203,17 @@ class CudaKernel:
             raise ShapeError(f"rows_per_block must be one of {', '.join(map(str, ROWS))} (got {rows_per_block})")
         if threads_per_block is not None and not 1 <= threads_per_block <= MAX_THREADS:
             raise ShapeError(f"threads_per_block must be in [1, {MAX_THREADS}] (got {threads_per_block})")
+        if schedule is not None and schedule not in SCHEDULES:
+            raise ShapeError(f"schedule must be one of {', '.join(SCHEDULES)} (got {schedule!r})")
+        if barrier is not None and barrier not in BARRIERS:
+            raise ShapeError(f"barrier must be one of {', '.join(BARRIERS)} (got {barrier!r})")
+        if units_per_block is not None and units_per_block < 1:
+            raise ShapeError(f"units_per_block must be at least 1 (got {units_per_block})")
         self.plan = lower(cell)
+        self.schedule = schedule
+        self.units_per_block = units_per_block
+        self.barrier = barrier
+        self.weight_cache = weight_cache
         self.rows_per_block = rows_per_block
         self.threads_per_block = threads_per_block
         self.stream = stream if stream is not None else cuda.stream()
@@ -203,6 +234,35 @@ class CudaKernel:
 
     def _threads(self, H: int) -> int:
         return self.threads_per_block or min(4 * H, MAX_THREADS)
+
+    def schedule_for(self, B: int) -> str:
+        """The time loop's schedule at batch size B."""
+        if self.schedule is not None:
+            return self.schedule
+        return "units" if not simulated() and B < _multiprocessors() else "rows"
+
+    def units_geometry(self, H: int) -> tuple[int, int, bool]:
+        """The units schedule's (units per block, blocks, weights cached in shared memory)."""
+        sms = 1 if simulated() else _multiprocessors()
+        U = min(self.units_per_block or (H if simulated() else math.ceil(H / sms)), H)
+        groups = math.ceil(H / U)
+        blocks = min(groups, sms)  # every block resident at once: one per multiprocessor at most
+        cache = U * H * sum(len(st.srcs) * len(st.dsts) for st in self.plan.stages)
+        cached = self.weight_cache and blocks == groups and 0 < cache <= weight_cache_elements(self.dtype)
+        return U, blocks, cached
+
+    def _cooperative(self) -> bool:
+        if self.barrier is not None:
+            return self.barrier == "grid"
+        return not simulated() and _cudadevrt()
+
+    def _barrier_counter(self, ws: _Workspace) -> DeviceArray:
+        """The atomic barrier's counter, zeroed on this kernel's stream."""
+        bar = ws.extra.get("bar")
+        if bar is None:
+            bar = ws.extra["bar"] = cuda.device_array(1, dtype=np.int32, stream=self.stream)
+        kernels(self.dtype, 1).fill[1, 1, self.stream](bar, np.int32(0))
+        return bar
 
     # ---- buffers ----
     def _workspace(self, T: int, B: int, I: int, H: int) -> _Workspace:
@@ -313,14 +373,23 @@ class CudaKernel:
         NX = len(p.xblocks)
         if NX:
             self.gemm(x.reshape(T * B, I), weights.Wx, ws.P, bias=weights.bx)
-        rows = self._rows(B)
-        k = kernels(self.dtype, rows).forward_loop
         consts = ws.extra.get("consts")
         if consts is None:
             consts = ws.extra["consts"] = cuda.to_device(np.array((*p.consts, 0.0), dtype=self.dtype), stream=self.stream)
-        args = (ws.ops, ws.info, ws.stage_src, ws.stage_dst, T, B, H, ws.init_at, ws.out_at, ws.update_at, ws.A, ws.P, x, state0,
-                consts, weights.biases, weights.peeps, weights.W, ws.K, ws.Y, ws.ST)  # fmt: skip
-        k[math.ceil(B / rows), self._threads(H), self.stream](*args)
+        if self.schedule_for(B) == "units":
+            U, blocks, cached = self.units_geometry(H)
+            bar = self._barrier_counter(ws)
+            ku = unit_kernels(self.dtype, self._cooperative()).forward_units
+            ku[blocks, self._threads(H), self.stream](
+                ws.ops, ws.info, ws.stage_src, ws.stage_dst, T, B, H, U, cached, ws.init_at, ws.out_at, ws.update_at, ws.A, ws.P,
+                x, state0, consts, weights.biases, weights.peeps, weights.W, ws.K, ws.Y, ws.ST, bar,
+            )  # fmt: skip
+        else:
+            rows = self._rows(B)
+            k = kernels(self.dtype, rows).forward_loop
+            args = (ws.ops, ws.info, ws.stage_src, ws.stage_dst, T, B, H, ws.init_at, ws.out_at, ws.update_at, ws.A, ws.P, x,
+                    state0, consts, weights.biases, weights.peeps, weights.W, ws.K, ws.Y, ws.ST)  # fmt: skip
+            k[math.ceil(B / rows), self._threads(H), self.stream](*args)
         self._generation += 1
         return DeviceForward(ws.Y, ws.ST, CudaTape(x, ws.A, ws.K, I, H, self._generation))
 
@@ -349,11 +418,21 @@ class CudaKernel:
             self._fill(ws.dS)
         elif d_state is not ws.dS:
             ws.dS.copy_to_device(d_state, stream=self.stream)
-        rows = self._rows(B)
-        k = kernels(self.dtype, rows).backward_loop
-        args = (ws.ops, ws.info, ws.stage_src, ws.stage_dst, T, B, H, tape.A, ws.state_g, ws.update_g, p.output_slot * B * H,
-                d_out, ws.dS, weights.peeps, weights.WT, ws.DZ, ws.G, ws.dP, ws.dX, ws.dBr, ws.dPeepr)  # fmt: skip
-        k[math.ceil(B / rows), self._threads(H), self.stream](*args)
+        if self.schedule_for(B) == "units":
+            U, blocks, cached = self.units_geometry(H)
+            bar = self._barrier_counter(ws)
+            self._fill(ws.dX)
+            ku = unit_kernels(self.dtype, self._cooperative()).backward_units
+            ku[blocks, self._threads(H), self.stream](
+                ws.ops, ws.info, ws.stage_src, ws.stage_dst, T, B, H, U, cached, tape.A, ws.state_g, ws.update_g,
+                p.output_slot * B * H, d_out, ws.dS, weights.peeps, weights.WT, ws.DZ, ws.G, ws.dP, ws.dX, ws.dBr, ws.dPeepr, bar,
+            )  # fmt: skip
+        else:
+            rows = self._rows(B)
+            k = kernels(self.dtype, rows).backward_loop
+            args = (ws.ops, ws.info, ws.stage_src, ws.stage_dst, T, B, H, tape.A, ws.state_g, ws.update_g, p.output_slot * B * H,
+                    d_out, ws.dS, weights.peeps, weights.WT, ws.DZ, ws.G, ws.dP, ws.dX, ws.dBr, ws.dPeepr)  # fmt: skip
+            k[math.ceil(B / rows), self._threads(H), self.stream](*args)
         # deferred weight gradients: one GEMM for the input projection, one per recurrent stage
         x2 = x.reshape(T * B, I)
         if p.xblocks:
@@ -443,6 +522,19 @@ class CudaKernel:
 
 
 _SMS: list[int] = []
+_DEVRT: list[bool] = []
+
+
+def _cudadevrt() -> bool:
+    """Whether numba-cuda finds libcudadevrt (cooperative groups' grid sync links it)."""
+    if not _DEVRT:
+        try:
+            from numba.cuda.cudadrv import libs
+
+            _DEVRT.append(os.path.exists(libs.get_cudalib("cudadevrt", static=True)))
+        except Exception:
+            _DEVRT.append(False)
+    return _DEVRT[0]
 
 
 def _multiprocessors() -> int:

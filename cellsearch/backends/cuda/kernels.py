@@ -237,6 +237,291 @@ def element_ops(dtype: np.dtype) -> SimpleNamespace:
     return SimpleNamespace(forward_op=forward_op, backward_op=backward_op)
 
 
+#: bytes of shared memory the units schedule's blocks keep their weight columns in (under the 48 KiB
+#: of static shared memory a block may have)
+WEIGHT_CACHE_BYTES = 40960
+
+
+def weight_cache_elements(dtype: np.dtype) -> int:
+    return WEIGHT_CACHE_BYTES // np.dtype(dtype).itemsize
+
+
+@lru_cache(maxsize=8)
+def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
+    """The time loop in the **units schedule**: block ``g`` owns hidden units ``[g*U, g*U + U)`` of
+    every batch row (a block may own several such groups, ``gridDim.x * U`` apart: the simulator runs
+    one block), for the whole sequence. Elementwise ops touch only the block's units; a GEMM stage
+    needs every unit of its sources, so the blocks write their units of the sources into ``K``, wait
+    at a grid-wide barrier, and each computes its own units' output columns for all B rows. So a
+    step is one grid barrier per GEMM stage, and the recurrent weights a block needs (its U columns
+    of each destination, ``width x nk*U`` a stage) stay in its shared memory for the whole sequence
+    when they fit (``cached``; the host decides). This spreads a small batch over every
+    multiprocessor, where the rows schedule gives each batch row one block.
+
+    The barrier: ``cooperative`` uses cooperative groups' grid sync (a cooperative launch, linking
+    libcudadevrt); otherwise a counter in global memory (``bar``, zeroed before the launch) that
+    every block increments and thread 0 of each spins on. Either needs every block resident at
+    once: the host launches at most one block per multiprocessor."""
+    dt = from_dtype(np.dtype(dtype))
+    typ = np.dtype(dtype).type
+    zero = typ(0)
+    WS = weight_cache_elements(np.dtype(dtype))
+    elem = element_ops(np.dtype(dtype))
+    forward_op = elem.forward_op
+    backward_op = elem.backward_op
+
+    if cooperative:
+
+        @cuda.jit(device=True, inline="always")
+        def barrier(bar, target):
+            cuda.cg.this_grid().sync()
+
+    else:
+
+        @cuda.jit(device=True, inline="always")
+        def barrier(bar, target):
+            """Every block of the grid has arrived (the counter reached ``target``) and its writes
+            before it are visible."""
+            cuda.syncthreads()
+            if cuda.threadIdx.x == 0:
+                cuda.threadfence()
+                cuda.atomic.add(bar, 0, 1)
+                while cuda.atomic.add(bar, 0, 0) < target:
+                    pass
+                cuda.threadfence()
+            cuda.syncthreads()
+
+    @cuda.jit(device=True, inline="always")
+    def dot(M, moff, Wv, woff, wstride, width):
+        """sum over i < width of M[moff + i] * Wv[woff + i * wstride], in four partial sums (a fixed
+        order: the same result on every run)."""
+        s0 = zero
+        s1 = zero
+        s2 = zero
+        s3 = zero
+        n4 = width - width % 4
+        for i in range(0, n4, 4):
+            w = woff + i * wstride
+            s0 += M[moff + i] * Wv[w]
+            s1 += M[moff + i + 1] * Wv[w + wstride]
+            s2 += M[moff + i + 2] * Wv[w + 2 * wstride]
+            s3 += M[moff + i + 3] * Wv[w + 3 * wstride]
+        for i in range(n4, width):
+            s0 += M[moff + i] * Wv[woff + i * wstride]
+        return (s0 + s1) + (s2 + s3)
+
+    @cuda.jit(device=True, inline="always")
+    def load_cache(Wc, W, info, H, u0, Ug, forward, tid, nth):
+        """The block's columns of every stage's weights into Wc: a stage's matrix is [n_in, n_out*H]
+        (forward: ns*H x nk*H, backward: nk*H x ns*H); its cached part is [n_in, n_out*Ug], column
+        k*Ug + ju holding unit u0 + ju of output k; stages one after another."""
+        base = 0
+        for g in range(info.shape[0]):
+            ns = info[g, I_NS]
+            nk = info[g, I_NK]
+            n_in = ns * H if forward else nk * H
+            n_out = nk if forward else ns
+            NC = n_out * Ug
+            ncol = n_out * H
+            woff = info[g, I_W]
+            for idx in range(tid, n_in * NC, nth):
+                i = idx // NC
+                cc = idx - i * NC
+                k = cc // Ug
+                Wc[base + idx] = W[woff + i * ncol + k * H + u0 + cc - k * Ug]
+            base += n_in * NC
+
+    @cuda.jit(device=True, inline="always")
+    def cache_base(info, aux, H, Ug):
+        base = 0
+        for g in range(aux):
+            base += info[g, I_NS] * info[g, I_NK] * H * Ug
+        return base
+
+    @cuda.jit(cache=True)
+    def forward_units(ops, info, stage_src, stage_dst, T, B, H, U, cached, init_at, out_at, update_at, A, P, X, S0, consts,
+                      biases, peeps, W, K, Y, ST, bar):  # fmt: skip
+        """The forward over the whole sequence for the block's units: fills the tape A, K, the
+        outputs Y [T, B, H] and the final states ST [n_states, B, H] (their units)."""
+        Wc = cuda.shared.array(WS, dt)
+        tid = cuda.threadIdx.x
+        nth = cuda.blockDim.x
+        nblk = cuda.gridDim.x
+        g0 = cuda.blockIdx.x * U
+        gstep = nblk * U
+        if cached:  # one group per block, and its columns fit
+            load_cache(Wc, W, info, H, g0, min(U, H - g0), True, tid, nth)
+            cuda.syncthreads()
+        nbar = 0
+        for s in range(init_at.shape[0]):  # initial states read in place from tape step 0
+            off = init_at[s]
+            if off >= 0:
+                for u0 in range(g0, H, gstep):
+                    Ug = min(U, H - u0)
+                    for idx in range(tid, B * Ug, nth):
+                        bb = idx // Ug
+                        e = bb * H + u0 + idx - bb * Ug
+                        A[off + e] = S0[s, e]
+        for t in range(T):
+            for r in range(ops.shape[0]):
+                code = ops[r, C_CODE]
+                aux = ops[r, C_AUX]
+                d = ops[r, C_DC] + t * ops[r, C_DM]
+                a = ops[r, C_AC] + t * ops[r, C_AM]
+                b = ops[r, C_BC] + t * ops[r, C_BM]
+                c = ops[r, C_CC] + t * ops[r, C_CM]
+                if code == OP_GEMM:
+                    ns = info[aux, I_NS]
+                    nk = info[aux, I_NK]
+                    woff = info[aux, I_W]
+                    width = ns * H
+                    ncol = nk * H
+                    koff = info[aux, I_K] + t * B * width
+                    for u0 in range(g0, H, gstep):  # the block's units of the sources, packed
+                        Ug = min(U, H - u0)
+                        for i in range(ns):
+                            src = stage_src[aux, i, S_C] + t * stage_src[aux, i, S_M]
+                            for idx in range(tid, B * Ug, nth):
+                                bb = idx // Ug
+                                j = u0 + idx - bb * Ug
+                                K[koff + bb * width + i * H + j] = A[src + bb * H + j]
+                    nbar += 1
+                    barrier(bar, nbar * nblk)  # every unit of K is there
+                    for u0 in range(g0, H, gstep):  # the block's output columns, all rows
+                        Ug = min(U, H - u0)
+                        NC = nk * Ug
+                        cb = cache_base(info, aux, H, Ug)
+                        for o in range(tid, B * NC, nth):
+                            bb = o // NC
+                            cc = o - bb * NC
+                            k = cc // Ug
+                            j = u0 + cc - k * Ug
+                            if cached:
+                                v = dot(K, koff + bb * width, Wc, cb + cc, NC, width)
+                            else:
+                                v = dot(K, koff + bb * width, W, woff + k * H + j, ncol, width)
+                            A[stage_dst[aux, k, S_C] + t * stage_dst[aux, k, S_M] + bb * H + j] += v
+                    cuda.syncthreads()  # columns were computed by other threads than the units' own
+                    continue
+                for u0 in range(g0, H, gstep):
+                    Ug = min(U, H - u0)
+                    for idx in range(tid, B * Ug, nth):
+                        bb = idx // Ug
+                        j = u0 + idx - bb * Ug
+                        forward_op(code, aux, ops[r, C_BG], t, A, d, a, b, c, bb * H + j, bb, j, B, H, X, P, S0, consts,
+                                   biases, peeps)  # fmt: skip
+            o = out_at[0] + t * out_at[1]
+            for u0 in range(g0, H, gstep):
+                Ug = min(U, H - u0)
+                for idx in range(tid, B * Ug, nth):
+                    bb = idx // Ug
+                    j = u0 + idx - bb * Ug
+                    Y[t, bb, j] = A[o + bb * H + j]
+        for s in range(update_at.shape[0]):
+            u = update_at[s, 0] + (T - 1) * update_at[s, 1]
+            for u0 in range(g0, H, gstep):
+                Ug = min(U, H - u0)
+                for idx in range(tid, B * Ug, nth):
+                    bb = idx // Ug
+                    j = u0 + idx - bb * Ug
+                    ST[s, bb, j] = A[u + bb * H + j]
+
+    @cuda.jit(cache=True)
+    def backward_units(ops, info, stage_src, stage_dst, T, B, H, U, cached, A, state_g, update_g, output_g, dOut, dS, peeps,
+                       WT, DZ, G, dP, dX, dBr, dPeepr, bar):  # fmt: skip
+        """The reverse walk for the block's units, as ``backward_loop`` (dX comes in zeroed)."""
+        Wc = cuda.shared.array(WS, dt)
+        tid = cuda.threadIdx.x
+        nth = cuda.blockDim.x
+        nblk = cuda.gridDim.x
+        g0 = cuda.blockIdx.x * U
+        gstep = nblk * U
+        BH = B * H
+        nS = dS.shape[0]
+        if cached:
+            load_cache(Wc, WT, info, H, g0, min(U, H - g0), False, tid, nth)
+            cuda.syncthreads()
+        nbar = 0
+        for u0 in range(g0, H, gstep):
+            Ug = min(U, H - u0)
+            for idx in range(tid, B * Ug, nth):
+                bb = idx // Ug
+                j = u0 + idx - bb * Ug
+                for aux in range(dBr.shape[1] // H):
+                    dBr[bb, aux * H + j] = zero
+                for aux in range(dPeepr.shape[1] // H):
+                    dPeepr[bb, aux * H + j] = zero
+        for t in range(T - 1, -1, -1):
+            for u0 in range(g0, H, gstep):
+                Ug = min(U, H - u0)
+                for idx in range(tid, B * Ug, nth):
+                    bb = idx // Ug
+                    j = u0 + idx - bb * Ug
+                    e = bb * H + j
+                    for slot in range(G.shape[0] // BH):
+                        G[slot * BH + e] = zero
+                    G[output_g + e] += dOut[t, bb, j]
+                    for s in range(nS):
+                        G[update_g[s] + e] += dS[s, e]
+                        if state_g[s] < 0:
+                            dS[s, e] = zero
+            for r in range(ops.shape[0] - 1, -1, -1):
+                code = ops[r, C_CODE]
+                aux = ops[r, C_AUX]
+                gd = ops[r, C_DG]
+                ga = ops[r, C_AG]
+                gb = ops[r, C_BG]
+                gc = ops[r, C_CG]
+                d = ops[r, C_DC] + t * ops[r, C_DM]
+                a = ops[r, C_AC] + t * ops[r, C_AM]
+                b = ops[r, C_BC] + t * ops[r, C_BM]
+                c = ops[r, C_CC] + t * ops[r, C_CM]
+                if code == OP_GEMM:
+                    ns = info[aux, I_NS]
+                    nk = info[aux, I_NK]
+                    woff = info[aux, I_W]
+                    width = nk * H
+                    ncol = ns * H
+                    zoff = info[aux, I_Z] + t * B * width
+                    for u0 in range(g0, H, gstep):  # the block's units of the destinations' gradients, packed
+                        Ug = min(U, H - u0)
+                        for k in range(nk):
+                            src = stage_dst[aux, k, S_G]
+                            for idx in range(tid, B * Ug, nth):
+                                bb = idx // Ug
+                                j = u0 + idx - bb * Ug
+                                DZ[zoff + bb * width + k * H + j] = G[src + bb * H + j]
+                    nbar += 1
+                    barrier(bar, nbar * nblk)
+                    for u0 in range(g0, H, gstep):  # the block's columns of the sources' gradients
+                        Ug = min(U, H - u0)
+                        NC = ns * Ug
+                        cb = cache_base(info, aux, H, Ug)
+                        for o in range(tid, B * NC, nth):
+                            bb = o // NC
+                            cc = o - bb * NC
+                            i = cc // Ug
+                            j = u0 + cc - i * Ug
+                            if cached:
+                                v = dot(DZ, zoff + bb * width, Wc, cb + cc, NC, width)
+                            else:
+                                v = dot(DZ, zoff + bb * width, WT, woff + i * H + j, ncol, width)
+                            G[stage_src[aux, i, S_G] + bb * H + j] += v
+                    cuda.syncthreads()
+                    continue
+                if code == OP_CONST:
+                    continue
+                for u0 in range(g0, H, gstep):
+                    Ug = min(U, H - u0)
+                    for idx in range(tid, B * Ug, nth):
+                        bb = idx // Ug
+                        j = u0 + idx - bb * Ug
+                        backward_op(code, aux, t, A, G, gd, ga, gb, gc, d, a, b, c, bb * H + j, bb, j, B, H, dS, dX, dP, dBr,
+                                    dPeepr, peeps)  # fmt: skip
+
+    return SimpleNamespace(forward_units=forward_units, backward_units=backward_units)
+
+
 @lru_cache(maxsize=16)
 def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
     """The time-loop kernels and helpers for one dtype (float32 or float64) and ``rows`` batch rows

@@ -33,11 +33,15 @@ class StepResult:
 
 class CudaPopulation:
     """Cells trained a step at a time side by side, one CUDA stream each. ``options`` go to every
-    ``CudaKernel`` (``rows_per_block``, ``threads_per_block``)."""
+    ``CudaKernel`` (``rows_per_block``, ``threads_per_block``). The time loops run in the rows
+    schedule: the units schedule's blocks wait for each other at grid barriers, and kernels of
+    different cells on concurrent streams could then hold each other's multiprocessors."""
 
     def __init__(self, cells: Sequence[Cell], dtype: type | np.dtype = np.float32, **options: Any) -> None:
         if "stream" in options:
             raise ShapeError("a population gives each cell its own stream")
+        if options.setdefault("schedule", "rows") != "rows":
+            raise ShapeError("a population runs the rows schedule (concurrent units-schedule kernels could deadlock)")
         self.cells = list(cells)
         self.kernels = [CudaKernel(c, dtype, stream=cuda.stream(), **options) for c in self.cells]
         self._weights: list[DeviceWeights | None] = [None] * len(self.cells)
