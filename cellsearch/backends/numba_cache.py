@@ -41,6 +41,11 @@ def install() -> None:
     if _installed:
         return
     _installed = True
+    if not os.environ.get(CACHE_ENV, ""):
+        try:
+            import platformdirs  # noqa: F401
+        except ImportError:  # a dependency, but an environment without it still runs: Numba's own places
+            return
     from numba.core import caching
 
     try:

@@ -221,3 +221,77 @@ def population_throughput(
         "cells_per_second": round(n_cells / med[0], 2),
         "device": device_name(),
     }
+
+
+def step_breakdown(
+    name: str, config: tuple[int, int, int, int], rounds: int = 5, seed: int = 0, **options: Any
+) -> dict[str, Any]:
+    """Where one training step's time goes (ms, medians, the device synchronised around each part):
+    the forward (input GEMM + time loop), the input GEMM alone, the backward (reverse time loop +
+    weight-gradient GEMMs + column sums), the weight-gradient GEMMs alone; the time loops by
+    difference, and per sequential step."""
+    B, T, I, H = config
+    kernel, step, x = our_step(name, B, T, I, H, seed=seed, **options)
+    from numba import cuda
+
+    p = kernel.plan
+    I_ = x.shape[2]
+    params = init_params(get(name), I_, H, np.random.default_rng(seed), dtype=np.float32)
+    weights = kernel.upload(params, I_, H)
+    xd = cuda.to_device(x, stream=kernel.stream)
+    d_out = cuda.to_device(np.ones((T, B, H), dtype=np.float32), stream=kernel.stream)
+    s = kernel.stream
+    state: dict[str, Any] = {}
+
+    def fwd() -> object:
+        state["f"] = kernel.forward_device(weights, xd)
+        s.synchronize()
+        return None
+
+    def bwd() -> object:
+        fwd()
+        t0 = time.perf_counter()
+        kernel.backward_device(weights, state["f"].tape, d_out, grad_x=False)
+        s.synchronize()
+        state["bwd"] = time.perf_counter() - t0
+        return None
+
+    ws = kernel._workspace(T, B, I_, H)
+
+    def input_gemm() -> object:
+        if p.xblocks:
+            kernel.gemm(xd.reshape(T * B, I_), weights.Wx, ws.P, bias=weights.bx)
+        s.synchronize()
+        return None
+
+    def weight_gemms() -> object:
+        x2 = xd.reshape(T * B, I_)
+        if p.xblocks:
+            kernel.gemm(x2, ws.dP, ws.dWx, ta=True)
+        for (koff, zoff, ns, nk), dW in zip(ws.stage_offsets, ws.dWs, strict=True):
+            kernel.gemm(ws.K[koff : koff + T * B * ns * H].reshape(T * B, ns * H),
+                        ws.DZ[zoff : zoff + T * B * nk * H].reshape(T * B, nk * H), dW, ta=True)  # fmt: skip
+        s.synchronize()
+        return None
+
+    step()
+    bwd()
+    med = median_interleaved([fwd, input_gemm, weight_gemms, step], rounds)
+    bwd_times = []
+    for _ in range(rounds):
+        bwd()
+        bwd_times.append(state["bwd"])
+    ms = [m * 1e3 for m in med]
+    backward = float(np.median(bwd_times)) * 1e3
+    return {
+        "cell": name,
+        "config": list(config),
+        **_geometry(kernel, B, H),
+        "step_ms": round(ms[3], 3),
+        "forward_ms": round(ms[0], 3),
+        "input_gemm_ms": round(ms[1], 3),
+        "backward_ms": round(backward, 3),
+        "weight_gemms_ms": round(ms[2], 3),
+        "forward_loop_us_per_step": round((ms[0] - ms[1]) * 1e3 / T, 2),
+        "backward_loop_us_per_step": round((backward - ms[2]) * 1e3 / T, 2),
+    }

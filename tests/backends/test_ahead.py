@@ -97,6 +97,19 @@ def test_kernels_are_cached_under_cellsearchs_cache_dir(tmp_path):
     assert out.stdout.strip().startswith(str(tmp_path / "numba"))
 
 
+def test_without_platformdirs_numba_keeps_its_places():
+    """An environment without platformdirs (a dependency; some GPU images lack it) still runs: with
+    no CELLSEARCH_CACHE_DIR the locator is not installed and Numba caches where it always does."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "CELLSEARCH_CACHE_DIR")}
+    code = (
+        "import sys; sys.modules['platformdirs'] = None\n"
+        "from cellsearch.backends.cpu import interp; print(interp.backward_rows._cache._cache_path)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "__pycache__" in out.stdout.strip(), out.stdout
+
+
 def test_processes_compiling_at_once_share_one_cache(tmp_path):
     """Two processes on an empty cache at once (each with its compile child: four compiles of the
     executor into one folder) both succeed; a third then loads everything from the cache, with

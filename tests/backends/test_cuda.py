@@ -143,9 +143,11 @@ def test_schedule_choice_and_units_geometry(monkeypatch):
 @needs_cuda
 @pytest.mark.parametrize("ta", [False, True])
 @pytest.mark.parametrize("tb", [False, True])
-def test_gemm_at_the_gpu_tile_size(ta, tb):
+@pytest.mark.parametrize("split", [1, 3])
+def test_gemm_at_the_gpu_tile_size(ta, tb, split):
     """The GEMM kernel with the tiling a GPU uses (64x64 tiles, 16-deep), on shapes that cross tile
-    edges, transposed operands, bias and accumulation."""
+    edges, transposed operands, bias and accumulation; whole, and split-K in three slices (16, 16
+    and 8 deep) whose partial products are added after."""
     from numba import cuda
 
     from cellsearch.backends.cuda.kernel import GPU_TILE
@@ -153,15 +155,26 @@ def test_gemm_at_the_gpu_tile_size(ta, tb):
     kern = compile(zoo.get("rnn"), "cuda", np.float64, gemm_tile=GPU_TILE)
 
     rng = np.random.default_rng(0)
-    M, N, K = 67, 5, 18
+    M, N, K = 67, 5, 40
     a = rng.normal(size=(K, M) if ta else (M, K))
     b = rng.normal(size=(N, K) if tb else (K, N))
     bias = rng.normal(size=N)
     c0 = rng.normal(size=(M, N))
     C = cuda.to_device(c0.copy())
-    kern.gemm(cuda.to_device(a), cuda.to_device(b), C, ta=ta, tb=tb, bias=cuda.to_device(bias), accumulate=True)
+    kern.gemm(cuda.to_device(a), cuda.to_device(b), C, ta=ta, tb=tb, bias=cuda.to_device(bias), accumulate=True, split=split)
     want = (a.T if ta else a) @ (b.T if tb else b) + bias + c0
     np.testing.assert_allclose(C.copy_to_host(), want, rtol=1e-12, atol=1e-12)
+    if split > 1:
+        assert (3, M, N) in kern._parts
+
+
+@needs_cuda
+@pytest.mark.skipif(SIMULATED, reason="GPU-sized shapes: too slow for the simulator's Python threads")
+@pytest.mark.parametrize("schedule", ["rows", "units"])
+def test_lstm_at_a_gpu_size(schedule):
+    """LSTM at a size where the GEMMs split their inner dimension (T*B = 320: five slices) and the
+    units schedule spreads H = 48 over 48 blocks, against the reference."""
+    assert check(zoo.get("lstm"), "cuda", np.float64, seed=6, T=40, B=8, I=16, H=48, schedule=schedule)
 
 
 @needs_cuda
@@ -318,7 +331,11 @@ def test_kernels_compile_to_ptx():
             sigs += [(ks.forward_loop, fwd), (ks.backward_loop, bwd), (ks.column_sums, (F(2), F(1))),
                      (ks.fill, (F(1), typeof(np.dtype(dt).type(0))))]  # fmt: skip
             if rows == ROWS[-1] or dt == np.float64:
-                sigs.append((gemm_kernel(np.dtype(dt)), (F(2), F(2), F(2), F(1), *[types.boolean] * 4)))
+                g = gemm_kernel(np.dtype(dt))
+                sigs += [
+                    (g, (F(2), F(2), F(3), F(1), *[types.boolean] * 4, i64)),
+                    (g.sum_parts, (F(3), F(2), F(1), *[types.boolean] * 2)),
+                ]
         bar = arr(1, np.int32)
         for coop in (False, True) if cuda.is_available() else (False,):  # grid sync's typing asks the driver for the device
             uk = unit_kernels(np.dtype(dt), coop)

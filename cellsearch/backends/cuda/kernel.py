@@ -42,6 +42,7 @@ DeviceArray = Any  # numba.cuda's DeviceNDArray (untyped)
 #: in the simulator, where every thread is a Python thread
 GPU_TILE = (16, 16, 4, 4, 16)
 SIM_TILE = (4, 4, 2, 2, 4)
+GEMM_BK = 16  # split-K slices are a multiple of this (the GPU tile's depth)
 #: threads per block of the time-loop kernels: elementwise ops split H units, GEMM stages their
 #: columns, over at most this many (ptxas for sm_90 gives the kernels 87-168 registers a thread:
 #: 256 threads always fit a multiprocessor's 64K)
@@ -219,6 +220,7 @@ class CudaKernel:
         self.stream = stream if stream is not None else cuda.stream()
         self._gemm = gemm_kernel(self.dtype, *(gemm_tile or (SIM_TILE if simulated() else GPU_TILE)))
         self._ws: dict[tuple[int, int, int, int], _Workspace] = {}
+        self._parts: dict[tuple[int, int, int], DeviceArray] = {}  # split-K GEMMs' partial products
         self._generation = 0
 
     # ---- launch geometry ----
@@ -345,15 +347,35 @@ class CudaKernel:
         k[math.ceil(M.shape[1] / 128), 128, self.stream](M, out)
 
     def gemm(self, A: DeviceArray, B: DeviceArray, C: DeviceArray, ta: bool = False, tb: bool = False,
-             bias: DeviceArray | None = None, accumulate: bool = False) -> None:  # fmt: skip
-        """C = op(A) @ op(B) (+ bias) (+ C) on this kernel's stream."""
+             bias: DeviceArray | None = None, accumulate: bool = False, split: int | None = None) -> None:  # fmt: skip
+        """C = op(A) @ op(B) (+ bias) (+ C) on this kernel's stream. A long inner dimension with few
+        tiles of C (the weight gradients: [H, T*B] @ [T*B, 4H]) is split over ``split`` blocks per
+        tile (default: enough to give every multiprocessor two blocks), whose partial products a
+        second kernel adds in a fixed order."""
         M, N = C.shape
         if M == 0 or N == 0:
             return
         g = self._gemm
         BM, BN = g.tile
-        g[(math.ceil(N / BN), math.ceil(M / BM)), g.threads, self.stream](
-            A, B, C, C.reshape(C.size) if bias is None else bias, ta, tb, bias is not None, accumulate
+        Kd = A.shape[0] if ta else A.shape[1]
+        tiles = math.ceil(N / BN) * math.ceil(M / BM)
+        BK = GEMM_BK
+        if split is None:
+            split = max(1, min((2 * _multiprocessors()) // tiles, Kd // (4 * BK)))
+        kchunk = max(BK, math.ceil(math.ceil(Kd / max(split, 1)) / BK) * BK)
+        S = max(1, math.ceil(Kd / kchunk))
+        flat_bias = C.reshape(C.size) if bias is None else bias
+        if S == 1:
+            g[(math.ceil(N / BN), math.ceil(M / BM), 1), g.threads, self.stream](
+                A, B, C.reshape(1, M, N), flat_bias, ta, tb, bias is not None, accumulate, max(Kd, 1)
+            )
+            return
+        parts = self._parts.get((S, M, N))
+        if parts is None:
+            parts = self._parts[(S, M, N)] = cuda.device_array((S, M, N), dtype=self.dtype, stream=self.stream)
+        g[(math.ceil(N / BN), math.ceil(M / BM), S), g.threads, self.stream](A, B, parts, flat_bias, ta, tb, False, False, kchunk)
+        g.sum_parts[(math.ceil(N / 16), math.ceil(M / 16)), (16, 16), self.stream](
+            parts, C, flat_bias, bias is not None, accumulate
         )
 
     # ---- the device path ----

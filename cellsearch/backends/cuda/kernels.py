@@ -71,8 +71,11 @@ ROWS = (1, 2, 4, 8)
 
 @lru_cache(maxsize=8)
 def gemm_kernel(dtype: np.dtype, TX: int = 16, TY: int = 16, RM: int = 4, RN: int = 4, BK: int = 16):  # type: ignore[no-untyped-def]
-    """``C = op(A) @ op(B) (+ bias) (+ C)``, a (BM = TY*RM) x (BN = TX*RN) tile of C per block of
-    TX x TY threads; launch with ``grid=(ceil(N/BN), ceil(M/BM)), block=(TX, TY)``."""
+    """``C[z] = op(A)[:, kz] @ op(B)[kz, :] (+ bias) (+ C[z])`` for the z-th slice ``kz`` of the inner
+    dimension, ``kchunk`` long (split-K: a long inner dimension over several blocks; ``C`` is [S, M,
+    N], and ``sum_parts`` adds the S partial products in order), a (BM = TY*RM) x (BN = TX*RN) tile
+    of C per block of TX x TY threads; launch with ``grid=(ceil(N/BN), ceil(M/BM), S), block=(TX,
+    TY)``."""
     dt = from_dtype(np.dtype(dtype))
     zero = np.dtype(dtype).type(0)
     BM = TY * RM
@@ -80,7 +83,7 @@ def gemm_kernel(dtype: np.dtype, TX: int = 16, TY: int = 16, RM: int = 4, RN: in
     NT = TX * TY
 
     @cuda.jit(cache=True)
-    def gemm(A, B, C, bias, ta, tb, has_bias, accumulate):
+    def gemm(A, B, C, bias, ta, tb, has_bias, accumulate, kchunk):
         sA = cuda.shared.array((BK, BM), dt)  # sA[k, m] = op(A)[m0 + m, k0 + k]
         sB = cuda.shared.array((BK, BN), dt)  # sB[k, n] = op(B)[k0 + k, n0 + n]
         acc = cuda.local.array((RM, RN), dt)
@@ -89,15 +92,16 @@ def gemm_kernel(dtype: np.dtype, TX: int = 16, TY: int = 16, RM: int = 4, RN: in
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         tid = ty * TX + tx
-        M = C.shape[0]
-        N = C.shape[1]
-        Kd = A.shape[0] if ta else A.shape[1]
+        M = C.shape[1]
+        N = C.shape[2]
+        z = cuda.blockIdx.z
+        Kd = min(A.shape[0] if ta else A.shape[1], (z + 1) * kchunk)
         m0 = cuda.blockIdx.y * BM
         n0 = cuda.blockIdx.x * BN
         for i in range(RM):
             for j in range(RN):
                 acc[i, j] = zero
-        for k0 in range(0, Kd, BK):
+        for k0 in range(z * kchunk, Kd, BK):
             for idx in range(tid, BK * BM, NT):
                 # consecutive threads read consecutive addresses of A, whichever way it is stored
                 if ta:
@@ -145,9 +149,24 @@ def gemm_kernel(dtype: np.dtype, TX: int = 16, TY: int = 16, RM: int = 4, RN: in
                         if has_bias:
                             v += bias[n]
                         if accumulate:
-                            v += C[m, n]
-                        C[m, n] = v
+                            v += C[z, m, n]
+                        C[z, m, n] = v
 
+    @cuda.jit(cache=True)
+    def sum_parts(parts, C, bias, has_bias, accumulate):
+        """C = parts[0] + parts[1] + ... (in that order: the same sums on every run) (+ bias) (+ C)."""
+        n, m = cuda.grid(2)  # consecutive threads, consecutive columns
+        if m < C.shape[0] and n < C.shape[1]:
+            v = parts[0, m, n]
+            for z in range(1, parts.shape[0]):
+                v += parts[z, m, n]
+            if has_bias:
+                v += bias[n]
+            if accumulate:
+                v += C[m, n]
+            C[m, n] = v
+
+    gemm.sum_parts = sum_parts  # type: ignore[attr-defined]
     gemm.tile = (BM, BN)  # type: ignore[attr-defined]
     gemm.threads = (TX, TY)  # type: ignore[attr-defined]
     return gemm

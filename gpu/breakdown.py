@@ -1,0 +1,42 @@
+"""Where a training step's time goes on the GPU, per schedule: ``python3 gpu/breakdown.py`` writes
+``breakdown.json`` (under $OUT if set, else gpu/results/) with ``cellsearch.bench.gpu.step_breakdown``
+rows for lstm and gru at the configs given (default: the issue's (64,100,256,256) and the T=1000 one)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "gpu" / "results"))
+    ap.add_argument("--configs", default="64,100,256,256;16,1000,4,32")
+    ap.add_argument("--cells", default="lstm,gru")
+    ap.add_argument("--schedules", default="rows,units")
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    from cellsearch.bench.gpu import step_breakdown
+    from cellsearch.bench.kernels import parse_config
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for cfg in [parse_config(c) for c in args.configs.split(";")]:
+        for cell in args.cells.split(","):
+            for schedule in args.schedules.split(","):
+                row = step_breakdown(cell, cfg, rounds=args.rounds, schedule=schedule)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                (out / "breakdown.json").write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
