@@ -126,9 +126,11 @@ def _jsonable(v):
 #: the time loop's variants the schedules sweep times (lstm, float32)
 SCHEDULE_VARIANTS = [
     {"schedule": "rows"},
-    {"schedule": "units", "barrier": "atomic"},
     {"schedule": "units", "barrier": "grid"},
-    {"schedule": "units", "barrier": "atomic", "weight_cache": False},
+    {"schedule": "units", "barrier": "atomic"},
+    {"schedule": "units", "barrier": "grid", "value_cache": False},
+    {"schedule": "units", "barrier": "grid", "value_cache": False, "weight_cache": False},
+    {"schedule": "units", "barrier": "grid", "source_tile": False},
 ]
 
 
@@ -139,6 +141,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: tests,kernels,population,schedules,sweep")
     ap.add_argument("--configs", default=None, help="B,T,I,H;... instead of the benchmark's configs (the sweep uses the last)")
+    ap.add_argument("--tests-timeout", type=float, default=360, help="seconds the conformance suite may take")
     ap.add_argument("--population", type=int, default=32, help="cells in the population check")
     ap.add_argument("--population-config", default="32,100,8,64", help="B,T,I,H of the population check")
     args = ap.parse_args()
@@ -157,7 +160,7 @@ def main() -> int:
     failed = False
     if "tests" not in skip:
         log("conformance: pytest -m cuda on the GPU")
-        res = conformance(out)
+        res = conformance(out, args.tests_timeout)
         log(f"conformance: {res}")
         (out / "conformance.json").write_text(json.dumps(res, indent=2))
         failed |= res["returncode"] != 0

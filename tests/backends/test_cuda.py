@@ -69,6 +69,9 @@ GEOMETRIES = {
     "units2-t3": {"schedule": "units", "units_per_block": 2, "threads_per_block": 3},
     "units1-atomic": {"schedule": "units", "units_per_block": 1, "barrier": "atomic"},
     "units-grid": {"schedule": "units", "barrier": "grid"},
+    "units-tile2": {"schedule": "units", "tile_rows": 2, "threads_per_block": 5},  # the source tile in two passes
+    "units-novalues": {"schedule": "units", "value_cache": False},
+    "units-global": {"schedule": "units", "value_cache": False, "weight_cache": False, "source_tile": False},
 }
 
 
@@ -77,8 +80,9 @@ GEOMETRIES = {
 @pytest.mark.parametrize("name", ["lstm", "mut2", "gru"])  # mut2, gru: two GEMM stages in a step
 def test_launch_geometry(name, geometry):
     """Both schedules, any rows or units per block (partial last blocks included), threads per block,
-    barrier and weight cache give the same answers. (In the simulator a units-schedule grid is one
-    block that walks every group of units, and the weights are cached only when it owns them all.)"""
+    barrier, and what the units schedule keeps in shared memory give the same answers. (In the
+    simulator a units-schedule grid is one block that walks every group of units, and keeps its
+    weights and values in shared memory only when it owns one group: all of H.)"""
     options = GEOMETRIES[geometry]
     assert check(zoo.get(name), "cuda", np.float64, seed=4, T=3, B=3, I=2, H=4, **options)
 
@@ -90,9 +94,10 @@ def test_units_schedule_zoo_and_random_cells():
     compared = 0
     for name in zoo.names():
         compared += check(zoo.get(name), "cuda", np.float64, seed=2, schedule="units", **TINY)
-    for seed in range(6):
+    for seed in range(8):  # the first six with the block's values, weights and sources in shared memory
         cell = random_cell(np.random.default_rng(100 + seed), name=f"random{seed}")
-        compared += check(cell, "cuda", np.float32, seed=seed, schedule="units", units_per_block=2, **TINY)
+        options = {"units_per_block": 2} if seed >= 6 else {"tile_rows": 1}
+        compared += check(cell, "cuda", np.float32, seed=seed, schedule="units", **options, **TINY)
     # and the same numbers on every run (no atomics touch the data; the barrier only orders)
     kern = compile(zoo.get("gru"), "cuda", np.float32, schedule="units", units_per_block=2)
     rng = np.random.default_rng(7)
@@ -105,7 +110,7 @@ def test_units_schedule_zoo_and_random_cells():
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     for name in runs[0][1]:
         np.testing.assert_array_equal(runs[0][1][name], runs[1][1][name])
-    assert compared >= len(zoo.names()) + 5
+    assert compared >= len(zoo.names()) + 7
 
 
 def test_schedule_choice_and_units_geometry(monkeypatch):
@@ -124,15 +129,24 @@ def test_schedule_choice_and_units_geometry(monkeypatch):
     k.plan, k.dtype = __import__("cellsearch.lowering", fromlist=["lower"]).lower(zoo.get("lstm")), np.dtype(np.float32)
     k.schedule = k.units_per_block = k.barrier = None
     k.weight_cache = True
+    k.value_cache = k.source_tile = True
+    k.tile_rows = None
     assert (k.schedule_for(64), k.schedule_for(131), k.schedule_for(132)) == ("units", "units", "rows")
     assert k.units_geometry(256) == (2, 128, True)
-    assert k.units_geometry(1024) == (8, 128, False)
     assert k.units_geometry(32) == (1, 32, True)
+    # lstm (7 taped values, 6 scratch, 16 gradient slots) at B=64, H=256, float32 in 12160 elements:
+    # mirror (14 + 6) x 128 = 2560, weights 2 x 256 x 4 = 2048, the rest in rows of 257
+    fwd = k.units_layout(64, 256, forward=True)
+    assert (fwd.units, fwd.blocks, fwd.vcache, fwd.cached, fwd.w_n) == (2, 128, True, True, 2048)
+    assert fwd.k_n == 12160 - 2560 - 2048 and fwd.k_n // 257 == 29
+    bwd = k.units_layout(64, 256, forward=False)  # mirror (14 + 6 + 16) x 128 = 4608
+    assert (bwd.vcache, bwd.cached, bwd.k_n) == (True, True, 12160 - 4608 - 2048)
+    big = k.units_layout(256, 1024, forward=True)  # 8 units x 256 rows: neither mirror nor weights fit
+    assert (big.units, big.blocks, big.vcache, big.cached, big.k_n // 1025) == (8, 128, False, False, 11)  # 11 rows a tile
     k.units_per_block = 1
-    assert k.units_geometry(256) == (1, 132, False)  # 256 groups over 132 blocks: each walks two, uncached
-    k.dtype = np.dtype(np.float64)
-    k.units_per_block = None
-    assert k.units_geometry(640) == (5, 128, False)  # 5 x 640 x 4 = 12800 doubles > 5120
+    assert k.units_geometry(256) == (1, 132, False)  # 256 groups over 132 blocks: each walks two
+    lay = k.units_layout(64, 256, forward=True)
+    assert (lay.vcache, lay.cached) == (False, False)  # nothing of one group's in shared memory
     for bad in ({"schedule": "columns"}, {"barrier": "spin"}, {"units_per_block": 0}):
         with pytest.raises(ShapeError):
             kmod.CudaKernel(zoo.get("lstm"), **bad)
@@ -339,9 +353,10 @@ def test_kernels_compile_to_ptx():
         bar = arr(1, np.int32)
         for coop in (False, True) if cuda.is_available() else (False,):  # grid sync's typing asks the driver for the device
             uk = unit_kernels(np.dtype(dt), coop)
-            head = (I(2), I(2), I(3), I(3), i64, i64, i64, i64, types.boolean)
-            fwd_u = (*head, I(1), I(1), I(2), F(1), F(2), F(3), F(2), F(1), F(2), F(2), F(1), F(1), F(3), F(3), bar)
-            bwd_u = (*head, F(1), I(1), I(1), i64, F(3), F(2), F(2), F(1), F(1), F(1), F(2), F(3), F(2), F(2), bar)
+            B_ = types.boolean
+            head = (I(2), I(2), I(3), I(3), I(2), I(3), I(3), I(1), i64, i64, i64, i64, i64, B_, i64, i64, B_)
+            fwd_u = (*head, i64, I(1), I(1), I(2), F(1), F(2), F(3), F(2), F(1), F(2), F(2), F(1), F(1), F(3), F(3), bar)
+            bwd_u = (*head, i64, F(1), I(1), I(1), i64, F(3), F(2), F(2), F(1), F(1), F(1), F(2), F(3), F(2), F(2), bar)
             sigs += [(uk.forward_units, fwd_u), (uk.backward_units, bwd_u)]
         for k, sig in sigs:
             try:
@@ -372,8 +387,9 @@ def test_the_gpu_benchmark_and_its_script_run(tmp_path):
     assert [(r["cell"], r["batch"]) for r in kernels["rows"]] == [("lstm", 2), ("lstm", 1), ("gru", 2), ("gru", 1)]
     assert len(json.loads((tmp_path / "rows_per_block.json").read_text())["rows"]) == 4
     sched = json.loads((tmp_path / "schedules.json").read_text())["rows"]
-    assert [(r["schedule"], r["barrier"], r["weight_cache"]) for r in sched[:4]] == [
-        ("rows", None, None), ("units", "atomic", True), ("units", "grid", True), ("units", "atomic", False)
+    assert [(r["schedule"], r["barrier"], r["weight_cache"], r["value_cache"]) for r in sched[:5]] == [
+        ("rows", None, None, None), ("units", "grid", True, True), ("units", "atomic", True, True),
+        ("units", "grid", True, False), ("units", "grid", False, False),
     ]  # fmt: skip
-    assert len(sched) == 8 and not any("error" in r for r in sched)
+    assert len(sched) == 12 and not any("error" in r for r in sched)  # six variants at two configs
     assert json.loads((tmp_path / "population.json").read_text())["cells"] == 2

@@ -32,8 +32,29 @@ from ...ir.cell import Cell
 from ...ir.params import param_specs
 from ...lowering import lower
 from ..reference import Forward, Gradients, check_params, infer_hidden, initial_states
-from ..tables import I_K, I_Z, pack_weights, tables, unpack_gradients
-from .kernels import ROWS, gemm_kernel, kernels, unit_kernels, weight_cache_elements
+from ..tables import (
+    C_AC,
+    C_AG,
+    C_AM,
+    C_BC,
+    C_BG,
+    C_BM,
+    C_CC,
+    C_CG,
+    C_CM,
+    C_DC,
+    C_DG,
+    C_DM,
+    I_K,
+    I_Z,
+    S_C,
+    S_G,
+    S_M,
+    pack_weights,
+    tables,
+    unpack_gradients,
+)  # fmt: skip
+from .kernels import M_STRIDE, ROWS, gemm_kernel, kernels, shared_elements, unit_kernels
 
 Array = np.ndarray
 DeviceArray = Any  # numba.cuda's DeviceNDArray (untyped)
@@ -138,6 +159,8 @@ class _Workspace:
     state_g: DeviceArray
     update_g: DeviceArray
     stage_offsets: list[tuple[int, int, int, int]]  # per stage: K offset, DZ offset, ns, nk
+    mirror: tuple[DeviceArray, ...]  # the units schedule's mirror slots: mops, msrc, mdst, mmisc
+    scratch0: int  # where the scratch slots start in A
     A: DeviceArray
     K: DeviceArray
     DZ: DeviceArray
@@ -162,6 +185,59 @@ class _Workspace:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class UnitsLayout:
+    """A units-schedule launch: units per block, blocks, and what its shared memory holds."""
+
+    units: int
+    blocks: int
+    cached: bool  # the block's weight columns (w_n elements)
+    w_n: int
+    k_n: int  # elements of the packed sources' tile (0: none)
+    vcache: bool  # the mirror of the block's values of the step
+
+
+def mirror_tables(plan: Any, tb: Any, B: int, H: int) -> tuple[Array, Array, Array, Array]:
+    """Every operand's slot in the units schedule's mirror (``kernels.unit_kernels``), from its
+    arena address ``const + t * tmul``: a taped value (tmul != 0) is tape slot ``s`` of tape step
+    ``t + par`` -> (s, par), mirrored by the tape step's parity; a scratch value -> (2 NT + its
+    scratch slot, -1); a gradient offset ``k * B * H`` -> slot k. ``mops`` [n_ops, 12]: (slot, par)
+    of d, a, b, c, then the gradient slots of d, a, b, c; ``msrc``/``mdst`` [n_stages, n, 3]:
+    (slot, par, gradient slot); ``mmisc``: see ``kernels.M_OUT``."""
+    BH = B * H
+    NT = plan.n_taped
+    tmul = NT * BH
+
+    def vm(const: int, mul: int) -> tuple[int, int]:
+        if mul != 0:
+            return (const % tmul) // BH, const // tmul
+        if const >= tb.scratch0 and plan.n_scratch:
+            return 2 * NT + (const - tb.scratch0) // BH, -1
+        return 0, -1
+
+    ops = tb.ops
+    mops = np.zeros((max(len(ops), 1), 12), dtype=np.int64)
+    for r, row in enumerate(ops):
+        for q, (c, m) in enumerate(((C_DC, C_DM), (C_AC, C_AM), (C_BC, C_BM), (C_CC, C_CM))):
+            mops[r, 2 * q : 2 * q + 2] = vm(int(row[c]), int(row[m]))
+        mops[r, 8:] = [int(row[g]) // BH for g in (C_DG, C_AG, C_BG, C_CG)]
+
+    def stage(t: Array) -> Array:
+        out = np.zeros((*t.shape[:2], 3), dtype=np.int64)
+        for g in range(t.shape[0]):
+            for i in range(t.shape[1]):
+                out[g, i] = (*vm(int(t[g, i, S_C]), int(t[g, i, S_M])), int(t[g, i, S_G]) // BH)
+        return out
+
+    misc = [*vm(*tb.output_at), plan.output_slot]
+    for s in range(len(plan.states)):
+        init = int(tb.init_at[s])
+        misc += [*vm(*map(int, tb.update_at[s])), init // BH if init >= 0 else 0,
+                 int(tb.state_g[s]) // BH if tb.state_g[s] >= 0 else -1, int(tb.update_g[s]) // BH]  # fmt: skip
+    assert len(misc) == 3 + M_STRIDE * len(plan.states)
+    return mops, stage(tb.stage_src), stage(tb.stage_dst), np.array(misc or [0], dtype=np.int64)
+
+
 class CudaKernel:
     """A cell on an NVIDIA GPU (or Numba's CUDA simulator). Options:
 
@@ -176,8 +252,10 @@ class CudaKernel:
       busy); ``units_per_block`` (units: default ceil(H / multiprocessors), the whole H in the
       simulator, whose blocks run one after another); ``barrier`` (units: ``"grid"``, cooperative
       groups' grid sync, which needs libcudadevrt; ``"atomic"``, a counter in global memory;
-      default grid where libcudadevrt is found); ``weight_cache`` (units: keep a block's weight
-      columns in shared memory when they fit; default True);
+      default grid where libcudadevrt is found); ``weight_cache``, ``value_cache``, ``source_tile``
+      (units: keep a block's weight columns, its elements of the step's values, and a tile of the
+      GEMM stages' packed sources in shared memory where they fit; default True each), ``tile_rows``
+      (units: at most this many rows in that tile; default as many as fit);
     - ``threads_per_block`` (default min(4H, 256): a GEMM stage gives each thread one output column
       of its 4H, as LSTM's), ``stream`` (a ``numba.cuda`` stream; default a new one)."""
 
@@ -195,6 +273,9 @@ class CudaKernel:
         units_per_block: int | None = None,
         barrier: str | None = None,
         weight_cache: bool = True,
+        value_cache: bool = True,
+        source_tile: bool = True,
+        tile_rows: int | None = None,
     ) -> None:
         self.cell = cell
         self.dtype = np.dtype(dtype)
@@ -215,6 +296,9 @@ class CudaKernel:
         self.units_per_block = units_per_block
         self.barrier = barrier
         self.weight_cache = weight_cache
+        self.value_cache = value_cache
+        self.source_tile = source_tile
+        self.tile_rows = tile_rows
         self.rows_per_block = rows_per_block
         self.threads_per_block = threads_per_block
         self.stream = stream if stream is not None else cuda.stream()
@@ -244,14 +328,32 @@ class CudaKernel:
         return "units" if not simulated() and B < _multiprocessors() else "rows"
 
     def units_geometry(self, H: int) -> tuple[int, int, bool]:
-        """The units schedule's (units per block, blocks, weights cached in shared memory)."""
+        """The units schedule's (units per block, blocks, whether each block has one group)."""
         sms = 1 if simulated() else _multiprocessors()
         U = min(self.units_per_block or (H if simulated() else math.ceil(H / sms)), H)
         groups = math.ceil(H / U)
         blocks = min(groups, sms)  # every block resident at once: one per multiprocessor at most
-        cache = U * H * sum(len(st.srcs) * len(st.dsts) for st in self.plan.stages)
-        cached = self.weight_cache and blocks == groups and 0 < cache <= weight_cache_elements(self.dtype)
-        return U, blocks, cached
+        return U, blocks, blocks == groups
+
+    def units_layout(self, B: int, H: int, forward: bool) -> UnitsLayout:
+        """What a units-schedule block keeps in its shared memory, in order of worth: its elements'
+        values of the step (the mirror), its weight columns, then as many rows of the packed
+        sources as the rest holds (at least one, or none)."""
+        U, blocks, one_group = self.units_geometry(H)
+        p = self.plan
+        room = shared_elements(self.dtype)
+        E = B * U
+        vneed = (2 * p.n_taped + p.n_scratch + (0 if forward else p.n_slots)) * E
+        vcache = self.value_cache and one_group and vneed <= room
+        room -= vneed if vcache else 0
+        wneed = U * H * sum(len(st.srcs) * len(st.dsts) for st in p.stages)
+        cached = self.weight_cache and one_group and 0 < wneed <= room
+        room -= wneed if cached else 0
+        row = max((max(len(st.srcs), len(st.dsts)) * H + 1 for st in p.stages), default=0)
+        k_n = min(room, min(self.tile_rows or B, B) * row) if self.source_tile and row else 0
+        if k_n < row:
+            k_n = 0
+        return UnitsLayout(U, blocks, cached, wneed if cached else 0, k_n, vcache)
 
     def _cooperative(self) -> bool:
         if self.barrier is not None:
@@ -298,7 +400,7 @@ class CudaKernel:
             ops=dev(tb.ops), info=dev(tb.stage_info), stage_src=dev(tb.stage_src), stage_dst=dev(tb.stage_dst),
             init_at=dev(tb.init_at), out_at=dev(np.array(tb.output_at, dtype=np.int64)),
             update_at=dev(tb.update_at), state_g=dev(tb.state_g), update_g=dev(tb.update_g),
-            stage_offsets=offsets,
+            stage_offsets=offsets, mirror=tuple(dev(m) for m in mirror_tables(p, tb, B, H)), scratch0=tb.scratch0,
             A=empty(tb.arena), K=empty(tb.k_size), DZ=empty(tb.dz_size), G=empty(tb.g_size),
             P=empty(T * B, NX * H), dP=empty(T * B, NX * H), Y=empty(T, B, H), ST=empty(nS, B, H),
             S0=empty(nS, B * H), dS=empty(nS, B * H), dOut=empty(T, B, H), dX=empty(T, B, I),
@@ -399,12 +501,13 @@ class CudaKernel:
         if consts is None:
             consts = ws.extra["consts"] = cuda.to_device(np.array((*p.consts, 0.0), dtype=self.dtype), stream=self.stream)
         if self.schedule_for(B) == "units":
-            U, blocks, cached = self.units_geometry(H)
+            lay = self.units_layout(B, H, forward=True)
             bar = self._barrier_counter(ws)
             ku = unit_kernels(self.dtype, self._cooperative()).forward_units
-            ku[blocks, self._threads(H), self.stream](
-                ws.ops, ws.info, ws.stage_src, ws.stage_dst, T, B, H, U, cached, ws.init_at, ws.out_at, ws.update_at, ws.A, ws.P,
-                x, state0, consts, weights.biases, weights.peeps, weights.W, ws.K, ws.Y, ws.ST, bar,
+            ku[lay.blocks, self._threads(H), self.stream](
+                ws.ops, ws.info, ws.stage_src, ws.stage_dst, *ws.mirror, T, B, H, lay.units, p.n_taped, lay.cached, lay.w_n,
+                lay.k_n, lay.vcache, ws.scratch0, ws.init_at, ws.out_at, ws.update_at, ws.A, ws.P, x, state0, consts,
+                weights.biases, weights.peeps, weights.W, ws.K, ws.Y, ws.ST, bar,
             )  # fmt: skip
         else:
             rows = self._rows(B)
@@ -441,13 +544,14 @@ class CudaKernel:
         elif d_state is not ws.dS:
             ws.dS.copy_to_device(d_state, stream=self.stream)
         if self.schedule_for(B) == "units":
-            U, blocks, cached = self.units_geometry(H)
+            lay = self.units_layout(B, H, forward=False)
             bar = self._barrier_counter(ws)
             self._fill(ws.dX)
             ku = unit_kernels(self.dtype, self._cooperative()).backward_units
-            ku[blocks, self._threads(H), self.stream](
-                ws.ops, ws.info, ws.stage_src, ws.stage_dst, T, B, H, U, cached, tape.A, ws.state_g, ws.update_g,
-                p.output_slot * B * H, d_out, ws.dS, weights.peeps, weights.WT, ws.DZ, ws.G, ws.dP, ws.dX, ws.dBr, ws.dPeepr, bar,
+            ku[lay.blocks, self._threads(H), self.stream](
+                ws.ops, ws.info, ws.stage_src, ws.stage_dst, *ws.mirror, T, B, H, lay.units, p.n_taped, lay.cached, lay.w_n,
+                lay.k_n, lay.vcache, ws.scratch0, tape.A, ws.state_g, ws.update_g, p.output_slot * B * H, d_out, ws.dS,
+                weights.peeps, weights.WT, ws.DZ, ws.G, ws.dP, ws.dX, ws.dBr, ws.dPeepr, bar,
             )  # fmt: skip
         else:
             rows = self._rows(B)

@@ -187,7 +187,7 @@ def element_ops(dtype: np.dtype) -> SimpleNamespace:
     def forward_op(code, aux, flag, t, A, d, a, b, c, e, bb, j, B, H, X, P, S0, consts, biases, peeps):
         if code == OP_STATE:
             if flag == 1:  # a copied state; the others are read in place
-                A[d + e] = S0[aux, e] if t == 0 else A[a + e]
+                A[d + e] = S0[aux, bb * H + j] if t == 0 else A[a + e]
         elif code == OP_X:
             A[d + e] = X[t, bb, j]
         elif code == OP_CONST:
@@ -219,7 +219,7 @@ def element_ops(dtype: np.dtype) -> SimpleNamespace:
     def backward_op(code, aux, t, A, G, gd, ga, gb, gc, d, a, b, c, e, bb, j, B, H, dS, dX, dP, dBr, dPeepr, peeps):
         g = G[gd + e]
         if code == OP_STATE:
-            dS[aux, e] = g
+            dS[aux, bb * H + j] = g
         elif code == OP_X:
             dX[t, bb, j] += g
         elif code == OP_LOADP:
@@ -256,13 +256,17 @@ def element_ops(dtype: np.dtype) -> SimpleNamespace:
     return SimpleNamespace(forward_op=forward_op, backward_op=backward_op)
 
 
-#: bytes of shared memory the units schedule's blocks keep their weight columns in (under the 48 KiB
-#: of static shared memory a block may have)
-WEIGHT_CACHE_BYTES = 40960
+#: bytes of static shared memory a units-schedule block uses (a block may have 48 KiB): its weight
+#: columns, a tile of the GEMM stage's packed sources, and its elements' values of the step
+SHARED_BYTES = 48 * 1024 - 512
+#: the layout of the units schedule's misc mirror table: the output's (slot, parity), its gradient
+#: slot, then per state (update slot, update parity, initial slot, leaf's gradient slot, update's
+#: gradient slot)
+M_OUT, M_OUTG, M_STATE, M_STRIDE = 0, 2, 3, 5
 
 
-def weight_cache_elements(dtype: np.dtype) -> int:
-    return WEIGHT_CACHE_BYTES // np.dtype(dtype).itemsize
+def shared_elements(dtype: np.dtype) -> int:
+    return SHARED_BYTES // np.dtype(dtype).itemsize
 
 
 @lru_cache(maxsize=8)
@@ -272,10 +276,20 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
     one block), for the whole sequence. Elementwise ops touch only the block's units; a GEMM stage
     needs every unit of its sources, so the blocks write their units of the sources into ``K``, wait
     at a grid-wide barrier, and each computes its own units' output columns for all B rows. So a
-    step is one grid barrier per GEMM stage, and the recurrent weights a block needs (its U columns
-    of each destination, ``width x nk*U`` a stage) stay in its shared memory for the whole sequence
-    when they fit (``cached``; the host decides). This spreads a small batch over every
-    multiprocessor, where the rows schedule gives each batch row one block.
+    step is one grid barrier per GEMM stage, and a small batch is spread over every multiprocessor,
+    where the rows schedule gives each batch row one block.
+
+    A block with one group keeps three things in shared memory (``SH``; the host lays it out and
+    says which fit): its weight columns of every stage for the whole sequence (``cached``: ``w_n``
+    elements at 0), a tile of the stage's packed sources (``k_n`` elements after them: rows of
+    ``width + 1``, loaded four elements a thread at a time, so a dot product reads shared memory,
+    not a chain of L2 round trips), and the **mirror** (``vcache``, after the tile): its elements of
+    every value of the step (the taped values of tape steps t and t+1 by parity, then the scratch
+    values) — ops read and write it, and write the tape (and at the last step the scratch values)
+    for the backward; the backward mirrors the
+    two tape steps it reads and the scratch values (those it reads are the same at every step:
+    constants, biases) and keeps its gradients there. ``mops``/``msrc``/``mdst``/``mmisc`` give
+    every operand's mirror slot (``mirror_tables``). Otherwise values go through global memory.
 
     The barrier: ``cooperative`` uses cooperative groups' grid sync (a cooperative launch, linking
     libcudadevrt); otherwise a counter in global memory (``bar``, zeroed before the launch) that
@@ -284,7 +298,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
     dt = from_dtype(np.dtype(dtype))
     typ = np.dtype(dtype).type
     zero = typ(0)
-    WS = weight_cache_elements(np.dtype(dtype))
+    SHN = shared_elements(np.dtype(dtype))
     elem = element_ops(np.dtype(dtype))
     forward_op = elem.forward_op
     backward_op = elem.backward_op
@@ -330,6 +344,45 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
         return (s0 + s1) + (s2 + s3)
 
     @cuda.jit(device=True, inline="always")
+    def column_value(SH, M, moff, k_at, rr, staged, cached, W, cb, cc, NC, woff, ncol, width):
+        """One output of a GEMM stage: row rr of the tile (staged) or of M at moff, times column cc
+        of the block's cached weights or the global column at woff."""
+        if staged:
+            if cached:
+                return dot(SH, k_at + rr * (width + 1), SH, cb + cc, NC, width)
+            return dot(SH, k_at + rr * (width + 1), W, woff, ncol, width)
+        if cached:
+            return dot(M, moff, SH, cb + cc, NC, width)
+        return dot(M, moff, W, woff, ncol, width)
+
+    @cuda.jit(device=True, inline="always")
+    def stage_tile(SH, k_at, M, moff, n, width, tid, nth):
+        """n elements of M from moff (whole rows of ``width``) into SH at k_at, rows padded to
+        width + 1 (no bank conflicts between rows); eight loads in flight a thread."""
+        for i0 in range(tid, n, 8 * nth):
+            v0 = M[moff + i0]
+            v1 = M[moff + i0 + nth] if i0 + nth < n else zero
+            v2 = M[moff + i0 + 2 * nth] if i0 + 2 * nth < n else zero
+            v3 = M[moff + i0 + 3 * nth] if i0 + 3 * nth < n else zero
+            v4 = M[moff + i0 + 4 * nth] if i0 + 4 * nth < n else zero
+            v5 = M[moff + i0 + 5 * nth] if i0 + 5 * nth < n else zero
+            v6 = M[moff + i0 + 6 * nth] if i0 + 6 * nth < n else zero
+            v7 = M[moff + i0 + 7 * nth] if i0 + 7 * nth < n else zero
+            put(SH, k_at, i0, n, width, v0)
+            put(SH, k_at, i0 + nth, n, width, v1)
+            put(SH, k_at, i0 + 2 * nth, n, width, v2)
+            put(SH, k_at, i0 + 3 * nth, n, width, v3)
+            put(SH, k_at, i0 + 4 * nth, n, width, v4)
+            put(SH, k_at, i0 + 5 * nth, n, width, v5)
+            put(SH, k_at, i0 + 6 * nth, n, width, v6)
+            put(SH, k_at, i0 + 7 * nth, n, width, v7)
+
+    @cuda.jit(device=True, inline="always")
+    def put(SH, k_at, i, n, width, v):
+        if i < n:
+            SH[k_at + i + i // width] = v
+
+    @cuda.jit(device=True, inline="always")
     def load_cache(Wc, W, info, H, u0, Ug, forward, tid, nth):
         """The block's columns of every stage's weights into Wc: a stage's matrix is [n_in, n_out*H]
         (forward: ns*H x nk*H, backward: nk*H x ns*H); its cached part is [n_in, n_out*Ug], column
@@ -357,38 +410,48 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
             base += info[g, I_NS] * info[g, I_NK] * H * Ug
         return base
 
+    @cuda.jit(device=True, inline="always")
+    def mslot(s, par, t, NT):
+        """The mirror slot of a value: a taped one (par 0 or 1: tape step t + par) by the tape step's
+        parity; a scratch one (par -1) as it is."""
+        return s + ((t + par) & 1) * NT if par >= 0 else s
+
     @cuda.jit(cache=True)
-    def forward_units(ops, info, stage_src, stage_dst, T, B, H, U, cached, init_at, out_at, update_at, A, P, X, S0, consts,
-                      biases, peeps, W, K, Y, ST, bar):  # fmt: skip
+    def forward_units(ops, info, stage_src, stage_dst, mops, msrc, mdst, mmisc, T, B, H, U, NT, cached, w_n, k_n, vcache,
+                      scratch0, init_at, out_at, update_at, A, P, X, S0, consts, biases, peeps, W, K, Y, ST, bar):  # fmt: skip
         """The forward over the whole sequence for the block's units: fills the tape A, K, the
         outputs Y [T, B, H] and the final states ST [n_states, B, H] (their units)."""
-        Wc = cuda.shared.array(WS, dt)
+        SH = cuda.shared.array(SHN, dt)
         tid = cuda.threadIdx.x
         nth = cuda.blockDim.x
         nblk = cuda.gridDim.x
         g0 = cuda.blockIdx.x * U
         gstep = nblk * U
-        if cached:  # one group per block, and its columns fit
-            load_cache(Wc, W, info, H, g0, min(U, H - g0), True, tid, nth)
+        k_at = w_n
+        v_at = w_n + k_n
+        E = B * min(U, H - g0)  # the mirror's elements (vcache: the block has one group)
+        if cached:
+            load_cache(SH, W, info, H, g0, min(U, H - g0), True, tid, nth)
             cuda.syncthreads()
         nbar = 0
         for s in range(init_at.shape[0]):  # initial states read in place from tape step 0
             off = init_at[s]
             if off >= 0:
+                si = v_at + mmisc[M_STATE + s * M_STRIDE + 2] * E
                 for u0 in range(g0, H, gstep):
                     Ug = min(U, H - u0)
                     for idx in range(tid, B * Ug, nth):
                         bb = idx // Ug
-                        e = bb * H + u0 + idx - bb * Ug
-                        A[off + e] = S0[s, e]
+                        f = bb * H + u0 + idx - bb * Ug
+                        A[off + f] = S0[s, f]
+                        if vcache:
+                            SH[si + idx] = S0[s, f]
         for t in range(T):
             for r in range(ops.shape[0]):
                 code = ops[r, C_CODE]
                 aux = ops[r, C_AUX]
-                d = ops[r, C_DC] + t * ops[r, C_DM]
-                a = ops[r, C_AC] + t * ops[r, C_AM]
-                b = ops[r, C_BC] + t * ops[r, C_BM]
-                c = ops[r, C_CC] + t * ops[r, C_CM]
+                dm = ops[r, C_DM]
+                d = ops[r, C_DC] + t * dm
                 if code == OP_GEMM:
                     ns = info[aux, I_NS]
                     nk = info[aux, I_NK]
@@ -400,67 +463,121 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                         Ug = min(U, H - u0)
                         for i in range(ns):
                             src = stage_src[aux, i, S_C] + t * stage_src[aux, i, S_M]
+                            vs = v_at + mslot(msrc[aux, i, 0], msrc[aux, i, 1], t, NT) * E
                             for idx in range(tid, B * Ug, nth):
                                 bb = idx // Ug
                                 j = u0 + idx - bb * Ug
-                                K[koff + bb * width + i * H + j] = A[src + bb * H + j]
+                                K[koff + bb * width + i * H + j] = SH[vs + idx] if vcache else A[src + bb * H + j]
                     nbar += 1
                     barrier(bar, nbar * nblk)  # every unit of K is there
+                    kr = k_n // (width + 1)  # rows of K a tile holds (0: no tile)
+                    staged = kr > 0
+                    if not staged:
+                        kr = B
                     for u0 in range(g0, H, gstep):  # the block's output columns, all rows
                         Ug = min(U, H - u0)
                         NC = nk * Ug
                         cb = cache_base(info, aux, H, Ug)
-                        for o in range(tid, B * NC, nth):
-                            bb = o // NC
-                            cc = o - bb * NC
-                            k = cc // Ug
-                            j = u0 + cc - k * Ug
-                            if cached:
-                                v = dot(K, koff + bb * width, Wc, cb + cc, NC, width)
-                            else:
-                                v = dot(K, koff + bb * width, W, woff + k * H + j, ncol, width)
-                            A[stage_dst[aux, k, S_C] + t * stage_dst[aux, k, S_M] + bb * H + j] += v
+                        for b0 in range(0, B, kr):
+                            nb = min(kr, B - b0)
+                            if staged:
+                                stage_tile(SH, k_at, K, koff + b0 * width, nb * width, width, tid, nth)
+                                cuda.syncthreads()
+                            for o in range(tid, nb * NC, nth):
+                                rr = o // NC
+                                cc = o - rr * NC
+                                k = cc // Ug
+                                ju = cc - k * Ug
+                                j = u0 + ju
+                                bb = b0 + rr
+                                v = column_value(SH, K, koff + bb * width, k_at, rr, staged, cached, W, cb, cc, NC,
+                                                 woff + k * H + j, ncol, width)  # fmt: skip
+                                dd = stage_dst[aux, k, S_C] + t * stage_dst[aux, k, S_M] + bb * H + j
+                                if vcache:
+                                    vi = v_at + mslot(mdst[aux, k, 0], mdst[aux, k, 1], t, NT) * E + bb * Ug + ju
+                                    nv = SH[vi] + v
+                                    SH[vi] = nv
+                                    if stage_dst[aux, k, S_M] != 0 or t == T - 1:  # taped, or the last step's scratch
+                                        A[dd] = nv
+                                else:
+                                    A[dd] += v
+                            if staged:
+                                cuda.syncthreads()  # the tile is read before the next rows come in
                     cuda.syncthreads()  # columns were computed by other threads than the units' own
                     continue
+                flag = ops[r, C_BG]
+                if vcache:
+                    Ug = min(U, H - g0)
+                    dv = v_at + mslot(mops[r, 0], mops[r, 1], t, NT) * E
+                    av = v_at + mslot(mops[r, 2], mops[r, 3], t, NT) * E
+                    bv = v_at + mslot(mops[r, 4], mops[r, 5], t, NT) * E
+                    cv = v_at + mslot(mops[r, 6], mops[r, 7], t, NT) * E
+                    for idx in range(tid, E, nth):
+                        bb = idx // Ug
+                        j = g0 + idx - bb * Ug
+                        forward_op(code, aux, flag, t, SH, dv, av, bv, cv, idx, bb, j, B, H, X, P, S0, consts, biases, peeps)
+                        if dm != 0 or (t == T - 1 and d >= scratch0):  # the tape; the last step's scratch values too
+                            A[d + bb * H + j] = SH[dv + idx]
+                    continue
+                a = ops[r, C_AC] + t * ops[r, C_AM]
+                b = ops[r, C_BC] + t * ops[r, C_BM]
+                c = ops[r, C_CC] + t * ops[r, C_CM]
                 for u0 in range(g0, H, gstep):
                     Ug = min(U, H - u0)
                     for idx in range(tid, B * Ug, nth):
                         bb = idx // Ug
                         j = u0 + idx - bb * Ug
-                        forward_op(code, aux, ops[r, C_BG], t, A, d, a, b, c, bb * H + j, bb, j, B, H, X, P, S0, consts,
-                                   biases, peeps)  # fmt: skip
+                        forward_op(code, aux, flag, t, A, d, a, b, c, bb * H + j, bb, j, B, H, X, P, S0, consts, biases, peeps)
             o = out_at[0] + t * out_at[1]
+            ov = v_at + mslot(mmisc[M_OUT], mmisc[M_OUT + 1], t, NT) * E
             for u0 in range(g0, H, gstep):
                 Ug = min(U, H - u0)
                 for idx in range(tid, B * Ug, nth):
                     bb = idx // Ug
                     j = u0 + idx - bb * Ug
-                    Y[t, bb, j] = A[o + bb * H + j]
+                    Y[t, bb, j] = SH[ov + idx] if vcache else A[o + bb * H + j]
         for s in range(update_at.shape[0]):
             u = update_at[s, 0] + (T - 1) * update_at[s, 1]
+            m = M_STATE + s * M_STRIDE
+            uv = v_at + mslot(mmisc[m], mmisc[m + 1], T - 1, NT) * E
             for u0 in range(g0, H, gstep):
                 Ug = min(U, H - u0)
                 for idx in range(tid, B * Ug, nth):
                     bb = idx // Ug
                     j = u0 + idx - bb * Ug
-                    ST[s, bb, j] = A[u + bb * H + j]
+                    ST[s, bb, j] = SH[uv + idx] if vcache else A[u + bb * H + j]
 
     @cuda.jit(cache=True)
-    def backward_units(ops, info, stage_src, stage_dst, T, B, H, U, cached, A, state_g, update_g, output_g, dOut, dS, peeps,
-                       WT, DZ, G, dP, dX, dBr, dPeepr, bar):  # fmt: skip
+    def backward_units(ops, info, stage_src, stage_dst, mops, msrc, mdst, mmisc, T, B, H, U, NT, cached, w_n, k_n, vcache,
+                       scratch0, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, G, dP, dX, dBr, dPeepr,
+                       bar):  # fmt: skip
         """The reverse walk for the block's units, as ``backward_loop`` (dX comes in zeroed)."""
-        Wc = cuda.shared.array(WS, dt)
+        SH = cuda.shared.array(SHN, dt)
         tid = cuda.threadIdx.x
         nth = cuda.blockDim.x
         nblk = cuda.gridDim.x
         g0 = cuda.blockIdx.x * U
         gstep = nblk * U
         BH = B * H
+        tmul = NT * BH
         nS = dS.shape[0]
+        NG = G.shape[0] // BH
+        k_at = w_n
+        v_at = w_n + k_n
+        E = B * min(U, H - g0)
+        NS = (A.shape[0] - scratch0) // BH
+        g_at = v_at + (2 * NT + NS) * E  # the mirror: two tape steps, the scratch values, the step's gradients
         if cached:
-            load_cache(Wc, WT, info, H, g0, min(U, H - g0), False, tid, nth)
+            load_cache(SH, WT, info, H, g0, min(U, H - g0), False, tid, nth)
             cuda.syncthreads()
         nbar = 0
+        if vcache:  # the scratch values the backward reads hold the same at every step (constants, biases)
+            Ug = min(U, H - g0)
+            for idx in range(tid, E, nth):
+                bb = idx // Ug
+                e = bb * H + g0 + idx - bb * Ug
+                for s in range(NS):
+                    SH[v_at + (2 * NT + s) * E + idx] = A[scratch0 + s * BH + e]
         for u0 in range(g0, H, gstep):
             Ug = min(U, H - u0)
             for idx in range(tid, B * Ug, nth):
@@ -477,7 +594,20 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                     bb = idx // Ug
                     j = u0 + idx - bb * Ug
                     e = bb * H + j
-                    for slot in range(G.shape[0] // BH):
+                    if vcache:
+                        for s in range(NT):  # tape step t (and t + 1 the first time) into the mirror
+                            if t == T - 1:
+                                SH[v_at + (((t + 1) & 1) * NT + s) * E + idx] = A[(t + 1) * tmul + s * BH + e]
+                            SH[v_at + ((t & 1) * NT + s) * E + idx] = A[t * tmul + s * BH + e]
+                        for slot in range(NG):
+                            SH[g_at + slot * E + idx] = zero
+                        SH[g_at + mmisc[M_OUTG] * E + idx] += dOut[t, bb, j]
+                        for s in range(nS):
+                            SH[g_at + mmisc[M_STATE + s * M_STRIDE + 4] * E + idx] += dS[s, e]
+                            if state_g[s] < 0:
+                                dS[s, e] = zero
+                        continue
+                    for slot in range(NG):
                         G[slot * BH + e] = zero
                     G[output_g + e] += dOut[t, bb, j]
                     for s in range(nS):
@@ -487,14 +617,6 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
             for r in range(ops.shape[0] - 1, -1, -1):
                 code = ops[r, C_CODE]
                 aux = ops[r, C_AUX]
-                gd = ops[r, C_DG]
-                ga = ops[r, C_AG]
-                gb = ops[r, C_BG]
-                gc = ops[r, C_CG]
-                d = ops[r, C_DC] + t * ops[r, C_DM]
-                a = ops[r, C_AC] + t * ops[r, C_AM]
-                b = ops[r, C_BC] + t * ops[r, C_BM]
-                c = ops[r, C_CC] + t * ops[r, C_CM]
                 if code == OP_GEMM:
                     ns = info[aux, I_NS]
                     nk = info[aux, I_NK]
@@ -506,30 +628,69 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                         Ug = min(U, H - u0)
                         for k in range(nk):
                             src = stage_dst[aux, k, S_G]
+                            gs = g_at + mdst[aux, k, 2] * E
                             for idx in range(tid, B * Ug, nth):
                                 bb = idx // Ug
                                 j = u0 + idx - bb * Ug
-                                DZ[zoff + bb * width + k * H + j] = G[src + bb * H + j]
+                                DZ[zoff + bb * width + k * H + j] = SH[gs + idx] if vcache else G[src + bb * H + j]
                     nbar += 1
                     barrier(bar, nbar * nblk)
+                    kr = k_n // (width + 1)
+                    staged = kr > 0
+                    if not staged:
+                        kr = B
                     for u0 in range(g0, H, gstep):  # the block's columns of the sources' gradients
                         Ug = min(U, H - u0)
                         NC = ns * Ug
                         cb = cache_base(info, aux, H, Ug)
-                        for o in range(tid, B * NC, nth):
-                            bb = o // NC
-                            cc = o - bb * NC
-                            i = cc // Ug
-                            j = u0 + cc - i * Ug
-                            if cached:
-                                v = dot(DZ, zoff + bb * width, Wc, cb + cc, NC, width)
-                            else:
-                                v = dot(DZ, zoff + bb * width, WT, woff + i * H + j, ncol, width)
-                            G[stage_src[aux, i, S_G] + bb * H + j] += v
+                        for b0 in range(0, B, kr):
+                            nb = min(kr, B - b0)
+                            if staged:
+                                stage_tile(SH, k_at, DZ, zoff + b0 * width, nb * width, width, tid, nth)
+                                cuda.syncthreads()
+                            for o in range(tid, nb * NC, nth):
+                                rr = o // NC
+                                cc = o - rr * NC
+                                i = cc // Ug
+                                ju = cc - i * Ug
+                                j = u0 + ju
+                                bb = b0 + rr
+                                v = column_value(SH, DZ, zoff + bb * width, k_at, rr, staged, cached, WT, cb, cc, NC,
+                                                 woff + i * H + j, ncol, width)  # fmt: skip
+                                if vcache:
+                                    SH[g_at + msrc[aux, i, 2] * E + bb * Ug + ju] += v
+                                else:
+                                    G[stage_src[aux, i, S_G] + bb * H + j] += v
+                            if staged:
+                                cuda.syncthreads()
                     cuda.syncthreads()
                     continue
                 if code == OP_CONST:
                     continue
+                if vcache:
+                    Ug = min(U, H - g0)
+                    dv = v_at + mslot(mops[r, 0], mops[r, 1], t, NT) * E
+                    av = v_at + mslot(mops[r, 2], mops[r, 3], t, NT) * E
+                    bv = v_at + mslot(mops[r, 4], mops[r, 5], t, NT) * E
+                    cv = v_at + mslot(mops[r, 6], mops[r, 7], t, NT) * E
+                    gdv = g_at + mops[r, 8] * E
+                    gav = g_at + mops[r, 9] * E
+                    gbv = g_at + mops[r, 10] * E
+                    gcv = g_at + mops[r, 11] * E
+                    for idx in range(tid, E, nth):
+                        bb = idx // Ug
+                        j = g0 + idx - bb * Ug
+                        backward_op(code, aux, t, SH, SH, gdv, gav, gbv, gcv, dv, av, bv, cv, idx, bb, j, B, H, dS, dX, dP, dBr,
+                                    dPeepr, peeps)  # fmt: skip
+                    continue
+                gd = ops[r, C_DG]
+                ga = ops[r, C_AG]
+                gb = ops[r, C_BG]
+                gc = ops[r, C_CG]
+                d = ops[r, C_DC] + t * ops[r, C_DM]
+                a = ops[r, C_AC] + t * ops[r, C_AM]
+                b = ops[r, C_BC] + t * ops[r, C_BM]
+                c = ops[r, C_CC] + t * ops[r, C_CM]
                 for u0 in range(g0, H, gstep):
                     Ug = min(U, H - u0)
                     for idx in range(tid, B * Ug, nth):
