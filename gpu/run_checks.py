@@ -130,7 +130,6 @@ SCHEDULE_VARIANTS = [
     {"schedule": "units", "barrier": "atomic"},
     {"schedule": "units", "barrier": "grid", "value_cache": False},
     {"schedule": "units", "barrier": "grid", "value_cache": False, "weight_cache": False},
-    {"schedule": "units", "barrier": "grid", "source_tile": False},
 ]
 
 

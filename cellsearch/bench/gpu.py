@@ -44,7 +44,6 @@ class GpuRow:
     barrier: str | None  # units schedule: "grid" (cooperative groups) or "atomic"
     weight_cache: bool | None  # units schedule: the block's weights in shared memory
     value_cache: bool | None  # units schedule: its elements of the step's values there
-    source_tile: int | None  # units schedule: elements of the packed sources' tile there (0: none)
     median_ms: float
     torch_median_ms: float | None  # torch.nn.LSTM/GRU on the same GPU (cuDNN)
     ratio: float | None  # ours / torch: < 1 is faster
@@ -176,14 +175,14 @@ def bench_gpu(
 
 
 def _geometry(kernel: Any, B: int, H: int) -> dict[str, Any]:
-    if kernel.schedule_for(B) == "units":
+    if kernel.schedule_for(B, H) == "units":
         lay = kernel.units_layout(B, H, forward=True)
         barrier = "grid" if kernel._cooperative() else "atomic"
         return {"schedule": "units", "rows_per_block": None, "units_per_block": lay.units, "blocks": lay.blocks,
-                "barrier": barrier, "weight_cache": lay.cached, "value_cache": lay.vcache, "source_tile": lay.k_n}  # fmt: skip
+                "barrier": barrier, "weight_cache": lay.cached, "value_cache": lay.vcache}  # fmt: skip
     rows = kernel._rows(B)
     return {"schedule": "rows", "rows_per_block": rows, "units_per_block": None, "blocks": -(-B // rows), "barrier": None,
-            "weight_cache": None, "value_cache": None, "source_tile": None}  # fmt: skip
+            "weight_cache": None, "value_cache": None}  # fmt: skip
 
 
 def population_throughput(

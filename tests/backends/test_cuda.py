@@ -69,9 +69,9 @@ GEOMETRIES = {
     "units2-t3": {"schedule": "units", "units_per_block": 2, "threads_per_block": 3},
     "units1-atomic": {"schedule": "units", "units_per_block": 1, "barrier": "atomic"},
     "units-grid": {"schedule": "units", "barrier": "grid"},
-    "units-tile2": {"schedule": "units", "tile_rows": 2, "threads_per_block": 5},  # the source tile in two passes
+    "units-t5": {"schedule": "units", "threads_per_block": 5},
     "units-novalues": {"schedule": "units", "value_cache": False},
-    "units-global": {"schedule": "units", "value_cache": False, "weight_cache": False, "source_tile": False},
+    "units-global": {"schedule": "units", "value_cache": False, "weight_cache": False},
 }
 
 
@@ -96,7 +96,7 @@ def test_units_schedule_zoo_and_random_cells():
         compared += check(zoo.get(name), "cuda", np.float64, seed=2, schedule="units", **TINY)
     for seed in range(8):  # the first six with the block's values, weights and sources in shared memory
         cell = random_cell(np.random.default_rng(100 + seed), name=f"random{seed}")
-        options = {"units_per_block": 2} if seed >= 6 else {"tile_rows": 1}
+        options = {"units_per_block": 2} if seed >= 6 else {}
         compared += check(cell, "cuda", np.float32, seed=seed, schedule="units", **options, **TINY)
     # and the same numbers on every run (no atomics touch the data; the barrier only orders)
     kern = compile(zoo.get("gru"), "cuda", np.float32, schedule="units", units_per_block=2)
@@ -114,10 +114,11 @@ def test_units_schedule_zoo_and_random_cells():
 
 
 def test_schedule_choice_and_units_geometry(monkeypatch):
-    """On a 132-multiprocessor GPU: units below 132 rows, rows from 132; units per block spread H over
-    at most one block per multiprocessor; the weights are cached when a block's columns fit in its
-    40 KiB (lstm at H=256 float32: 2 units x 256 x 4 gates = 2048 elements; at H=1024: 32768, too
-    many); a population refuses the units schedule; bad options are one clear error."""
+    """On a 132-multiprocessor GPU: the units schedule from H = 192 with at most 66 rows (where it was
+    measured faster), rows otherwise; units per block spread H over at most one block per
+    multiprocessor; a block's values of the step and its weight columns go in its shared memory when
+    they fit, the mirror first; a population refuses the units schedule; bad options are one clear
+    error."""
     pytest.importorskip("numba.cuda")
     from cellsearch.backends.cuda import kernel as kmod
     from cellsearch.backends.cuda.population import CudaPopulation
@@ -128,26 +129,32 @@ def test_schedule_choice_and_units_geometry(monkeypatch):
     k = kmod.CudaKernel.__new__(kmod.CudaKernel)  # no stream: nothing here touches the device
     k.plan, k.dtype = __import__("cellsearch.lowering", fromlist=["lower"]).lower(zoo.get("lstm")), np.dtype(np.float32)
     k.schedule = k.units_per_block = k.barrier = None
-    k.weight_cache = True
-    k.value_cache = k.source_tile = True
-    k.tile_rows = None
-    assert (k.schedule_for(64), k.schedule_for(131), k.schedule_for(132)) == ("units", "units", "rows")
+    k.weight_cache = k.value_cache = True
+    assert [k.schedule_for(B, H) for B, H in ((64, 256), (66, 192), (67, 256), (128, 256), (64, 128), (16, 32))] == [
+        "units", "units", "rows", "rows", "rows", "rows"
+    ]  # fmt: skip
+    k.schedule = "units"
+    assert k.schedule_for(16, 32) == "units"  # asked for
     assert k.units_geometry(256) == (2, 128, True)
     assert k.units_geometry(32) == (1, 32, True)
-    # lstm (7 taped values, 6 scratch, 16 gradient slots) at B=64, H=256, float32 in 12160 elements:
-    # mirror (14 + 6) x 128 = 2560, weights 2 x 256 x 4 = 2048, the rest in rows of 257
+    # lstm (7 taped values, 6 scratch, 16 gradient slots) at B=64, H=256, float32, in 12160 elements:
+    # forward mirror (14 + 6) x 128 = 2560, backward (14 + 6 + 16) x 128 = 4608; weights 2 x 256 x 4 = 2048
     fwd = k.units_layout(64, 256, forward=True)
     assert (fwd.units, fwd.blocks, fwd.vcache, fwd.cached, fwd.w_n) == (2, 128, True, True, 2048)
-    assert fwd.k_n == 12160 - 2560 - 2048 and fwd.k_n // 257 == 29
-    bwd = k.units_layout(64, 256, forward=False)  # mirror (14 + 6 + 16) x 128 = 4608
-    assert (bwd.vcache, bwd.cached, bwd.k_n) == (True, True, 12160 - 4608 - 2048)
-    big = k.units_layout(256, 1024, forward=True)  # 8 units x 256 rows: neither mirror nor weights fit
-    assert (big.units, big.blocks, big.vcache, big.cached, big.k_n // 1025) == (8, 128, False, False, 11)  # 11 rows a tile
+    bwd = k.units_layout(64, 256, forward=False)
+    assert (bwd.vcache, bwd.cached) == (True, True)
+    big = k.units_layout(256, 1024, forward=True)  # 8 units x 256 rows: mirror 40960, weights 32768
+    assert (big.units, big.blocks, big.vcache, big.cached) == (8, 128, False, False)
+    mid = k.units_layout(64, 1536, forward=True)  # 12 units: mirror 15360 no; weights 12 x 1536 x 4 = 73728 no
+    assert (mid.vcache, mid.cached) == (False, False)
     k.units_per_block = 1
     assert k.units_geometry(256) == (1, 132, False)  # 256 groups over 132 blocks: each walks two
     lay = k.units_layout(64, 256, forward=True)
     assert (lay.vcache, lay.cached) == (False, False)  # nothing of one group's in shared memory
-    for bad in ({"schedule": "columns"}, {"barrier": "spin"}, {"units_per_block": 0}):
+    k.units_per_block = None
+    k.value_cache = False
+    assert k.units_layout(64, 256, forward=True).vcache is False
+    for bad in ({"schedule": "columns"}, {"barrier": "spin"}, {"units_per_block": 0}, {"gemm_split": 0}):
         with pytest.raises(ShapeError):
             kmod.CudaKernel(zoo.get("lstm"), **bad)
     with pytest.raises(ShapeError, match="rows schedule"):
@@ -354,7 +361,7 @@ def test_kernels_compile_to_ptx():
         for coop in (False, True) if cuda.is_available() else (False,):  # grid sync's typing asks the driver for the device
             uk = unit_kernels(np.dtype(dt), coop)
             B_ = types.boolean
-            head = (I(2), I(2), I(3), I(3), I(2), I(3), I(3), I(1), i64, i64, i64, i64, i64, B_, i64, i64, B_)
+            head = (I(2), I(2), I(3), I(3), I(2), I(3), I(3), I(1), i64, i64, i64, i64, i64, B_, i64, B_)
             fwd_u = (*head, i64, I(1), I(1), I(2), F(1), F(2), F(3), F(2), F(1), F(2), F(2), F(1), F(1), F(3), F(3), bar)
             bwd_u = (*head, i64, F(1), I(1), I(1), i64, F(3), F(2), F(2), F(1), F(1), F(1), F(2), F(3), F(2), F(2), bar)
             sigs += [(uk.forward_units, fwd_u), (uk.backward_units, bwd_u)]
@@ -391,5 +398,5 @@ def test_the_gpu_benchmark_and_its_script_run(tmp_path):
         ("rows", None, None, None), ("units", "grid", True, True), ("units", "atomic", True, True),
         ("units", "grid", True, False), ("units", "grid", False, False),
     ]  # fmt: skip
-    assert len(sched) == 12 and not any("error" in r for r in sched)  # six variants at two configs
+    assert len(sched) == 10 and not any("error" in r for r in sched)  # five variants at two configs
     assert json.loads((tmp_path / "population.json").read_text())["cells"] == 2

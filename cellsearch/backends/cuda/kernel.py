@@ -71,6 +71,7 @@ MAX_THREADS = 256
 #: the time loop's two schedules (``kernels.py``): a block per batch row(s), or a block per group of
 #: hidden units with a grid-wide barrier per GEMM stage
 SCHEDULES = ("rows", "units")
+UNITS_MIN_H = 192  # the default schedule is units from this many hidden units (and at most half as many rows as SMs)
 BARRIERS = ("grid", "atomic")
 
 
@@ -193,7 +194,6 @@ class UnitsLayout:
     blocks: int
     cached: bool  # the block's weight columns (w_n elements)
     w_n: int
-    k_n: int  # elements of the packed sources' tile (0: none)
     vcache: bool  # the mirror of the block's values of the step
 
 
@@ -244,18 +244,20 @@ class CudaKernel:
     - ``schedule``: ``"rows"`` (a block owns batch rows for the whole sequence; blocks never wait
       for each other) or ``"units"`` (a block owns a group of hidden units of every row, and the
       blocks meet at a grid-wide barrier per GEMM stage: a small batch spread over every
-      multiprocessor, weights in shared memory). Default: units on a GPU when the batch has fewer
-      rows than the GPU has multiprocessors, rows otherwise and in the simulator. The units
+      multiprocessor, weights and values in shared memory). Default: units on a GPU from H = 192
+      when the batch has at most half as many rows as the GPU has multiprocessors (where it was
+      measured faster), rows otherwise and in the simulator. The units
       schedule needs all its blocks resident at once (at most one per multiprocessor): don't run
       several units-schedule kernels on concurrent streams (``CudaPopulation`` uses rows);
     - ``rows_per_block`` (rows: 1, 2, 4 or 8; default: as many as keep one block per multiprocessor
       busy); ``units_per_block`` (units: default ceil(H / multiprocessors), the whole H in the
       simulator, whose blocks run one after another); ``barrier`` (units: ``"grid"``, cooperative
       groups' grid sync, which needs libcudadevrt; ``"atomic"``, a counter in global memory;
-      default grid where libcudadevrt is found); ``weight_cache``, ``value_cache``, ``source_tile``
-      (units: keep a block's weight columns, its elements of the step's values, and a tile of the
-      GEMM stages' packed sources in shared memory where they fit; default True each), ``tile_rows``
-      (units: at most this many rows in that tile; default as many as fit);
+      default grid where libcudadevrt is found); ``weight_cache``, ``value_cache`` (units: keep a
+      block's weight columns and its elements of the step's values in shared memory where they fit;
+      default True each); ``gemm_split`` (the GEMMs outside the time loop: blocks a tile's inner
+      dimension is split over; default enough to give every multiprocessor two blocks, 1 in a
+      ``CudaPopulation``, whose cells' kernels fill the GPU side by side);
     - ``threads_per_block`` (default min(4H, 256): a GEMM stage gives each thread one output column
       of its 4H, as LSTM's), ``stream`` (a ``numba.cuda`` stream; default a new one)."""
 
@@ -274,8 +276,7 @@ class CudaKernel:
         barrier: str | None = None,
         weight_cache: bool = True,
         value_cache: bool = True,
-        source_tile: bool = True,
-        tile_rows: int | None = None,
+        gemm_split: int | None = None,
     ) -> None:
         self.cell = cell
         self.dtype = np.dtype(dtype)
@@ -289,6 +290,8 @@ class CudaKernel:
             raise ShapeError(f"schedule must be one of {', '.join(SCHEDULES)} (got {schedule!r})")
         if barrier is not None and barrier not in BARRIERS:
             raise ShapeError(f"barrier must be one of {', '.join(BARRIERS)} (got {barrier!r})")
+        if gemm_split is not None and gemm_split < 1:
+            raise ShapeError(f"gemm_split must be at least 1 (got {gemm_split})")
         if units_per_block is not None and units_per_block < 1:
             raise ShapeError(f"units_per_block must be at least 1 (got {units_per_block})")
         self.plan = lower(cell)
@@ -297,8 +300,7 @@ class CudaKernel:
         self.barrier = barrier
         self.weight_cache = weight_cache
         self.value_cache = value_cache
-        self.source_tile = source_tile
-        self.tile_rows = tile_rows
+        self.gemm_split = gemm_split
         self.rows_per_block = rows_per_block
         self.threads_per_block = threads_per_block
         self.stream = stream if stream is not None else cuda.stream()
@@ -321,11 +323,13 @@ class CudaKernel:
     def _threads(self, H: int) -> int:
         return self.threads_per_block or min(4 * H, MAX_THREADS)
 
-    def schedule_for(self, B: int) -> str:
-        """The time loop's schedule at batch size B."""
+    def schedule_for(self, B: int, H: int) -> str:
+        """The time loop's schedule at batch size B and H units: units where it was measured faster
+        (H200, gpu/README.md: lstm at B=64, H=256 14.4 vs 20.1 ms a step; at H <= 128, or once the
+        batch fills more than half the multiprocessors, rows was as fast or faster)."""
         if self.schedule is not None:
             return self.schedule
-        return "units" if not simulated() and B < _multiprocessors() else "rows"
+        return "units" if not simulated() and H >= UNITS_MIN_H and 2 * B <= _multiprocessors() else "rows"
 
     def units_geometry(self, H: int) -> tuple[int, int, bool]:
         """The units schedule's (units per block, blocks, whether each block has one group)."""
@@ -337,8 +341,7 @@ class CudaKernel:
 
     def units_layout(self, B: int, H: int, forward: bool) -> UnitsLayout:
         """What a units-schedule block keeps in its shared memory, in order of worth: its elements'
-        values of the step (the mirror), its weight columns, then as many rows of the packed
-        sources as the rest holds (at least one, or none)."""
+        values of the step (the mirror), then its weight columns."""
         U, blocks, one_group = self.units_geometry(H)
         p = self.plan
         room = shared_elements(self.dtype)
@@ -348,12 +351,7 @@ class CudaKernel:
         room -= vneed if vcache else 0
         wneed = U * H * sum(len(st.srcs) * len(st.dsts) for st in p.stages)
         cached = self.weight_cache and one_group and 0 < wneed <= room
-        room -= wneed if cached else 0
-        row = max((max(len(st.srcs), len(st.dsts)) * H + 1 for st in p.stages), default=0)
-        k_n = min(room, min(self.tile_rows or B, B) * row) if self.source_tile and row else 0
-        if k_n < row:
-            k_n = 0
-        return UnitsLayout(U, blocks, cached, wneed if cached else 0, k_n, vcache)
+        return UnitsLayout(U, blocks, cached, wneed if cached else 0, vcache)
 
     def _cooperative(self) -> bool:
         if self.barrier is not None:
@@ -463,7 +461,7 @@ class CudaKernel:
         tiles = math.ceil(N / BN) * math.ceil(M / BM)
         BK = GEMM_BK
         if split is None:
-            split = max(1, min((2 * _multiprocessors()) // tiles, Kd // (4 * BK)))
+            split = self.gemm_split or max(1, min((2 * _multiprocessors()) // tiles, Kd // (4 * BK)))
         kchunk = max(BK, math.ceil(math.ceil(Kd / max(split, 1)) / BK) * BK)
         S = max(1, math.ceil(Kd / kchunk))
         flat_bias = C.reshape(C.size) if bias is None else bias
@@ -500,13 +498,13 @@ class CudaKernel:
         consts = ws.extra.get("consts")
         if consts is None:
             consts = ws.extra["consts"] = cuda.to_device(np.array((*p.consts, 0.0), dtype=self.dtype), stream=self.stream)
-        if self.schedule_for(B) == "units":
+        if self.schedule_for(B, H) == "units":
             lay = self.units_layout(B, H, forward=True)
             bar = self._barrier_counter(ws)
             ku = unit_kernels(self.dtype, self._cooperative()).forward_units
             ku[lay.blocks, self._threads(H), self.stream](
                 ws.ops, ws.info, ws.stage_src, ws.stage_dst, *ws.mirror, T, B, H, lay.units, p.n_taped, lay.cached, lay.w_n,
-                lay.k_n, lay.vcache, ws.scratch0, ws.init_at, ws.out_at, ws.update_at, ws.A, ws.P, x, state0, consts,
+                lay.vcache, ws.scratch0, ws.init_at, ws.out_at, ws.update_at, ws.A, ws.P, x, state0, consts,
                 weights.biases, weights.peeps, weights.W, ws.K, ws.Y, ws.ST, bar,
             )  # fmt: skip
         else:
@@ -543,14 +541,14 @@ class CudaKernel:
             self._fill(ws.dS)
         elif d_state is not ws.dS:
             ws.dS.copy_to_device(d_state, stream=self.stream)
-        if self.schedule_for(B) == "units":
+        if self.schedule_for(B, H) == "units":
             lay = self.units_layout(B, H, forward=False)
             bar = self._barrier_counter(ws)
             self._fill(ws.dX)
             ku = unit_kernels(self.dtype, self._cooperative()).backward_units
             ku[lay.blocks, self._threads(H), self.stream](
                 ws.ops, ws.info, ws.stage_src, ws.stage_dst, *ws.mirror, T, B, H, lay.units, p.n_taped, lay.cached, lay.w_n,
-                lay.k_n, lay.vcache, ws.scratch0, tape.A, ws.state_g, ws.update_g, p.output_slot * B * H, d_out, ws.dS,
+                lay.vcache, ws.scratch0, tape.A, ws.state_g, ws.update_g, p.output_slot * B * H, d_out, ws.dS,
                 weights.peeps, weights.WT, ws.DZ, ws.G, ws.dP, ws.dX, ws.dBr, ws.dPeepr, bar,
             )  # fmt: skip
         else:

@@ -256,8 +256,8 @@ def element_ops(dtype: np.dtype) -> SimpleNamespace:
     return SimpleNamespace(forward_op=forward_op, backward_op=backward_op)
 
 
-#: bytes of static shared memory a units-schedule block uses (a block may have 48 KiB): its weight
-#: columns, a tile of the GEMM stage's packed sources, and its elements' values of the step
+#: bytes of static shared memory a units-schedule block uses (a block may have 48 KiB): its
+#: elements' values of the step, and its weight columns
 SHARED_BYTES = 48 * 1024 - 512
 #: the layout of the units schedule's misc mirror table: the output's (slot, parity), its gradient
 #: slot, then per state (update slot, update parity, initial slot, leaf's gradient slot, update's
@@ -279,17 +279,15 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
     step is one grid barrier per GEMM stage, and a small batch is spread over every multiprocessor,
     where the rows schedule gives each batch row one block.
 
-    A block with one group keeps three things in shared memory (``SH``; the host lays it out and
-    says which fit): its weight columns of every stage for the whole sequence (``cached``: ``w_n``
-    elements at 0), a tile of the stage's packed sources (``k_n`` elements after them: rows of
-    ``width + 1``, loaded four elements a thread at a time, so a dot product reads shared memory,
-    not a chain of L2 round trips), and the **mirror** (``vcache``, after the tile): its elements of
-    every value of the step (the taped values of tape steps t and t+1 by parity, then the scratch
-    values) — ops read and write it, and write the tape (and at the last step the scratch values)
-    for the backward; the backward mirrors the
-    two tape steps it reads and the scratch values (those it reads are the same at every step:
-    constants, biases) and keeps its gradients there. ``mops``/``msrc``/``mdst``/``mmisc`` give
-    every operand's mirror slot (``mirror_tables``). Otherwise values go through global memory.
+    A block with one group keeps two things in shared memory (``SH``; the host lays it out and says
+    which fit): its weight columns of every stage for the whole sequence (``cached``: ``w_n``
+    elements at 0), and after them the **mirror** (``vcache``): its elements of every value of the step (the taped
+    values of tape steps t and t+1 by parity, then the scratch values) — ops read and write it
+    instead of the arena in global memory, and write the tape (and at the last step the scratch
+    values) for the backward; the backward mirrors the two tape steps it reads and the scratch values
+    (those it reads are the same at every step: constants, biases) and keeps the step's gradients
+    there. ``mops``/``msrc``/``mdst``/``mmisc`` give every operand's mirror slot
+    (``kernel.mirror_tables``). What does not fit goes through global memory.
 
     The barrier: ``cooperative`` uses cooperative groups' grid sync (a cooperative launch, linking
     libcudadevrt); otherwise a counter in global memory (``bar``, zeroed before the launch) that
@@ -344,45 +342,6 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
         return (s0 + s1) + (s2 + s3)
 
     @cuda.jit(device=True, inline="always")
-    def column_value(SH, M, moff, k_at, rr, staged, cached, W, cb, cc, NC, woff, ncol, width):
-        """One output of a GEMM stage: row rr of the tile (staged) or of M at moff, times column cc
-        of the block's cached weights or the global column at woff."""
-        if staged:
-            if cached:
-                return dot(SH, k_at + rr * (width + 1), SH, cb + cc, NC, width)
-            return dot(SH, k_at + rr * (width + 1), W, woff, ncol, width)
-        if cached:
-            return dot(M, moff, SH, cb + cc, NC, width)
-        return dot(M, moff, W, woff, ncol, width)
-
-    @cuda.jit(device=True, inline="always")
-    def stage_tile(SH, k_at, M, moff, n, width, tid, nth):
-        """n elements of M from moff (whole rows of ``width``) into SH at k_at, rows padded to
-        width + 1 (no bank conflicts between rows); eight loads in flight a thread."""
-        for i0 in range(tid, n, 8 * nth):
-            v0 = M[moff + i0]
-            v1 = M[moff + i0 + nth] if i0 + nth < n else zero
-            v2 = M[moff + i0 + 2 * nth] if i0 + 2 * nth < n else zero
-            v3 = M[moff + i0 + 3 * nth] if i0 + 3 * nth < n else zero
-            v4 = M[moff + i0 + 4 * nth] if i0 + 4 * nth < n else zero
-            v5 = M[moff + i0 + 5 * nth] if i0 + 5 * nth < n else zero
-            v6 = M[moff + i0 + 6 * nth] if i0 + 6 * nth < n else zero
-            v7 = M[moff + i0 + 7 * nth] if i0 + 7 * nth < n else zero
-            put(SH, k_at, i0, n, width, v0)
-            put(SH, k_at, i0 + nth, n, width, v1)
-            put(SH, k_at, i0 + 2 * nth, n, width, v2)
-            put(SH, k_at, i0 + 3 * nth, n, width, v3)
-            put(SH, k_at, i0 + 4 * nth, n, width, v4)
-            put(SH, k_at, i0 + 5 * nth, n, width, v5)
-            put(SH, k_at, i0 + 6 * nth, n, width, v6)
-            put(SH, k_at, i0 + 7 * nth, n, width, v7)
-
-    @cuda.jit(device=True, inline="always")
-    def put(SH, k_at, i, n, width, v):
-        if i < n:
-            SH[k_at + i + i // width] = v
-
-    @cuda.jit(device=True, inline="always")
     def load_cache(Wc, W, info, H, u0, Ug, forward, tid, nth):
         """The block's columns of every stage's weights into Wc: a stage's matrix is [n_in, n_out*H]
         (forward: ns*H x nk*H, backward: nk*H x ns*H); its cached part is [n_in, n_out*Ug], column
@@ -417,7 +376,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
         return s + ((t + par) & 1) * NT if par >= 0 else s
 
     @cuda.jit(cache=True)
-    def forward_units(ops, info, stage_src, stage_dst, mops, msrc, mdst, mmisc, T, B, H, U, NT, cached, w_n, k_n, vcache,
+    def forward_units(ops, info, stage_src, stage_dst, mops, msrc, mdst, mmisc, T, B, H, U, NT, cached, w_n, vcache,
                       scratch0, init_at, out_at, update_at, A, P, X, S0, consts, biases, peeps, W, K, Y, ST, bar):  # fmt: skip
         """The forward over the whole sequence for the block's units: fills the tape A, K, the
         outputs Y [T, B, H] and the final states ST [n_states, B, H] (their units)."""
@@ -427,8 +386,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
         nblk = cuda.gridDim.x
         g0 = cuda.blockIdx.x * U
         gstep = nblk * U
-        k_at = w_n
-        v_at = w_n + k_n
+        v_at = w_n
         E = B * min(U, H - g0)  # the mirror's elements (vcache: the block has one group)
         if cached:
             load_cache(SH, W, info, H, g0, min(U, H - g0), True, tid, nth)
@@ -470,39 +428,29 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                                 K[koff + bb * width + i * H + j] = SH[vs + idx] if vcache else A[src + bb * H + j]
                     nbar += 1
                     barrier(bar, nbar * nblk)  # every unit of K is there
-                    kr = k_n // (width + 1)  # rows of K a tile holds (0: no tile)
-                    staged = kr > 0
-                    if not staged:
-                        kr = B
                     for u0 in range(g0, H, gstep):  # the block's output columns, all rows
                         Ug = min(U, H - u0)
                         NC = nk * Ug
                         cb = cache_base(info, aux, H, Ug)
-                        for b0 in range(0, B, kr):
-                            nb = min(kr, B - b0)
-                            if staged:
-                                stage_tile(SH, k_at, K, koff + b0 * width, nb * width, width, tid, nth)
-                                cuda.syncthreads()
-                            for o in range(tid, nb * NC, nth):
-                                rr = o // NC
-                                cc = o - rr * NC
-                                k = cc // Ug
-                                ju = cc - k * Ug
-                                j = u0 + ju
-                                bb = b0 + rr
-                                v = column_value(SH, K, koff + bb * width, k_at, rr, staged, cached, W, cb, cc, NC,
-                                                 woff + k * H + j, ncol, width)  # fmt: skip
-                                dd = stage_dst[aux, k, S_C] + t * stage_dst[aux, k, S_M] + bb * H + j
-                                if vcache:
-                                    vi = v_at + mslot(mdst[aux, k, 0], mdst[aux, k, 1], t, NT) * E + bb * Ug + ju
-                                    nv = SH[vi] + v
-                                    SH[vi] = nv
-                                    if stage_dst[aux, k, S_M] != 0 or t == T - 1:  # taped, or the last step's scratch
-                                        A[dd] = nv
-                                else:
-                                    A[dd] += v
-                            if staged:
-                                cuda.syncthreads()  # the tile is read before the next rows come in
+                        for o in range(tid, B * NC, nth):
+                            bb = o // NC
+                            cc = o - bb * NC
+                            k = cc // Ug
+                            ju = cc - k * Ug
+                            j = u0 + ju
+                            if cached:
+                                v = dot(K, koff + bb * width, SH, cb + cc, NC, width)
+                            else:
+                                v = dot(K, koff + bb * width, W, woff + k * H + j, ncol, width)
+                            dd = stage_dst[aux, k, S_C] + t * stage_dst[aux, k, S_M] + bb * H + j
+                            if vcache:
+                                vi = v_at + mslot(mdst[aux, k, 0], mdst[aux, k, 1], t, NT) * E + bb * Ug + ju
+                                nv = SH[vi] + v
+                                SH[vi] = nv
+                                if stage_dst[aux, k, S_M] != 0 or t == T - 1:  # taped, or the last step's scratch
+                                    A[dd] = nv
+                            else:
+                                A[dd] += v
                     cuda.syncthreads()  # columns were computed by other threads than the units' own
                     continue
                 flag = ops[r, C_BG]
@@ -548,7 +496,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                     ST[s, bb, j] = SH[uv + idx] if vcache else A[u + bb * H + j]
 
     @cuda.jit(cache=True)
-    def backward_units(ops, info, stage_src, stage_dst, mops, msrc, mdst, mmisc, T, B, H, U, NT, cached, w_n, k_n, vcache,
+    def backward_units(ops, info, stage_src, stage_dst, mops, msrc, mdst, mmisc, T, B, H, U, NT, cached, w_n, vcache,
                        scratch0, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, G, dP, dX, dBr, dPeepr,
                        bar):  # fmt: skip
         """The reverse walk for the block's units, as ``backward_loop`` (dX comes in zeroed)."""
@@ -562,8 +510,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
         tmul = NT * BH
         nS = dS.shape[0]
         NG = G.shape[0] // BH
-        k_at = w_n
-        v_at = w_n + k_n
+        v_at = w_n
         E = B * min(U, H - g0)
         NS = (A.shape[0] - scratch0) // BH
         g_at = v_at + (2 * NT + NS) * E  # the mirror: two tape steps, the scratch values, the step's gradients
@@ -635,34 +582,24 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                                 DZ[zoff + bb * width + k * H + j] = SH[gs + idx] if vcache else G[src + bb * H + j]
                     nbar += 1
                     barrier(bar, nbar * nblk)
-                    kr = k_n // (width + 1)
-                    staged = kr > 0
-                    if not staged:
-                        kr = B
                     for u0 in range(g0, H, gstep):  # the block's columns of the sources' gradients
                         Ug = min(U, H - u0)
                         NC = ns * Ug
                         cb = cache_base(info, aux, H, Ug)
-                        for b0 in range(0, B, kr):
-                            nb = min(kr, B - b0)
-                            if staged:
-                                stage_tile(SH, k_at, DZ, zoff + b0 * width, nb * width, width, tid, nth)
-                                cuda.syncthreads()
-                            for o in range(tid, nb * NC, nth):
-                                rr = o // NC
-                                cc = o - rr * NC
-                                i = cc // Ug
-                                ju = cc - i * Ug
-                                j = u0 + ju
-                                bb = b0 + rr
-                                v = column_value(SH, DZ, zoff + bb * width, k_at, rr, staged, cached, WT, cb, cc, NC,
-                                                 woff + i * H + j, ncol, width)  # fmt: skip
-                                if vcache:
-                                    SH[g_at + msrc[aux, i, 2] * E + bb * Ug + ju] += v
-                                else:
-                                    G[stage_src[aux, i, S_G] + bb * H + j] += v
-                            if staged:
-                                cuda.syncthreads()
+                        for o in range(tid, B * NC, nth):
+                            bb = o // NC
+                            cc = o - bb * NC
+                            i = cc // Ug
+                            ju = cc - i * Ug
+                            j = u0 + ju
+                            if cached:
+                                v = dot(DZ, zoff + bb * width, SH, cb + cc, NC, width)
+                            else:
+                                v = dot(DZ, zoff + bb * width, WT, woff + i * H + j, ncol, width)
+                            if vcache:
+                                SH[g_at + msrc[aux, i, 2] * E + bb * Ug + ju] += v
+                            else:
+                                G[stage_src[aux, i, S_G] + bb * H + j] += v
                     cuda.syncthreads()
                     continue
                 if code == OP_CONST:

@@ -40,6 +40,7 @@ class CudaPopulation:
     def __init__(self, cells: Sequence[Cell], dtype: type | np.dtype = np.float32, **options: Any) -> None:
         if "stream" in options:
             raise ShapeError("a population gives each cell its own stream")
+        options.setdefault("gemm_split", 1)  # the cells' GEMMs fill the GPU side by side
         if options.setdefault("schedule", "rows") != "rows":
             raise ShapeError("a population runs the rows schedule (concurrent units-schedule kernels could deadlock)")
         self.cells = list(cells)
