@@ -1,6 +1,7 @@
 """Where a training step's time goes on the GPU, per schedule: ``python3 gpu/breakdown.py`` writes
 ``breakdown.json`` (under $OUT if set, else gpu/results/) with ``cellsearch.bench.gpu.step_breakdown``
-rows for lstm and gru at the configs given (default: the issue's (64,100,256,256) and the T=1000 one)."""
+rows for lstm and gru at the configs given (default: the issue's (64,100,256,256) and the T=1000 one),
+and ``barriers.json``: microseconds per grid barrier of the units schedule, both kinds, alone."""
 
 from __future__ import annotations
 
@@ -21,13 +22,24 @@ def main() -> int:
     ap.add_argument("--cells", default="lstm,gru")
     ap.add_argument("--schedules", default="rows,units")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--probes", default="32,64,128", help="block counts to time the grid barriers alone at ('' for none)")
     args = ap.parse_args()
-    from cellsearch.bench.gpu import step_breakdown
+    from cellsearch.bench.gpu import barrier_cost, step_breakdown
     from cellsearch.bench.kernels import parse_config
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    probes = []
+    for blocks in [int(b) for b in args.probes.split(",") if b]:
+        for cooperative in (True, False):
+            try:
+                row = barrier_cost(blocks, cooperative, rounds=args.rounds)
+            except Exception as e:  # no libcudadevrt for the grid sync: a row that says so
+                row = {"blocks": blocks, "barrier": "grid" if cooperative else "atomic", "error": f"{type(e).__name__}: {e}"}
+            print(json.dumps(row), flush=True)
+            probes.append(row)
+            (out / "barriers.json").write_text(json.dumps(probes, indent=2))
     for cfg in [parse_config(c) for c in args.configs.split(";")]:
         for cell in args.cells.split(","):
             for schedule in args.schedules.split(","):

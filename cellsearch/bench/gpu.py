@@ -296,3 +296,34 @@ def step_breakdown(
         "forward_loop_us_per_step": round((ms[0] - ms[1]) * 1e3 / T, 2),
         "backward_loop_us_per_step": round((backward - ms[2]) * 1e3 / T, 2),
     }
+
+
+def barrier_cost(blocks: int, cooperative: bool, n: int = 1000, threads: int = 256, rounds: int = 5) -> dict[str, Any]:
+    """Microseconds per grid barrier of the units schedule (``n`` barriers in one launch of ``blocks``
+    blocks, less an empty launch), cooperative groups' grid sync or the atomic counter."""
+    from numba import cuda
+
+    from ..backends.cuda.kernels import kernels, unit_kernels
+
+    k = unit_kernels(np.dtype(np.float32), cooperative).barriers
+    fill = kernels(np.dtype(np.float32), 1).fill
+    s = cuda.stream()
+    bar = cuda.device_array(1, dtype=np.int32, stream=s)
+
+    def run(count: int) -> Callable[[], object]:
+        def go() -> object:
+            fill[1, 1, s](bar, np.int32(0))
+            k[blocks, threads, s](count, bar)
+            s.synchronize()
+            return None
+
+        return go
+
+    full, empty = median_interleaved([run(n), run(0)], rounds)
+    return {
+        "blocks": blocks,
+        "barrier": "grid" if cooperative else "atomic",
+        "barriers": n,
+        "us_per_barrier": round((full - empty) / n * 1e6, 3),
+        "device": device_name(),
+    }

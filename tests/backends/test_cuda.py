@@ -364,7 +364,7 @@ def test_kernels_compile_to_ptx():
             head = (I(2), I(2), I(3), I(3), I(2), I(3), I(3), I(1), i64, i64, i64, i64, i64, B_, i64, B_)
             fwd_u = (*head, i64, I(1), I(1), I(2), F(1), F(2), F(3), F(2), F(1), F(2), F(2), F(1), F(1), F(3), F(3), bar)
             bwd_u = (*head, i64, F(1), I(1), I(1), i64, F(3), F(2), F(2), F(1), F(1), F(1), F(2), F(3), F(2), F(2), bar)
-            sigs += [(uk.forward_units, fwd_u), (uk.backward_units, bwd_u)]
+            sigs += [(uk.forward_units, fwd_u), (uk.backward_units, bwd_u), (uk.barriers, (i64, bar))]
         for k, sig in sigs:
             try:
                 ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=(9, 0))
@@ -400,3 +400,14 @@ def test_the_gpu_benchmark_and_its_script_run(tmp_path):
     ]  # fmt: skip
     assert len(sched) == 10 and not any("error" in r for r in sched)  # five variants at two configs
     assert json.loads((tmp_path / "population.json").read_text())["cells"] == 2
+
+
+@needs_cuda
+@pytest.mark.parametrize("cooperative", [False, True])
+def test_barrier_probe_runs(cooperative):
+    """The grid-barrier probe of gpu/breakdown.py (a kernel of barriers alone), on one block here."""
+    from cellsearch.bench.gpu import barrier_cost
+
+    row = barrier_cost(1, cooperative, n=3, threads=4, rounds=1)
+    assert row["barrier"] == ("grid" if cooperative else "atomic") and row["barriers"] == 3
+    assert isinstance(row["us_per_barrier"], float)

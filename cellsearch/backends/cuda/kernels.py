@@ -636,7 +636,13 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                         backward_op(code, aux, t, A, G, gd, ga, gb, gc, d, a, b, c, bb * H + j, bb, j, B, H, dS, dX, dP, dBr,
                                     dPeepr, peeps)  # fmt: skip
 
-    return SimpleNamespace(forward_units=forward_units, backward_units=backward_units)
+    @cuda.jit(cache=True)
+    def barriers(n, bar):
+        """n grid barriers and nothing else: what one costs (``gpu/breakdown.py --probes``)."""
+        for i in range(n):
+            barrier(bar, (i + 1) * cuda.gridDim.x)
+
+    return SimpleNamespace(forward_units=forward_units, backward_units=backward_units, barriers=barriers)
 
 
 @lru_cache(maxsize=16)
