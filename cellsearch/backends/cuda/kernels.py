@@ -370,6 +370,28 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
         return base
 
     @cuda.jit(device=True, inline="always")
+    def element(idx, Ug, u0):
+        """(batch row, unit) of element idx of a group of Ug units from u0 (row-major: the mirror's order)."""
+        bb = idx // Ug
+        return bb, u0 + idx - bb * Ug
+
+    @cuda.jit(device=True, inline="always")
+    def column_output(o, NC, Ug, u0, H, M, moff, width, cached, SH, cb, W, woff, ncol):
+        """Output o of a GEMM stage in a block's group: (batch row, output k, unit's index in the group,
+        unit, value) — row bb of M (rows of ``width`` from moff) times column cc = k*Ug + ju of the
+        block's cached weights, or of the global weights from woff."""
+        bb = o // NC
+        cc = o - bb * NC
+        k = cc // Ug
+        ju = cc - k * Ug
+        j = u0 + ju
+        if cached:
+            v = dot(M, moff + bb * width, SH, cb + cc, NC, width)
+        else:
+            v = dot(M, moff + bb * width, W, woff + k * H + j, ncol, width)
+        return bb, k, ju, j, v
+
+    @cuda.jit(device=True, inline="always")
     def mslot(s, par, t, NT):
         """The mirror slot of a value: a taped one (par 0 or 1: tape step t + par) by the tape step's
         parity; a scratch one (par -1) as it is."""
@@ -399,8 +421,8 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                 for u0 in range(g0, H, gstep):
                     Ug = min(U, H - u0)
                     for idx in range(tid, B * Ug, nth):
-                        bb = idx // Ug
-                        f = bb * H + u0 + idx - bb * Ug
+                        bb, j = element(idx, Ug, u0)
+                        f = bb * H + j
                         A[off + f] = S0[s, f]
                         if vcache:
                             SH[si + idx] = S0[s, f]
@@ -423,8 +445,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                             src = stage_src[aux, i, S_C] + t * stage_src[aux, i, S_M]
                             vs = v_at + mslot(msrc[aux, i, 0], msrc[aux, i, 1], t, NT) * E
                             for idx in range(tid, B * Ug, nth):
-                                bb = idx // Ug
-                                j = u0 + idx - bb * Ug
+                                bb, j = element(idx, Ug, u0)
                                 K[koff + bb * width + i * H + j] = SH[vs + idx] if vcache else A[src + bb * H + j]
                     nbar += 1
                     barrier(bar, nbar * nblk)  # every unit of K is there
@@ -433,15 +454,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                         NC = nk * Ug
                         cb = cache_base(info, aux, H, Ug)
                         for o in range(tid, B * NC, nth):
-                            bb = o // NC
-                            cc = o - bb * NC
-                            k = cc // Ug
-                            ju = cc - k * Ug
-                            j = u0 + ju
-                            if cached:
-                                v = dot(K, koff + bb * width, SH, cb + cc, NC, width)
-                            else:
-                                v = dot(K, koff + bb * width, W, woff + k * H + j, ncol, width)
+                            bb, k, ju, j, v = column_output(o, NC, Ug, u0, H, K, koff, width, cached, SH, cb, W, woff, ncol)
                             dd = stage_dst[aux, k, S_C] + t * stage_dst[aux, k, S_M] + bb * H + j
                             if vcache:
                                 vi = v_at + mslot(mdst[aux, k, 0], mdst[aux, k, 1], t, NT) * E + bb * Ug + ju
@@ -461,8 +474,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                     bv = v_at + mslot(mops[r, 4], mops[r, 5], t, NT) * E
                     cv = v_at + mslot(mops[r, 6], mops[r, 7], t, NT) * E
                     for idx in range(tid, E, nth):
-                        bb = idx // Ug
-                        j = g0 + idx - bb * Ug
+                        bb, j = element(idx, Ug, g0)
                         forward_op(code, aux, flag, t, SH, dv, av, bv, cv, idx, bb, j, B, H, X, P, S0, consts, biases, peeps)
                         if dm != 0 or (t == T - 1 and d >= scratch0):  # the tape; the last step's scratch values too
                             A[d + bb * H + j] = SH[dv + idx]
@@ -473,16 +485,14 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                 for u0 in range(g0, H, gstep):
                     Ug = min(U, H - u0)
                     for idx in range(tid, B * Ug, nth):
-                        bb = idx // Ug
-                        j = u0 + idx - bb * Ug
+                        bb, j = element(idx, Ug, u0)
                         forward_op(code, aux, flag, t, A, d, a, b, c, bb * H + j, bb, j, B, H, X, P, S0, consts, biases, peeps)
             o = out_at[0] + t * out_at[1]
             ov = v_at + mslot(mmisc[M_OUT], mmisc[M_OUT + 1], t, NT) * E
             for u0 in range(g0, H, gstep):
                 Ug = min(U, H - u0)
                 for idx in range(tid, B * Ug, nth):
-                    bb = idx // Ug
-                    j = u0 + idx - bb * Ug
+                    bb, j = element(idx, Ug, u0)
                     Y[t, bb, j] = SH[ov + idx] if vcache else A[o + bb * H + j]
         for s in range(update_at.shape[0]):
             u = update_at[s, 0] + (T - 1) * update_at[s, 1]
@@ -491,8 +501,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
             for u0 in range(g0, H, gstep):
                 Ug = min(U, H - u0)
                 for idx in range(tid, B * Ug, nth):
-                    bb = idx // Ug
-                    j = u0 + idx - bb * Ug
+                    bb, j = element(idx, Ug, u0)
                     ST[s, bb, j] = SH[uv + idx] if vcache else A[u + bb * H + j]
 
     @cuda.jit(cache=True)
@@ -521,15 +530,14 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
         if vcache:  # the scratch values the backward reads hold the same at every step (constants, biases)
             Ug = min(U, H - g0)
             for idx in range(tid, E, nth):
-                bb = idx // Ug
-                e = bb * H + g0 + idx - bb * Ug
+                bb, j = element(idx, Ug, g0)
+                e = bb * H + j
                 for s in range(NS):
                     SH[v_at + (2 * NT + s) * E + idx] = A[scratch0 + s * BH + e]
         for u0 in range(g0, H, gstep):
             Ug = min(U, H - u0)
             for idx in range(tid, B * Ug, nth):
-                bb = idx // Ug
-                j = u0 + idx - bb * Ug
+                bb, j = element(idx, Ug, u0)
                 for aux in range(dBr.shape[1] // H):
                     dBr[bb, aux * H + j] = zero
                 for aux in range(dPeepr.shape[1] // H):
@@ -538,8 +546,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
             for u0 in range(g0, H, gstep):
                 Ug = min(U, H - u0)
                 for idx in range(tid, B * Ug, nth):
-                    bb = idx // Ug
-                    j = u0 + idx - bb * Ug
+                    bb, j = element(idx, Ug, u0)
                     e = bb * H + j
                     if vcache:
                         for s in range(NT):  # tape step t (and t + 1 the first time) into the mirror
@@ -577,8 +584,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                             src = stage_dst[aux, k, S_G]
                             gs = g_at + mdst[aux, k, 2] * E
                             for idx in range(tid, B * Ug, nth):
-                                bb = idx // Ug
-                                j = u0 + idx - bb * Ug
+                                bb, j = element(idx, Ug, u0)
                                 DZ[zoff + bb * width + k * H + j] = SH[gs + idx] if vcache else G[src + bb * H + j]
                     nbar += 1
                     barrier(bar, nbar * nblk)
@@ -587,15 +593,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                         NC = ns * Ug
                         cb = cache_base(info, aux, H, Ug)
                         for o in range(tid, B * NC, nth):
-                            bb = o // NC
-                            cc = o - bb * NC
-                            i = cc // Ug
-                            ju = cc - i * Ug
-                            j = u0 + ju
-                            if cached:
-                                v = dot(DZ, zoff + bb * width, SH, cb + cc, NC, width)
-                            else:
-                                v = dot(DZ, zoff + bb * width, WT, woff + i * H + j, ncol, width)
+                            bb, i, ju, j, v = column_output(o, NC, Ug, u0, H, DZ, zoff, width, cached, SH, cb, WT, woff, ncol)
                             if vcache:
                                 SH[g_at + msrc[aux, i, 2] * E + bb * Ug + ju] += v
                             else:
@@ -615,8 +613,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                     gbv = g_at + mops[r, 10] * E
                     gcv = g_at + mops[r, 11] * E
                     for idx in range(tid, E, nth):
-                        bb = idx // Ug
-                        j = g0 + idx - bb * Ug
+                        bb, j = element(idx, Ug, g0)
                         backward_op(code, aux, t, SH, SH, gdv, gav, gbv, gcv, dv, av, bv, cv, idx, bb, j, B, H, dS, dX, dP, dBr,
                                     dPeepr, peeps)  # fmt: skip
                     continue
@@ -631,8 +628,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
                 for u0 in range(g0, H, gstep):
                     Ug = min(U, H - u0)
                     for idx in range(tid, B * Ug, nth):
-                        bb = idx // Ug
-                        j = u0 + idx - bb * Ug
+                        bb, j = element(idx, Ug, u0)
                         backward_op(code, aux, t, A, G, gd, ga, gb, gc, d, a, b, c, bb * H + j, bb, j, B, H, dS, dX, dP, dBr,
                                     dPeepr, peeps)  # fmt: skip
 
