@@ -211,6 +211,7 @@ def test_population_matches_each_cell_alone():
     x = rng.normal(size=(T, B, I))
     d_out = [rng.normal(size=(T, B, H)) for _ in cells]
     pop = compile_many(cells, "cuda", np.float64)
+    assert all(k.gemm_split == 1 and k.schedule == "rows" for k in pop.kernels)  # the cells' GEMMs fill the GPU together
     together = pop.step(params, x, d_out, grad_x=True)
     again = pop.step(params, x, d_out, grad_x=True, concurrent=False)
     for cell, p, d, r, r2 in zip(cells, params, d_out, together, again, strict=True):
