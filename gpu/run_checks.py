@@ -130,6 +130,8 @@ SCHEDULE_VARIANTS = [
     {"schedule": "units", "barrier": "atomic"},
     {"schedule": "units", "barrier": "grid", "value_cache": False},
     {"schedule": "units", "barrier": "grid", "value_cache": False, "weight_cache": False},
+    {"schedule": "rows", "dot_unroll": 8},
+    {"schedule": "units", "barrier": "grid", "dot_unroll": 8},
 ]
 
 

@@ -44,6 +44,7 @@ class GpuRow:
     barrier: str | None  # units schedule: "grid" (cooperative groups) or "atomic"
     weight_cache: bool | None  # units schedule: the block's weights in shared memory
     value_cache: bool | None  # units schedule: its elements of the step's values there
+    dot_unroll: int  # terms of the time loop's dot products in flight
     median_ms: float
     torch_median_ms: float | None  # torch.nn.LSTM/GRU on the same GPU (cuDNN)
     ratio: float | None  # ours / torch: < 1 is faster
@@ -175,6 +176,10 @@ def bench_gpu(
 
 
 def _geometry(kernel: Any, B: int, H: int) -> dict[str, Any]:
+    return {**_schedule(kernel, B, H), "dot_unroll": kernel.dot_unroll}
+
+
+def _schedule(kernel: Any, B: int, H: int) -> dict[str, Any]:
     if kernel.schedule_for(B, H) == "units":
         lay = kernel.units_layout(B, H, forward=True)
         barrier = "grid" if kernel._cooperative() else "atomic"

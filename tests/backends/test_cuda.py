@@ -72,6 +72,9 @@ GEOMETRIES = {
     "units-t5": {"schedule": "units", "threads_per_block": 5},
     "units-novalues": {"schedule": "units", "value_cache": False},
     "units-global": {"schedule": "units", "value_cache": False, "weight_cache": False},
+    "rows2-unroll8": {"schedule": "rows", "rows_per_block": 2, "dot_unroll": 8},  # H=4: the 4H-wide backward dot
+    "units-unroll8": {"schedule": "units", "dot_unroll": 8},
+    "units-global-unroll8": {"schedule": "units", "value_cache": False, "weight_cache": False, "dot_unroll": 8},
 }
 
 
@@ -154,7 +157,7 @@ def test_schedule_choice_and_units_geometry(monkeypatch):
     k.units_per_block = None
     k.value_cache = False
     assert k.units_layout(64, 256, forward=True).vcache is False
-    for bad in ({"schedule": "columns"}, {"barrier": "spin"}, {"units_per_block": 0}, {"gemm_split": 0}):
+    for bad in ({"schedule": "columns"}, {"barrier": "spin"}, {"units_per_block": 0}, {"gemm_split": 0}, {"dot_unroll": 6}):
         with pytest.raises(ShapeError):
             kmod.CudaKernel(zoo.get("lstm"), **bad)
     with pytest.raises(ShapeError, match="rows schedule"):
@@ -344,8 +347,8 @@ def test_kernels_compile_to_ptx():
         I = lambda n: arr(n, np.int64)
         F = lambda n, dt=dt: arr(n, dt)
         sigs = []
-        for rows in (ROWS[0], ROWS[-1]) if dt == np.float32 else (ROWS[1],):
-            ks = kernels(np.dtype(dt), rows)
+        for rows, unroll in ((ROWS[0], 4), (ROWS[-1], 8)) if dt == np.float32 else ((ROWS[1], 4),):
+            ks = kernels(np.dtype(dt), rows, unroll)
             fwd = (I(2), I(2), I(3), I(3), i64, i64, i64, I(1), I(1), I(2), F(1), F(2), F(3), F(2), F(1), F(2), F(2), F(1),
                    F(1), F(3), F(3))  # fmt: skip
             bwd = (I(2), I(2), I(3), I(3), i64, i64, i64, F(1), I(1), I(1), i64, F(3), F(2), F(2), F(1), F(1), F(1), F(2),
@@ -360,7 +363,7 @@ def test_kernels_compile_to_ptx():
                 ]
         bar = arr(1, np.int32)
         for coop in (False, True) if cuda.is_available() else (False,):  # grid sync's typing asks the driver for the device
-            uk = unit_kernels(np.dtype(dt), coop)
+            uk = unit_kernels(np.dtype(dt), coop, 8 if dt == np.float32 else 4)
             B_ = types.boolean
             head = (I(2), I(2), I(3), I(3), I(2), I(3), I(3), I(1), i64, i64, i64, i64, i64, B_, i64, B_)
             fwd_u = (*head, i64, I(1), I(1), I(2), F(1), F(2), F(3), F(2), F(1), F(2), F(2), F(1), F(1), F(3), F(3), bar)
@@ -399,7 +402,8 @@ def test_the_gpu_benchmark_and_its_script_run(tmp_path):
         ("rows", None, None, None), ("units", "grid", True, True), ("units", "atomic", True, True),
         ("units", "grid", True, False), ("units", "grid", False, False),
     ]  # fmt: skip
-    assert len(sched) == 10 and not any("error" in r for r in sched)  # five variants at two configs
+    assert len(sched) == 14 and not any("error" in r for r in sched)  # seven variants at two configs
+    assert [r["dot_unroll"] for r in sched[5:7]] == [8, 8]
     assert json.loads((tmp_path / "population.json").read_text())["cells"] == 2
 
 

@@ -257,7 +257,8 @@ class CudaKernel:
       block's weight columns and its elements of the step's values in shared memory where they fit;
       default True each); ``gemm_split`` (the GEMMs outside the time loop: blocks a tile's inner
       dimension is split over; default enough to give every multiprocessor two blocks, 1 in a
-      ``CudaPopulation``, whose cells' kernels fill the GPU side by side);
+      ``CudaPopulation``, whose cells' kernels fill the GPU side by side); ``dot_unroll`` (4 or 8
+      terms of a time-loop GEMM stage's dot products in flight; default 4, the measured one);
     - ``threads_per_block`` (default min(4H, 256): a GEMM stage gives each thread one output column
       of its 4H, as LSTM's), ``stream`` (a ``numba.cuda`` stream; default a new one)."""
 
@@ -277,6 +278,7 @@ class CudaKernel:
         weight_cache: bool = True,
         value_cache: bool = True,
         gemm_split: int | None = None,
+        dot_unroll: int = 4,
     ) -> None:
         self.cell = cell
         self.dtype = np.dtype(dtype)
@@ -290,6 +292,8 @@ class CudaKernel:
             raise ShapeError(f"schedule must be one of {', '.join(SCHEDULES)} (got {schedule!r})")
         if barrier is not None and barrier not in BARRIERS:
             raise ShapeError(f"barrier must be one of {', '.join(BARRIERS)} (got {barrier!r})")
+        if dot_unroll not in (4, 8):
+            raise ShapeError(f"dot_unroll must be 4 or 8 (got {dot_unroll})")
         if gemm_split is not None and gemm_split < 1:
             raise ShapeError(f"gemm_split must be at least 1 (got {gemm_split})")
         if units_per_block is not None and units_per_block < 1:
@@ -301,6 +305,7 @@ class CudaKernel:
         self.weight_cache = weight_cache
         self.value_cache = value_cache
         self.gemm_split = gemm_split
+        self.dot_unroll = dot_unroll
         self.rows_per_block = rows_per_block
         self.threads_per_block = threads_per_block
         self.stream = stream if stream is not None else cuda.stream()
@@ -501,7 +506,7 @@ class CudaKernel:
         if self.schedule_for(B, H) == "units":
             lay = self.units_layout(B, H, forward=True)
             bar = self._barrier_counter(ws)
-            ku = unit_kernels(self.dtype, self._cooperative()).forward_units
+            ku = unit_kernels(self.dtype, self._cooperative(), self.dot_unroll).forward_units
             ku[lay.blocks, self._threads(H), self.stream](
                 ws.ops, ws.info, ws.stage_src, ws.stage_dst, *ws.mirror, T, B, H, lay.units, p.n_taped, lay.cached, lay.w_n,
                 lay.vcache, ws.scratch0, ws.init_at, ws.out_at, ws.update_at, ws.A, ws.P, x, state0, consts,
@@ -509,7 +514,7 @@ class CudaKernel:
             )  # fmt: skip
         else:
             rows = self._rows(B)
-            k = kernels(self.dtype, rows).forward_loop
+            k = kernels(self.dtype, rows, self.dot_unroll).forward_loop
             args = (ws.ops, ws.info, ws.stage_src, ws.stage_dst, T, B, H, ws.init_at, ws.out_at, ws.update_at, ws.A, ws.P, x,
                     state0, consts, weights.biases, weights.peeps, weights.W, ws.K, ws.Y, ws.ST)  # fmt: skip
             k[math.ceil(B / rows), self._threads(H), self.stream](*args)
@@ -545,7 +550,7 @@ class CudaKernel:
             lay = self.units_layout(B, H, forward=False)
             bar = self._barrier_counter(ws)
             self._fill(ws.dX)
-            ku = unit_kernels(self.dtype, self._cooperative()).backward_units
+            ku = unit_kernels(self.dtype, self._cooperative(), self.dot_unroll).backward_units
             ku[lay.blocks, self._threads(H), self.stream](
                 ws.ops, ws.info, ws.stage_src, ws.stage_dst, *ws.mirror, T, B, H, lay.units, p.n_taped, lay.cached, lay.w_n,
                 lay.vcache, ws.scratch0, tape.A, ws.state_g, ws.update_g, p.output_slot * B * H, d_out, ws.dS,
@@ -553,7 +558,7 @@ class CudaKernel:
             )  # fmt: skip
         else:
             rows = self._rows(B)
-            k = kernels(self.dtype, rows).backward_loop
+            k = kernels(self.dtype, rows, self.dot_unroll).backward_loop
             args = (ws.ops, ws.info, ws.stage_src, ws.stage_dst, T, B, H, tape.A, ws.state_g, ws.update_g, p.output_slot * B * H,
                     d_out, ws.dS, weights.peeps, weights.WT, ws.DZ, ws.G, ws.dP, ws.dX, ws.dBr, ws.dPeepr)  # fmt: skip
             k[math.ceil(B / rows), self._threads(H), self.stream](*args)

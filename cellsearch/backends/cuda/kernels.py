@@ -270,7 +270,7 @@ def shared_elements(dtype: np.dtype) -> int:
 
 
 @lru_cache(maxsize=8)
-def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
+def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleNamespace:
     """The time loop in the **units schedule**: block ``g`` owns hidden units ``[g*U, g*U + U)`` of
     every batch row (a block may own several such groups, ``gridDim.x * U`` apart: the simulator runs
     one block), for the whole sequence. Elementwise ops touch only the block's units; a GEMM stage
@@ -340,6 +340,35 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
         for i in range(n4, width):
             s0 += M[moff + i] * Wv[woff + i * wstride]
         return (s0 + s1) + (s2 + s3)
+
+    @cuda.jit(device=True, inline="always")
+    def dot8(M, moff, Wv, woff, wstride, width):
+        """``dot`` in eight partial sums: eight terms in flight."""
+        s0 = zero
+        s1 = zero
+        s2 = zero
+        s3 = zero
+        s4 = zero
+        s5 = zero
+        s6 = zero
+        s7 = zero
+        n8 = width - width % 8
+        for i in range(0, n8, 8):
+            w = woff + i * wstride
+            s0 += M[moff + i] * Wv[w]
+            s1 += M[moff + i + 1] * Wv[w + wstride]
+            s2 += M[moff + i + 2] * Wv[w + 2 * wstride]
+            s3 += M[moff + i + 3] * Wv[w + 3 * wstride]
+            s4 += M[moff + i + 4] * Wv[w + 4 * wstride]
+            s5 += M[moff + i + 5] * Wv[w + 5 * wstride]
+            s6 += M[moff + i + 6] * Wv[w + 6 * wstride]
+            s7 += M[moff + i + 7] * Wv[w + 7 * wstride]
+        for i in range(n8, width):
+            s0 += M[moff + i] * Wv[woff + i * wstride]
+        return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+    if unroll == 8:
+        dot = dot8
 
     @cuda.jit(device=True, inline="always")
     def load_cache(Wc, W, info, H, u0, Ug, forward, tid, nth):
@@ -642,9 +671,10 @@ def unit_kernels(dtype: np.dtype, cooperative: bool) -> SimpleNamespace:
 
 
 @lru_cache(maxsize=16)
-def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
+def kernels(dtype: np.dtype, rows: int, unroll: int = 4) -> SimpleNamespace:
     """The time-loop kernels and helpers for one dtype (float32 or float64) and ``rows`` batch rows
-    per block (a constant, so that the GEMM accumulators stay in registers)."""
+    per block (a constant, so that the GEMM accumulators stay in registers); ``unroll`` (4 or 8)
+    weights in flight in a GEMM stage's dot products."""
     dt = from_dtype(np.dtype(dtype))
     typ = np.dtype(dtype).type
     zero = typ(0)
@@ -679,6 +709,39 @@ def kernels(dtype: np.dtype, rows: int) -> SimpleNamespace:
             w = Wm[col + i * ncol]
             for q in range(R):
                 acc[q] += M[moff + min(r0 + q, last) * width + i] * w
+
+    @cuda.jit(device=True, inline="always")
+    def column_dot8(acc, M, moff, Wm, col, ncol, width, r0, last):
+        """``column_dot`` with eight weights in flight."""
+        for q in range(R):
+            acc[q] = zero
+        n8 = width - width % 8
+        for i in range(0, n8, 8):
+            w0 = Wm[col + i * ncol]
+            w1 = Wm[col + (i + 1) * ncol]
+            w2 = Wm[col + (i + 2) * ncol]
+            w3 = Wm[col + (i + 3) * ncol]
+            w4 = Wm[col + (i + 4) * ncol]
+            w5 = Wm[col + (i + 5) * ncol]
+            w6 = Wm[col + (i + 6) * ncol]
+            w7 = Wm[col + (i + 7) * ncol]
+            for q in range(R):
+                mr = moff + min(r0 + q, last) * width + i
+                v = acc[q] + M[mr] * w0
+                v += M[mr + 1] * w1
+                v += M[mr + 2] * w2
+                v += M[mr + 3] * w3
+                v += M[mr + 4] * w4
+                v += M[mr + 5] * w5
+                v += M[mr + 6] * w6
+                acc[q] = v + M[mr + 7] * w7
+        for i in range(n8, width):
+            w = Wm[col + i * ncol]
+            for q in range(R):
+                acc[q] += M[moff + min(r0 + q, last) * width + i] * w
+
+    if unroll == 8:
+        column_dot = column_dot8
 
     @cuda.jit(cache=True)
     def forward_loop(ops, info, stage_src, stage_dst, T, B, H, init_at, out_at, update_at, A, P, X, S0, consts, biases,
