@@ -132,6 +132,8 @@ SCHEDULE_VARIANTS = [
     {"schedule": "units", "barrier": "grid", "value_cache": False, "weight_cache": False},
     {"schedule": "rows", "dot_unroll": 8},
     {"schedule": "units", "barrier": "grid", "dot_unroll": 8},
+    {"schedule": "units", "barrier": "grid", "split_dot": True},
+    {"schedule": "units", "barrier": "grid", "split_dot": True, "dot_unroll": 8},
 ]
 
 

@@ -45,6 +45,7 @@ class GpuRow:
     weight_cache: bool | None  # units schedule: the block's weights in shared memory
     value_cache: bool | None  # units schedule: its elements of the step's values there
     dot_unroll: int  # terms of the time loop's dot products in flight
+    split_dot: bool  # units schedule: dot products split over several threads
     median_ms: float
     torch_median_ms: float | None  # torch.nn.LSTM/GRU on the same GPU (cuDNN)
     ratio: float | None  # ours / torch: < 1 is faster
@@ -176,7 +177,7 @@ def bench_gpu(
 
 
 def _geometry(kernel: Any, B: int, H: int) -> dict[str, Any]:
-    return {**_schedule(kernel, B, H), "dot_unroll": kernel.dot_unroll}
+    return {**_schedule(kernel, B, H), "dot_unroll": kernel.dot_unroll, "split_dot": kernel.split_dot}
 
 
 def _schedule(kernel: Any, B: int, H: int) -> dict[str, Any]:

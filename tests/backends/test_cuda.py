@@ -75,6 +75,16 @@ GEOMETRIES = {
     "rows2-unroll8": {"schedule": "rows", "rows_per_block": 2, "dot_unroll": 8},  # H=4: the 4H-wide backward dot
     "units-unroll8": {"schedule": "units", "dot_unroll": 8},
     "units-global-unroll8": {"schedule": "units", "value_cache": False, "weight_cache": False, "dot_unroll": 8},
+    "units-split": {"schedule": "units", "split_dot": True, "threads_per_block": 128},  # forward 2, backward 8 threads a dot
+    "units-split-global8": {
+        "schedule": "units",
+        "split_dot": True,
+        "value_cache": False,
+        "weight_cache": False,
+        "dot_unroll": 8,
+        "units_per_block": 3,
+        "threads_per_block": 32,
+    },
 }
 
 
@@ -365,7 +375,7 @@ def test_kernels_compile_to_ptx():
         for coop in (False, True) if cuda.is_available() else (False,):  # grid sync's typing asks the driver for the device
             uk = unit_kernels(np.dtype(dt), coop, 8 if dt == np.float32 else 4)
             B_ = types.boolean
-            head = (I(2), I(2), I(3), I(3), I(2), I(3), I(3), I(1), i64, i64, i64, i64, i64, B_, i64, B_)
+            head = (I(2), I(2), I(3), I(3), I(2), I(3), I(3), I(1), i64, i64, i64, i64, i64, B_, i64, B_, B_)
             fwd_u = (*head, i64, I(1), I(1), I(2), F(1), F(2), F(3), F(2), F(1), F(2), F(2), F(1), F(1), F(3), F(3), bar)
             bwd_u = (*head, i64, F(1), I(1), I(1), i64, F(3), F(2), F(2), F(1), F(1), F(1), F(2), F(3), F(2), F(2), bar)
             sigs += [(uk.forward_units, fwd_u), (uk.backward_units, bwd_u), (uk.barriers, (i64, bar))]
@@ -402,8 +412,8 @@ def test_the_gpu_benchmark_and_its_script_run(tmp_path):
         ("rows", None, None, None), ("units", "grid", True, True), ("units", "atomic", True, True),
         ("units", "grid", True, False), ("units", "grid", False, False),
     ]  # fmt: skip
-    assert len(sched) == 14 and not any("error" in r for r in sched)  # seven variants at two configs
-    assert [r["dot_unroll"] for r in sched[5:7]] == [8, 8]
+    assert len(sched) == 18 and not any("error" in r for r in sched)  # nine variants at two configs
+    assert [(r["dot_unroll"], r["split_dot"]) for r in sched[5:9]] == [(8, False), (8, False), (4, True), (8, True)]
     assert json.loads((tmp_path / "population.json").read_text())["cells"] == 2
 
 

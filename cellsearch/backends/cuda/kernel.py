@@ -259,6 +259,9 @@ class CudaKernel:
       dimension is split over; default enough to give every multiprocessor two blocks, 1 in a
       ``CudaPopulation``, whose cells' kernels fill the GPU side by side); ``dot_unroll`` (4 or 8
       terms of a time-loop GEMM stage's dot products in flight; default 4, the measured one);
+      ``split_dot`` (units: a GEMM stage with fewer outputs than half the block's threads splits
+      each dot product over 2-32 threads, partial sums added in a fixed order; default off, not yet
+      measured);
     - ``threads_per_block`` (default min(4H, 256): a GEMM stage gives each thread one output column
       of its 4H, as LSTM's), ``stream`` (a ``numba.cuda`` stream; default a new one)."""
 
@@ -279,6 +282,7 @@ class CudaKernel:
         value_cache: bool = True,
         gemm_split: int | None = None,
         dot_unroll: int = 4,
+        split_dot: bool = False,
     ) -> None:
         self.cell = cell
         self.dtype = np.dtype(dtype)
@@ -306,6 +310,7 @@ class CudaKernel:
         self.value_cache = value_cache
         self.gemm_split = gemm_split
         self.dot_unroll = dot_unroll
+        self.split_dot = split_dot
         self.rows_per_block = rows_per_block
         self.threads_per_block = threads_per_block
         self.stream = stream if stream is not None else cuda.stream()
@@ -509,7 +514,7 @@ class CudaKernel:
             ku = unit_kernels(self.dtype, self._cooperative(), self.dot_unroll).forward_units
             ku[lay.blocks, self._threads(H), self.stream](
                 ws.ops, ws.info, ws.stage_src, ws.stage_dst, *ws.mirror, T, B, H, lay.units, p.n_taped, lay.cached, lay.w_n,
-                lay.vcache, ws.scratch0, ws.init_at, ws.out_at, ws.update_at, ws.A, ws.P, x, state0, consts,
+                lay.vcache, self.split_dot, ws.scratch0, ws.init_at, ws.out_at, ws.update_at, ws.A, ws.P, x, state0, consts,
                 weights.biases, weights.peeps, weights.W, ws.K, ws.Y, ws.ST, bar,
             )  # fmt: skip
         else:
@@ -553,7 +558,7 @@ class CudaKernel:
             ku = unit_kernels(self.dtype, self._cooperative(), self.dot_unroll).backward_units
             ku[lay.blocks, self._threads(H), self.stream](
                 ws.ops, ws.info, ws.stage_src, ws.stage_dst, *ws.mirror, T, B, H, lay.units, p.n_taped, lay.cached, lay.w_n,
-                lay.vcache, ws.scratch0, tape.A, ws.state_g, ws.update_g, p.output_slot * B * H, d_out, ws.dS,
+                lay.vcache, self.split_dot, ws.scratch0, tape.A, ws.state_g, ws.update_g, p.output_slot * B * H, d_out, ws.dS,
                 weights.peeps, weights.WT, ws.DZ, ws.G, ws.dP, ws.dX, ws.dBr, ws.dPeepr, bar,
             )  # fmt: skip
         else:

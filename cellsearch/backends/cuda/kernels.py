@@ -258,7 +258,10 @@ def element_ops(dtype: np.dtype) -> SimpleNamespace:
 
 #: bytes of static shared memory a units-schedule block uses (a block may have 48 KiB): its
 #: elements' values of the step, and its weight columns
-SHARED_BYTES = 48 * 1024 - 512
+SHARED_BYTES = 48 * 1024 - 512 - 2048  # (less the split dot products' reduction buffer)
+#: threads one output of a GEMM stage may be split over (``split``), and the reduction buffer's size
+MAX_SPLIT = 32
+MAX_RED = 256  # = kernel.MAX_THREADS
 #: the layout of the units schedule's misc mirror table: the output's (slot, parity), its gradient
 #: slot, then per state (update slot, update parity, initial slot, leaf's gradient slot, update's
 #: gradient slot)
@@ -323,9 +326,9 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
             cuda.syncthreads()
 
     @cuda.jit(device=True, inline="always")
-    def dot(M, moff, Wv, woff, wstride, width):
-        """sum over i < width of M[moff + i] * Wv[woff + i * wstride], in four partial sums (a fixed
-        order: the same result on every run)."""
+    def dot(M, moff, mstep, Wv, woff, wstride, width):
+        """sum over i < width of M[moff + i * mstep] * Wv[woff + i * wstride], in four partial sums
+        (a fixed order: the same result on every run)."""
         s0 = zero
         s1 = zero
         s2 = zero
@@ -333,16 +336,17 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
         n4 = width - width % 4
         for i in range(0, n4, 4):
             w = woff + i * wstride
-            s0 += M[moff + i] * Wv[w]
-            s1 += M[moff + i + 1] * Wv[w + wstride]
-            s2 += M[moff + i + 2] * Wv[w + 2 * wstride]
-            s3 += M[moff + i + 3] * Wv[w + 3 * wstride]
+            m = moff + i * mstep
+            s0 += M[m] * Wv[w]
+            s1 += M[m + mstep] * Wv[w + wstride]
+            s2 += M[m + 2 * mstep] * Wv[w + 2 * wstride]
+            s3 += M[m + 3 * mstep] * Wv[w + 3 * wstride]
         for i in range(n4, width):
-            s0 += M[moff + i] * Wv[woff + i * wstride]
+            s0 += M[moff + i * mstep] * Wv[woff + i * wstride]
         return (s0 + s1) + (s2 + s3)
 
     @cuda.jit(device=True, inline="always")
-    def dot8(M, moff, Wv, woff, wstride, width):
+    def dot8(M, moff, mstep, Wv, woff, wstride, width):
         """``dot`` in eight partial sums: eight terms in flight."""
         s0 = zero
         s1 = zero
@@ -355,16 +359,17 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
         n8 = width - width % 8
         for i in range(0, n8, 8):
             w = woff + i * wstride
-            s0 += M[moff + i] * Wv[w]
-            s1 += M[moff + i + 1] * Wv[w + wstride]
-            s2 += M[moff + i + 2] * Wv[w + 2 * wstride]
-            s3 += M[moff + i + 3] * Wv[w + 3 * wstride]
-            s4 += M[moff + i + 4] * Wv[w + 4 * wstride]
-            s5 += M[moff + i + 5] * Wv[w + 5 * wstride]
-            s6 += M[moff + i + 6] * Wv[w + 6 * wstride]
-            s7 += M[moff + i + 7] * Wv[w + 7 * wstride]
+            m = moff + i * mstep
+            s0 += M[m] * Wv[w]
+            s1 += M[m + mstep] * Wv[w + wstride]
+            s2 += M[m + 2 * mstep] * Wv[w + 2 * wstride]
+            s3 += M[m + 3 * mstep] * Wv[w + 3 * wstride]
+            s4 += M[m + 4 * mstep] * Wv[w + 4 * wstride]
+            s5 += M[m + 5 * mstep] * Wv[w + 5 * wstride]
+            s6 += M[m + 6 * mstep] * Wv[w + 6 * wstride]
+            s7 += M[m + 7 * mstep] * Wv[w + 7 * wstride]
         for i in range(n8, width):
-            s0 += M[moff + i] * Wv[woff + i * wstride]
+            s0 += M[moff + i * mstep] * Wv[woff + i * wstride]
         return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
     if unroll == 8:
@@ -405,20 +410,64 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
         return bb, u0 + idx - bb * Ug
 
     @cuda.jit(device=True, inline="always")
-    def column_output(o, NC, Ug, u0, H, M, moff, width, cached, SH, cb, W, woff, ncol):
+    def column_output(o, lane, split, NC, Ug, u0, H, M, moff, width, cached, SH, cb, W, woff, ncol):
         """Output o of a GEMM stage in a block's group: (batch row, output k, unit's index in the group,
         unit, value) — row bb of M (rows of ``width`` from moff) times column cc = k*Ug + ju of the
-        block's cached weights, or of the global weights from woff."""
+        block's cached weights, or of the global weights from woff; with ``split`` > 1, only the
+        terms i = lane (mod split) of it."""
         bb = o // NC
         cc = o - bb * NC
         k = cc // Ug
         ju = cc - k * Ug
         j = u0 + ju
+        n = (width - lane + split - 1) // split
         if cached:
-            v = dot(M, moff + bb * width, SH, cb + cc, NC, width)
+            v = dot(M, moff + bb * width + lane, split, SH, cb + cc + lane * NC, NC * split, n)
         else:
-            v = dot(M, moff + bb * width, W, woff + k * H + j, ncol, width)
+            v = dot(M, moff + bb * width + lane, split, W, woff + k * H + j + lane * ncol, ncol * split, n)
         return bb, k, ju, j, v
+
+    @cuda.jit(device=True, inline="always")
+    def split_of(split, n_out, nth):
+        """Threads per output (a power of two): with ``split``, as many as leave no thread idle."""
+        tpo = 1
+        if split:
+            while tpo < MAX_SPLIT and 2 * tpo * n_out <= nth:
+                tpo *= 2
+        return tpo
+
+    @cuda.jit(device=True, inline="always")
+    def reduce_split(RED, tid, tpo, v, active):
+        """The sum of the tpo partial dot products of threads tid, tid + 1, ... (meaningful in the
+        first of them), in a fixed order; every thread of the block calls it."""
+        RED[tid] = v if active else zero
+        cuda.syncthreads()
+        for q in range(1, tpo):
+            v += RED[tid + q]
+        cuda.syncthreads()
+        return v
+
+    @cuda.jit(device=True, inline="always")
+    def forward_put(A, SH, vcache, stage_dst, mdst, aux, k, t, T, NT, v_at, E, bb, Ug, ju, j, H, v):
+        """Add a forward GEMM stage's output v to destination k's element (bb, j): in the mirror,
+        writing the tape through (and the last step's scratch), or in the arena."""
+        dd = stage_dst[aux, k, S_C] + t * stage_dst[aux, k, S_M] + bb * H + j
+        if vcache:
+            vi = v_at + mslot(mdst[aux, k, 0], mdst[aux, k, 1], t, NT) * E + bb * Ug + ju
+            nv = SH[vi] + v
+            SH[vi] = nv
+            if stage_dst[aux, k, S_M] != 0 or t == T - 1:  # taped, or the last step's scratch
+                A[dd] = nv
+        else:
+            A[dd] += v
+
+    @cuda.jit(device=True, inline="always")
+    def backward_put(SH, G, vcache, stage_src, msrc, aux, i, g_at, E, bb, Ug, ju, j, H, v):
+        """Add a backward GEMM stage's output v to source i's gradient at (bb, j)."""
+        if vcache:
+            SH[g_at + msrc[aux, i, 2] * E + bb * Ug + ju] += v
+        else:
+            G[stage_src[aux, i, S_G] + bb * H + j] += v
 
     @cuda.jit(device=True, inline="always")
     def mslot(s, par, t, NT):
@@ -428,10 +477,12 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
 
     @cuda.jit(cache=True)
     def forward_units(ops, info, stage_src, stage_dst, mops, msrc, mdst, mmisc, T, B, H, U, NT, cached, w_n, vcache,
-                      scratch0, init_at, out_at, update_at, A, P, X, S0, consts, biases, peeps, W, K, Y, ST, bar):  # fmt: skip
+                      split, scratch0, init_at, out_at, update_at, A, P, X, S0, consts, biases, peeps, W, K, Y, ST,
+                      bar):  # fmt: skip
         """The forward over the whole sequence for the block's units: fills the tape A, K, the
         outputs Y [T, B, H] and the final states ST [n_states, B, H] (their units)."""
         SH = cuda.shared.array(SHN, dt)
+        RED = cuda.shared.array(MAX_RED, dt)  # split dot products' partial sums
         tid = cuda.threadIdx.x
         nth = cuda.blockDim.x
         nblk = cuda.gridDim.x
@@ -482,17 +533,21 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
                         Ug = min(U, H - u0)
                         NC = nk * Ug
                         cb = cache_base(info, aux, H, Ug)
-                        for o in range(tid, B * NC, nth):
-                            bb, k, ju, j, v = column_output(o, NC, Ug, u0, H, K, koff, width, cached, SH, cb, W, woff, ncol)
-                            dd = stage_dst[aux, k, S_C] + t * stage_dst[aux, k, S_M] + bb * H + j
-                            if vcache:
-                                vi = v_at + mslot(mdst[aux, k, 0], mdst[aux, k, 1], t, NT) * E + bb * Ug + ju
-                                nv = SH[vi] + v
-                                SH[vi] = nv
-                                if stage_dst[aux, k, S_M] != 0 or t == T - 1:  # taped, or the last step's scratch
-                                    A[dd] = nv
-                            else:
-                                A[dd] += v
+                        tpo = split_of(split, B * NC, nth)
+                        if tpo == 1:
+                            for o in range(tid, B * NC, nth):
+                                bb, k, ju, j, v = column_output(o, 0, 1, NC, Ug, u0, H, K, koff, width, cached, SH, cb, W, woff,
+                                                                ncol)  # fmt: skip
+                                forward_put(A, SH, vcache, stage_dst, mdst, aux, k, t, T, NT, v_at, E, bb, Ug, ju, j, H, v)
+                        else:  # one pass: tpo threads per output, tpo * B * NC <= nth / 2
+                            o = min(tid // tpo, B * NC - 1)
+                            lane = tid - (tid // tpo) * tpo
+                            bb, k, ju, j, v = column_output(o, lane, tpo, NC, Ug, u0, H, K, koff, width, cached, SH, cb, W,
+                                                            woff, ncol)  # fmt: skip
+                            active = tid < tpo * B * NC
+                            v = reduce_split(RED, tid, tpo, v, active)
+                            if active and lane == 0:
+                                forward_put(A, SH, vcache, stage_dst, mdst, aux, k, t, T, NT, v_at, E, bb, Ug, ju, j, H, v)
                     cuda.syncthreads()  # columns were computed by other threads than the units' own
                     continue
                 flag = ops[r, C_BG]
@@ -535,10 +590,11 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
 
     @cuda.jit(cache=True)
     def backward_units(ops, info, stage_src, stage_dst, mops, msrc, mdst, mmisc, T, B, H, U, NT, cached, w_n, vcache,
-                       scratch0, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, G, dP, dX, dBr, dPeepr,
+                       split, scratch0, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, G, dP, dX, dBr, dPeepr,
                        bar):  # fmt: skip
         """The reverse walk for the block's units, as ``backward_loop`` (dX comes in zeroed)."""
         SH = cuda.shared.array(SHN, dt)
+        RED = cuda.shared.array(MAX_RED, dt)  # split dot products' partial sums
         tid = cuda.threadIdx.x
         nth = cuda.blockDim.x
         nblk = cuda.gridDim.x
@@ -621,12 +677,21 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
                         Ug = min(U, H - u0)
                         NC = ns * Ug
                         cb = cache_base(info, aux, H, Ug)
-                        for o in range(tid, B * NC, nth):
-                            bb, i, ju, j, v = column_output(o, NC, Ug, u0, H, DZ, zoff, width, cached, SH, cb, WT, woff, ncol)
-                            if vcache:
-                                SH[g_at + msrc[aux, i, 2] * E + bb * Ug + ju] += v
-                            else:
-                                G[stage_src[aux, i, S_G] + bb * H + j] += v
+                        tpo = split_of(split, B * NC, nth)
+                        if tpo == 1:
+                            for o in range(tid, B * NC, nth):
+                                bb, i, ju, j, v = column_output(o, 0, 1, NC, Ug, u0, H, DZ, zoff, width, cached, SH, cb, WT,
+                                                                woff, ncol)  # fmt: skip
+                                backward_put(SH, G, vcache, stage_src, msrc, aux, i, g_at, E, bb, Ug, ju, j, H, v)
+                        else:
+                            o = min(tid // tpo, B * NC - 1)
+                            lane = tid - (tid // tpo) * tpo
+                            bb, i, ju, j, v = column_output(o, lane, tpo, NC, Ug, u0, H, DZ, zoff, width, cached, SH, cb, WT,
+                                                            woff, ncol)  # fmt: skip
+                            active = tid < tpo * B * NC
+                            v = reduce_split(RED, tid, tpo, v, active)
+                            if active and lane == 0:
+                                backward_put(SH, G, vcache, stage_src, msrc, aux, i, g_at, E, bb, Ug, ju, j, H, v)
                     cuda.syncthreads()
                     continue
                 if code == OP_CONST:
