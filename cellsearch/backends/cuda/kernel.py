@@ -248,7 +248,8 @@ class CudaKernel:
       when the batch has at most half as many rows as the GPU has multiprocessors (where it was
       measured faster), rows otherwise and in the simulator. The units
       schedule needs all its blocks resident at once (at most one per multiprocessor): don't run
-      several units-schedule kernels on concurrent streams (``CudaPopulation`` uses rows);
+      several units-schedule kernels on concurrent streams (``CudaPopulation`` uses rows), nor, with
+      the atomic barrier, from several processes sharing the GPU through MPS;
     - ``rows_per_block`` (rows: 1, 2, 4 or 8; default: as many as keep one block per multiprocessor
       busy); ``units_per_block`` (units: default ceil(H / multiprocessors), the whole H in the
       simulator, whose blocks run one after another); ``barrier`` (units: ``"grid"``, cooperative
