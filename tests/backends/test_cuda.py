@@ -76,6 +76,7 @@ GEOMETRIES = {
     "units-unroll8": {"schedule": "units", "dot_unroll": 8},
     "units-global-unroll8": {"schedule": "units", "value_cache": False, "weight_cache": False, "dot_unroll": 8},
     "units-split": {"schedule": "units", "split_dot": True, "threads_per_block": 128},  # forward 2, backward 8 threads a dot
+    "units-split-256": {"schedule": "units", "split_dot": True, "threads_per_block": 256},  # the last threads idle
     "units-split-global8": {
         "schedule": "units",
         "split_dot": True,

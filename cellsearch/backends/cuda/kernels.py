@@ -437,13 +437,15 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
         return tpo
 
     @cuda.jit(device=True, inline="always")
-    def reduce_split(RED, tid, tpo, v, active):
-        """The sum of the tpo partial dot products of threads tid, tid + 1, ... (meaningful in the
-        first of them), in a fixed order; every thread of the block calls it."""
+    def reduce_split(RED, tid, tpo, lane, v, active):
+        """In the first thread (lane 0) of each output's tpo threads, the sum of their partial dot
+        products, in a fixed order; every thread of the block calls it (only lane 0 reads the others',
+        so no read passes the block's last thread)."""
         RED[tid] = v if active else zero
         cuda.syncthreads()
-        for q in range(1, tpo):
-            v += RED[tid + q]
+        if lane == 0 and active:
+            for q in range(1, tpo):
+                v += RED[tid + q]
         cuda.syncthreads()
         return v
 
@@ -545,7 +547,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
                             bb, k, ju, j, v = column_output(o, lane, tpo, NC, Ug, u0, H, K, koff, width, cached, SH, cb, W,
                                                             woff, ncol)  # fmt: skip
                             active = tid < tpo * B * NC
-                            v = reduce_split(RED, tid, tpo, v, active)
+                            v = reduce_split(RED, tid, tpo, lane, v, active)
                             if active and lane == 0:
                                 forward_put(A, SH, vcache, stage_dst, mdst, aux, k, t, T, NT, v_at, E, bb, Ug, ju, j, H, v)
                     cuda.syncthreads()  # columns were computed by other threads than the units' own
@@ -689,7 +691,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
                             bb, i, ju, j, v = column_output(o, lane, tpo, NC, Ug, u0, H, DZ, zoff, width, cached, SH, cb, WT,
                                                             woff, ncol)  # fmt: skip
                             active = tid < tpo * B * NC
-                            v = reduce_split(RED, tid, tpo, v, active)
+                            v = reduce_split(RED, tid, tpo, lane, v, active)
                             if active and lane == 0:
                                 backward_put(SH, G, vcache, stage_src, msrc, aux, i, g_at, E, bb, Ug, ju, j, H, v)
                     cuda.syncthreads()
