@@ -300,6 +300,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
     typ = np.dtype(dtype).type
     zero = typ(0)
     SHN = shared_elements(np.dtype(dtype))
+    UN = unroll
     elem = element_ops(np.dtype(dtype))
     forward_op = elem.forward_op
     backward_op = elem.backward_op
@@ -327,53 +328,26 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
 
     @cuda.jit(device=True, inline="always")
     def dot(M, moff, mstep, Wv, woff, wstride, width):
-        """sum over i < width of M[moff + i * mstep] * Wv[woff + i * wstride], in four partial sums
-        (a fixed order: the same result on every run)."""
-        s0 = zero
-        s1 = zero
-        s2 = zero
-        s3 = zero
-        n4 = width - width % 4
-        for i in range(0, n4, 4):
+        """sum over i < width of M[moff + i * mstep] * Wv[woff + i * wstride], in ``unroll`` partial
+        sums (that many terms in flight; constant trip counts, so they stay in registers) added
+        pairwise in a fixed order: the same result on every run."""
+        s = cuda.local.array(UN, dt)
+        for u in range(UN):
+            s[u] = zero
+        n = width - width % UN
+        for i in range(0, n, UN):
             w = woff + i * wstride
             m = moff + i * mstep
-            s0 += M[m] * Wv[w]
-            s1 += M[m + mstep] * Wv[w + wstride]
-            s2 += M[m + 2 * mstep] * Wv[w + 2 * wstride]
-            s3 += M[m + 3 * mstep] * Wv[w + 3 * wstride]
-        for i in range(n4, width):
-            s0 += M[moff + i * mstep] * Wv[woff + i * wstride]
-        return (s0 + s1) + (s2 + s3)
-
-    @cuda.jit(device=True, inline="always")
-    def dot8(M, moff, mstep, Wv, woff, wstride, width):
-        """``dot`` in eight partial sums: eight terms in flight."""
-        s0 = zero
-        s1 = zero
-        s2 = zero
-        s3 = zero
-        s4 = zero
-        s5 = zero
-        s6 = zero
-        s7 = zero
-        n8 = width - width % 8
-        for i in range(0, n8, 8):
-            w = woff + i * wstride
-            m = moff + i * mstep
-            s0 += M[m] * Wv[w]
-            s1 += M[m + mstep] * Wv[w + wstride]
-            s2 += M[m + 2 * mstep] * Wv[w + 2 * wstride]
-            s3 += M[m + 3 * mstep] * Wv[w + 3 * wstride]
-            s4 += M[m + 4 * mstep] * Wv[w + 4 * wstride]
-            s5 += M[m + 5 * mstep] * Wv[w + 5 * wstride]
-            s6 += M[m + 6 * mstep] * Wv[w + 6 * wstride]
-            s7 += M[m + 7 * mstep] * Wv[w + 7 * wstride]
-        for i in range(n8, width):
-            s0 += M[moff + i * mstep] * Wv[woff + i * wstride]
-        return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-
-    if unroll == 8:
-        dot = dot8
+            for u in range(UN):
+                s[u] += M[m + u * mstep] * Wv[w + u * wstride]
+        for i in range(n, width):
+            s[0] += M[moff + i * mstep] * Wv[woff + i * wstride]
+        h = 1
+        while h < UN:  # ((s0 + s1) + (s2 + s3)) + ...
+            for u in range(0, UN, 2 * h):
+                s[u] += s[u + h]
+            h *= 2
+        return s[0]
 
     @cuda.jit(device=True, inline="always")
     def load_cache(Wc, W, info, H, u0, Ug, forward, tid, nth):
@@ -746,6 +720,7 @@ def kernels(dtype: np.dtype, rows: int, unroll: int = 4) -> SimpleNamespace:
     typ = np.dtype(dtype).type
     zero = typ(0)
     R = rows
+    UN = unroll
     elem = element_ops(np.dtype(dtype))
     forward_op = elem.forward_op
     backward_op = elem.backward_op
@@ -754,61 +729,28 @@ def kernels(dtype: np.dtype, rows: int, unroll: int = 4) -> SimpleNamespace:
     def column_dot(acc, M, moff, Wm, col, ncol, width, r0, last):
         """acc[q] = sum over i < width of M[moff + row_q * width + i] * Wm[col + i * ncol] for the
         block's R rows (row_q = min(r0 + q, last)): one output column of a GEMM stage, each weight
-        read serving R rows. Four weights are in flight at a time: the loop is bound by the latency
-        of its loads, not by arithmetic. Inlined in Numba's IR (``inline="always"``): the kernels' PTX is
-        the loop written out in each, so acc stays in registers, and compile_ptx needs no GPU (a device
-        function compiled on its own asks the driver for the device)."""
+        read serving R rows. ``unroll`` weights are in flight at a time (the loop is bound by the
+        latency of its loads, not by arithmetic); the loops over them have constant trip counts, so
+        the weights stay in registers. Inlined in Numba's IR (``inline="always"``): the kernels' PTX
+        is the loop written out in each, so acc stays in registers, and compile_ptx needs no GPU (a
+        device function compiled on its own asks the driver for the device)."""
+        wv = cuda.local.array(UN, dt)
         for q in range(R):
             acc[q] = zero
-        n4 = width - width % 4
-        for i in range(0, n4, 4):
-            w0 = Wm[col + i * ncol]
-            w1 = Wm[col + (i + 1) * ncol]
-            w2 = Wm[col + (i + 2) * ncol]
-            w3 = Wm[col + (i + 3) * ncol]
+        n = width - width % UN
+        for i in range(0, n, UN):
+            for u in range(UN):
+                wv[u] = Wm[col + (i + u) * ncol]
             for q in range(R):
                 mr = moff + min(r0 + q, last) * width + i
-                v = acc[q] + M[mr] * w0
-                v += M[mr + 1] * w1
-                v += M[mr + 2] * w2
-                acc[q] = v + M[mr + 3] * w3
-        for i in range(n4, width):
+                v = acc[q]
+                for u in range(UN):
+                    v += M[mr + u] * wv[u]
+                acc[q] = v
+        for i in range(n, width):
             w = Wm[col + i * ncol]
             for q in range(R):
                 acc[q] += M[moff + min(r0 + q, last) * width + i] * w
-
-    @cuda.jit(device=True, inline="always")
-    def column_dot8(acc, M, moff, Wm, col, ncol, width, r0, last):
-        """``column_dot`` with eight weights in flight."""
-        for q in range(R):
-            acc[q] = zero
-        n8 = width - width % 8
-        for i in range(0, n8, 8):
-            w0 = Wm[col + i * ncol]
-            w1 = Wm[col + (i + 1) * ncol]
-            w2 = Wm[col + (i + 2) * ncol]
-            w3 = Wm[col + (i + 3) * ncol]
-            w4 = Wm[col + (i + 4) * ncol]
-            w5 = Wm[col + (i + 5) * ncol]
-            w6 = Wm[col + (i + 6) * ncol]
-            w7 = Wm[col + (i + 7) * ncol]
-            for q in range(R):
-                mr = moff + min(r0 + q, last) * width + i
-                v = acc[q] + M[mr] * w0
-                v += M[mr + 1] * w1
-                v += M[mr + 2] * w2
-                v += M[mr + 3] * w3
-                v += M[mr + 4] * w4
-                v += M[mr + 5] * w5
-                v += M[mr + 6] * w6
-                acc[q] = v + M[mr + 7] * w7
-        for i in range(n8, width):
-            w = Wm[col + i * ncol]
-            for q in range(R):
-                acc[q] += M[moff + min(r0 + q, last) * width + i] * w
-
-    if unroll == 8:
-        column_dot = column_dot8
 
     @cuda.jit(cache=True)
     def forward_loop(ops, info, stage_src, stage_dst, T, B, H, init_at, out_at, update_at, A, P, X, S0, consts, biases,
