@@ -370,11 +370,13 @@ class CudaKernel:
         return not simulated() and _cudadevrt()
 
     def _barrier_counter(self, ws: _Workspace) -> DeviceArray:
-        """The atomic barrier's counter, zeroed on this kernel's stream."""
+        """The atomic barrier's counter, zeroed on this kernel's stream (the grid sync has none: the
+        array is only an argument then, and no launch zeroes it)."""
         bar = ws.extra.get("bar")
         if bar is None:
             bar = ws.extra["bar"] = cuda.device_array(1, dtype=np.int32, stream=self.stream)
-        kernels(self.dtype, 1).fill[1, 1, self.stream](bar, np.int32(0))
+        if not self._cooperative():
+            kernels(self.dtype, 1).fill[1, 1, self.stream](bar, np.int32(0))
         return bar
 
     # ---- buffers ----
