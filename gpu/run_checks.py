@@ -89,38 +89,31 @@ def conformance(out: Path, timeout: float = 360) -> dict:
 
 
 def resources() -> dict:
-    """Registers a thread and static shared memory a block of each time-loop kernel compiled so far."""
-    from cellsearch.backends.cuda.kernels import kernels, unit_kernels
+    """Registers a thread and static shared memory a block of each float32 time-loop kernel compiled
+    so far (the default unroll), a sorted list over its compiled signatures."""
+    from cellsearch.backends.cuda.kernels import ROWS, kernels, unit_kernels
 
+    f32 = np.dtype(np.float32)
+    families = [(f"rows{r}", kernels(f32, r)) for r in ROWS]
+    families += [(f"units-{'grid' if c else 'atomic'}", unit_kernels(f32, c)) for c in (False, True)]
     found: dict = {}
-    for (dt, *key), ks in [*((k, v) for k, v in _cached(kernels).items()), *((k, v) for k, v in _cached(unit_kernels).items())]:
+    for label, ks in families:
         for kname, k in vars(ks).items():
-            if not hasattr(k, "get_regs_per_thread"):
+            if not hasattr(k, "get_regs_per_thread"):  # a constant, or the simulator's kernels
                 continue
             try:
-                regs = k.get_regs_per_thread()
-                smem = k.get_shared_mem_per_block()
+                regs, smem = k.get_regs_per_thread(), k.get_shared_mem_per_block()
             except Exception as e:
-                regs, smem = None, f"{type(e).__name__}: {e}"
-            if regs:
-                found[f"{kname}[{dt},{','.join(map(str, key))}]"] = {"regs": _jsonable(regs), "shared_bytes": _jsonable(smem)}
+                found[f"{kname}[{label}]"] = {"error": f"{type(e).__name__}: {e}"}
+                continue
+            if regs:  # {signature: value} when compiled
+                found[f"{kname}[{label}]"] = {"regs": _values(regs), "shared_bytes": _values(smem)}
     log(f"resources: {json.dumps(found)}")
     return found
 
 
-def _cached(factory) -> dict:  # the lru_cache's (args -> value) pairs, from calls made with the same args again
-    out = {}
-    for args in [(np.dtype(np.float32), r) for r in (1, 2, 4, 8)] + [(np.dtype(np.float32), c) for c in (False, True)]:
-        if factory.__name__ == "kernels" and isinstance(args[1], bool):
-            continue
-        if factory.__name__ == "unit_kernels" and not isinstance(args[1], bool):
-            continue
-        out[args] = factory(*args)
-    return out
-
-
-def _jsonable(v):
-    return {str(k): w for k, w in v.items()} if isinstance(v, dict) else v
+def _values(v: dict | int) -> list:
+    return sorted(v.values()) if isinstance(v, dict) else [v]
 
 
 #: the time loop's variants the schedules sweep times (lstm, float32)
