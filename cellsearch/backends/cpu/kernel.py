@@ -47,16 +47,16 @@ class _CpuTables:
 
     Forward: every linear a GEMM stage writes is seeded while the stage unpacks its product
     (``A = P + out``, ``bias + out``), not by its own op first and then ``+=``. Backward: the gradient
-    of a stage whose destinations all have an input-projection block is already in that stage's DZ,
-    so their LOADPs write no dP and their input weights' gradient is ``x^T @ DZ``; the other blocks
-    go to a compact dP (``dp_blocks``). Float32 GEMMs per step read the weights as panels packed once
+    of an input-projection block that is itself a stage's destination (``linear(x, h)``) is already
+    in that stage's DZ, so its LOADP writes no dP and its input weights' gradient is ``x^T @ DZ``'s
+    columns; the other blocks go to a compact dP (``dp_blocks``). Float32 GEMMs per step read the weights as panels packed once
     per call (``microkernel``), found through two columns appended to the stage info table."""
 
     ops: Array  # [n_ops, 16] int64: the shared table, then C_FOLD, C_DPB
     stage_info: Array  # [n_stages, 8] int64: the shared table, then C_PF, C_PB (offsets in W, WT; -1: BLAS)
     panels: tuple[int, int]  # sizes of all stages' panels, forward (W) and backward (WT)
     seed: Array  # [n_stages, max dsts, 2] int64: (SEED_* kind, index) of each stage destination
-    dz_stages: list[tuple[int, list[int]]]  # (stage, x block of each destination) whose DZ is dP
+    dz_stages: list[tuple[int, list[int]]]  # (stage, x block of each destination or -1) whose DZ holds dP blocks
     dp_blocks: list[int]  # x blocks whose gradient goes to the compact dP, in its column order
 
 
@@ -86,9 +86,9 @@ def _cpu_tables(plan: Plan, tb: Tables, H: int, panels: bool) -> _CpuTables:
                 ins = plan.program[r]
                 seed[g, k] = (kinds[ins.code], ins.aux)
                 ops[r, interp.C_FOLD] = 1
-        if all(node in block_of for node in st.dsts):
-            dz_stages.append((g, [block_of[node] for node in st.dsts]))
-    in_dz = {i for _, blocks in dz_stages for i in blocks}
+        if any(node in block_of for node in st.dsts):
+            dz_stages.append((g, [block_of.get(node, -1) for node in st.dsts]))
+    in_dz = {i for _, blocks in dz_stages for i in blocks if i >= 0}
     dp_blocks = [i for i in range(len(plan.xblocks)) if i not in in_dz]
     for r, ins in enumerate(plan.program):
         if ins.code == Code.LOADP and ins.aux not in in_dz:
@@ -222,14 +222,17 @@ def _chunk_threads(C: int, dtype: np.dtype) -> Iterator[None]:
         yield
 
 
-def _runs(blocks: list[int]) -> Iterator[tuple[int, int, int]]:
-    """(position, first block, length) of each run of consecutive blocks in ``blocks``."""
+def _spans(blocks: list[int]) -> Iterator[tuple[int, int]]:
+    """(position, length) of each run of entries >= 0 in ``blocks`` (-1: no block there)."""
     k = 0
     while k < len(blocks):
+        if blocks[k] < 0:
+            k += 1
+            continue
         n = 1
-        while k + n < len(blocks) and blocks[k + n] == blocks[k] + n:
+        while k + n < len(blocks) and blocks[k + n] >= 0:
             n += 1
-        yield k, blocks[k], n
+        yield k, n
         k += n
 
 
@@ -397,14 +400,20 @@ class CpuKernel:
         groups = [(dzs[g], blocks) for g, blocks in cpu.dz_stages]
         if cpu.dp_blocks:
             groups.append(([ws.dP[c].reshape(TB, -1) for c in range(C)], cpu.dp_blocks))
-        dWxt = np.zeros((C, NX * H, I), dtype=dt)  # dWx^T: m^T @ x runs 1.1-1.6x faster than x^T @ m (small I)
+        # dWx^T (m^T @ x runs 1.1-1.6x faster than x^T @ m: small I), its H-row blocks in the order the
+        # gradients' columns hold them (one GEMM per span of columns, whichever blocks they are)
+        order = [i for _, blocks in groups for i in blocks if i >= 0]
+        dWxo = np.zeros((C, NX * H, I), dtype=dt)
+        Wxo = Wx.reshape(I, NX, H)[:, order].reshape(I, NX * H) if grad_x and order != sorted(order) else Wx
+        r0 = 0
         for ms, blocks in groups:
-            for k, i, n in _runs(blocks):  # m's columns k*H.. hold blocks i..i+n-1
+            for k, n in _spans(blocks):  # m's columns k*H.. hold blocks blocks[k..k+n-1]
                 for c, m in enumerate(ms):
                     mk = m[:, k * H : (k + n) * H]
-                    jobs.add(c, mk.T, X[c].reshape(TB, I), dWxt[c, i * H : (i + n) * H])
+                    jobs.add(c, mk.T, X[c].reshape(TB, I), dWxo[c, r0 : r0 + n * H])
                     if grad_x:  # x also feeds the input GEMM
-                        jobs.add(c, mk, Wx[:, i * H : (i + n) * H].T, dX[c].reshape(TB, I), accumulate=True)
+                        jobs.add(c, mk, Wxo[:, r0 : r0 + n * H].T, dX[c].reshape(TB, I), accumulate=True)
+                r0 += n * H
         head = (cpu.ops, cpu.stage_info, tb.stage_src, tb.stage_dst, T, Bp, H)
         WT = self._with_panels(WT, cpu, H, forward=False)
         tail = (tb.state_g, tb.update_g, p.output_slot * Bp * H)
@@ -418,7 +427,10 @@ class CpuKernel:
                 interp.backward_kernel_split(*head, ws.A, *tail, dOut, dS, peeps, WT, ws.DZ, ws.TMP, ws.G, ws.dP, dX, dB, dPeep,
                                              dBx, self._R, jobs.table(), ws.rows)  # fmt: skip
         dWs = [d.sum(axis=0).T if C > 1 else d[0].T for d in dWt]
-        dWx = (dWxt.sum(axis=0) if C > 1 else dWxt[0]).T
+        dWxt = dWxo.sum(axis=0) if C > 1 else dWxo[0]
+        if order != sorted(order):
+            dWxt = dWxt.reshape(NX, H, I)[np.argsort(order)].reshape(NX * H, I)
+        dWx = dWxt.T
         grads = unpack_gradients(p, H, dWx, dBx.sum(axis=0), dWs, dB.sum(axis=0), dPeep.sum(axis=0))
         if C == 1:
             dx, dS = dX[0], dS[0].reshape(nS, B, H)
