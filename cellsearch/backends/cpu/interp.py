@@ -115,9 +115,12 @@ def _step_gemm(M, N, K, a, wp, woff, panels, c, ldc, ab, isz):
 
 @njit(cache=True, error_model="numpy")
 def forward_rows(
-    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, r0, r1
+    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, r0, r1, out,
+    out_at, out_step, xr,
 ):  # fmt: skip
-    """The whole time loop for batch rows r0..r1 (rows of an RNN never interact)."""
+    """The whole time loop for batch rows r0..r1 (rows of an RNN never interact); then the output's
+    values, taped at ``out_at + (t + 1) * out_step`` in A, copied to ``out[t, xr + r0 .. xr + r1]``
+    (by this thread: a chunk's copy runs in parallel with the others')."""
     Hu = np.uint64(H)
     Bu = np.uint64(B)
     R0 = np.uint64(r0)
@@ -254,6 +257,12 @@ def forward_rows(
                     row = bb * Hu
                     for j in range(Hu):
                         A[d + row + j] = peeps[aux, j] * A[a + row + j]
+    XR = np.uint64(xr)
+    for t in range(T):
+        o = np.uint64(out_at) + np.uint64(t + 1) * np.uint64(out_step)
+        for bb in range(R0, R1):
+            for j in range(Hu):
+                out[t, XR + bb, j] = A[o + bb * Hu + j]
 
 
 @njit(cache=True, error_model="numpy")
@@ -443,18 +452,19 @@ def jobs_kernel(jobs, c, R):
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def forward_kernel_split(
-    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, jobs, rows
+    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, jobs, rows, out,
+    out_at, out_step,
 ):  # fmt: skip
     """The forward pass with the batch split into chunks run on parallel threads (BLAS must be at 1
     thread then); each thread runs its chunk's GEMMs in ``jobs``, then the whole time loop for its
     chunk, with no synchronisation. A, P, X, S0, K, TMP have a leading chunk axis: each chunk has
     buffers of its own, laid out for B rows (threads writing rows of one shared buffer measured up to
     2.5x slower: cache lines and prefetches bounce between the cores), of which chunk c uses the
-    first ``rows[c+1] - rows[c]``."""
+    first ``rows[c+1] - rows[c]``; each thread copies its rows of the output to ``out`` [T, batch, H]."""
     for c in prange(rows.shape[0] - 1):
         run_jobs(jobs, c, R.ctypes.data + np.uint64(R_AB * R.itemsize), R.itemsize)
         forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A[c], P[c], bx, X[c], S0[c], consts, biases, peeps,
-                      W, K[c], TMP[c], R, 0, rows[c + 1] - rows[c])  # fmt: skip
+                      W, K[c], TMP[c], R, 0, rows[c + 1] - rows[c], out, out_at, out_step, rows[c])  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy", parallel=True)

@@ -318,29 +318,34 @@ class CpuKernel:
         if p.xblocks:
             for c in range(C):
                 jobs.add(c, X[c].reshape(T * Bp, I), Wx, ws.P[c].reshape(T * Bp, -1))
+        out = np.empty((T, B, H), dtype=dt)  # the output's values, copied from the tape by the kernel's threads
+        o_at, o_step = self._tape_at(ws, p.output_slot, H)
         with _chunk_threads(C, dt):
             if C == 1:
                 interp.jobs_kernel(jobs.table(), 0, self._R)
                 interp.forward_rows(*head, ws.A[0], ws.P[0], bx, x, S0[0], consts, biases, peeps, W, ws.K[0], ws.TMP[0],
-                                    self._R, 0, B)  # fmt: skip
+                                    self._R, 0, B, out, o_at, o_step, 0)  # fmt: skip
             else:
                 interp.forward_kernel_split(*head, ws.A, ws.P, bx, X, S0, consts, biases, peeps, W, ws.K, ws.TMP, self._R,
-                                            jobs.table(), ws.rows)  # fmt: skip
+                                            jobs.table(), ws.rows, out, o_at, o_step)  # fmt: skip
         self._generation += 1
-        outputs = self._values(ws, p.output_slot, T, H)
-        states = {s: self._values(ws, u, T, H, last=True)[0].copy() for s, u in zip(p.states, p.update_slots, strict=True)}
+        states = {s: self._last(ws, u, T, H) for s, u in zip(p.states, p.update_slots, strict=True)}
         tape = CpuTape(x, ws.A, ws.K, I, H, self._generation)
-        return Forward(outputs.copy() if C == 1 else outputs, states, tape)  # type: ignore[arg-type]
+        return Forward(out, states, tape)  # type: ignore[arg-type]
 
-    def _values(self, ws: _Workspace, node: int, T: int, H: int, last: bool = False) -> Array:
-        """Node ``node``'s values over time, [T, B, H], or at the last step only, [1, B, H] (a view when
-        the batch is one chunk; the node must be taped)."""
+    def _tape_at(self, ws: _Workspace, node: int, H: int) -> tuple[int, int]:
+        """Where node ``node``'s values sit in a chunk's arena: (offset at tape step 0, step stride)."""
         p = self.plan
         if p.tape_index[node] < 0:
             raise ShapeError(f"node {node} is not on the tape")  # lowering tapes updates and the output
-        n = (T + 1) * p.n_taped * ws.Bp * H
-        V = ws.A[:, :n].reshape(ws.chunks, T + 1, p.n_taped, ws.Bp, H)[:, T if last else 1 :, p.tape_index[node]]
-        return V[0] if ws.chunks == 1 else _from_chunks(ws, V, 1)
+        return int(p.tape_index[node]) * ws.Bp * H, p.n_taped * ws.Bp * H
+
+    def _last(self, ws: _Workspace, node: int, T: int, H: int) -> Array:
+        """Node ``node``'s values at the last step, [B, H] (a copy; the node must be taped)."""
+        at, step = self._tape_at(ws, node, H)
+        o = at + T * step
+        V = ws.A[:, o : o + ws.Bp * H].reshape(ws.chunks, ws.Bp, H)
+        return V[0].copy() if ws.chunks == 1 else _from_chunks(ws, V, 0)
 
     def backward(
         self,
