@@ -115,12 +115,17 @@ def _step_gemm(M, N, K, a, wp, woff, panels, c, ldc, ab, isz):
 
 @njit(cache=True, error_model="numpy")
 def forward_rows(
-    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, r0, r1, out,
-    out_at, out_step, xr,
+    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, WX, wx_panels, S0, consts, biases, peeps, W, K, TMP, R, r0,
+    r1, out, out_at, out_step, xr,
 ):  # fmt: skip
     """The whole time loop for batch rows r0..r1 (rows of an RNN never interact); then the output's
     values, taped at ``out_at + (t + 1) * out_step`` in A, copied to ``out[t, xr + r0 .. xr + r1]``
-    (by this thread: a chunk's copy runs in parallel with the others')."""
+    (by this thread: a chunk's copy runs in parallel with the others').
+
+    The input projection is computed step by step: at the start of step t, P [B, row stride
+    P.shape[1]] = X[t] @ Wx (WX: Wx packed as panels where ``wx_panels``, float32's microkernel;
+    else the plain [I, NX*H] matrix through BLAS), so it is read from cache by the ops that use it,
+    never written to and read back from a [T, B, NX*H] array in memory."""
     Hu = np.uint64(H)
     Bu = np.uint64(B)
     R0 = np.uint64(r0)
@@ -138,8 +143,20 @@ def forward_rows(
     tp = TMP.ctypes.data
     ab = R.ctypes.data + np.uint64(R_AB) * isz  # (alpha, beta) = (1, 0), then (1, 1)
     mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, mw]: each range owns its rows
+    I = X.shape[2]
+    nx = P.shape[1]  # P's row stride (NX*H, padded to whole panels)
+    xp = X.ctypes.data
+    pp = P.ctypes.data + R0 * np.uint64(nx) * isz
+    wxp = WX.ctypes.data
+    nxh = bx.shape[0]
     for t in range(T):
         tu = np.uint64(t)
+        if nxh > 0:  # this step's input projection, rows R0..R1
+            xa = xp + (tu * np.uint64(X.shape[1]) + R0) * np.uint64(I) * isz
+            if wx_panels:
+                gemm_panels(nr, nxh, I, xa, I, wxp, pp, nx)
+            else:
+                gemm_at(False, False, nr, nxh, I, xa, I, wxp, nxh, pp, nx, ab, isz)
         for r in range(ops.shape[0]):
             code = ops[r, C_CODE]
             aux = ops[r, C_AUX]
@@ -172,7 +189,7 @@ def forward_rows(
                 for bb in range(R0, R1):
                     row = d + bb * Hu
                     for j in range(Hu):
-                        A[row + j] = P[t, bb, col + j] + bx[col + j]
+                        A[row + j] = P[bb, col + j] + bx[col + j]
             elif code == OP_BIAS:
                 if ops[r, C_FOLD] != 0:
                     continue
@@ -209,7 +226,7 @@ def forward_rows(
                             row = dd + bb * Hu
                             ob = bb - R0
                             for j in range(Hu):
-                                A[row + j] = TMP[oo + ob * mw + kc + j] + (P[t, bb, pc + j] + bx[pc + j])
+                                A[row + j] = TMP[oo + ob * mw + kc + j] + (P[bb, pc + j] + bx[pc + j])
                     elif kind == SEED_BIAS:
                         for bb in range(R0, R1):
                             row = dd + bb * Hu
@@ -452,19 +469,18 @@ def jobs_kernel(jobs, c, R):
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def forward_kernel_split(
-    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, S0, consts, biases, peeps, W, K, TMP, R, jobs, rows, out,
-    out_at, out_step,
+    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, WX, wx_panels, S0, consts, biases, peeps, W, K, TMP, R,
+    rows, out, out_at, out_step,
 ):  # fmt: skip
     """The forward pass with the batch split into chunks run on parallel threads (BLAS must be at 1
-    thread then); each thread runs its chunk's GEMMs in ``jobs``, then the whole time loop for its
-    chunk, with no synchronisation. A, P, X, S0, K, TMP have a leading chunk axis: each chunk has
-    buffers of its own, laid out for B rows (threads writing rows of one shared buffer measured up to
-    2.5x slower: cache lines and prefetches bounce between the cores), of which chunk c uses the
-    first ``rows[c+1] - rows[c]``; each thread copies its rows of the output to ``out`` [T, batch, H]."""
+    thread then); each thread runs the whole time loop for its chunk, with no synchronisation. A, P,
+    X, S0, K, TMP have a leading chunk axis: each chunk has buffers of its own, laid out for B rows
+    (threads writing rows of one shared buffer measured up to 2.5x slower: cache lines and prefetches
+    bounce between the cores), of which chunk c uses the first ``rows[c+1] - rows[c]``; each thread
+    copies its rows of the output to ``out`` [T, batch, H]."""
     for c in prange(rows.shape[0] - 1):
-        run_jobs(jobs, c, R.ctypes.data + np.uint64(R_AB * R.itemsize), R.itemsize)
-        forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A[c], P[c], bx, X[c], S0[c], consts, biases, peeps,
-                      W, K[c], TMP[c], R, 0, rows[c + 1] - rows[c], out, out_at, out_step, rows[c])  # fmt: skip
+        forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A[c], P[c], bx, X[c], WX, wx_panels, S0[c], consts,
+                      biases, peeps, W, K[c], TMP[c], R, 0, rows[c + 1] - rows[c], out, out_at, out_step, rows[c])  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy", parallel=True)

@@ -109,7 +109,7 @@ class _Workspace:
     rows: Array  # [C + 1] batch row bounds
     Bp: int
     X: Array  # [C, T, Bp, I] the chunks' copies of x (C > 1; else empty: x itself is the one chunk)
-    P: Array  # the input projection [C, T, Bp, NX*H] (kept: a fresh one per call pays its page faults)
+    P: Array  # one step's input projection [C, Bp, NX*H padded to whole panels]
     dP: Array  # its gradient's blocks that no stage's DZ holds [C, T, Bp, len(dp_blocks)*H]
     A: Array  # [C, arena]
     K: Array  # [C, k_size]
@@ -144,7 +144,7 @@ def _workspace(plan: Plan, T: int, B: int, I: int, H: int, C: int, dtype: np.dty
         rows,
         Bp,
         X=z((C, T, Bp, I) if C > 1 else (0, T, Bp, I), dtype=dtype),
-        P=np.empty((C, T, Bp, len(plan.xblocks) * H), dtype=dtype),
+        P=np.empty((C, Bp, max(padded(len(plan.xblocks) * H), 1)), dtype=dtype),
         dP=z((C, T, Bp, len(cpu.dp_blocks) * H), dtype=dtype),
         A=np.empty((C, _lines(tb.arena)), dtype=dtype),
         K=z((C, _lines(tb.k_size)), dtype=dtype),
@@ -314,20 +314,21 @@ class CpuKernel:
         head = (ws.cpu.ops, ws.cpu.stage_info, tb.stage_src, tb.stage_dst, ws.cpu.seed, T, Bp, H)
         W = self._with_panels(W, ws.cpu, H, forward=True)
         X = x[None] if C == 1 else _to_chunks(ws, x, 1, ws.X)
-        jobs = Jobs(dt)  # each chunk's P = X @ Wx, run by its thread; the kernel adds the bias bx as it reads P
-        if p.xblocks:
-            for c in range(C):
-                jobs.add(c, X[c].reshape(T * Bp, I), Wx, ws.P[c].reshape(T * Bp, -1))
+        # the input projection's weights: as panels for float32's microkernel (per step, in the loop)
+        wx_panels = dt == np.float32 and Wx.size > 0
+        WX = Wx.ravel()
+        if wx_panels:
+            WX = np.empty(panels_size(I, Wx.shape[1]), dtype=dt)
+            pack_panels(Wx.ravel(), I, Wx.shape[1], WX)
         out = np.empty((T, B, H), dtype=dt)  # the output's values, copied from the tape by the kernel's threads
         o_at, o_step = self._tape_at(ws, p.output_slot, H)
         with _chunk_threads(C, dt):
             if C == 1:
-                interp.jobs_kernel(jobs.table(), 0, self._R)
-                interp.forward_rows(*head, ws.A[0], ws.P[0], bx, x, S0[0], consts, biases, peeps, W, ws.K[0], ws.TMP[0],
-                                    self._R, 0, B, out, o_at, o_step, 0)  # fmt: skip
+                interp.forward_rows(*head, ws.A[0], ws.P[0], bx, x, WX, wx_panels, S0[0], consts, biases, peeps, W,
+                                    ws.K[0], ws.TMP[0], self._R, 0, B, out, o_at, o_step, 0)  # fmt: skip
             else:
-                interp.forward_kernel_split(*head, ws.A, ws.P, bx, X, S0, consts, biases, peeps, W, ws.K, ws.TMP, self._R,
-                                            jobs.table(), ws.rows, out, o_at, o_step)  # fmt: skip
+                interp.forward_kernel_split(*head, ws.A, ws.P, bx, X, WX, wx_panels, S0, consts, biases, peeps, W, ws.K,
+                                            ws.TMP, self._R, ws.rows, out, o_at, o_step)  # fmt: skip
         self._generation += 1
         states = {s: self._last(ws, u, T, H) for s, u in zip(p.states, p.update_slots, strict=True)}
         tape = CpuTape(x, ws.A, ws.K, I, H, self._generation)
