@@ -1,5 +1,6 @@
-"""blas.Jobs / run_jobs (BLAS GEMMs on strided views at raw addresses, run by a chunk's thread)
-against NumPy, and the BLAS whose threads the cpu kernel turns down being the one Numba calls."""
+"""blas.Jobs / run_jobs (GEMMs on strided views at raw addresses, run by a chunk's thread for a block
+of steps: float32 through the microkernel, float64 through BLAS) against NumPy, and the BLAS whose
+threads the cpu kernel turns down being the one Numba calls."""
 
 import itertools
 
@@ -9,15 +10,17 @@ from numba import njit
 
 from cellsearch.backends.cpu.blas import Jobs, run_jobs
 from cellsearch.backends.cpu.kernel import BLAS
+from cellsearch.backends.cpu.microkernel import gemm_scratch
 
 
 @njit
-def _run(table, chunk, ab):
-    run_jobs(table, chunk, ab.ctypes.data, ab.itemsize)
+def _run(table, chunk, t0, n, ab, S):
+    run_jobs(table, chunk, t0, n, ab.ctypes.data, ab.itemsize, S)
 
 
-def run(jobs, chunk=0):
-    _run(jobs.table(), chunk, np.array((1, 0, 1, 1), dtype=jobs.dtype))
+def run(jobs, chunk=0, t0=0, n=1):
+    S = np.empty(gemm_scratch(*jobs.widest) if jobs.widest[0] else 1, dtype=np.float32)
+    _run(jobs.table(), chunk, t0, n, np.array((1, 0, 1, 1), dtype=jobs.dtype), S)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -26,42 +29,55 @@ def test_jobs_match_numpy(dtype, shape):
     M, N, K = shape
     rng = np.random.default_rng(0)
     tol = 1e-4 if dtype == np.float32 else 1e-12
-    for ta, tb, acc in itertools.product((False, True), (False, True), (False, True)):
-        a = rng.normal(size=(K, M) if ta else (M, K)).astype(dtype)
-        a = a.T if ta else a
-        b = rng.normal(size=(N, K) if tb else (K, N)).astype(dtype)
-        b = b.T if tb else b
-        big = np.zeros((M, N + 3), dtype)  # out is a view with a leading dimension wider than N
+    for ta, acc in itertools.product((False, True), (False, True)):
+        a = rng.normal(size=(K, M + 1) if ta else (M, K + 1)).astype(dtype)[:, 1:]  # leading dimensions wider than the rows
+        b = rng.normal(size=(K, N + 2)).astype(dtype)[:, :N]
+        big = np.zeros((M, N + 3), dtype)
         out = big[:, 1 : N + 1]
         out[...] = rng.normal(size=(M, N))
-        want = a @ b + (out if acc else 0)
+        want = (a.T if ta else a) @ b + (out if acc else 0)
         jobs = Jobs(dtype)
-        jobs.add(1, a, b, out, acc)
+        jobs.add(1, a, b, out, m=(M, 0), k=(K, 0), strides=(0, 0, 0), transposed=ta, steps=1, accumulate=acc)
         run(jobs, chunk=0)  # not chunk 0's job: nothing happens
         assert not np.allclose(out, want, rtol=tol, atol=tol * K)
         run(jobs, chunk=1)
-        np.testing.assert_allclose(out, want, rtol=tol, atol=tol * K, err_msg=f"ta={ta} tb={tb} acc={acc}")
+        np.testing.assert_allclose(out, want, rtol=tol, atol=tol * K, err_msg=f"ta={ta} acc={acc}")
         assert not big[:, 0].any() and not big[:, N + 1 :].any()  # nothing written outside the view
 
 
-def test_jobs_on_sliced_views_in_order_and_refusals():
-    rng = np.random.default_rng(1)
-    X = rng.normal(size=(40, 30))
-    a, b = X[3:20, 2:12], X[5:15, 7:29]
-    out = np.empty((17, 22))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_jobs_run_per_block_of_steps(dtype):
+    """As the backward runs them: a weight gradient summed over blocks of steps (K grows with the
+    block, B moves with its first step) and an input gradient written per block (M grows, C moves)."""
+    rng = np.random.default_rng(3)
+    T, Bp, I, H = 7, 3, 5, 6
+    X = rng.normal(size=(T * Bp, I)).astype(dtype)
+    dz = rng.normal(size=(T * Bp, H)).astype(dtype)  # the whole walk's gradients (a ring would hold a block)
+    Wt = rng.normal(size=(H, I)).astype(dtype)
+    dW = np.zeros((H, I), dtype)
+    dX = np.zeros((T * Bp, I), dtype)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    for t0, n in ((5, 2), (2, 3), (0, 2)):  # blocks of up to 3 steps, last block first
+        ring = np.ascontiguousarray(dz[t0 * Bp : (t0 + n) * Bp])
+        jobs = Jobs(dtype)
+        jobs.add(0, ring, X, dW, m=(H, 0), k=(0, Bp), strides=(0, Bp * I, 0), transposed=True, steps=3)
+        jobs.add(0, ring, Wt, dX, m=(0, Bp), k=(H, 0), strides=(0, 0, Bp * I), transposed=False, steps=3)
+        run(jobs, t0=t0, n=n)
+    np.testing.assert_allclose(dW, dz.T @ X, rtol=tol, atol=tol * T * Bp)
+    np.testing.assert_allclose(dX, dz @ Wt, rtol=tol, atol=tol * H)
+
+
+def test_jobs_refuse_what_they_cannot_address():
     jobs = Jobs(np.float64)
-    jobs.add(0, a, b, out)
-    jobs.add(0, a, b, out, accumulate=True)  # jobs run in order: twice the product
-    run(jobs)
-    np.testing.assert_allclose(out, 2 * (a @ b), rtol=1e-12)
-    with pytest.raises(ValueError, match="shapes"):
-        jobs.add(0, a, a, out)
-    with pytest.raises(ValueError, match="unit stride"):
-        jobs.add(0, X[::2, ::2][:5, :5], X[:5, :5], np.empty((5, 5)))
+    X = np.zeros((6, 6))
+    kw = {"m": (3, 0), "k": (3, 0), "strides": (0, 0, 0), "transposed": False, "steps": 1}
     with pytest.raises(ValueError, match="unit column stride"):
-        jobs.add(0, a, b, np.empty((22, 17)).T)
+        jobs.add(0, X[::2, ::2], X[:3, :3], np.empty((3, 3)), **kw)
+    with pytest.raises(ValueError, match="float64"):
+        jobs.add(0, X.astype(np.float32)[:3, :3], X[:3, :3], np.empty((3, 3)), **kw)
     empty = np.full((3, 4), 7.0)
-    jobs.add(0, np.empty((3, 0)), np.empty((0, 4)), empty)  # K = 0: the product is zero
+    jobs.add(0, np.empty((3, 0)), np.empty((0, 4)), empty, **{**kw, "k": (0, 0)}, accumulate=False)  # K = 0: C = 0
+    run(jobs)
     assert not empty.any()
 
 

@@ -99,8 +99,6 @@ def _compile_backward(dtype: np.dtype, threads: int) -> None:
     # parent during its forward)
     skip: Any = lambda *args: None
     kernel_module.pack_panels = skip
-    if threads == 1:
-        interp.jobs_kernel = skip
     lstm = parse((resources.files(zoo) / "lstm.cell").read_text(encoding="utf-8"), name="lstm")  # not the whole zoo
     kernel = CpuKernel(lstm, dtype, threads=threads)
     T, B, I, H = 1, threads, 1, 1

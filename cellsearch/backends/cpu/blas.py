@@ -17,6 +17,8 @@ import numpy as np
 from numba import njit, types
 from numba.core.typing import signature
 
+from .microkernel import gemm_packed
+
 Array = np.ndarray
 
 # int numba_xxgemm(kind, transa, transb, m, n, k, *alpha, *a, lda, *b, ldb, *beta, *c, ldc): column-major
@@ -76,68 +78,73 @@ def warm(dtype: np.dtype) -> None:
         _WARM.add(dtype)
 
 
-def _operand(a: Array) -> tuple[bool, int]:
-    """(transposed, leading dimension) of a 2-D view with one unit stride."""
-    rows, cols = a.shape
-    isz = a.itemsize
-    s0, s1 = a.strides
-    if s1 == isz or cols == 1:
-        return False, max(s0 // isz, cols, 1)
-    if s0 == isz or rows == 1:
-        return True, max(s1 // isz, rows, 1)
-    raise ValueError(f"gemm needs one unit stride; got strides {a.strides}")
-
-
-# columns of a GEMM job table (``Jobs``): the chunk (thread) that runs it, transposes, sizes, addresses
-# and leading dimensions, and whether it adds to C (beta 1) or overwrites it
-J_CHUNK, J_TA, J_TB, J_M, J_N, J_K, J_A, J_LDA, J_B, J_LDB, J_C, J_LDC, J_ACC = range(13)
+# columns of a job table (``Jobs``): the chunk (thread) that runs it; whether A is stored transposed
+# ([K, M], a weight gradient's x^T); M and K as fixed parts plus parts per step of the block it runs
+# for (M0 + MS*n, K0 + KS*n for n steps); N; the addresses of A, B and C at step 0 and their strides
+# per step (bytes); leading dimensions; whether it adds to C (beta 1) or overwrites it
+J_CHUNK, J_TA, J_M0, J_MS, J_N, J_K0, J_KS, J_A, J_SA, J_LDA, J_B, J_SB, J_LDB, J_C, J_SC, J_LDC, J_ACC = range(17)
+N_JCOLS = 17
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def run_jobs(jobs, c, ab, isz):  # pragma: no cover - njit
-    """Run the GEMMs of ``jobs`` that chunk c owns, in order; ab: the address of (1, 0, 1, 1), the
-    (alpha, beta) pairs that overwrite and accumulate."""
+def run_jobs(jobs, c, t0, n, ab, isz, S):  # pragma: no cover - njit
+    """Run the GEMMs of ``jobs`` that chunk c owns, in order, for the block of n steps from step t0:
+    float32 through the microkernel (``gemm_packed``, scratch S), float64 through BLAS; ab: the
+    address of (1, 0, 1, 1), the (alpha, beta) pairs that overwrite and accumulate."""
     isz = np.uint64(isz)
+    tu = np.uint64(t0)
     for r in range(jobs.shape[0]):
-        if jobs[r, J_CHUNK] == c:
-            gemm_at(jobs[r, J_TA] != 0, jobs[r, J_TB] != 0, jobs[r, J_M], jobs[r, J_N], jobs[r, J_K], np.uint64(jobs[r, J_A]),
-                    jobs[r, J_LDA], np.uint64(jobs[r, J_B]), jobs[r, J_LDB], np.uint64(jobs[r, J_C]), jobs[r, J_LDC],
+        if jobs[r, J_CHUNK] != c:
+            continue
+        M = jobs[r, J_M0] + jobs[r, J_MS] * n
+        K = jobs[r, J_K0] + jobs[r, J_KS] * n
+        N = jobs[r, J_N]
+        a = np.uint64(jobs[r, J_A]) + tu * np.uint64(jobs[r, J_SA])
+        b = np.uint64(jobs[r, J_B]) + tu * np.uint64(jobs[r, J_SB])
+        cc = np.uint64(jobs[r, J_C]) + tu * np.uint64(jobs[r, J_SC])
+        ta = jobs[r, J_TA] != 0
+        lda = jobs[r, J_LDA]
+        if isz == 4:
+            gemm_packed(M, N, K, a, 1 if ta else lda, lda if ta else 1, b, jobs[r, J_LDB], cc, jobs[r, J_LDC], jobs[r, J_ACC], S)
+        else:
+            gemm_at(ta, False, M, N, K, a, lda, b, jobs[r, J_LDB], cc, jobs[r, J_LDC],
                     ab + (np.uint64(2) * isz if jobs[r, J_ACC] != 0 else np.uint64(0)), isz)  # fmt: skip
 
 
 class Jobs:
-    """A table of GEMMs on views (one unit stride each) for ``run_jobs``: built here, run inside a
-    kernel's parallel region by the thread of each job's chunk, so that no GEMM needs a region (and a
-    BLAS thread pool) of its own. The views must stay alive until the jobs have run (this keeps them)."""
+    """A table of GEMMs for ``run_jobs``, built here and run inside a kernel's loop, by the thread of
+    each job's chunk, at the end of each block of steps: ``C (+)= op(A) @ B`` where A, B and C start
+    at arrays' addresses plus a stride per step. The arrays must stay alive until the jobs have run
+    (this keeps them)."""
 
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
         self.rows: list[tuple[int, ...]] = []
         self._keep: list[Array] = []
+        self.widest = (0, 0)  # the largest M and N of any job (the microkernel's scratch)
 
-    def add(self, chunk: int, a: Array, b: Array, out: Array, accumulate: bool = False) -> None:
-        """chunk's thread runs ``out = a @ b`` (``+=`` with accumulate)."""
-        M, K = a.shape
-        N = b.shape[1]
-        if b.shape[0] != K or out.shape != (M, N) or not (a.dtype == b.dtype == out.dtype == self.dtype):
-            raise ValueError(f"Jobs.add: shapes {a.shape} @ {b.shape} -> {out.shape}")
-        if out.strides[1] != out.itemsize and N > 1:
-            raise ValueError("Jobs.add: out must have unit column stride")
+    def add(self, chunk: int, a: Array, b: Array, out: Array, *, m: tuple[int, int], k: tuple[int, int],
+            strides: tuple[int, int, int], transposed: bool, steps: int, accumulate: bool = True) -> None:  # fmt: skip
+        """chunk's thread runs ``out (+)= A @ B`` for each block of n steps from t0, with M = m[0] +
+        m[1]*n, K = k[0] + k[1]*n and A, B, out at the first elements of ``a``, ``b``, ``out`` plus
+        ``strides`` (elements) times t0. ``a``: A's [M, K] rows, or (``transposed``) its [K, M]
+        columns; each 2-D view has a unit column stride; ``steps``: the most steps a block has."""
+        for v in (a, b, out):
+            if v.dtype != self.dtype or v.ndim != 2 or (v.strides[1] != v.itemsize and v.shape[1] > 1 and v.size > 0):
+                raise ValueError(f"Jobs.add: needs 2-D {self.dtype} views with unit column stride; got {v.dtype} {v.strides}")
+        M, N = m[0] + m[1] * steps, b.shape[1]
         if M == 0 or N == 0:
             return
-        if K == 0:
-            if not accumulate:
-                out[...] = 0
-            return
-        ta, lda = _operand(a)
-        tb, ldb = _operand(b)
-        _, ldc = _operand(out)
+        isz = self.dtype.itemsize
+        lda, ldb, ldc = (max(v.strides[0] // isz, v.shape[1], 1) for v in (a, b, out))
         self._keep += [a, b, out]  # each view keeps its memory alive; its address is its first element's
         addr = [int(v.__array_interface__["data"][0]) for v in (a, b, out)]
-        self.rows.append((chunk, int(ta), int(tb), M, N, K, addr[0], lda, addr[1], ldb, addr[2], ldc, int(accumulate)))
+        self.rows.append((chunk, int(transposed), m[0], m[1], N, k[0], k[1], addr[0], strides[0] * isz, lda, addr[1],
+                          strides[1] * isz, ldb, addr[2], strides[2] * isz, ldc, int(accumulate)))  # fmt: skip
+        self.widest = (max(self.widest[0], M), max(self.widest[1], N))
 
     def table(self) -> Array:
-        return np.array(self.rows, dtype=np.int64).reshape(-1, 13)
+        return np.array(self.rows, dtype=np.int64).reshape(-1, N_JCOLS)
 
 
-__all__ = ["Jobs", "gemm_at", "run_jobs", "warm"]
+__all__ = ["N_JCOLS", "Jobs", "gemm_at", "run_jobs", "warm"]

@@ -100,6 +100,8 @@ S_G, S_C, S_M = 0, 1, 2
 # (microkernel.pack_panels) start in W (forward) and in WT (backward), after the plain weights; -1
 # where the GEMM goes to BLAS instead (float64)
 C_PF, C_PB = 6, 7
+# and a third: where the stage's ring of output gradients starts in DZ (``backward_rows``)
+C_ZR = 8
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -285,13 +287,19 @@ def forward_rows(
 @njit(cache=True, error_model="numpy")
 def backward_rows(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, dBx, R, r0, r1, xr,
+    dPeep, dBx, R, r0, r1, xr, jobs, chunk, SB, PK,
 ):  # fmt: skip
     """Reverse walk over batch rows r0..r1 (dOut, read only, holds them at xr + r0..); on return dS
-    holds the initial states' gradients (those rows); dP (the blocks ``C_DPB`` names), dX, DZ rows
-    filled; dB, dPeep and dBx (the input projection's bias) accumulate this range's sums. G holds one
-    step's gradients, one slot per node: zeroed once, then each op zeroes its own slot once it has read it (every gradient is
-    complete when the reverse walk reaches its node's op), so no step clears the whole of G."""
+    holds the initial states' gradients (those rows); dX rows filled; dB, dPeep and dBx (the input
+    projection's bias) accumulate this range's sums. G holds one step's gradients, one slot per node:
+    zeroed once, then each op zeroes its own slot once it has read it (every gradient is complete
+    when the reverse walk reaches its node's op), so no step clears the whole of G.
+
+    The weight gradients are summed as the walk goes, in blocks of SB steps (t0 = a multiple of SB):
+    DZ (each stage's output gradient, at ``stage_info[g, C_ZR]``) and dP (the input projection's
+    blocks that no DZ holds, ``C_DPB``) are rings of SB steps x B rows, and when the walk reaches a
+    block's first step it runs chunk ``chunk``'s ``jobs`` (``blas.run_jobs``: ``dW += DZ^T @ K``,
+    ``dWx += x^T @ dP``, ...) on them while they are in cache. PK: the microkernel's scratch."""
     Hu = np.uint64(H)
     Bu = np.uint64(B)
     BH = Bu * Hu
@@ -311,6 +319,7 @@ def backward_rows(
     tp = TMP.ctypes.data
     ab = R.ctypes.data + np.uint64(R_AB) * isz  # (alpha, beta) = (1, 0), then (1, 1)
     mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, mw]: each range owns its rows
+    SBu = np.uint64(SB)
     carry = dS.copy()
     for slot in range(G.shape[0] // (B * H)):
         g0 = np.uint64(slot) * BH
@@ -318,6 +327,7 @@ def backward_rows(
             G[g0 + e] = zero
     for t in range(T - 1, -1, -1):
         tu = np.uint64(t)
+        slot = tu % SBu  # this step's row block in the rings DZ and dP
         o = np.uint64(output_g)
         for bb in range(R0, R1):
             for j in range(Hu):
@@ -358,10 +368,11 @@ def backward_rows(
                 if pb >= 0:
                     pcol = np.uint64(pb) * Hu
                     for bb in range(R0, R1):
+                        prow = slot * Bu + bb
                         for j in range(Hu):
                             v = G[gd + bb * Hu + j]
                             v = zero if abs(v) < tiny else v  # flush denormals (NaN stays)
-                            dP[t, bb, pcol + j] = v
+                            dP[prow, pcol + j] = v
                             dBx[col + j] += v
                             G[gd + bb * Hu + j] = zero
                 else:  # the stage's DZ holds this gradient already
@@ -380,7 +391,7 @@ def backward_rows(
                 nk = np.uint64(stage_info[aux, 1])
                 woff = np.uint64(stage_info[aux, 2])
                 width = nk * Hu
-                zoff = np.uint64(stage_info[aux, 4]) + tu * Bu * width
+                zoff = np.uint64(stage_info[aux, C_ZR]) + slot * Bu * width
                 for k in range(nk):  # DZ[t] = [g_dst_0 | g_dst_1 | ...], one row per batch row
                     src = np.uint64(stage_dst[aux, k, S_G])
                     for bb in range(R0, R1):
@@ -454,17 +465,11 @@ def backward_rows(
                         G[gd + row + j] = zero
                         G[ga + row + j] += g * peeps[aux, j]
                         dPeep[aux, j] += g * A[a + row + j]
+        if slot == 0:  # the first step of a block: its weight gradients
+            run_jobs(jobs, chunk, t, min(SB, T - t), ab, A.itemsize, PK)
     for s in range(nS):
         for e in range(e0, e1):
             dS[s, e] = carry[s, e]
-
-
-@njit(cache=True, error_model="numpy")
-def jobs_kernel(jobs, c, R):
-    """Run chunk c's GEMMs in ``jobs`` on this thread (``blas.Jobs``): the one-chunk path calls this and
-    ``forward_rows`` / ``backward_rows`` itself rather than through a wrapper, since a wrapper compiles
-    its callee's code again (about a second each, once per machine)."""
-    run_jobs(jobs, c, R.ctypes.data + np.uint64(R_AB * R.itemsize), R.itemsize)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -486,16 +491,16 @@ def forward_kernel_split(
 @njit(cache=True, error_model="numpy", parallel=True)
 def backward_kernel_split(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, dBx, R, jobs, rows,
+    dPeep, dBx, R, jobs, rows, SB, PK,
 ):  # fmt: skip
     """The backward pass, split like ``forward_kernel_split``: every array but dOut (the whole
     batch's, only read; chunk c at rows[c]..), peeps and WT has a leading chunk axis; each thread
-    runs its chunk's GEMMs in ``jobs`` after its reverse walk (its part of the weight gradients)."""
+    runs its chunk's GEMMs in ``jobs`` as its reverse walk goes (its part of the weight gradients)."""
     for c in prange(rows.shape[0] - 1):
         n = rows[c + 1] - rows[c]
         backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A[c], state_g, update_g, output_g, dOut, dS[c], peeps,
-                       WT, DZ[c], TMP[c], G[c], dP[c], dX[c], dB[c], dPeep[c], dBx[c], R, 0, n, rows[c])  # fmt: skip
-        run_jobs(jobs, c, R.ctypes.data + np.uint64(R_AB * R.itemsize), R.itemsize)
+                       WT, DZ[c], TMP[c], G[c], dP[c], dX[c], dB[c], dPeep[c], dBx[c], R, 0, n, rows[c], jobs, c, SB,
+                       PK[c])  # fmt: skip
 
 
 # The GEMMs around the time loop also go through Numba's np.dot, so that one BLAS library (and one

@@ -26,7 +26,7 @@ from ..reference import Forward, Gradients, check_params, infer_hidden, initial_
 from ..tables import Tables, pack_weights, tables, unpack_gradients
 from . import ahead, interp
 from .blas import Jobs, warm
-from .microkernel import NR, pack_panels, padded, panels_size
+from .microkernel import NR, gemm_scratch, pack_panels, padded, panels_size
 
 Array = np.ndarray
 
@@ -53,7 +53,7 @@ class _CpuTables:
     per call (``microkernel``), found through two columns appended to the stage info table."""
 
     ops: Array  # [n_ops, 16] int64: the shared table, then C_FOLD, C_DPB
-    stage_info: Array  # [n_stages, 8] int64: the shared table, then C_PF, C_PB (offsets in W, WT; -1: BLAS)
+    stage_info: Array  # [n_stages, 9] int64: the shared table, then C_PF, C_PB (offsets in W, WT; -1: BLAS), C_ZR
     panels: tuple[int, int]  # sizes of all stages' panels, forward (W) and backward (WT)
     seed: Array  # [n_stages, max dsts, 2] int64: (SEED_* kind, index) of each stage destination
     dz_stages: list[tuple[int, list[int]]]  # (stage, x block of each destination or -1) whose DZ holds dP blocks
@@ -61,7 +61,7 @@ class _CpuTables:
 
 
 def _cpu_tables(plan: Plan, tb: Tables, H: int, panels: bool) -> _CpuTables:
-    info = np.full((tb.stage_info.shape[0], 8), -1, dtype=np.int64)
+    info = np.full((tb.stage_info.shape[0], 9), -1, dtype=np.int64)
     info[:, :6] = tb.stage_info
     plain = sum(len(st.srcs) * len(st.dsts) * H * H for st in plan.stages)  # the panels come after W
     sizes = [0, 0]
@@ -108,12 +108,13 @@ class _Workspace:
     cpu: _CpuTables
     rows: Array  # [C + 1] batch row bounds
     Bp: int
+    SB: int  # steps per block of the backward's weight gradients (its rings hold SB steps)
     X: Array  # [C, T, Bp, I] the chunks' copies of x (C > 1; else empty: x itself is the one chunk)
     P: Array  # one step's input projection [C, Bp, NX*H padded to whole panels]
-    dP: Array  # its gradient's blocks that no stage's DZ holds [C, T, Bp, len(dp_blocks)*H]
+    dP: Array  # a ring of its gradient's blocks that no stage's DZ holds [C, SB*Bp, len(dp_blocks)*H]
     A: Array  # [C, arena]
-    K: Array  # [C, k_size]
-    DZ: Array  # [C, dz_size]
+    K: Array  # [C, k_size] each stage's GEMM sources, [T, Bp, ns*H], for the weight gradients
+    DZ: Array  # [C, ...] a ring of each stage's output gradient, [SB, Bp, nk*H] at stage_info[g, C_ZR]
     TMP: Array  # [C, tmp_size]
     G: Array  # [C, g_size]
 
@@ -123,6 +124,11 @@ class _Workspace:
 
     def counts(self) -> list[int]:
         return [int(b) for b in np.diff(self.rows)]
+
+
+#: the backward sums the weight gradients over blocks of at least this many batch rows (steps x rows):
+#: each block's DZ and dP are still in cache, and the GEMMs are not too short
+BLOCK_ROWS = 64
 
 
 def _lines(n: int) -> int:
@@ -137,18 +143,24 @@ def _workspace(plan: Plan, T: int, B: int, I: int, H: int, C: int, dtype: np.dty
     cpu = _cpu_tables(plan, tb, H, panels=dtype == np.float32)
     widest = max([padded(max(len(st.srcs), len(st.dsts)) * H) for st in plan.stages] + [NR])
     rows = np.array([c * B // C for c in range(C + 1)], dtype=np.int64)
+    SB = max(1, min(T, -(-BLOCK_ROWS // Bp)))
+    ring = 0
+    for g, st in enumerate(plan.stages):
+        cpu.stage_info[g, interp.C_ZR] = ring
+        ring += SB * Bp * len(st.dsts) * H
     z = np.zeros  # pages are zeroed lazily; the unused rows of K, DZ, dP and X must read as 0
     return _Workspace(
         tb,
         cpu,
         rows,
         Bp,
+        SB,
         X=z((C, T, Bp, I) if C > 1 else (0, T, Bp, I), dtype=dtype),
         P=np.empty((C, Bp, max(padded(len(plan.xblocks) * H), 1)), dtype=dtype),
-        dP=z((C, T, Bp, len(cpu.dp_blocks) * H), dtype=dtype),
+        dP=z((C, SB * Bp, len(cpu.dp_blocks) * H), dtype=dtype),
         A=np.empty((C, _lines(tb.arena)), dtype=dtype),
         K=z((C, _lines(tb.k_size)), dtype=dtype),
-        DZ=z((C, _lines(tb.dz_size)), dtype=dtype),
+        DZ=z((C, _lines(ring)), dtype=dtype),
         TMP=np.empty((C, Bp * widest), dtype=dtype),  # [Bp, widest]: a GEMM's rows (room for panel padding)
         G=np.empty((C, _lines(tb.g_size)), dtype=dtype),
     )
@@ -385,41 +397,43 @@ class CpuKernel:
         dB = np.zeros((C, *biases.shape), dtype=dt)
         dPeep = np.zeros((C, *peeps.shape), dtype=dt)
         dBx = np.zeros((C, NX * H), dtype=dt)
-        # the deferred weight gradients, each chunk's part by its thread after its reverse walk (summed
-        # below): one GEMM per recurrent stage; the input projection's from the stages' DZ where it
-        # holds the projection's gradient, else from dP
-        TB = T * Bp
+        # the weight gradients, each chunk's part by its thread as its reverse walk goes, a block of SB
+        # steps at a time (summed over the chunks below): per recurrent stage dW^T += DZ^T @ K; the
+        # input projection's dWx += x^T @ (its gradient: the columns of a stage's DZ that hold it, else dP)
+        SB, TB, RB = ws.SB, T * Bp, ws.SB * Bp
         jobs = Jobs(dt)
-        dzs: list[list[Array]] = []
         dWt = []
+        rings: list[list[Array]] = []
         for g, st in enumerate(p.stages):
             ns, nk = len(st.srcs), len(st.dsts)
-            koff, zoff = int(tb.stage_info[g, 3]), int(tb.stage_info[g, 4])
-            dWt.append(np.empty((C, nk * H, ns * H), dtype=dt))
-            dzs.append([])
+            koff, zr = int(tb.stage_info[g, 3]), int(cpu.stage_info[g, interp.C_ZR])
+            dWt.append(np.zeros((C, nk * H, ns * H), dtype=dt))
+            rings.append([ws.DZ[c, zr : zr + RB * nk * H].reshape(RB, nk * H) for c in range(C)])
             for c in range(C):
                 src = ws.K[c, koff : koff + TB * ns * H].reshape(TB, ns * H)
-                dz = ws.DZ[c, zoff : zoff + TB * nk * H].reshape(TB, nk * H)
-                dzs[g].append(dz)
-                jobs.add(c, dz.T, src, dWt[g][c])  # as (dz^T @ src)^T: OpenBLAS runs this orientation faster
-        # (gradient of the projection's output [T*Bp, n*H] in each chunk, its x blocks)
-        groups = [(dzs[g], blocks) for g, blocks in cpu.dz_stages]
+                jobs.add(c, rings[g][c], src, dWt[g][c], m=(nk * H, 0), steps=SB, k=(0, Bp),
+                         strides=(0, Bp * ns * H, 0), transposed=True)  # fmt: skip
+        # (the gradient of the projection's output in each chunk [SB*Bp, n*H], its x blocks)
+        groups = [(rings[g], blocks) for g, blocks in cpu.dz_stages]
         if cpu.dp_blocks:
-            groups.append(([ws.dP[c].reshape(TB, -1) for c in range(C)], cpu.dp_blocks))
-        # dWx^T (m^T @ x runs 1.1-1.6x faster than x^T @ m: small I), its H-row blocks in the order the
-        # gradients' columns hold them (one GEMM per span of columns, whichever blocks they are)
+            groups.append(([ws.dP[c] for c in range(C)], cpu.dp_blocks))
+        # dWx's H-column blocks in the order the gradients' columns hold them (one GEMM per span of
+        # columns, whichever blocks they are)
         order = [i for _, blocks in groups for i in blocks if i >= 0]
-        dWxo = np.zeros((C, NX * H, I), dtype=dt)
-        Wxo = Wx.reshape(I, NX, H)[:, order].reshape(I, NX * H) if grad_x and order != sorted(order) else Wx
+        dWxo = np.zeros((C, I, NX * H), dtype=dt)
+        WxTo = np.ascontiguousarray(Wx.reshape(I, NX, H)[:, order].reshape(I, NX * H).T) if grad_x else Wx
         r0 = 0
         for ms, blocks in groups:
             for k, n in _spans(blocks):  # m's columns k*H.. hold blocks blocks[k..k+n-1]
                 for c, m in enumerate(ms):
                     mk = m[:, k * H : (k + n) * H]
-                    jobs.add(c, mk.T, X[c].reshape(TB, I), dWxo[c, r0 : r0 + n * H])
-                    if grad_x:  # x also feeds the input GEMM
-                        jobs.add(c, mk, Wxo[:, r0 : r0 + n * H].T, dX[c].reshape(TB, I), accumulate=True)
+                    jobs.add(c, X[c].reshape(TB, I), mk, dWxo[c, :, r0 : r0 + n * H], m=(I, 0), steps=SB, k=(0, Bp),
+                             strides=(Bp * I, 0, 0), transposed=True)  # fmt: skip
+                    if grad_x:  # x also feeds the input GEMM: dX += gradient @ Wx^T
+                        jobs.add(c, mk, WxTo[r0 : r0 + n * H], dX[c].reshape(TB, I), m=(0, Bp), steps=SB,
+                                 k=(n * H, 0), strides=(0, 0, Bp * I), transposed=False)  # fmt: skip
                 r0 += n * H
+        PK = np.empty((C, gemm_scratch(*jobs.widest) if dt == np.float32 else 1), dtype=np.float32)
         head = (cpu.ops, cpu.stage_info, tb.stage_src, tb.stage_dst, T, Bp, H)
         WT = self._with_panels(WT, cpu, H, forward=False)
         tail = (tb.state_g, tb.update_g, p.output_slot * Bp * H)
@@ -427,16 +441,14 @@ class CpuKernel:
         with _chunk_threads(C, dt):
             if C == 1:
                 interp.backward_rows(*head, ws.A[0], *tail, dOut, dS[0], peeps, WT, ws.DZ[0], ws.TMP[0], ws.G[0], ws.dP[0],
-                                     dX[0], dB[0], dPeep[0], dBx[0], self._R, 0, B, 0)  # fmt: skip
-                interp.jobs_kernel(jobs.table(), 0, self._R)
+                                     dX[0], dB[0], dPeep[0], dBx[0], self._R, 0, B, 0, jobs.table(), 0, SB, PK[0])  # fmt: skip
             else:
                 interp.backward_kernel_split(*head, ws.A, *tail, dOut, dS, peeps, WT, ws.DZ, ws.TMP, ws.G, ws.dP, dX, dB, dPeep,
-                                             dBx, self._R, jobs.table(), ws.rows)  # fmt: skip
+                                             dBx, self._R, jobs.table(), ws.rows, SB, PK)  # fmt: skip
         dWs = [d.sum(axis=0).T if C > 1 else d[0].T for d in dWt]
-        dWxt = dWxo.sum(axis=0) if C > 1 else dWxo[0]
+        dWx = dWxo.sum(axis=0) if C > 1 else dWxo[0]
         if order != sorted(order):
-            dWxt = dWxt.reshape(NX, H, I)[np.argsort(order)].reshape(NX * H, I)
-        dWx = dWxt.T
+            dWx = dWx.reshape(I, NX, H)[:, np.argsort(order)].reshape(I, NX * H)
         grads = unpack_gradients(p, H, dWx, dBx.sum(axis=0), dWs, dB.sum(axis=0), dPeep.sum(axis=0))
         if C == 1:
             dx, dS = dX[0], dS[0].reshape(nS, B, H)
