@@ -189,3 +189,17 @@ def test_bad_initial_states_are_refused(backend):
         kern.forward(params, x, {"m": np.zeros((5, 4))})
     with pytest.raises(ShapeError, match="initial state 'c' has shape"):
         kern.forward(params, x, {"c": np.zeros((4, 4))})
+
+
+def test_cpu_gradient_slots_are_shared():
+    """The backward keeps one G slot per group of gradients never live at once (the conformance tests
+    above check the answers): fewer slots than nodes for the zoo's gated cells."""
+    from cellsearch.backends.cpu.kernel import gradient_slots
+    from cellsearch.lowering import lower
+
+    for name, most in (("lstm", 6), ("gru", 6), ("rnn", 2)):
+        plan = lower(zoo.get(name))
+        slot, n = gradient_slots(plan)
+        assert n <= most < plan.n_slots or name == "rnn", (name, n, plan.n_slots)
+        used = {slot[v] for ins in plan.program for v in (ins.dst, ins.a, ins.b, ins.c) if v >= 0}
+        assert used == set(range(n))

@@ -58,9 +58,17 @@ class _CpuTables:
     seed: Array  # [n_stages, max dsts, 2] int64: (SEED_* kind, index) of each stage destination
     dz_stages: list[tuple[int, list[int]]]  # (stage, x block of each destination or -1) whose DZ holds dP blocks
     dp_blocks: list[int]  # x blocks whose gradient goes to the compact dP, in its column order
+    # the gradient offsets in G remapped to shared slots (``gradient_slots``): the stage tables with
+    # their S_G columns remapped, each state's leaf and update, the output, and G's size in slots
+    stage_src: Array
+    stage_dst: Array
+    state_g: Array
+    update_g: Array
+    output_g: int
+    g_slots: int
 
 
-def _cpu_tables(plan: Plan, tb: Tables, H: int, panels: bool) -> _CpuTables:
+def _cpu_tables(plan: Plan, tb: Tables, B: int, H: int, panels: bool) -> _CpuTables:
     info = np.full((tb.stage_info.shape[0], 9), -1, dtype=np.int64)
     info[:, :6] = tb.stage_info
     plain = sum(len(st.srcs) * len(st.dsts) * H * H for st in plan.stages)  # the panels come after W
@@ -93,7 +101,69 @@ def _cpu_tables(plan: Plan, tb: Tables, H: int, panels: bool) -> _CpuTables:
     for r, ins in enumerate(plan.program):
         if ins.code == Code.LOADP and ins.aux not in in_dz:
             ops[r, interp.C_DPB] = dp_blocks.index(ins.aux)
-    return _CpuTables(ops, info, (sizes[0], sizes[1]), seed, dz_stages, dp_blocks)
+    # every gradient offset (node * B*H in the shared tables) to its slot's
+    slot, n_slots = gradient_slots(plan)
+    BH = B * H
+
+    def gof(node: int) -> int:
+        return slot[node] * BH
+
+    stage_src, stage_dst = tb.stage_src.copy(), tb.stage_dst.copy()
+    for r, ins in enumerate(plan.program):
+        cols = {interp.C_DG: ins.dst, interp.C_AG: ins.a, interp.C_CG: ins.c}
+        if ins.code != Code.STATE:  # a STATE's b column holds its copy flag
+            cols[interp.C_BG] = ins.b
+        for col, node in cols.items():
+            if node >= 0:
+                ops[r, col] = gof(node)
+    for gi, st in enumerate(plan.stages):
+        stage_src[gi, : len(st.srcs), interp.S_G] = [gof(v) for v in st.srcs]
+        stage_dst[gi, : len(st.dsts), interp.S_G] = [gof(v) for v in st.dsts]
+    state_g = np.array([gof(v) if v >= 0 else -1 for v in plan.state_slots], dtype=np.int64)
+    update_g = np.array([gof(u) for u in plan.update_slots], dtype=np.int64)
+    return _CpuTables(ops, info, (sizes[0], sizes[1]), seed, dz_stages, dp_blocks, stage_src, stage_dst, state_g, update_g,
+                      gof(plan.output_slot), n_slots)  # fmt: skip
+
+
+_WRITES = {Code.ADD: "ab", Code.SUB: "ab", Code.MUL: "ab", Code.BLEND: "abc", Code.SIGMOID: "a", Code.TANH: "a",
+           Code.RELU: "a", Code.PEEP: "a"}  # fmt: skip
+
+
+def gradient_slots(plan: Plan) -> tuple[list[int], int]:
+    """A slot of G for each node's gradient, shared by nodes whose gradients are never live at once in
+    the reverse walk, and the number of slots. A gradient is live from the first write to it (the
+    step's seeding of the output and the updates, then the ops after its node's, walked in reverse)
+    to the last op that reads it (every op reads its destination's and zeroes it; a GEMM stage reads
+    its destinations' without zeroing and writes its sources'); outside that, its slot holds zeros.
+    Fewer slots keep G (one [B, H] block each) in cache beside the weights (GRU: 12 -> 5)."""
+    n_nodes = 1 + max([0, *(v for ins in plan.program for v in (ins.dst, ins.a, ins.b, ins.c))])
+    first = [np.inf] * n_nodes
+    last = [-1.0] * n_nodes
+    for v in (plan.output_slot, *plan.update_slots):
+        first[v] = 0
+    n_ops = len(plan.program)
+    for r, ins in enumerate(plan.program):
+        pos = n_ops - r  # the reverse walk's order: position 1 is the last op
+        reads = [*plan.stages[ins.aux].dsts] if ins.code == Code.GEMM else [ins.dst]
+        writes = [*plan.stages[ins.aux].srcs] if ins.code == Code.GEMM else [getattr(ins, o) for o in _WRITES.get(ins.code, "")]
+        for v in reads:
+            last[v] = max(last[v], pos)
+        for v in writes:
+            if v >= 0:
+                first[v] = min(first[v], pos)
+    slot = [-1] * n_nodes
+    ends: list[float] = []  # per slot, the last position its current node reads it
+    for v in sorted(range(n_nodes), key=lambda v: (min(first[v], last[v]), v)):
+        if last[v] < 0:
+            continue  # not a node of the program
+        start = min(first[v], last[v])  # a node never written is read as zeros: any slot free then
+        free = [k for k, e in enumerate(ends) if e < start]
+        k = free[0] if free else len(ends)
+        if k == len(ends):
+            ends.append(0)
+        ends[k] = last[v]
+        slot[v] = k
+    return slot, max(len(ends), 1)
 
 
 @dataclass
@@ -140,7 +210,7 @@ def _lines(n: int) -> int:
 def _workspace(plan: Plan, T: int, B: int, I: int, H: int, C: int, dtype: np.dtype) -> _Workspace:
     Bp = -(-B // C)
     tb = tables(plan, T, Bp, H)
-    cpu = _cpu_tables(plan, tb, H, panels=dtype == np.float32)
+    cpu = _cpu_tables(plan, tb, Bp, H, panels=dtype == np.float32)
     widest = max([padded(max(len(st.srcs), len(st.dsts)) * H) for st in plan.stages] + [NR])
     rows = np.array([c * B // C for c in range(C + 1)], dtype=np.int64)
     SB = max(1, min(T, -(-BLOCK_ROWS // Bp)))
@@ -162,7 +232,7 @@ def _workspace(plan: Plan, T: int, B: int, I: int, H: int, C: int, dtype: np.dty
         K=z((C, _lines(tb.k_size)), dtype=dtype),
         DZ=z((C, _lines(ring)), dtype=dtype),
         TMP=np.empty((C, Bp * widest), dtype=dtype),  # [Bp, widest]: a GEMM's rows (room for panel padding)
-        G=np.empty((C, _lines(tb.g_size)), dtype=dtype),
+        G=np.empty((C, _lines(cpu.g_slots * Bp * H)), dtype=dtype),
     )
 
 
@@ -434,9 +504,9 @@ class CpuKernel:
                                  k=(n * H, 0), strides=(0, 0, Bp * I), transposed=False)  # fmt: skip
                 r0 += n * H
         PK = np.empty((C, gemm_scratch(*jobs.widest) if dt == np.float32 else 1), dtype=np.float32)
-        head = (cpu.ops, cpu.stage_info, tb.stage_src, tb.stage_dst, T, Bp, H)
+        head = (cpu.ops, cpu.stage_info, cpu.stage_src, cpu.stage_dst, T, Bp, H)
         WT = self._with_panels(WT, cpu, H, forward=False)
-        tail = (tb.state_g, tb.update_g, p.output_slot * Bp * H)
+        tail = (cpu.state_g, cpu.update_g, cpu.output_g)
         ahead.wait(dt, C > 1)
         with _chunk_threads(C, dt):
             if C == 1:
