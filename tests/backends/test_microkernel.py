@@ -21,7 +21,10 @@ def test_gemm_panels_matches_numpy(M, K, N):
     A = rng.normal(size=(M, K + 3)).astype(np.float32)  # a leading dimension wider than K
     W = rng.normal(size=(K, N)).astype(np.float32)
     Bp = np.full(panels_size(K, N), np.nan, dtype=np.float32)  # every element must be written
-    pack_panels(W.ravel(), K, N, Bp)
+    pack_panels(W.ravel(), K, N, Bp, False)
+    Bt = np.full_like(Bp, np.nan)
+    pack_panels(np.ascontiguousarray(W.T).ravel(), K, N, Bt, True)  # from the transpose: the same panels
+    np.testing.assert_array_equal(Bt, Bp)
     assert not np.isnan(Bp).any() and Bp.size == padded(N) * K and padded(N) % NR == 0
     ldc = padded(N) + 5
     C = np.full((M + 1, ldc), np.nan, dtype=np.float32)  # a row past M: must stay untouched
@@ -39,7 +42,7 @@ def test_nan_and_inf_pass_through():
     A[5, 3] = np.inf
     W = np.ones((4, 32), dtype=np.float32)
     Bp = np.empty(panels_size(4, 32), dtype=np.float32)
-    pack_panels(W.ravel(), 4, 32, Bp)
+    pack_panels(W.ravel(), 4, 32, Bp, False)
     C = np.empty((8, 32), dtype=np.float32)
     _run(8, 32, 4, A, 4, Bp, C, 32)
     assert np.isnan(C[2]).all() and np.isposinf(C[5]).all() and (C[0] == 4).all()

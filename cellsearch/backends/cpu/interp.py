@@ -474,16 +474,22 @@ def backward_rows(
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def forward_kernel_split(
-    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, WX, wx_panels, S0, consts, biases, peeps, W, K, TMP, R,
-    rows, out, out_at, out_step,
+    ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, x, X, WX, wx_panels, S0, consts, biases, peeps, W, K, TMP,
+    R, rows, out, out_at, out_step,
 ):  # fmt: skip
     """The forward pass with the batch split into chunks run on parallel threads (BLAS must be at 1
     thread then); each thread runs the whole time loop for its chunk, with no synchronisation. A, P,
     X, S0, K, TMP have a leading chunk axis: each chunk has buffers of its own, laid out for B rows
     (threads writing rows of one shared buffer measured up to 2.5x slower: cache lines and prefetches
     bounce between the cores), of which chunk c uses the first ``rows[c+1] - rows[c]``; each thread
-    copies its rows of the output to ``out`` [T, batch, H]."""
+    copies its rows of x (the whole batch's ``x``) into its X first, and its rows of the output to
+    ``out`` [T, batch, H] at the end."""
     for c in prange(rows.shape[0] - 1):
+        n = rows[c + 1] - rows[c]
+        for t in range(T):  # this chunk's rows of x, in its own buffer (the backward reads them too)
+            for bb in range(n):
+                for j in range(x.shape[2]):
+                    X[c, t, bb, j] = x[t, rows[c] + bb, j]
         forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A[c], P[c], bx, X[c], WX, wx_panels, S0[c], consts,
                       biases, peeps, W, K[c], TMP[c], R, 0, rows[c + 1] - rows[c], out, out_at, out_step, rows[c])  # fmt: skip
 

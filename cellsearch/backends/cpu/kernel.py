@@ -354,7 +354,8 @@ class CpuKernel:
         return self._ws[key]
 
     def _with_panels(self, W: Array, cpu: _CpuTables, H: int, forward: bool) -> Array:
-        """The stages' weights W (flat), then each stage's weights packed as panels (C_PF, C_PB)."""
+        """The stages' weights W (flat, each stage [ns*H, nk*H]), then each stage's weights packed as
+        panels (C_PF; the backward's, C_PB, of their transposes); W itself where there are no panels."""
         size = cpu.panels[0 if forward else 1]
         if size == 0:
             return W
@@ -364,7 +365,7 @@ class CpuKernel:
             K, N = (ns * H, nk * H) if forward else (nk * H, ns * H)
             woff = int(cpu.stage_info[g, 2])
             poff = int(cpu.stage_info[g, interp.C_PF if forward else interp.C_PB])
-            pack_panels(W[woff : woff + K * N], K, N, out[poff : poff + panels_size(K, N)])
+            pack_panels(W[woff : woff + K * N], K, N, out[poff : poff + panels_size(K, N)], not forward)
         return out
 
     def _weights(self, params: Mapping[str, Array], I: int, H: int, transposed: bool) -> tuple[Array, Array, Array, Array, Array]:
@@ -395,13 +396,12 @@ class CpuKernel:
         consts = np.array((*p.consts, 0.0), dtype=dt)
         head = (ws.cpu.ops, ws.cpu.stage_info, tb.stage_src, tb.stage_dst, ws.cpu.seed, T, Bp, H)
         W = self._with_panels(W, ws.cpu, H, forward=True)
-        X = x[None] if C == 1 else _to_chunks(ws, x, 1, ws.X)
         # the input projection's weights: as panels for float32's microkernel (per step, in the loop)
         wx_panels = dt == np.float32 and Wx.size > 0
         WX = Wx.ravel()
         if wx_panels:
             WX = np.empty(panels_size(I, Wx.shape[1]), dtype=dt)
-            pack_panels(Wx.ravel(), I, Wx.shape[1], WX)
+            pack_panels(Wx.ravel(), I, Wx.shape[1], WX, False)
         out = np.empty((T, B, H), dtype=dt)  # the output's values, copied from the tape by the kernel's threads
         o_at, o_step = self._tape_at(ws, p.output_slot, H)
         with _chunk_threads(C, dt):
@@ -409,7 +409,7 @@ class CpuKernel:
                 interp.forward_rows(*head, ws.A[0], ws.P[0], bx, x, WX, wx_panels, S0[0], consts, biases, peeps, W,
                                     ws.K[0], ws.TMP[0], self._R, 0, B, out, o_at, o_step, 0)  # fmt: skip
             else:
-                interp.forward_kernel_split(*head, ws.A, ws.P, bx, X, WX, wx_panels, S0, consts, biases, peeps, W, ws.K,
+                interp.forward_kernel_split(*head, ws.A, ws.P, bx, x, ws.X, WX, wx_panels, S0, consts, biases, peeps, W, ws.K,
                                             ws.TMP, self._R, ws.rows, out, o_at, o_step)  # fmt: skip
         self._generation += 1
         states = {s: self._last(ws, u, T, H) for s, u in zip(p.states, p.update_slots, strict=True)}
@@ -447,7 +447,8 @@ class CpuKernel:
         x = tape.x
         T, B, I = x.shape
         H = tape.hidden_size
-        Wx, _, biases, peeps, WT = self._weights(params, I, H, transposed=True)
+        # the stages' weights transposed: packed so by _with_panels where there are panels (float32)
+        Wx, _, biases, peeps, WT = self._weights(params, I, H, transposed=self.dtype != np.float32)
         ws = self._get_workspace(T, B, I, H)
         C, Bp, tb, cpu = ws.chunks, ws.Bp, ws.tables, ws.cpu
         nS, NX = len(p.states), len(p.xblocks)

@@ -294,15 +294,23 @@ def gemm_packed(M, N, K, a, sr, sk, b, ldb, c, ldc, acc, S):  # pragma: no cover
 
 
 @njit(cache=True, error_model="numpy")
-def pack_panels(W, K, N, out):  # pragma: no cover - njit
-    """W (flat, row-major [K, N]) into panels ``out[j, k, 0:32] = W[k, 32j : 32j+32]``, zero past N;
-    out flat, at least ``panels_size(K, N)`` long."""
+def pack_panels(W, K, N, out, transposed):  # pragma: no cover - njit
+    """W (flat, row-major [K, N]; with ``transposed``, [N, K] holding that matrix's transpose) into
+    panels ``out[j, k, 0:32] = W[k, 32j : 32j+32]``, zero past N; out flat, at least ``panels_size(K, N)``
+    long."""
     for j in range((N + NR - 1) // NR):
-        for k in range(K):
-            o = (j * K + k) * NR
-            for q in range(NR):
-                col = j * NR + q
-                out[o + q] = W[k * N + col] if col < N else 0.0
+        if transposed:  # the 32 rows a panel reads stay in cache while k walks along them
+            for k in range(K):
+                o = (j * K + k) * NR
+                for q in range(NR):
+                    col = j * NR + q
+                    out[o + q] = W[col * K + k] if col < N else 0.0
+        else:
+            for k in range(K):
+                o = (j * K + k) * NR
+                for q in range(NR):
+                    col = j * NR + q
+                    out[o + q] = W[k * N + col] if col < N else 0.0
 
 
 def panels_size(K: int, N: int) -> int:
