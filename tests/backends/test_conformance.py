@@ -203,3 +203,15 @@ def test_cpu_gradient_slots_are_shared():
         assert n <= most < plan.n_slots or name == "rnn", (name, n, plan.n_slots)
         used = {slot[v] for ins in plan.program for v in (ins.dst, ins.a, ins.b, ins.c) if v >= 0}
         assert used == set(range(n))
+
+
+@pytest.mark.parametrize("H", [32, 40, 64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_float32_at_panel_widths(H, threads):
+    """Hidden sizes that fill the microkernel's 32-column panels (the backward's GEMM then adds into
+    the source's gradient directly) or leave a partial one, over blocks of several steps (B = 5 rows
+    a chunk: 13 steps a block) and the batch split: the paths that H = 5 above never takes."""
+    cells = [zoo.get("lstm"), zoo.get("gru"), zoo.get("lstm_peephole")]
+    cells += [random_cell(np.random.default_rng(1000 + s), name=f"random{s}") for s in range(6)]
+    compared = sum(check(c, "cpu", np.float32, seed=7, T=15, B=5 * threads, I=7, H=H, threads=threads) for c in cells)
+    assert compared >= len(cells) - 1

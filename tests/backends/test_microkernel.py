@@ -9,7 +9,7 @@ from cellsearch.backends.cpu.microkernel import NR, gemm_packed, gemm_panels, ge
 
 @njit
 def _run(M, N, K, A, lda, Bp, C, ldc):
-    gemm_panels(M, N, K, A.ctypes.data, lda, Bp.ctypes.data, C.ctypes.data, ldc)
+    gemm_panels(M, N, K, A.ctypes.data, lda, Bp.ctypes.data, C.ctypes.data, ldc, 0)
 
 
 @pytest.mark.parametrize(

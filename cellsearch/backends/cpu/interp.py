@@ -26,7 +26,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .blas import gemm_at, run_jobs
-from .microkernel import gemm_panels
+from .microkernel import NR, gemm_panels
 
 # opcodes: keep in step with cellsearch.lowering.plan.Code (tests/test_tables.py checks)
 OP_STATE, OP_X, OP_CONST, OP_LOADP, OP_BIAS, OP_GEMM, OP_ADD, OP_SUB, OP_MUL, OP_BLEND, OP_SIGMOID, OP_TANH, OP_RELU, OP_PEEP = (
@@ -105,14 +105,15 @@ C_ZR = 8
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _step_gemm(M, N, K, a, wp, woff, panels, c, ldc, ab, isz):
-    """A stage's per-step GEMM: C[M, N] (row stride ldc) = A[M, K] (address a, rows of K) @ the
+def _step_gemm(M, N, K, a, wp, woff, panels, c, ldc, ab, isz, acc):
+    """A stage's per-step GEMM: C[M, N] (row stride ldc) (+)= A[M, K] (address a, rows of K) @ the
     stage's weights in the flat array at wp: as panels at offset ``panels`` where the weights were
-    packed (float32: the microkernel), else the plain [K, N] matrix at offset woff through BLAS."""
+    packed (float32: the microkernel), else the plain [K, N] matrix at offset woff through BLAS;
+    ``+=`` where acc is nonzero (ab: the address of the (alpha, beta) pairs (1, 0), (1, 1))."""
     if panels >= 0:
-        gemm_panels(M, N, K, a, K, wp + np.uint64(panels) * isz, c, ldc)
+        gemm_panels(M, N, K, a, K, wp + np.uint64(panels) * isz, c, ldc, acc)
     else:
-        gemm_at(False, False, M, N, K, a, K, wp + woff * isz, N, c, ldc, ab, isz)
+        gemm_at(False, False, M, N, K, a, K, wp + woff * isz, N, c, ldc, ab + (np.uint64(2) * isz if acc else np.uint64(0)), isz)
 
 
 @njit(cache=True, error_model="numpy")
@@ -156,7 +157,7 @@ def forward_rows(
         if nxh > 0:  # this step's input projection, rows R0..R1
             xa = xp + (tu * np.uint64(X.shape[1]) + R0) * np.uint64(I) * isz
             if wx_panels:
-                gemm_panels(nr, nxh, I, xa, I, wxp, pp, nx)
+                gemm_panels(nr, nxh, I, xa, I, wxp, pp, nx, 0)
             else:
                 gemm_at(False, False, nr, nxh, I, xa, I, wxp, nxh, pp, nx, ab, isz)
         for r in range(ops.shape[0]):
@@ -215,7 +216,7 @@ def forward_rows(
                 ow = nk * Hu  # out: TMP's rows R0..R1 (each range owns its rows), [nr, nk*H], row stride mw
                 oo = R0 * mw
                 _step_gemm(
-                    nr, ow, width, kp + (koff + R0 * width) * isz, wp, woff, stage_info[aux, C_PF], tp + oo * isz, mw, ab, isz
+                    nr, ow, width, kp + (koff + R0 * width) * isz, wp, woff, stage_info[aux, C_PF], tp + oo * isz, mw, ab, isz, 0
                 )
                 for k in range(nk):
                     dd = np.uint64(stage_dst[aux, k, S_C]) + tu * np.uint64(stage_dst[aux, k, S_M])
@@ -400,11 +401,14 @@ def backward_rows(
                         for j in range(Hu):
                             v = G[srow + j]
                             DZ[row + j] = zero if abs(v) < tiny else v  # flush denormals (NaN stays)
-                sw = ns * Hu  # dsrc: TMP's rows R0..R1, [nr, ns*H], row stride mw
-                oo = R0 * mw
-                _step_gemm(
-                    nr, sw, width, zp + (zoff + R0 * width) * isz, wp, woff, stage_info[aux, C_PB], tp + oo * isz, mw, ab, isz
-                )
+                sw = ns * Hu
+                pb = stage_info[aux, C_PB]
+                if ns == 1 and (pb < 0 or Hu % np.uint64(NR) == 0):  # straight into the source's gradient: G[src] +=
+                    gp = G.ctypes.data + (np.uint64(stage_src[aux, 0, S_G]) + R0 * Hu) * isz
+                    _step_gemm(nr, sw, width, zp + (zoff + R0 * width) * isz, wp, woff, pb, gp, Hu, ab, isz, 1)
+                    continue
+                oo = R0 * mw  # else into TMP's rows R0..R1, [nr, ns*H], row stride mw, then added
+                _step_gemm(nr, sw, width, zp + (zoff + R0 * width) * isz, wp, woff, pb, tp + oo * isz, mw, ab, isz, 0)
                 for i in range(ns):
                     dst = np.uint64(stage_src[aux, i, S_G])
                     ic = np.uint64(i) * Hu

@@ -194,16 +194,16 @@ def _tiles(M, a, sr, sk, b, ldb, c, ldc, K, acc):  # pragma: no cover - njit
 
 
 @njit(cache=True, error_model="numpy")  # not inlined: compiled once for both kernels (compile time)
-def gemm_panels(M, N, K, a, lda, bp, c, ldc):  # pragma: no cover - njit
-    """Row-major float32 ``C[M, ceil(N/32)*32] = A[M, K] @ W`` with W packed by ``pack_panels`` at
+def gemm_panels(M, N, K, a, lda, bp, c, ldc, acc):  # pragma: no cover - njit
+    """Row-major float32 ``C[M, ceil(N/32)*32] (+)= A[M, K] @ W`` with W packed by ``pack_panels`` at
     address bp; a, c addresses, lda, ldc leading dimensions in floats (C's must hold the padded
-    columns). No transposes, no accumulation: C is overwritten."""
+    columns); ``+=`` where acc is nonzero, else C is overwritten."""
     M = np.int64(M)
     K = np.int64(K)
     lda = np.int64(lda)
     ldc = np.int64(ldc)
     for j in range((np.int64(N) + NR - 1) // NR):
-        _tiles(M, a, lda, np.int64(1), bp + np.uint64(j * K * NR * 4), np.int64(NR), c + np.uint64(j * NR * 4), ldc, K, 0)
+        _tiles(M, a, lda, np.int64(1), bp + np.uint64(j * K * NR * 4), np.int64(NR), c + np.uint64(j * NR * 4), ldc, K, acc)
 
 
 #: rows of B (the sum's length) packed at once by ``gemm_packed``: its scratch holds KC rows of A and B
