@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 from numba import njit
 
-from cellsearch.backends.cpu.microkernel import NR, gemm_packed, gemm_panels, gemm_scratch, pack_panels, padded, panels_size
+from cellsearch.backends.cpu.microkernel import (
+    NR,
+    address,
+    call_packed,
+    gemm_packed,
+    gemm_panels,
+    gemm_scratch,
+    pack_panels,
+    padded,
+    panels_size,
+)
 
 
 @njit
@@ -49,35 +59,37 @@ def test_nan_and_inf_pass_through():
 
 
 @njit
-def _run_packed(M, N, K, A, sr, sk, B, ldb, C, ldc, acc, S):
-    gemm_packed(M, N, K, A.ctypes.data, sr, sk, B.ctypes.data, ldb, C.ctypes.data, ldc, acc, S)
+def _run_packed(M, N, K, A, lda, B, ldb, C, ldc, acc, S):
+    gemm_packed(M, N, K, A.ctypes.data, lda, B.ctypes.data, ldb, C.ctypes.data, ldc, acc, S.ctypes.data)
+
+
+@njit
+def _call_packed(fn, M, N, K, A, lda, B, ldb, C, ldc, acc, S):
+    call_packed(fn, M, N, K, A.ctypes.data, lda, B.ctypes.data, ldb, C.ctypes.data, ldc, acc, S.ctypes.data)
 
 
 @pytest.mark.parametrize(
     "M,K,N",
     [(8, 4, 32), (5, 3, 7), (13, 17, 45), (768, 300, 64), (64, 600, 256), (3, 1, 1), (9, 0, 40), (100, 257, 33)],
 )
-@pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("acc", [0, 1])
-def test_gemm_packed_matches_numpy(M, K, N, transposed, acc):
-    """C (+)= A @ B with A stored transposed ([K, M], a weight gradient's x^T) or not, blocks of KC
-    rows, partial strips and panels; C's columns past N and rows past M stay untouched."""
-    rng = np.random.default_rng(M * 7919 + K * 31 + N + 2 * transposed + acc)
+@pytest.mark.parametrize("by_address", [False, True])
+def test_gemm_packed_matches_numpy(M, K, N, acc, by_address):
+    """C (+)= A^T @ B with A stored [K, M] (a weight gradient's x^T), blocks of KC rows, partial
+    panels; C's columns past N and rows past M stay untouched. by_address: the compiled C function
+    the kernels call (``call_packed``)."""
+    rng = np.random.default_rng(M * 7919 + K * 31 + N + acc)
     At = rng.normal(size=(K, M + 2)).astype(np.float32)  # stored [K, M] with a wider leading dimension
-    A = rng.normal(size=(M, K + 2)).astype(np.float32)
     B = rng.normal(size=(K, N + 3)).astype(np.float32)
     ldc = N + 4
     C0 = rng.normal(size=(M + 1, ldc)).astype(np.float32)
     C = C0.copy()
     S = np.full(gemm_scratch(M, N), np.nan, dtype=np.float32)
-    if transposed:
-        _run_packed(M, N, K, At, 1, M + 2, B, N + 3, C, ldc, acc, S)
-        want = At[:, :M].T.astype(np.float64) @ B[:, :N].astype(np.float64)
+    if by_address:
+        _call_packed(np.uint64(address("packed")), M, N, K, At, M + 2, B, N + 3, C, ldc, acc, S)
     else:
-        _run_packed(M, N, K, A, K + 2, 1, B, N + 3, C, ldc, acc, S)
-        want = A[:, :K].astype(np.float64) @ B[:, :N].astype(np.float64)
-    if acc:
-        want += C0[:M, :N]
+        _run_packed(M, N, K, At, M + 2, B, N + 3, C, ldc, acc, S)
+    want = At[:, :M].T.astype(np.float64) @ B[:, :N].astype(np.float64) + (C0[:M, :N] if acc else 0)
     np.testing.assert_allclose(C[:M, :N], want, rtol=1e-5, atol=1e-5 * max(1, K))
     assert (C[:M, N:] == C0[:M, N:]).all() and (C[M] == C0[M]).all()
 
@@ -88,5 +100,5 @@ def test_gemm_packed_keeps_nan_and_inf():
     At[3, 5] = np.inf
     B = np.ones((4, 40), dtype=np.float32)
     C = np.zeros((8, 40), dtype=np.float32)
-    _run_packed(8, 40, 4, At, 1, 8, B, 40, C, 40, 0, np.empty(gemm_scratch(8, 40), dtype=np.float32))
+    _run_packed(8, 40, 4, At, 8, B, 40, C, 40, 0, np.empty(gemm_scratch(8, 40), dtype=np.float32))
     assert np.isnan(C[2]).all() and np.isposinf(C[5]).all() and (C[0] == 4).all()

@@ -84,9 +84,13 @@ def wait(dtype: np.dtype, split: bool) -> None:
 
 
 def _compile_backward(dtype: np.dtype, threads: int) -> None:
-    """Run a kernel's backward once on zeros, without its forward (the tape is made up): Numba
-    compiles it and writes it to the cache."""
+    """Compile a kernel's backward for the argument types a real backward passes, through the same
+    call path on a made-up one-step problem, without running it: Numba compiles it and writes it to
+    the cache. Nothing else is compiled here (no panels packed, no GEMM's address taken: the parent
+    compiles those during its forward)."""
     from importlib import resources
+
+    from numba import typeof
 
     from ... import zoo
     from ...dsl import parse
@@ -94,17 +98,18 @@ def _compile_backward(dtype: np.dtype, threads: int) -> None:
     from . import kernel as kernel_module
     from .kernel import CpuKernel, CpuTape
 
-    # only the backward's compile matters here (the parent waits for it): the values are made up, so
-    # skip packing panels and, in one thread, the GEMMs after the walk (their kernel compiles in the
-    # parent during its forward)
-    skip: Any = lambda *args: None
-    kernel_module.pack_panels = skip
+    def compile_only(dispatcher: Any) -> Any:
+        return lambda *args: dispatcher.compile(tuple(typeof(a) for a in args))
+
+    interp.backward_rows = compile_only(interp.backward_rows)
+    interp.backward_kernel_split = compile_only(interp.backward_kernel_split)
+    kernel_module.pack_panels = lambda *args: None
+    kernel_module.address = lambda which: 0
     lstm = parse((resources.files(zoo) / "lstm.cell").read_text(encoding="utf-8"), name="lstm")  # not the whole zoo
     kernel = CpuKernel(lstm, dtype, threads=threads)
     T, B, I, H = 1, threads, 1, 1
     params = {s.name: np.zeros(s.shape, dtype=dtype) for s in param_specs(kernel.cell, I, H)}
     ws = kernel._get_workspace(T, B, I, H)
-    ws.A[:] = 0
     x = np.zeros((T, B, I), dtype=dtype)
     tape = CpuTape(x, ws.A, ws.K, I, H, kernel._generation)
     kernel.backward(params, tape, np.zeros((T, B, H), dtype=dtype))

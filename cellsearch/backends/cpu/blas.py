@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, types
 from numba.core.typing import signature
 
-from .microkernel import gemm_packed
+from .microkernel import call_packed
 
 Array = np.ndarray
 
@@ -87,9 +87,10 @@ N_JCOLS = 17
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def run_jobs(jobs, c, t0, n, ab, isz, S):  # pragma: no cover - njit
+def run_jobs(jobs, c, t0, n, ab, isz, fpk, sp):  # pragma: no cover - njit
     """Run the GEMMs of ``jobs`` that chunk c owns, in order, for the block of n steps from step t0:
-    float32 through the microkernel (``gemm_packed``, scratch S), float64 through BLAS; ab: the
+    float32 ones with A stored transposed (the weight gradients) through the packed microkernel GEMM
+    (``microkernel.gemm_packed`` at address fpk, its scratch at sp), the others through BLAS; ab: the
     address of (1, 0, 1, 1), the (alpha, beta) pairs that overwrite and accumulate."""
     isz = np.uint64(isz)
     tu = np.uint64(t0)
@@ -103,11 +104,10 @@ def run_jobs(jobs, c, t0, n, ab, isz, S):  # pragma: no cover - njit
         b = np.uint64(jobs[r, J_B]) + tu * np.uint64(jobs[r, J_SB])
         cc = np.uint64(jobs[r, J_C]) + tu * np.uint64(jobs[r, J_SC])
         ta = jobs[r, J_TA] != 0
-        lda = jobs[r, J_LDA]
-        if isz == 4:
-            gemm_packed(M, N, K, a, 1 if ta else lda, lda if ta else 1, b, jobs[r, J_LDB], cc, jobs[r, J_LDC], jobs[r, J_ACC], S)
+        if isz == 4 and ta:
+            call_packed(fpk, M, N, K, a, jobs[r, J_LDA], b, jobs[r, J_LDB], cc, jobs[r, J_LDC], jobs[r, J_ACC], sp)
         else:
-            gemm_at(ta, False, M, N, K, a, lda, b, jobs[r, J_LDB], cc, jobs[r, J_LDC],
+            gemm_at(ta, False, M, N, K, a, jobs[r, J_LDA], b, jobs[r, J_LDB], cc, jobs[r, J_LDC],
                     ab + (np.uint64(2) * isz if jobs[r, J_ACC] != 0 else np.uint64(0)), isz)  # fmt: skip
 
 

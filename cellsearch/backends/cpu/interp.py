@@ -26,7 +26,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .blas import gemm_at, run_jobs
-from .microkernel import NR, gemm_panels
+from .microkernel import NR, call_panels
 
 # opcodes: keep in step with cellsearch.lowering.plan.Code (tests/test_tables.py checks)
 OP_STATE, OP_X, OP_CONST, OP_LOADP, OP_BIAS, OP_GEMM, OP_ADD, OP_SUB, OP_MUL, OP_BLEND, OP_SIGMOID, OP_TANH, OP_RELU, OP_PEEP = (
@@ -105,13 +105,14 @@ C_ZR = 8
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _step_gemm(M, N, K, a, wp, woff, panels, c, ldc, ab, isz, acc):
+def _step_gemm(M, N, K, a, wp, woff, panels, c, ldc, ab, isz, acc, fpp):
     """A stage's per-step GEMM: C[M, N] (row stride ldc) (+)= A[M, K] (address a, rows of K) @ the
     stage's weights in the flat array at wp: as panels at offset ``panels`` where the weights were
     packed (float32: the microkernel), else the plain [K, N] matrix at offset woff through BLAS;
-    ``+=`` where acc is nonzero (ab: the address of the (alpha, beta) pairs (1, 0), (1, 1))."""
+    ``+=`` where acc is nonzero (ab: the address of the (alpha, beta) pairs (1, 0), (1, 1); fpp: the
+    microkernel's address, ``microkernel.address("panels")``)."""
     if panels >= 0:
-        gemm_panels(M, N, K, a, K, wp + np.uint64(panels) * isz, c, ldc, acc)
+        call_panels(fpp, M, N, K, a, K, wp + np.uint64(panels) * isz, c, ldc, acc)
     else:
         gemm_at(False, False, M, N, K, a, K, wp + woff * isz, N, c, ldc, ab + (np.uint64(2) * isz if acc else np.uint64(0)), isz)
 
@@ -119,7 +120,7 @@ def _step_gemm(M, N, K, a, wp, woff, panels, c, ldc, ab, isz, acc):
 @njit(cache=True, error_model="numpy")
 def forward_rows(
     ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, WX, wx_panels, S0, consts, biases, peeps, W, K, TMP, R, r0,
-    r1, out, out_at, out_step, xr,
+    r1, out, out_at, out_step, xr, fpp,
 ):  # fmt: skip
     """The whole time loop for batch rows r0..r1 (rows of an RNN never interact); then the output's
     values, taped at ``out_at + (t + 1) * out_step`` in A, copied to ``out[t, xr + r0 .. xr + r1]``
@@ -157,7 +158,7 @@ def forward_rows(
         if nxh > 0:  # this step's input projection, rows R0..R1
             xa = xp + (tu * np.uint64(X.shape[1]) + R0) * np.uint64(I) * isz
             if wx_panels:
-                gemm_panels(nr, nxh, I, xa, I, wxp, pp, nx, 0)
+                call_panels(fpp, nr, nxh, I, xa, I, wxp, pp, nx, 0)
             else:
                 gemm_at(False, False, nr, nxh, I, xa, I, wxp, nxh, pp, nx, ab, isz)
         for r in range(ops.shape[0]):
@@ -216,7 +217,19 @@ def forward_rows(
                 ow = nk * Hu  # out: TMP's rows R0..R1 (each range owns its rows), [nr, nk*H], row stride mw
                 oo = R0 * mw
                 _step_gemm(
-                    nr, ow, width, kp + (koff + R0 * width) * isz, wp, woff, stage_info[aux, C_PF], tp + oo * isz, mw, ab, isz, 0
+                    nr,
+                    ow,
+                    width,
+                    kp + (koff + R0 * width) * isz,
+                    wp,
+                    woff,
+                    stage_info[aux, C_PF],
+                    tp + oo * isz,
+                    mw,
+                    ab,
+                    isz,
+                    0,
+                    fpp,
                 )
                 for k in range(nk):
                     dd = np.uint64(stage_dst[aux, k, S_C]) + tu * np.uint64(stage_dst[aux, k, S_M])
@@ -288,7 +301,7 @@ def forward_rows(
 @njit(cache=True, error_model="numpy")
 def backward_rows(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, dBx, R, r0, r1, xr, jobs, chunk, SB, PK,
+    dPeep, dBx, R, r0, r1, xr, jobs, chunk, SB, PK, fpp, fpk,
 ):  # fmt: skip
     """Reverse walk over batch rows r0..r1 (dOut, read only, holds them at xr + r0..); on return dS
     holds the initial states' gradients (those rows); dX rows filled; dB, dPeep and dBx (the input
@@ -300,7 +313,8 @@ def backward_rows(
     DZ (each stage's output gradient, at ``stage_info[g, C_ZR]``) and dP (the input projection's
     blocks that no DZ holds, ``C_DPB``) are rings of SB steps x B rows, and when the walk reaches a
     block's first step it runs chunk ``chunk``'s ``jobs`` (``blas.run_jobs``: ``dW += DZ^T @ K``,
-    ``dWx += x^T @ dP``, ...) on them while they are in cache. PK: the microkernel's scratch."""
+    ``dWx += x^T @ dP``, ...) on them while they are in cache. PK: the scratch of the packed GEMM
+    (its address fpk; fpp the per-step microkernel's, both ``microkernel.address``)."""
     Hu = np.uint64(H)
     Bu = np.uint64(B)
     BH = Bu * Hu
@@ -405,10 +419,10 @@ def backward_rows(
                 pb = stage_info[aux, C_PB]
                 if ns == 1 and (pb < 0 or Hu % np.uint64(NR) == 0):  # straight into the source's gradient: G[src] +=
                     gp = G.ctypes.data + (np.uint64(stage_src[aux, 0, S_G]) + R0 * Hu) * isz
-                    _step_gemm(nr, sw, width, zp + (zoff + R0 * width) * isz, wp, woff, pb, gp, Hu, ab, isz, 1)
+                    _step_gemm(nr, sw, width, zp + (zoff + R0 * width) * isz, wp, woff, pb, gp, Hu, ab, isz, 1, fpp)
                     continue
                 oo = R0 * mw  # else into TMP's rows R0..R1, [nr, ns*H], row stride mw, then added
-                _step_gemm(nr, sw, width, zp + (zoff + R0 * width) * isz, wp, woff, pb, tp + oo * isz, mw, ab, isz, 0)
+                _step_gemm(nr, sw, width, zp + (zoff + R0 * width) * isz, wp, woff, pb, tp + oo * isz, mw, ab, isz, 0, fpp)
                 for i in range(ns):
                     dst = np.uint64(stage_src[aux, i, S_G])
                     ic = np.uint64(i) * Hu
@@ -470,7 +484,7 @@ def backward_rows(
                         G[ga + row + j] += g * peeps[aux, j]
                         dPeep[aux, j] += g * A[a + row + j]
         if slot == 0:  # the first step of a block: its weight gradients
-            run_jobs(jobs, chunk, t, min(SB, T - t), ab, A.itemsize, PK)
+            run_jobs(jobs, chunk, t, min(SB, T - t), ab, A.itemsize, fpk, PK.ctypes.data)
     for s in range(nS):
         for e in range(e0, e1):
             dS[s, e] = carry[s, e]
@@ -479,7 +493,7 @@ def backward_rows(
 @njit(cache=True, error_model="numpy", parallel=True)
 def forward_kernel_split(
     ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, x, X, WX, wx_panels, S0, consts, biases, peeps, W, K, TMP,
-    R, rows, out, out_at, out_step,
+    R, rows, out, out_at, out_step, fpp,
 ):  # fmt: skip
     """The forward pass with the batch split into chunks run on parallel threads (BLAS must be at 1
     thread then); each thread runs the whole time loop for its chunk, with no synchronisation. A, P,
@@ -495,13 +509,13 @@ def forward_kernel_split(
                 for j in range(x.shape[2]):
                     X[c, t, bb, j] = x[t, rows[c] + bb, j]
         forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A[c], P[c], bx, X[c], WX, wx_panels, S0[c], consts,
-                      biases, peeps, W, K[c], TMP[c], R, 0, rows[c + 1] - rows[c], out, out_at, out_step, rows[c])  # fmt: skip
+                      biases, peeps, W, K[c], TMP[c], R, 0, n, out, out_at, out_step, rows[c], fpp)  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def backward_kernel_split(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, dBx, R, jobs, rows, SB, PK,
+    dPeep, dBx, R, jobs, rows, SB, PK, fpp, fpk,
 ):  # fmt: skip
     """The backward pass, split like ``forward_kernel_split``: every array but dOut (the whole
     batch's, only read; chunk c at rows[c]..), peeps and WT has a leading chunk axis; each thread
@@ -510,7 +524,7 @@ def backward_kernel_split(
         n = rows[c + 1] - rows[c]
         backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A[c], state_g, update_g, output_g, dOut, dS[c], peeps,
                        WT, DZ[c], TMP[c], G[c], dP[c], dX[c], dB[c], dPeep[c], dBx[c], R, 0, n, rows[c], jobs, c, SB,
-                       PK[c])  # fmt: skip
+                       PK[c], fpp, fpk)  # fmt: skip
 
 
 # The GEMMs around the time loop also go through Numba's np.dot, so that one BLAS library (and one

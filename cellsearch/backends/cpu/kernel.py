@@ -26,7 +26,7 @@ from ..reference import Forward, Gradients, check_params, infer_hidden, initial_
 from ..tables import Tables, pack_weights, tables, unpack_gradients
 from . import ahead, interp
 from .blas import Jobs, warm
-from .microkernel import NR, gemm_scratch, pack_panels, padded, panels_size
+from .microkernel import NR, address, gemm_scratch, pack_panels, padded, panels_size
 
 Array = np.ndarray
 
@@ -368,6 +368,11 @@ class CpuKernel:
             pack_panels(W[woff : woff + K * N], K, N, out[poff : poff + panels_size(K, N)], not forward)
         return out
 
+    def _gemm(self, which: str) -> np.uint64:
+        """The address of the float32 GEMM ``which`` (``microkernel.address``; 0 for float64, which
+        never calls it)."""
+        return np.uint64(address(which) if self.dtype == np.float32 else 0)
+
     def _weights(self, params: Mapping[str, Array], I: int, H: int, transposed: bool) -> tuple[Array, Array, Array, Array, Array]:
         w = pack_weights(self.plan, params, I, H, self.dtype, transposed)
         return w.Wx, w.bx, w.biases, w.peeps, w.stages
@@ -407,11 +412,12 @@ class CpuKernel:
         with _chunk_threads(C, dt):
             if C == 1:
                 interp.forward_rows(*head, ws.A[0], ws.P[0], bx, x, WX, wx_panels, S0[0], consts, biases, peeps, W,
-                                    ws.K[0], ws.TMP[0], self._R, 0, B, out, o_at, o_step, 0)  # fmt: skip
+                                    ws.K[0], ws.TMP[0], self._R, 0, B, out, o_at, o_step, 0, self._gemm('panels'))  # fmt: skip
             else:
                 interp.forward_kernel_split(*head, ws.A, ws.P, bx, x, ws.X, WX, wx_panels, S0, consts, biases, peeps, W, ws.K,
-                                            ws.TMP, self._R, ws.rows, out, o_at, o_step)  # fmt: skip
+                                            ws.TMP, self._R, ws.rows, out, o_at, o_step, self._gemm('panels'))  # fmt: skip
         self._generation += 1
+        self._gemm("packed")  # the backward's (a first use compiles it here while ahead.py's child compiles the backward)
         states = {s: self._last(ws, u, T, H) for s, u in zip(p.states, p.update_slots, strict=True)}
         tape = CpuTape(x, ws.A, ws.K, I, H, self._generation)
         return Forward(out, states, tape)  # type: ignore[arg-type]
@@ -508,14 +514,16 @@ class CpuKernel:
         head = (cpu.ops, cpu.stage_info, cpu.stage_src, cpu.stage_dst, T, Bp, H)
         WT = self._with_panels(WT, cpu, H, forward=False)
         tail = (cpu.state_g, cpu.update_g, cpu.output_g)
+        fns = (self._gemm("panels"), self._gemm("packed"))
         ahead.wait(dt, C > 1)
         with _chunk_threads(C, dt):
             if C == 1:
                 interp.backward_rows(*head, ws.A[0], *tail, dOut, dS[0], peeps, WT, ws.DZ[0], ws.TMP[0], ws.G[0], ws.dP[0],
-                                     dX[0], dB[0], dPeep[0], dBx[0], self._R, 0, B, 0, jobs.table(), 0, SB, PK[0])  # fmt: skip
+                                     dX[0], dB[0], dPeep[0], dBx[0], self._R, 0, B, 0, jobs.table(), 0, SB, PK[0],
+                                     *fns)  # fmt: skip
             else:
                 interp.backward_kernel_split(*head, ws.A, *tail, dOut, dS, peeps, WT, ws.DZ, ws.TMP, ws.G, ws.dP, dX, dB, dPeep,
-                                             dBx, self._R, jobs.table(), ws.rows, SB, PK)  # fmt: skip
+                                             dBx, self._R, jobs.table(), ws.rows, SB, PK, *fns)  # fmt: skip
         dWs = [d.sum(axis=0).T if C > 1 else d[0].T for d in dWt]
         dWx = dWxo.sum(axis=0) if C > 1 else dWxo[0]
         if order != sorted(order):

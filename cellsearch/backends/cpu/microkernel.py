@@ -12,11 +12,12 @@ LLVM splits them into narrower registers; the result is the same up to the order
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -211,32 +212,30 @@ KC = 256
 
 
 def gemm_scratch(M: int, N: int) -> int:
-    """Floats of scratch ``gemm_packed`` needs for ``C[M, N]``: KC rows of A's strips and B's panels,
-    and a tile."""
-    return KC * (-(-M // 8) * 8 + padded(N)) + 8 * NR
+    """Floats of scratch ``gemm_packed`` needs for ``C[M, N]``: KC columns of A's rows, KC rows of B's
+    panels, and M rows of one panel (the last, partial panel's product)."""
+    return KC * (M + padded(N)) + M * NR
 
 
 @njit(cache=True, error_model="numpy")
-def gemm_packed(M, N, K, a, sr, sk, b, ldb, c, ldc, acc, S):  # pragma: no cover - njit
-    """Float32 ``C[M, N] (+)= A[M, K] @ B[K, N]`` (``+=`` where acc is nonzero), every operand by its
-    address: element (r, k) of A at float offset ``r*sr + k*sk`` from a (so A may be stored
-    transposed: sr = 1), B and C row-major (ldb, ldc). For the weight gradients (``x^T @ dz``, sums
-    over batch rows): each block of KC rows is packed into S (``gemm_scratch`` floats), A as strips of
-    8 of its rows and B as panels of 32 columns, so that the tiles read both contiguously from cache;
-    C is touched only in its N columns (the last, partial panel goes through a tile in S)."""
+def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp):  # pragma: no cover - njit
+    """Float32 ``C[M, N] (+)= A^T @ B`` (``+=`` where acc is nonzero) with A stored [K, M] at address a
+    (leading dimension lda), B [K, N] and C [M, N] row-major (ldb, ldc): the weight gradients, sums
+    over batch rows (``x^T @ dz``). Each block of up to KC rows is packed into the scratch at sp
+    (``gemm_scratch`` floats): B as panels of 32 columns, A's columns as rows; ``gemm_panels`` (the
+    per-step GEMMs' microkernel) multiplies them. C is touched only in its N columns (the last,
+    partial panel's product goes through the scratch)."""
     M = np.int64(M)
     N = np.int64(N)
     K = np.int64(K)
-    sr = np.int64(sr)
-    sk = np.int64(sk)
+    lda = np.int64(lda)
     ldb = np.int64(ldb)
     ldc = np.int64(ldc)
+    nf = N // NR  # whole panels
     nb = (N + NR - 1) // NR
-    ns = (M + 7) // 8
+    ao = KC * nb * NR  # in the scratch: B's panels, then A's rows [M, kn], then the partial panel's product [M, 32]
+    to = ao + KC * M
     zero = np.float32(0.0)
-    ao = KC * nb * NR  # A's strips after B's panels in S, then the edge tile
-    to = ao + KC * ns * 8
-    sp = S.ctypes.data
     if K == 0:
         if acc == 0:
             for i in range(M):
@@ -247,50 +246,78 @@ def gemm_packed(M, N, K, a, sr, sk, b, ldb, c, ldc, acc, S):  # pragma: no cover
     while k0 < K:
         kn = min(KC, K - k0)
         ac = np.int64(1) if (acc != 0 or k0 > 0) else np.int64(0)
-        for kk in range(kn):  # B's panels [nb][kn][32], zero past N
+        for kk in range(kn):  # B's panels [nb][kn][32], zero past N; A's column k0+kk, as row kk of A^T
             brow = (k0 + kk) * ldb
             for j in range(nb):
                 dst = (j * kn + kk) * NR
-                if (j + 1) * NR <= N:
+                if j < nf:
                     _move32(b + np.uint64((brow + j * NR) * 4), sp + np.uint64(dst * 4))
                 else:
                     for q in range(NR):
-                        S[dst + q] = _load(b, brow + j * NR + q) if j * NR + q < N else zero
-        if sr == 1:  # A stored transposed: row k of the block holds 8 consecutive floats of each strip
-            for kk in range(kn):
-                arow = (k0 + kk) * sk
-                for s in range(ns):
-                    dst = ao + (s * kn + kk) * 8
-                    if s * 8 + 8 <= M:
-                        _move8(a + np.uint64((arow + s * 8) * 4), sp + np.uint64(dst * 4))
-                    else:
-                        for r in range(8):
-                            S[dst + r] = _load(a, arow + s * 8 + r) if s * 8 + r < M else zero
-        else:
-            for s in range(ns):
-                for r in range(8):
-                    i = s * 8 + r
-                    for kk in range(kn):
-                        S[ao + (s * kn + kk) * 8 + r] = _load(a, i * sr + (k0 + kk) * sk) if i < M else zero
-        for j in range(nb):
-            pj = sp + np.uint64(j * kn * NR * 4)
-            cols = min(NR, N - j * NR)
-            if cols == NR:  # strip s: its rows at offsets 0..7 of each 8-float row k (sr 1, sk 8)
-                for s in range(ns):
-                    _tiles(min(8, M - s * 8), sp + np.uint64((ao + s * kn * 8) * 4), np.int64(1), np.int64(8), pj, np.int64(NR),
-                           c + np.uint64((s * 8 * ldc + j * NR) * 4), ldc, kn, ac)  # fmt: skip
-            else:  # the last columns: 8 rows at a time through a tile in S
-                for s in range(ns):
-                    rows = min(8, M - s * 8)
-                    for r in range(rows):
-                        for q in range(NR):
-                            S[to + r * NR + q] = _load(c, (s * 8 + r) * ldc + j * NR + q) if (q < cols and ac != 0) else zero
-                    _tiles(rows, sp + np.uint64((ao + s * kn * 8) * 4), np.int64(1), np.int64(8), pj, np.int64(NR),
-                           sp + np.uint64(to * 4), np.int64(NR), kn, np.int64(1))  # fmt: skip
-                    for r in range(rows):
-                        for q in range(cols):
-                            _store(c, (s * 8 + r) * ldc + j * NR + q, S[to + r * NR + q])
+                        _store(sp, dst + q, _load(b, brow + j * NR + q) if j * NR + q < N else zero)
+            arow = (k0 + kk) * lda
+            for i in range(M):
+                _store(sp, ao + i * kn + kk, _load(a, arow + i))
+        if nf > 0:
+            gemm_panels(M, nf * NR, kn, sp + np.uint64(ao * 4), kn, sp, c, ldc, ac)
+        if nb > nf:  # the last columns: their product into the scratch, then added to (or written over) C's
+            gemm_panels(M, np.int64(NR), kn, sp + np.uint64(ao * 4), kn, sp + np.uint64(nf * kn * NR * 4), sp + np.uint64(to * 4),
+                        np.int64(NR), np.int64(0))  # fmt: skip
+            for i in range(M):
+                for q in range(N - nf * NR):
+                    v = _load(sp, to + i * NR + q)
+                    ci = i * ldc + nf * NR + q
+                    _store(c, ci, _load(c, ci) + v if ac != 0 else v)
         k0 += kn
+
+
+_I64, _U64 = types.int64, types.uint64
+#: the C signatures of the two GEMMs as compiled functions called by address (``calls``)
+PANELS_SIG = types.void(_I64, _I64, _I64, _U64, _I64, _U64, _U64, _I64, _I64)
+PACKED_SIG = types.void(_I64, _I64, _I64, _U64, _I64, _U64, _I64, _U64, _I64, _I64, _U64)
+
+
+@functools.cache
+def _compiled(which: str) -> Any:
+    """The GEMM ``which`` as a C function (cached on disk by Numba), built on first use. The kernels
+    call it by its address (``call_panels``, ``call_packed``) rather than as an njit function, which
+    Numba would link into (and compile again inside) each kernel's own module."""
+    if which == "panels":
+        return cfunc(PANELS_SIG, cache=True, error_model="numpy")(gemm_panels.py_func)
+    return cfunc(PACKED_SIG, cache=True, error_model="numpy")(gemm_packed.py_func)
+
+
+def address(which: str) -> int:
+    """The address of the C function ``which`` ("panels" or "packed")."""
+    return int(_compiled(which).address)
+
+
+def _call(context: Any, builder: ir.IRBuilder, sig: Any, signature: Any, llargs: Any) -> Any:
+    """Call the C function at address llargs[0] with C signature ``sig`` on the other arguments."""
+    fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(t) for t in sig.args])
+    fn = builder.inttoptr(llargs[0], fnty.as_pointer())
+    args = [context.cast(builder, v, t, want) for v, t, want in zip(llargs[1:], signature.args[1:], sig.args, strict=True)]
+    builder.call(fn, args)
+    return context.get_dummy_value()
+
+
+def _callers() -> tuple[Any, Any]:
+    """Intrinsics ``call_panels(fn, *gemm_panels' arguments)`` and ``call_packed(fn, *gemm_packed's)``:
+    the GEMM compiled as a C function at address fn (``address``)."""
+
+    @intrinsic(prefer_literal=False)
+    def panels(typingctx: Any, fn: Any, M: Any, N: Any, K: Any, a: Any, lda: Any, bp: Any, c: Any, ldc: Any, acc: Any) -> Any:
+        return types.void(types.uintp, *PANELS_SIG.args), lambda ctx, b, sg, args: _call(ctx, b, PANELS_SIG, sg, args)
+
+    @intrinsic(prefer_literal=False)
+    def packed(typingctx: Any, fn: Any, M: Any, N: Any, K: Any, a: Any, lda: Any, b: Any, ldb: Any, c: Any, ldc: Any, acc: Any,
+               sp: Any) -> Any:  # fmt: skip
+        return types.void(types.uintp, *PACKED_SIG.args), lambda ctx, b, sg, args: _call(ctx, b, PACKED_SIG, sg, args)
+
+    return panels, packed
+
+
+call_panels, call_packed = _callers()
 
 
 @njit(cache=True, error_model="numpy")
@@ -322,4 +349,16 @@ def padded(N: int) -> int:
     return -(-N // NR) * NR
 
 
-__all__ = ["KC", "NR", "gemm_packed", "gemm_panels", "gemm_scratch", "pack_panels", "padded", "panels_size"]
+__all__ = [
+    "KC",
+    "NR",
+    "address",
+    "call_packed",
+    "call_panels",
+    "gemm_packed",
+    "gemm_panels",
+    "gemm_scratch",
+    "pack_panels",
+    "padded",
+    "panels_size",
+]
