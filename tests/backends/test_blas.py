@@ -14,13 +14,22 @@ from cellsearch.backends.cpu.microkernel import address, gemm_scratch
 
 
 @njit
-def _run(table, chunk, t0, n, ab, fpk, S):
-    run_jobs(table, chunk, t0, n, ab.ctypes.data, ab.itemsize, fpk, S.ctypes.data)
+def _run(table, chunk, t0, n, ab, fpp, fpk, S):
+    run_jobs(table.ctypes.data, table.shape[0], chunk, t0, n, ab.ctypes.data, ab.itemsize, fpp, fpk, S.ctypes.data)
 
 
 def run(jobs, chunk=0, t0=0, n=1):
     S = np.empty(gemm_scratch(*jobs.widest) if jobs.widest[0] else 1, dtype=np.float32)
-    _run(jobs.table(), chunk, t0, n, np.array((1, 0, 1, 1), dtype=jobs.dtype), np.uint64(address("packed")), S)
+    _run(
+        jobs.table(),
+        chunk,
+        t0,
+        n,
+        np.array((1, 0, 1, 1), dtype=jobs.dtype),
+        np.uint64(address("panels")),
+        np.uint64(address("packed")),
+        S,
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])

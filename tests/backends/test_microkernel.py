@@ -59,13 +59,13 @@ def test_nan_and_inf_pass_through():
 
 
 @njit
-def _run_packed(M, N, K, A, lda, B, ldb, C, ldc, acc, S):
-    gemm_packed(M, N, K, A.ctypes.data, lda, B.ctypes.data, ldb, C.ctypes.data, ldc, acc, S.ctypes.data)
+def _run_packed(M, N, K, A, lda, B, ldb, C, ldc, acc, S, fpp):
+    gemm_packed(M, N, K, A.ctypes.data, lda, B.ctypes.data, ldb, C.ctypes.data, ldc, acc, S.ctypes.data, fpp)
 
 
 @njit
-def _call_packed(fn, M, N, K, A, lda, B, ldb, C, ldc, acc, S):
-    call_packed(fn, M, N, K, A.ctypes.data, lda, B.ctypes.data, ldb, C.ctypes.data, ldc, acc, S.ctypes.data)
+def _call_packed(fn, M, N, K, A, lda, B, ldb, C, ldc, acc, S, fpp):
+    call_packed(fn, M, N, K, A.ctypes.data, lda, B.ctypes.data, ldb, C.ctypes.data, ldc, acc, S.ctypes.data, fpp)
 
 
 @pytest.mark.parametrize(
@@ -86,9 +86,9 @@ def test_gemm_packed_matches_numpy(M, K, N, acc, by_address):
     C = C0.copy()
     S = np.full(gemm_scratch(M, N), np.nan, dtype=np.float32)
     if by_address:
-        _call_packed(np.uint64(address("packed")), M, N, K, At, M + 2, B, N + 3, C, ldc, acc, S)
+        _call_packed(np.uint64(address("packed")), M, N, K, At, M + 2, B, N + 3, C, ldc, acc, S, np.uint64(address("panels")))
     else:
-        _run_packed(M, N, K, At, M + 2, B, N + 3, C, ldc, acc, S)
+        _run_packed(M, N, K, At, M + 2, B, N + 3, C, ldc, acc, S, np.uint64(address("panels")))
     want = At[:, :M].T.astype(np.float64) @ B[:, :N].astype(np.float64) + (C0[:M, :N] if acc else 0)
     np.testing.assert_allclose(C[:M, :N], want, rtol=1e-5, atol=1e-5 * max(1, K))
     assert (C[:M, N:] == C0[:M, N:]).all() and (C[M] == C0[M]).all()
@@ -100,5 +100,5 @@ def test_gemm_packed_keeps_nan_and_inf():
     At[3, 5] = np.inf
     B = np.ones((4, 40), dtype=np.float32)
     C = np.zeros((8, 40), dtype=np.float32)
-    _run_packed(8, 40, 4, At, 8, B, 40, C, 40, 0, np.empty(gemm_scratch(8, 40), dtype=np.float32))
+    _run_packed(8, 40, 4, At, 8, B, 40, C, 40, 0, np.empty(gemm_scratch(8, 40), dtype=np.float32), np.uint64(address("panels")))
     assert np.isnan(C[2]).all() and np.isposinf(C[5]).all() and (C[0] == 4).all()

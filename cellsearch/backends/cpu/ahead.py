@@ -86,8 +86,8 @@ def wait(dtype: np.dtype, split: bool) -> None:
 def _compile_backward(dtype: np.dtype, threads: int) -> None:
     """Compile a kernel's backward for the argument types a real backward passes, through the same
     call path on a made-up one-step problem, without running it: Numba compiles it and writes it to
-    the cache. Nothing else is compiled here (no panels packed, no GEMM's address taken: the parent
-    compiles those during its forward)."""
+    the cache, and the job runner it calls (``blas.run_jobs``); the two GEMMs compile in the parent,
+    around its forward."""
     from importlib import resources
 
     from numba import typeof
@@ -97,14 +97,14 @@ def _compile_backward(dtype: np.dtype, threads: int) -> None:
     from ...ir.params import param_specs
     from . import kernel as kernel_module
     from .kernel import CpuKernel, CpuTape
+    from .microkernel import address
 
     def compile_only(dispatcher: Any) -> Any:
         return lambda *args: dispatcher.compile(tuple(typeof(a) for a in args))
 
     interp.backward_rows = compile_only(interp.backward_rows)
     interp.backward_kernel_split = compile_only(interp.backward_kernel_split)
-    kernel_module.pack_panels = lambda *args: None
-    kernel_module.address = lambda which: 0
+    kernel_module.address = lambda which: address(which) if which == "jobs" else 0  # the job runner: here
     lstm = parse((resources.files(zoo) / "lstm.cell").read_text(encoding="utf-8"), name="lstm")  # not the whole zoo
     kernel = CpuKernel(lstm, dtype, threads=threads)
     T, B, I, H = 1, threads, 1, 1

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 from numba import njit, types
 from numba.core.typing import signature
+from numba.extending import intrinsic
 
-from .microkernel import call_packed
+from .microkernel import FUNCTIONS, call_c, call_packed, load_i64
 
 Array = np.ndarray
 
@@ -86,29 +87,45 @@ J_CHUNK, J_TA, J_M0, J_MS, J_N, J_K0, J_KS, J_A, J_SA, J_LDA, J_B, J_SB, J_LDB, 
 N_JCOLS = 17
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def run_jobs(jobs, c, t0, n, ab, isz, fpk, sp):  # pragma: no cover - njit
-    """Run the GEMMs of ``jobs`` that chunk c owns, in order, for the block of n steps from step t0:
-    float32 ones with A stored transposed (the weight gradients) through the packed microkernel GEMM
-    (``microkernel.gemm_packed`` at address fpk, its scratch at sp), the others through BLAS; ab: the
-    address of (1, 0, 1, 1), the (alpha, beta) pairs that overwrite and accumulate."""
+@njit(cache=True, error_model="numpy")
+def run_jobs(jobs, rows, c, t0, n, ab, isz, fpp, fpk, sp):  # pragma: no cover - njit
+    """Run the GEMMs of the job table at address ``jobs`` (``rows`` rows of N_JCOLS int64) that chunk c
+    owns, in order, for the block of n steps from step t0: float32 ones with A stored transposed (the
+    weight gradients) through the packed microkernel GEMM (``microkernel.gemm_packed`` at address
+    fpk, its scratch at sp, the microkernel at fpp), the others through BLAS; ab: the address of
+    (1, 0, 1, 1), the (alpha, beta) pairs that overwrite and accumulate. The kernels call it by its
+    address (``call_jobs``)."""
     isz = np.uint64(isz)
     tu = np.uint64(t0)
-    for r in range(jobs.shape[0]):
-        if jobs[r, J_CHUNK] != c:
+    for r in range(rows):
+        o = r * N_JCOLS
+        if load_i64(jobs, o + J_CHUNK) != c:
             continue
-        M = jobs[r, J_M0] + jobs[r, J_MS] * n
-        K = jobs[r, J_K0] + jobs[r, J_KS] * n
-        N = jobs[r, J_N]
-        a = np.uint64(jobs[r, J_A]) + tu * np.uint64(jobs[r, J_SA])
-        b = np.uint64(jobs[r, J_B]) + tu * np.uint64(jobs[r, J_SB])
-        cc = np.uint64(jobs[r, J_C]) + tu * np.uint64(jobs[r, J_SC])
-        ta = jobs[r, J_TA] != 0
+        M = load_i64(jobs, o + J_M0) + load_i64(jobs, o + J_MS) * n
+        K = load_i64(jobs, o + J_K0) + load_i64(jobs, o + J_KS) * n
+        N = load_i64(jobs, o + J_N)
+        a = np.uint64(load_i64(jobs, o + J_A)) + tu * np.uint64(load_i64(jobs, o + J_SA))
+        b = np.uint64(load_i64(jobs, o + J_B)) + tu * np.uint64(load_i64(jobs, o + J_SB))
+        cc = np.uint64(load_i64(jobs, o + J_C)) + tu * np.uint64(load_i64(jobs, o + J_SC))
+        lda, ldb, ldc = load_i64(jobs, o + J_LDA), load_i64(jobs, o + J_LDB), load_i64(jobs, o + J_LDC)
+        acc = load_i64(jobs, o + J_ACC)
+        ta = load_i64(jobs, o + J_TA) != 0
         if isz == 4 and ta:
-            call_packed(fpk, M, N, K, a, jobs[r, J_LDA], b, jobs[r, J_LDB], cc, jobs[r, J_LDC], jobs[r, J_ACC], sp)
+            call_packed(fpk, M, N, K, a, lda, b, ldb, cc, ldc, acc, sp, fpp)
         else:
-            gemm_at(ta, False, M, N, K, a, jobs[r, J_LDA], b, jobs[r, J_LDB], cc, jobs[r, J_LDC],
-                    ab + (np.uint64(2) * isz if jobs[r, J_ACC] != 0 else np.uint64(0)), isz)  # fmt: skip
+            gemm_at(ta, False, M, N, K, a, lda, b, ldb, cc, ldc, ab + (np.uint64(2) * isz if acc != 0 else np.uint64(0)), isz)
+
+
+_U64, _I64 = types.uint64, types.int64
+JOBS_SIG = types.void(_U64, _I64, _I64, _I64, _I64, _U64, _I64, _U64, _U64, _U64)
+FUNCTIONS["jobs"] = (run_jobs, JOBS_SIG)
+
+
+@intrinsic(prefer_literal=False)
+def call_jobs(typingctx: Any, fn: Any, jobs: Any, rows: Any, c: Any, t0: Any, n: Any, ab: Any, isz: Any, fpp: Any, fpk: Any,
+              sp: Any) -> Any:  # fmt: skip
+    """``run_jobs``'s arguments, to its C function at address fn (``microkernel.address("jobs")``)."""
+    return types.void(types.uintp, *JOBS_SIG.args), lambda ctx, b, sg, args: call_c(ctx, b, JOBS_SIG, sg, args)
 
 
 class Jobs:
@@ -147,4 +164,4 @@ class Jobs:
         return np.array(self.rows, dtype=np.int64).reshape(-1, N_JCOLS)
 
 
-__all__ = ["N_JCOLS", "Jobs", "gemm_at", "run_jobs", "warm"]
+__all__ = ["N_JCOLS", "Jobs", "call_jobs", "gemm_at", "run_jobs", "warm"]

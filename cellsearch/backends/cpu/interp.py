@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .blas import gemm_at, run_jobs
+from .blas import call_jobs, gemm_at
 from .microkernel import NR, call_panels
 
 # opcodes: keep in step with cellsearch.lowering.plan.Code (tests/test_tables.py checks)
@@ -301,7 +301,7 @@ def forward_rows(
 @njit(cache=True, error_model="numpy")
 def backward_rows(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, dBx, R, r0, r1, xr, jobs, chunk, SB, PK, fpp, fpk,
+    dPeep, dBx, R, r0, r1, xr, jobs, chunk, SB, PK, fpp, fpk, fpj,
 ):  # fmt: skip
     """Reverse walk over batch rows r0..r1 (dOut, read only, holds them at xr + r0..); on return dS
     holds the initial states' gradients (those rows); dX rows filled; dB, dPeep and dBx (the input
@@ -314,7 +314,7 @@ def backward_rows(
     blocks that no DZ holds, ``C_DPB``) are rings of SB steps x B rows, and when the walk reaches a
     block's first step it runs chunk ``chunk``'s ``jobs`` (``blas.run_jobs``: ``dW += DZ^T @ K``,
     ``dWx += x^T @ dP``, ...) on them while they are in cache. PK: the scratch of the packed GEMM
-    (its address fpk; fpp the per-step microkernel's, both ``microkernel.address``)."""
+    (its address fpk; fpp the per-step microkernel's, fpj ``blas.run_jobs``', all ``microkernel.address``)."""
     Hu = np.uint64(H)
     Bu = np.uint64(B)
     BH = Bu * Hu
@@ -484,7 +484,7 @@ def backward_rows(
                         G[ga + row + j] += g * peeps[aux, j]
                         dPeep[aux, j] += g * A[a + row + j]
         if slot == 0:  # the first step of a block: its weight gradients
-            run_jobs(jobs, chunk, t, min(SB, T - t), ab, A.itemsize, fpk, PK.ctypes.data)
+            call_jobs(fpj, jobs.ctypes.data, jobs.shape[0], chunk, t, min(SB, T - t), ab, A.itemsize, fpp, fpk, PK.ctypes.data)
     for s in range(nS):
         for e in range(e0, e1):
             dS[s, e] = carry[s, e]
@@ -515,7 +515,7 @@ def forward_kernel_split(
 @njit(cache=True, error_model="numpy", parallel=True)
 def backward_kernel_split(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, dBx, R, jobs, rows, SB, PK, fpp, fpk,
+    dPeep, dBx, R, jobs, rows, SB, PK, fpp, fpk, fpj,
 ):  # fmt: skip
     """The backward pass, split like ``forward_kernel_split``: every array but dOut (the whole
     batch's, only read; chunk c at rows[c]..), peeps and WT has a leading chunk axis; each thread
@@ -524,7 +524,7 @@ def backward_kernel_split(
         n = rows[c + 1] - rows[c]
         backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A[c], state_g, update_g, output_g, dOut, dS[c], peeps,
                        WT, DZ[c], TMP[c], G[c], dP[c], dX[c], dB[c], dPeep[c], dBx[c], R, 0, n, rows[c], jobs, c, SB,
-                       PK[c], fpp, fpk)  # fmt: skip
+                       PK[c], fpp, fpk, fpj)  # fmt: skip
 
 
 # The GEMMs around the time loop also go through Numba's np.dot, so that one BLAS library (and one

@@ -514,8 +514,8 @@ class CpuKernel:
         head = (cpu.ops, cpu.stage_info, cpu.stage_src, cpu.stage_dst, T, Bp, H)
         WT = self._with_panels(WT, cpu, H, forward=False)
         tail = (cpu.state_g, cpu.update_g, cpu.output_g)
-        fns = (self._gemm("panels"), self._gemm("packed"))
-        ahead.wait(dt, C > 1)
+        ahead.wait(dt, C > 1)  # (a first use: ahead.py's child compiles the backward and the job runner)
+        fns = (self._gemm("panels"), self._gemm("packed"), np.uint64(address("jobs")))
         with _chunk_threads(C, dt):
             if C == 1:
                 interp.backward_rows(*head, ws.A[0], *tail, dOut, dS[0], peeps, WT, ws.DZ[0], ws.TMP[0], ws.G[0], ws.dP[0],

@@ -151,6 +151,25 @@ def _scalar_access() -> tuple[Any, Any]:
 _load, _store = _scalar_access()
 
 
+def _int_access() -> Any:
+    """An intrinsic ``load_i64(addr, i)``: the int64 at offset i (in int64s) from address addr."""
+
+    @intrinsic(prefer_literal=False)
+    def load(typingctx: Any, addr: Any, i: Any) -> Any:
+        sig = types.int64(types.uintp, types.intp)
+
+        def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+            ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+            return builder.load(builder.gep(ptr, [args[1]]), align=8)
+
+        return sig, codegen
+
+    return load
+
+
+load_i64 = _int_access()
+
+
 def _mover(n: int) -> Any:
     """An intrinsic ``move(src, dst)``: n floats from address src to address dst, as vectors."""
 
@@ -218,12 +237,12 @@ def gemm_scratch(M: int, N: int) -> int:
 
 
 @njit(cache=True, error_model="numpy")
-def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp):  # pragma: no cover - njit
+def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp):  # pragma: no cover - njit
     """Float32 ``C[M, N] (+)= A^T @ B`` (``+=`` where acc is nonzero) with A stored [K, M] at address a
     (leading dimension lda), B [K, N] and C [M, N] row-major (ldb, ldc): the weight gradients, sums
     over batch rows (``x^T @ dz``). Each block of up to KC rows is packed into the scratch at sp
     (``gemm_scratch`` floats): B as panels of 32 columns, A's columns as rows; ``gemm_panels`` (the
-    per-step GEMMs' microkernel) multiplies them. C is touched only in its N columns (the last,
+    per-step GEMMs' microkernel, its C function at address fpp) multiplies them. C is touched only in its N columns (the last,
     partial panel's product goes through the scratch)."""
     M = np.int64(M)
     N = np.int64(N)
@@ -259,10 +278,10 @@ def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp):  # pragma: no cover -
             for i in range(M):
                 _store(sp, ao + i * kn + kk, _load(a, arow + i))
         if nf > 0:
-            gemm_panels(M, nf * NR, kn, sp + np.uint64(ao * 4), kn, sp, c, ldc, ac)
+            call_panels(fpp, M, nf * NR, kn, sp + np.uint64(ao * 4), kn, sp, c, ldc, ac)
         if nb > nf:  # the last columns: their product into the scratch, then added to (or written over) C's
-            gemm_panels(M, np.int64(NR), kn, sp + np.uint64(ao * 4), kn, sp + np.uint64(nf * kn * NR * 4), sp + np.uint64(to * 4),
-                        np.int64(NR), np.int64(0))  # fmt: skip
+            call_panels(fpp, M, NR, kn, sp + np.uint64(ao * 4), kn, sp + np.uint64(nf * kn * NR * 4), sp + np.uint64(to * 4),
+                        NR, 0)  # fmt: skip
             for i in range(M):
                 for q in range(N - nf * NR):
                     v = _load(sp, to + i * NR + q)
@@ -274,25 +293,28 @@ def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp):  # pragma: no cover -
 _I64, _U64 = types.int64, types.uint64
 #: the C signatures of the two GEMMs as compiled functions called by address (``calls``)
 PANELS_SIG = types.void(_I64, _I64, _I64, _U64, _I64, _U64, _U64, _I64, _I64)
-PACKED_SIG = types.void(_I64, _I64, _I64, _U64, _I64, _U64, _I64, _U64, _I64, _I64, _U64)
+PACKED_SIG = types.void(_I64, _I64, _I64, _U64, _I64, _U64, _I64, _U64, _I64, _I64, _U64, _U64)
+
+
+#: C functions the kernels call by address: name -> (njit function, C signature); ``blas`` adds its job runner
+FUNCTIONS: dict[str, tuple[Any, Any]] = {}
 
 
 @functools.cache
 def _compiled(which: str) -> Any:
-    """The GEMM ``which`` as a C function (cached on disk by Numba), built on first use. The kernels
-    call it by its address (``call_panels``, ``call_packed``) rather than as an njit function, which
-    Numba would link into (and compile again inside) each kernel's own module."""
-    if which == "panels":
-        return cfunc(PANELS_SIG, cache=True, error_model="numpy")(gemm_panels.py_func)
-    return cfunc(PACKED_SIG, cache=True, error_model="numpy")(gemm_packed.py_func)
+    """The function ``which`` of FUNCTIONS as a C function (cached on disk by Numba), built on first
+    use. The kernels call it by its address (``call_panels``, ...) rather than as an njit function,
+    which Numba would link into (and compile again inside) each kernel's own module."""
+    fn, sig = FUNCTIONS[which]
+    return cfunc(sig, cache=True, error_model="numpy")(fn.py_func)
 
 
 def address(which: str) -> int:
-    """The address of the C function ``which`` ("panels" or "packed")."""
+    """The address of the C function ``which`` ("panels", "packed", "jobs")."""
     return int(_compiled(which).address)
 
 
-def _call(context: Any, builder: ir.IRBuilder, sig: Any, signature: Any, llargs: Any) -> Any:
+def call_c(context: Any, builder: ir.IRBuilder, sig: Any, signature: Any, llargs: Any) -> Any:
     """Call the C function at address llargs[0] with C signature ``sig`` on the other arguments."""
     fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(t) for t in sig.args])
     fn = builder.inttoptr(llargs[0], fnty.as_pointer())
@@ -307,37 +329,33 @@ def _callers() -> tuple[Any, Any]:
 
     @intrinsic(prefer_literal=False)
     def panels(typingctx: Any, fn: Any, M: Any, N: Any, K: Any, a: Any, lda: Any, bp: Any, c: Any, ldc: Any, acc: Any) -> Any:
-        return types.void(types.uintp, *PANELS_SIG.args), lambda ctx, b, sg, args: _call(ctx, b, PANELS_SIG, sg, args)
+        return types.void(types.uintp, *PANELS_SIG.args), lambda ctx, b, sg, args: call_c(ctx, b, PANELS_SIG, sg, args)
 
     @intrinsic(prefer_literal=False)
     def packed(typingctx: Any, fn: Any, M: Any, N: Any, K: Any, a: Any, lda: Any, b: Any, ldb: Any, c: Any, ldc: Any, acc: Any,
-               sp: Any) -> Any:  # fmt: skip
-        return types.void(types.uintp, *PACKED_SIG.args), lambda ctx, b, sg, args: _call(ctx, b, PACKED_SIG, sg, args)
+               sp: Any, fpp: Any) -> Any:  # fmt: skip
+        return types.void(types.uintp, *PACKED_SIG.args), lambda ctx, b, sg, args: call_c(ctx, b, PACKED_SIG, sg, args)
 
     return panels, packed
 
 
 call_panels, call_packed = _callers()
+FUNCTIONS.update(panels=(gemm_panels, PANELS_SIG), packed=(gemm_packed, PACKED_SIG))
 
 
-@njit(cache=True, error_model="numpy")
-def pack_panels(W, K, N, out, transposed):  # pragma: no cover - njit
+def pack_panels(W: np.ndarray, K: int, N: int, out: np.ndarray, transposed: bool) -> None:
     """W (flat, row-major [K, N]; with ``transposed``, [N, K] holding that matrix's transpose) into
     panels ``out[j, k, 0:32] = W[k, 32j : 32j+32]``, zero past N; out flat, at least ``panels_size(K, N)``
-    long."""
-    for j in range((N + NR - 1) // NR):
-        if transposed:  # the 32 rows a panel reads stay in cache while k walks along them
-            for k in range(K):
-                o = (j * K + k) * NR
-                for q in range(NR):
-                    col = j * NR + q
-                    out[o + q] = W[col * K + k] if col < N else 0.0
-        else:
-            for k in range(K):
-                o = (j * K + k) * NR
-                for q in range(NR):
-                    col = j * NR + q
-                    out[o + q] = W[k * N + col] if col < N else 0.0
+    long. (NumPy: nothing to compile on a first use.)"""
+    nb = -(-N // NR)
+    M = W.reshape(N, K).T if transposed else W.reshape(K, N)
+    view = out[: nb * K * NR].reshape(nb, K, NR)
+    full = N // NR
+    if full:
+        view[:full] = M[:, : full * NR].reshape(K, full, NR).transpose(1, 0, 2)
+    if nb > full:
+        view[full] = 0
+        view[full, :, : N - full * NR] = M[:, full * NR :]
 
 
 def panels_size(K: int, N: int) -> int:
