@@ -19,7 +19,7 @@ from cellsearch.backends.cpu.microkernel import (
 
 @njit
 def _run(M, N, K, A, lda, Bp, C, ldc):
-    gemm_panels(M, N, K, A.ctypes.data, lda, Bp.ctypes.data, C.ctypes.data, ldc, 0)
+    gemm_panels(M, N, K, A.ctypes.data, lda, Bp.ctypes.data, C.ctypes.data, ldc, 0, 0)
 
 
 @pytest.mark.parametrize(

@@ -112,7 +112,7 @@ def _step_gemm(M, N, K, a, wp, woff, panels, c, ldc, ab, isz, acc, fpp):
     ``+=`` where acc is nonzero (ab: the address of the (alpha, beta) pairs (1, 0), (1, 1); fpp: the
     microkernel's address, ``microkernel.address("panels")``)."""
     if panels >= 0:
-        call_panels(fpp, M, N, K, a, K, wp + np.uint64(panels) * isz, c, ldc, acc)
+        call_panels(fpp, M, N, K, a, K, wp + np.uint64(panels) * isz, c, ldc, acc, 0)
     else:
         gemm_at(False, False, M, N, K, a, K, wp + woff * isz, N, c, ldc, ab + (np.uint64(2) * isz if acc else np.uint64(0)), isz)
 
@@ -158,7 +158,7 @@ def forward_rows(
         if nxh > 0:  # this step's input projection, rows R0..R1
             xa = xp + (tu * np.uint64(X.shape[1]) + R0) * np.uint64(I) * isz
             if wx_panels:
-                call_panels(fpp, nr, nxh, I, xa, I, wxp, pp, nx, 0)
+                call_panels(fpp, nr, nxh, I, xa, I, wxp, pp, nx, 0, 0)
             else:
                 gemm_at(False, False, nr, nxh, I, xa, I, wxp, nxh, pp, nx, ab, isz)
         for r in range(ops.shape[0]):

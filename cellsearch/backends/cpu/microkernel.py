@@ -217,18 +217,21 @@ def _tiles(M, a, sr, sk, sblk, b, ldb, c, ldc, K, acc):  # pragma: no cover - nj
 
 
 @njit(cache=True, error_model="numpy")
-def gemm_panels(M, N, K, a, lda, bp, c, ldc, acc):  # pragma: no cover - njit
-    """Row-major float32 ``C[M, ceil(N/32)*32] (+)= A[M, K] @ W`` with W packed by ``pack_panels`` at
-    address bp; a, c addresses, lda, ldc leading dimensions in floats (C's must hold the padded
-    columns); ``+=`` where acc is nonzero, else C is overwritten. (The strides are constants in the
-    tiles' loops: runtime ones there cost 12 %.)"""
+def gemm_panels(M, N, K, a, lda, bp, c, ldc, acc, strips):  # pragma: no cover - njit
+    """Float32 ``C[M, ceil(N/32)*32] (+)= A[M, K] @ W`` with W packed by ``pack_panels`` at address bp,
+    C row-major at c (ldc floats; it must hold the padded columns), ``+=`` where acc is nonzero; A
+    row-major at a (lda floats), or with ``strips`` as ``gemm_packed`` packs it: blocks of 8 rows,
+    each [K, 8] (the 8 rows' k-th elements side by side)."""
     M = np.int64(M)
     K = np.int64(K)
     lda = np.int64(lda)
     ldc = np.int64(ldc)
-    for j in range((np.int64(N) + NR - 1) // NR):
-        _tiles(M, a, lda, np.int64(1), lda * 32, bp + np.uint64(j * K * NR * 4), np.int64(NR), c + np.uint64(j * NR * 4), ldc, K,
-               acc)  # fmt: skip
+    for j in range((np.int64(N) + NR - 1) // NR):  # (constant strides in each branch: the tiles' loops stay lean)
+        pj, cj = bp + np.uint64(j * K * NR * 4), c + np.uint64(j * NR * 4)
+        if strips:
+            _tiles(M, a, np.int64(1), np.int64(8), K * 32, pj, np.int64(NR), cj, ldc, K, acc)
+        else:
+            _tiles(M, a, lda, np.int64(1), lda * 32, pj, np.int64(NR), cj, ldc, K, acc)
 
 
 #: rows of B (the sum's length) packed at once by ``gemm_packed``: its scratch holds KC rows of A and B
@@ -236,9 +239,9 @@ KC = 256
 
 
 def gemm_scratch(M: int, N: int) -> int:
-    """Floats of scratch ``gemm_packed`` needs for ``C[M, N]``: KC columns of A's rows, KC rows of B's
-    panels, and M rows of one panel (the last, partial panel's product)."""
-    return KC * (M + padded(N)) + M * NR
+    """Floats of scratch ``gemm_packed`` needs for ``C[M, N]``: KC columns of A's strips of 8 rows, KC
+    rows of B's panels, and M rows of one panel (the last, partial panel's product)."""
+    return KC * (-(-M // 8) * 8 + padded(N)) + M * NR
 
 
 @njit(cache=True, error_model="numpy")
@@ -246,8 +249,8 @@ def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp):  # pragma: no co
     """Float32 ``C[M, N] (+)= A^T @ B`` (``+=`` where acc is nonzero) with A stored [K, M] at address a
     (leading dimension lda), B [K, N] and C [M, N] row-major (ldb, ldc): the weight gradients, sums
     over batch rows (``x^T @ dz``). Each block of up to KC rows is packed into the scratch at sp
-    (``gemm_scratch`` floats): B as panels of 32 columns, A's columns as rows; ``gemm_panels`` (the
-    per-step GEMMs' microkernel, its C function at address fpp) multiplies them.
+    (``gemm_scratch`` floats): B as panels of 32 columns, A's columns as strips of 8 rows;
+    ``gemm_panels`` (the per-step GEMMs' microkernel, its C function at address fpp) multiplies them.
     C is touched only in its N columns (the last, partial panel's product goes through the scratch)."""
     M = np.int64(M)
     N = np.int64(N)
@@ -257,8 +260,8 @@ def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp):  # pragma: no co
     ldc = np.int64(ldc)
     nf = N // NR  # whole panels
     nb = (N + NR - 1) // NR
-    ao = KC * nb * NR  # in the scratch: B's panels, then A's rows [M, kn], then the partial panel's product [M, 32]
-    to = ao + KC * M
+    ao = KC * nb * NR  # in the scratch: B's panels, then A's strips, then the partial panel's product [M, 32]
+    to = ao + KC * ((M + 7) // 8) * 8
     zero = np.float32(0.0)
     if K == 0:
         if acc == 0:
@@ -279,17 +282,21 @@ def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp):  # pragma: no co
                 else:
                     for q in range(NR):
                         _store(sp, dst + q, _load(b, brow + j * NR + q) if j * NR + q < N else zero)
-        for i0 in range(0, M, 16):  # A's rows [M, kn] from its columns: transposed by 16 x 16 blocks (in cache)
-            for q0 in range(0, kn, 16):
-                for kk in range(q0, min(q0 + 16, kn)):
-                    arow = (k0 + kk) * lda
-                    for i in range(i0, min(i0 + 16, M)):
-                        _store(sp, ao + i * kn + kk, _load(a, arow + i))
+        ns = (M + 7) // 8  # A's columns as strips of 8 rows [ns][kn][8], zero past M
+        for kk in range(kn):
+            arow = (k0 + kk) * lda
+            for s8 in range(ns):
+                dst = ao + (s8 * kn + kk) * 8
+                if s8 * 8 + 8 <= M:
+                    _move8(a + np.uint64((arow + s8 * 8) * 4), sp + np.uint64(dst * 4))
+                else:
+                    for r in range(8):
+                        _store(sp, dst + r, _load(a, arow + s8 * 8 + r) if s8 * 8 + r < M else zero)
         if nf > 0:
-            call_panels(fpp, M, nf * NR, kn, sp + np.uint64(ao * 4), kn, sp, c, ldc, ac)
+            call_panels(fpp, M, nf * NR, kn, sp + np.uint64(ao * 4), kn, sp, c, ldc, ac, 1)
         if nb > nf:  # the last columns: their product into the scratch, then added to (or written over) C's
             call_panels(fpp, M, NR, kn, sp + np.uint64(ao * 4), kn, sp + np.uint64(nf * kn * NR * 4), sp + np.uint64(to * 4),
-                        NR, 0)  # fmt: skip
+                        NR, 0, 1)  # fmt: skip
             for i in range(M):
                 for q in range(N - nf * NR):
                     v = _load(sp, to + i * NR + q)
@@ -300,7 +307,7 @@ def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp):  # pragma: no co
 
 _I64, _U64 = types.int64, types.uint64
 #: the C signatures of the two GEMMs as compiled functions called by address (``calls``)
-PANELS_SIG = types.void(_I64, _I64, _I64, _U64, _I64, _U64, _U64, _I64, _I64)
+PANELS_SIG = types.void(_I64, _I64, _I64, _U64, _I64, _U64, _U64, _I64, _I64, _I64)
 PACKED_SIG = types.void(_I64, _I64, _I64, _U64, _I64, _U64, _I64, _U64, _I64, _I64, _U64, _U64)
 
 
@@ -336,7 +343,9 @@ def _callers() -> tuple[Any, Any]:
     the GEMM compiled as a C function at address fn (``address``)."""
 
     @intrinsic(prefer_literal=False)
-    def panels(typingctx: Any, fn: Any, M: Any, N: Any, K: Any, a: Any, lda: Any, bp: Any, c: Any, ldc: Any, acc: Any) -> Any:
+    def panels(
+        typingctx: Any, fn: Any, M: Any, N: Any, K: Any, a: Any, lda: Any, bp: Any, c: Any, ldc: Any, acc: Any, strips: Any
+    ) -> Any:
         return types.void(types.uintp, *PANELS_SIG.args), lambda ctx, b, sg, args: call_c(ctx, b, PANELS_SIG, sg, args)
 
     @intrinsic(prefer_literal=False)
