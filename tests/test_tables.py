@@ -24,6 +24,11 @@ def test_kernel_opcodes_match_the_plan():
 
     for code in Code:
         assert getattr(interp, f"OP_{code.name}") == code.value
+    from cellsearch.backends.cpu import rare
+
+    assert rare.RARE == tuple(Code[n] for n in ("X", "CONST", "SUB", "RELU", "PEEP"))
+    for n in ("X", "CONST", "SUB", "RELU", "PEEP"):
+        assert getattr(rare, f"OP_{n}") == Code[n].value
 
 
 def test_cuda_kernel_opcodes_and_table_columns_match():

@@ -27,6 +27,7 @@ from numba.extending import overload
 
 from .blas import call_jobs, gemm_at
 from .microkernel import NR, call_panels
+from .rare import call_rare_backward, call_rare_forward
 
 # opcodes: keep in step with cellsearch.lowering.plan.Code (tests/test_tables.py checks)
 OP_STATE, OP_X, OP_CONST, OP_LOADP, OP_BIAS, OP_GEMM, OP_ADD, OP_SUB, OP_MUL, OP_BLEND, OP_SIGMOID, OP_TANH, OP_RELU, OP_PEEP = (
@@ -120,7 +121,7 @@ def _step_gemm(M, N, K, a, wp, woff, panels, c, ldc, ab, isz, acc, fpp):
 @njit(cache=True, error_model="numpy")
 def forward_rows(
     ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, WX, wx_panels, S0, consts, biases, peeps, W, K, TMP, R, r0,
-    r1, out, out_at, out_step, xr, fpp,
+    r1, out, out_at, out_step, xr, fpp, fpr,
 ):  # fmt: skip
     """The whole time loop for batch rows r0..r1 (rows of an RNN never interact); then the output's
     values, taped at ``out_at + (t + 1) * out_step`` in A, copied to ``out[t, xr + r0 .. xr + r1]``
@@ -176,16 +177,12 @@ def forward_rows(
                     else:
                         for e in range(e0, e1):
                             A[d + e] = A[a + e]
-            elif code == OP_X:
-                for bb in range(R0, R1):
-                    row = d + bb * Hu
-                    for j in range(Hu):
-                        A[row + j] = X[t, bb, j]
-            elif code == OP_CONST:
-                if ops[r, C_FOLD] == 0:
-                    v = consts[aux]
-                    for e in range(e0, e1):
-                        A[d + e] = v
+            elif (
+                code == OP_X or code == OP_SUB or code == OP_RELU or code == OP_PEEP or (code == OP_CONST and ops[r, C_FOLD] == 0)
+            ):
+                call_rare_forward(fpr, code, aux, d, a, b, A.ctypes.data, A.shape[0], X.ctypes.data, X.shape[0], X.shape[1],
+                                  X.shape[2], t, consts.ctypes.data, consts.shape[0], peeps.ctypes.data, peeps.shape[0], H, r0,
+                                  r1, zero)  # fmt: skip
             elif code == OP_LOADP:
                 if ops[r, C_FOLD] != 0:
                     continue
@@ -265,9 +262,6 @@ def forward_rows(
             elif code == OP_ADD:
                 for e in range(e0, e1):
                     A[d + e] = A[a + e] + A[b + e]
-            elif code == OP_SUB:
-                for e in range(e0, e1):
-                    A[d + e] = A[a + e] - A[b + e]
             elif code == OP_MUL:
                 for e in range(e0, e1):
                     A[d + e] = A[a + e] * A[b + e]
@@ -281,15 +275,6 @@ def forward_rows(
             elif code == OP_TANH:
                 for e in range(e0, e1):
                     A[d + e] = _tanh(A[a + e], R)
-            elif code == OP_RELU:
-                for e in range(e0, e1):
-                    v = A[a + e]
-                    A[d + e] = v if v > zero else zero
-            elif code == OP_PEEP:
-                for bb in range(R0, R1):
-                    row = bb * Hu
-                    for j in range(Hu):
-                        A[d + row + j] = peeps[aux, j] * A[a + row + j]
     XR = np.uint64(xr)
     for t in range(T):
         o = np.uint64(out_at) + np.uint64(t + 1) * np.uint64(out_step)
@@ -301,7 +286,7 @@ def forward_rows(
 @njit(cache=True, error_model="numpy")
 def backward_rows(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, dBx, R, r0, r1, xr, jobs, chunk, SB, PK, fpp, fpk, fpj,
+    dPeep, dBx, R, r0, r1, xr, jobs, chunk, SB, PK, fpp, fpk, fpj, fpr,
 ):  # fmt: skip
     """Reverse walk over batch rows r0..r1 (dOut, read only, holds them at xr + r0..); on return dS
     holds the initial states' gradients (those rows); dX rows filled; dB, dPeep and dBx (the input
@@ -369,14 +354,10 @@ def backward_rows(
                 for e in range(e0, e1):
                     carry[aux, e] = G[gd + e]
                     G[gd + e] = zero
-            elif code == OP_X:
-                for bb in range(R0, R1):
-                    for j in range(Hu):
-                        dX[t, bb, j] += G[gd + bb * Hu + j]
-                        G[gd + bb * Hu + j] = zero
-            elif code == OP_CONST:
-                for e in range(e0, e1):
-                    G[gd + e] = zero
+            elif code == OP_X or code == OP_CONST or code == OP_SUB or code == OP_RELU or code == OP_PEEP:
+                call_rare_backward(fpr, code, aux, gd, ga, gb, a, A.ctypes.data, A.shape[0], G.ctypes.data, G.shape[0],
+                                   dX.ctypes.data, dX.shape[0], dX.shape[1], dX.shape[2], t, peeps.ctypes.data, peeps.shape[0],
+                                   dPeep.ctypes.data, H, r0, r1, zero)  # fmt: skip
             elif code == OP_LOADP:
                 col = np.uint64(aux) * Hu
                 pb = ops[r, C_DPB]
@@ -437,12 +418,6 @@ def backward_rows(
                     G[gd + e] = zero
                     G[ga + e] += g
                     G[gb + e] += g
-            elif code == OP_SUB:
-                for e in range(e0, e1):
-                    g = G[gd + e]
-                    G[gd + e] = zero
-                    G[ga + e] += g
-                    G[gb + e] -= g
             elif code == OP_MUL:
                 for e in range(e0, e1):
                     g = G[gd + e]
@@ -469,20 +444,6 @@ def backward_rows(
                     g = G[gd + e]
                     G[gd + e] = zero
                     G[ga + e] += g * (one - y * y)
-            elif code == OP_RELU:
-                for e in range(e0, e1):
-                    g = G[gd + e]
-                    G[gd + e] = zero
-                    if A[a + e] > zero:
-                        G[ga + e] += g
-            elif code == OP_PEEP:
-                for bb in range(R0, R1):
-                    row = bb * Hu
-                    for j in range(Hu):
-                        g = G[gd + row + j]
-                        G[gd + row + j] = zero
-                        G[ga + row + j] += g * peeps[aux, j]
-                        dPeep[aux, j] += g * A[a + row + j]
         if slot == 0:  # the first step of a block: its weight gradients
             call_jobs(fpj, jobs.ctypes.data, jobs.shape[0], chunk, t, min(SB, T - t), ab, A.itemsize, fpp, fpk, PK.ctypes.data)
     for s in range(nS):
@@ -493,7 +454,7 @@ def backward_rows(
 @njit(cache=True, error_model="numpy", parallel=True)
 def forward_kernel_split(
     ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, x, X, WX, wx_panels, S0, consts, biases, peeps, W, K, TMP,
-    R, rows, out, out_at, out_step, fpp,
+    R, rows, out, out_at, out_step, fpp, fpr,
 ):  # fmt: skip
     """The forward pass with the batch split into chunks run on parallel threads (BLAS must be at 1
     thread then); each thread runs the whole time loop for its chunk, with no synchronisation. A, P,
@@ -509,13 +470,13 @@ def forward_kernel_split(
                 for j in range(x.shape[2]):
                     X[c, t, bb, j] = x[t, rows[c] + bb, j]
         forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A[c], P[c], bx, X[c], WX, wx_panels, S0[c], consts,
-                      biases, peeps, W, K[c], TMP[c], R, 0, n, out, out_at, out_step, rows[c], fpp)  # fmt: skip
+                      biases, peeps, W, K[c], TMP[c], R, 0, n, out, out_at, out_step, rows[c], fpp, fpr)  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def backward_kernel_split(
     ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB,
-    dPeep, dBx, R, jobs, rows, SB, PK, fpp, fpk, fpj,
+    dPeep, dBx, R, jobs, rows, SB, PK, fpp, fpk, fpj, fpr,
 ):  # fmt: skip
     """The backward pass, split like ``forward_kernel_split``: every array but dOut (the whole
     batch's, only read; chunk c at rows[c]..), peeps and WT has a leading chunk axis; each thread
@@ -524,7 +485,7 @@ def backward_kernel_split(
         n = rows[c + 1] - rows[c]
         backward_rows(ops, stage_info, stage_src, stage_dst, T, B, H, A[c], state_g, update_g, output_g, dOut, dS[c], peeps,
                        WT, DZ[c], TMP[c], G[c], dP[c], dX[c], dB[c], dPeep[c], dBx[c], R, 0, n, rows[c], jobs, c, SB,
-                       PK[c], fpp, fpk, fpj)  # fmt: skip
+                       PK[c], fpp, fpk, fpj, fpr)  # fmt: skip
 
 
 # The GEMMs around the time loop also go through Numba's np.dot, so that one BLAS library (and one

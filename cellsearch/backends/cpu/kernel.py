@@ -27,6 +27,7 @@ from ..tables import Tables, pack_weights, tables, unpack_gradients
 from . import ahead, interp
 from .blas import Jobs, warm
 from .microkernel import NR, address, gemm_scratch, pack_panels, padded, panels_size
+from .rare import RARE, rare_name
 
 Array = np.ndarray
 
@@ -373,6 +374,12 @@ class CpuKernel:
         never calls it)."""
         return np.uint64(address(which) if self.dtype == np.float32 else 0)
 
+    def _rare(self, direction: str) -> np.uint64:
+        """The address of the rare ops' C function for ``direction`` (``rare.py``); 0 when the cell
+        has none (it is never called then, nor compiled)."""
+        used = any(int(ins.code) in RARE for ins in self.plan.program)
+        return np.uint64(address(rare_name(direction, self.dtype)) if used else 0)
+
     def _weights(self, params: Mapping[str, Array], I: int, H: int, transposed: bool) -> tuple[Array, Array, Array, Array, Array]:
         w = pack_weights(self.plan, params, I, H, self.dtype, transposed)
         return w.Wx, w.bx, w.biases, w.peeps, w.stages
@@ -409,13 +416,14 @@ class CpuKernel:
             pack_panels(Wx.ravel(), I, Wx.shape[1], WX, False)
         out = np.empty((T, B, H), dtype=dt)  # the output's values, copied from the tape by the kernel's threads
         o_at, o_step = self._tape_at(ws, p.output_slot, H)
+        fns = (self._gemm("panels"), self._rare("forward"))  # C functions the kernel calls by address
         with _chunk_threads(C, dt):
             if C == 1:
                 interp.forward_rows(*head, ws.A[0], ws.P[0], bx, x, WX, wx_panels, S0[0], consts, biases, peeps, W,
-                                    ws.K[0], ws.TMP[0], self._R, 0, B, out, o_at, o_step, 0, self._gemm('panels'))  # fmt: skip
+                                    ws.K[0], ws.TMP[0], self._R, 0, B, out, o_at, o_step, 0, *fns)  # fmt: skip
             else:
                 interp.forward_kernel_split(*head, ws.A, ws.P, bx, x, ws.X, WX, wx_panels, S0, consts, biases, peeps, W, ws.K,
-                                            ws.TMP, self._R, ws.rows, out, o_at, o_step, self._gemm('panels'))  # fmt: skip
+                                            ws.TMP, self._R, ws.rows, out, o_at, o_step, *fns)  # fmt: skip
         self._generation += 1
         self._gemm("packed")  # the backward's (a first use compiles it here while ahead.py's child compiles the backward)
         states = {s: self._last(ws, u, T, H) for s, u in zip(p.states, p.update_slots, strict=True)}
@@ -515,7 +523,7 @@ class CpuKernel:
         WT = self._with_panels(WT, cpu, H, forward=False)
         tail = (cpu.state_g, cpu.update_g, cpu.output_g)
         ahead.wait(dt, C > 1)  # (a first use: ahead.py's child compiles the backward and the job runner)
-        fns = (self._gemm("panels"), self._gemm("packed"), np.uint64(address("jobs")))
+        fns = (self._gemm("panels"), self._gemm("packed"), np.uint64(address("jobs")), self._rare("backward"))
         with _chunk_threads(C, dt):
             if C == 1:
                 interp.backward_rows(*head, ws.A[0], *tail, dOut, dS[0], peeps, WT, ws.DZ[0], ws.TMP[0], ws.G[0], ws.dP[0],
