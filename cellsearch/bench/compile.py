@@ -3,6 +3,9 @@
 - ``cold``: the first use on a machine, with an empty Numba cache (a new temporary folder):
   ``compile(cell)`` and its first forward and backward, after the imports;
 - ``cache_hit``: the same in a new process once that cache holds the executor;
+- ``rare_ops``: in that process, then, ``lstm_peephole``: the first cell to use one of the rarely
+  used ops (``cpu/rare.py``: a peephole, relu, x elementwise, ...) compiles their functions, once
+  per machine and dtype like the rest (a later process loads them from the cache);
 - ``new_cell``: in that process, a cell it has never seen (a random one) compiled and run once:
   what each new candidate of a search costs. The executor is compiled once per machine and dtype,
   not per cell, so this is the Plan's tables only.
@@ -58,6 +61,7 @@ def _child(cell_name: str, threads: int, new_cell: int) -> dict[str, Any]:
     out: dict[str, Any] = {"import_seconds": time.perf_counter() - t0}
     out["seconds"] = _first_step(get(cell_name), threads)
     if new_cell >= 0:
+        out["rare_ops_seconds"] = _first_step(get("lstm_peephole"), threads)
         out["new_cell_seconds"] = _first_step(random_cell(np.random.default_rng(new_cell)), threads)
     return out
 
@@ -73,7 +77,7 @@ def _run_child(cell_name: str, threads: int, cache: str, new_cell: int) -> dict[
 
 
 def bench_compile(cell_name: str = "lstm", threads: int = 1, seed: int = 0) -> list[dict[str, Any]]:
-    """The three rows above for ``cell_name`` (a zoo cell) with ``threads`` threads; the new cell is
+    """The four rows above for ``cell_name`` (a zoo cell) with ``threads`` threads; the new cell is
     ``random_cell`` drawn from ``seed``."""
     with tempfile.TemporaryDirectory(prefix="cellsearch-numba-") as cache:
         cold = _run_child(cell_name, threads, cache, new_cell=-1)
@@ -82,6 +86,7 @@ def bench_compile(cell_name: str = "lstm", threads: int = 1, seed: int = 0) -> l
     return [
         {"what": "cold", **base, "seconds": cold["seconds"], "import_seconds": cold["import_seconds"]},
         {"what": "cache_hit", **base, "seconds": hit["seconds"], "import_seconds": hit["import_seconds"]},
+        {"what": "rare_ops", **base, "cell": "lstm_peephole", "seconds": hit["rare_ops_seconds"], "import_seconds": 0.0},
         {"what": "new_cell", **base, "cell": "random", "seconds": hit["new_cell_seconds"], "import_seconds": 0.0},
     ]
 

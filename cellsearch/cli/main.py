@@ -315,10 +315,11 @@ def bench_compile_cmd(cell: str, threads: int, seed: int, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
-    labels = {"cold": "first use (empty cache)", "cache_hit": "later process (cache)", "new_cell": "a new cell"}
+    labels = {"cold": "first use (empty cache)", "cache_hit": "later process (cache)", "rare_ops": "first rare op (once)",
+              "new_cell": "a new cell"}  # fmt: skip
     for r in rows:
         imp = f"  (+ {r['import_seconds']:.2f} s imports)" if r["import_seconds"] else ""
-        click.echo(f"{labels[r['what']]:<26} {r['cell']:<7} {r['seconds']:7.3f} s{imp}")
+        click.echo(f"{labels[r['what']]:<26} {r['cell']:<13} {r['seconds']:7.3f} s{imp}")
     click.echo(f"\ncompile(cell, 'cpu', threads={threads}) plus its first forward and backward (B,T,I,H = 4,5,8,16)")
 
 
