@@ -5,9 +5,9 @@ The executor (``interp.py``) compiles once per machine and dtype, then loads fro
 (~0.3 s). That one compile is ~2 s for the forward and ~2 s for the backward, and Numba compiles
 under one lock per process, so a cold first training step took ~4.5 s on one core. When the
 backward is not in the cache yet, ``start`` launches ``python -m cellsearch.backends.cpu.ahead``,
-which runs a kernel's backward on a one-step, one-row problem (the same call path and argument
-types as a real one, so the same signature) and exits once Numba has written it to the cache; the
-first ``backward`` here ``wait``s for it and then loads the backward from the cache. If the child
+which compiles a kernel's backward for the argument types a real one passes (the same call path on
+a made-up one-step problem, not run) and the job runner it calls, and exits once Numba has written
+them to the cache; the first ``backward`` here ``wait``s for it and then loads them from the cache. If the child
 fails or is slow, the backward compiles here as before: only time is at stake, never results. Numba
 writes cache files atomically, so processes compiling the same function at once do no harm.
 

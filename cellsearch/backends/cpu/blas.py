@@ -3,10 +3,11 @@
 Numba's ``np.dot`` copies any operand that is not C- or F-contiguous, takes views (whose reference
 counts parallel threads fight over), and runs on the BLAS library's own thread pool. Here the kernels
 call SciPy's BLAS through Numba's own ``numba_xxgemm`` helper (the function ``np.dot`` calls) with
-addresses and leading dimensions (``gemm_at``), and the GEMMs around the time loop (the input
-projection, the deferred weight gradients) are a table of jobs (``Jobs``) that the kernel's threads run
-for their own chunk of the batch, inside the same parallel region: when the batch is split over
-Numba's threads, BLAS stays at one thread (two pools spinning on the same cores cost 1.2-1.7x here).
+addresses and leading dimensions (``gemm_at``). The weight gradients are a table of jobs (``Jobs``)
+that each kernel thread runs for its own chunk of the batch, a block of steps at a time inside its
+reverse walk (``run_jobs``): float32 through the packed microkernel GEMM, float64 through BLAS. When
+the batch is split over Numba's threads, BLAS stays at one thread (two pools spinning on the same
+cores cost 1.2-1.7x here).
 """
 
 from __future__ import annotations

@@ -5,10 +5,17 @@ The time loop, forward and backward, runs inside these functions: no Python per 
 costs no compilation, only the Plan's arrays. Values live in one flat arena ``A``: the tape
 ``[T+1, NT, B, H]`` (step 0 holds the initial states) for the values the backward reads, and scratch
 slots reused every step for the rest; each operand's address is ``const + t * tmul``. A state's
-previous value is read in place, one tape step back. The recurrent GEMMs pack their sources into
-contiguous buffers kept for the deferred weight gradients; a linear that a GEMM stage writes is seeded
+previous value is read in place, one tape step back. Each step's input projection is computed at
+the step's start into a small buffer read from cache. The recurrent GEMMs pack their sources into
+contiguous buffers kept for the weight gradients; a linear that a GEMM stage writes is seeded
 (input projection plus bias, or bias) while the stage unpacks its product, not by a pass of its own.
-The backward clears each gradient slot as its op reads it, not the whole of G every step.
+The backward clears each gradient slot as its op reads it, not the whole of G every step; gradients
+never live at once share a slot (``kernel.gradient_slots``); the weight gradients are summed a block
+of steps at a time while that block's output gradients are in cache (``backward_rows``).
+
+The float32 GEMMs (``microkernel``), the job runner (``blas.run_jobs``) and the rarely used ops
+(``rare``) are C functions called by address: an njit callee would be linked into, and compiled
+again inside, each kernel's module (a machine's first use compiles all this; ``ahead.py``).
 
 Speed notes (PERF-NOTES.md): vanishing gradients underflow into denormal numbers, on which the
 CPU is ~100x slower (a tanh RNN at lag 200 spent 10-20 ms per GEMM on them), so the gradients that

@@ -1,8 +1,10 @@
 """The CPU backend: a cell's Plan run by the compile-once Numba executor (``interp.py``).
 
 Same API as the reference: ``forward(params, x, state0) -> Forward`` and
-``backward(params, tape, d_out, d_state_T) -> Gradients``. The input GEMM and the deferred weight
-GEMMs run in NumPy (BLAS) around the two njit calls; everything per time step runs inside them.
+``backward(params, tape, d_out, d_state_T) -> Gradients``. Everything runs inside the two njit
+calls: the input projection step by step, the recurrent GEMMs, the elementwise ops, and the weight
+gradients block by block as the reverse walk goes (``blas.Jobs``); around them, Python packs the
+weights and sums the chunks' gradients.
 
 The kernel keeps its work buffers between calls of the same shape (a training loop calls it with
 the same shapes again and again): a tape is valid until the kernel's next ``forward``; ``backward``

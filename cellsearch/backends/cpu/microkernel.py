@@ -8,6 +8,11 @@ b = 32-64). Here the weights are packed once per forward or backward into panels
 keeps 8 rows x 32 columns of the product in registers over the whole K loop, so each step's GEMM
 reads the panel from cache and A once. The vectors are portable LLVM: on a machine without AVX-512
 LLVM splits them into narrower registers; the result is the same up to the order of the sums.
+
+The same microkernel runs the weight gradients (``gemm_packed``: ``x^T @ dz`` over blocks of batch
+rows, both operands packed per block) and the per-step input projection. The kernels call both
+GEMMs as C functions by address (``address``, ``call_panels``, ``call_packed``), compiled once per
+machine: as njit callees they would be compiled again inside each kernel.
 """
 
 from __future__ import annotations
