@@ -42,16 +42,21 @@ def _typed_pointer() -> Any:
 typed_ptr = _typed_pointer()
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _rows(H, r0, r1):  # pragma: no cover - njit
+    """Rows r0..r1 of [B, H] blocks as unsigned offsets: H, r0, r1 and the flat range r0*H..r1*H."""
+    Hu = np.uint64(H)
+    R0 = np.uint64(r0)
+    R1 = np.uint64(r1)
+    return Hu, R0, R1, R0 * Hu, R1 * Hu
+
+
 @njit(cache=True, error_model="numpy")
 def rare_forward(code, aux, d, a, b, pA, nA, pX, T, B, I, t, pC, nC, pP, nP, H, r0, r1, like):  # pragma: no cover - njit
     """Op ``code`` of ``forward_rows`` at step t, rows r0..r1: A (nA values), X [T, B, I], consts
     (nC), peeps [nP, H] at the addresses given; d, a, b the op's value addresses in A (this step's)."""
     A = carray(typed_ptr(pA, like), (nA,))
-    Hu = np.uint64(H)
-    R0 = np.uint64(r0)
-    R1 = np.uint64(r1)
-    e0 = R0 * Hu
-    e1 = R1 * Hu
+    Hu, R0, R1, e0, e1 = _rows(H, r0, r1)
     zero = like
     if code == OP_X:
         X = carray(typed_ptr(pX, like), (T, B, I))
@@ -87,11 +92,7 @@ def rare_backward(
     first operand's value address in A."""
     A = carray(typed_ptr(pA, like), (nA,))
     G = carray(typed_ptr(pG, like), (nG,))
-    Hu = np.uint64(H)
-    R0 = np.uint64(r0)
-    R1 = np.uint64(r1)
-    e0 = R0 * Hu
-    e1 = R1 * Hu
+    Hu, R0, R1, e0, e1 = _rows(H, r0, r1)
     zero = like
     if code == OP_X:
         dX = carray(typed_ptr(pdX, like), (T, B, I))
