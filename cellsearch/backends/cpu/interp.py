@@ -405,12 +405,15 @@ def backward_rows(
                             DZ[row + j] = zero if abs(v) < tiny else v  # flush denormals (NaN stays)
                 sw = ns * Hu
                 pb = stage_info[aux, C_PB]
-                if ns == 1 and (pb < 0 or Hu % np.uint64(NR) == 0):  # straight into the source's gradient: G[src] +=
-                    gp = G.ctypes.data + (np.uint64(stage_src[aux, 0, S_G]) + R0 * Hu) * isz
-                    _step_gemm(nr, sw, width, zp + (zoff + R0 * width) * isz, wp, woff, pb, gp, Hu, ab, isz, 1, fpp)
+                oo = R0 * mw
+                direct = ns == 1 and (pb < 0 or Hu % np.uint64(NR) == 0)
+                if direct:  # straight into the source's gradient: G[src] +=
+                    cp, ldc, acc = G.ctypes.data + (np.uint64(stage_src[aux, 0, S_G]) + R0 * Hu) * isz, Hu, 1
+                else:  # into TMP's rows R0..R1, [nr, ns*H], row stride mw, then added below
+                    cp, ldc, acc = tp + oo * isz, mw, 0
+                _step_gemm(nr, sw, width, zp + (zoff + R0 * width) * isz, wp, woff, pb, cp, ldc, ab, isz, acc, fpp)
+                if direct:
                     continue
-                oo = R0 * mw  # else into TMP's rows R0..R1, [nr, ns*H], row stride mw, then added
-                _step_gemm(nr, sw, width, zp + (zoff + R0 * width) * isz, wp, woff, pb, tp + oo * isz, mw, ab, isz, 0, fpp)
                 for i in range(ns):
                     dst = np.uint64(stage_src[aux, i, S_G])
                     ic = np.uint64(i) * Hu

@@ -71,9 +71,13 @@ class _CpuTables:
     g_slots: int
 
 
-def _cpu_tables(plan: Plan, tb: Tables, B: int, H: int, panels: bool) -> _CpuTables:
+def _cpu_tables(plan: Plan, tb: Tables, B: int, H: int, SB: int, panels: bool) -> _CpuTables:
     info = np.full((tb.stage_info.shape[0], 9), -1, dtype=np.int64)
     info[:, :6] = tb.stage_info
+    ring = 0  # each stage's ring of output gradients in DZ: SB steps of B rows
+    for g, st in enumerate(plan.stages):
+        info[g, interp.C_ZR] = ring
+        ring += SB * B * len(st.dsts) * H
     plain = sum(len(st.srcs) * len(st.dsts) * H * H for st in plan.stages)  # the panels come after W
     sizes = [0, 0]
     if panels:
@@ -138,7 +142,7 @@ def gradient_slots(plan: Plan) -> tuple[list[int], int]:
     step's seeding of the output and the updates, then the ops after its node's, walked in reverse)
     to the last op that reads it (every op reads its destination's and zeroes it; a GEMM stage reads
     its destinations' without zeroing and writes its sources'); outside that, its slot holds zeros.
-    Fewer slots keep G (one [B, H] block each) in cache beside the weights (GRU: 12 -> 5)."""
+    Fewer slots keep G (one [B, H] block each) in cache beside the weights (GRU: 12 -> 6)."""
     n_nodes = 1 + max([0, *(v for ins in plan.program for v in (ins.dst, ins.a, ins.b, ins.c))])
     first = [np.inf] * n_nodes
     last = [-1.0] * n_nodes
@@ -213,14 +217,11 @@ def _lines(n: int) -> int:
 def _workspace(plan: Plan, T: int, B: int, I: int, H: int, C: int, dtype: np.dtype) -> _Workspace:
     Bp = -(-B // C)
     tb = tables(plan, T, Bp, H)
-    cpu = _cpu_tables(plan, tb, Bp, H, panels=dtype == np.float32)
+    SB = max(1, min(T, -(-BLOCK_ROWS // Bp)))
+    cpu = _cpu_tables(plan, tb, Bp, H, SB, panels=dtype == np.float32)
     widest = max([padded(max(len(st.srcs), len(st.dsts)) * H) for st in plan.stages] + [NR])
     rows = np.array([c * B // C for c in range(C + 1)], dtype=np.int64)
-    SB = max(1, min(T, -(-BLOCK_ROWS // Bp)))
-    ring = 0
-    for g, st in enumerate(plan.stages):
-        cpu.stage_info[g, interp.C_ZR] = ring
-        ring += SB * Bp * len(st.dsts) * H
+    ring = SB * Bp * sum(len(st.dsts) for st in plan.stages) * H
     z = np.zeros  # pages are zeroed lazily; the unused rows of K, DZ, dP and X must read as 0
     return _Workspace(
         tb,
@@ -339,6 +340,7 @@ class CpuKernel:
             raise ShapeError(f"the cpu backend runs float32 or float64, not {self.dtype}")
         self.plan = lower(cell)
         self._x_op = any(ins.code == Code.X for ins in self.plan.program)  # x used elementwise (backward writes dX)
+        self._rare_ops = any(int(ins.code) in RARE for ins in self.plan.program)  # the cell needs rare.py's functions
         self._R = interp.constants(self.dtype)
         ahead.start(self.dtype, split=(threads or 1) > 1)  # first use on a machine: see ahead.py
         self._ws: dict[tuple[int, int, int, int, int], _Workspace] = {}
@@ -379,8 +381,7 @@ class CpuKernel:
     def _rare(self, direction: str) -> np.uint64:
         """The address of the rare ops' C function for ``direction`` (``rare.py``); 0 when the cell
         has none (it is never called then, nor compiled)."""
-        used = any(int(ins.code) in RARE for ins in self.plan.program)
-        return np.uint64(address(rare_name(direction, self.dtype)) if used else 0)
+        return np.uint64(address(rare_name(direction, self.dtype)) if self._rare_ops else 0)
 
     def _weights(self, params: Mapping[str, Array], I: int, H: int, transposed: bool) -> tuple[Array, Array, Array, Array, Array]:
         w = pack_weights(self.plan, params, I, H, self.dtype, transposed)

@@ -311,7 +311,7 @@ def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp):  # pragma: no co
 
 
 _I64, _U64 = types.int64, types.uint64
-#: the C signatures of the two GEMMs as compiled functions called by address (``calls``)
+#: the C signatures of the two GEMMs as compiled functions called by address (``call_panels``, ``call_packed``)
 PANELS_SIG = types.void(_I64, _I64, _I64, _U64, _I64, _U64, _U64, _I64, _I64, _I64)
 PACKED_SIG = types.void(_I64, _I64, _I64, _U64, _I64, _U64, _I64, _U64, _I64, _I64, _U64, _U64)
 
