@@ -253,7 +253,18 @@ def element_ops(dtype: np.dtype) -> SimpleNamespace:
             G[ga + e] += g * peeps[aux, j]
             dPeepr[bb, aux * H + j] += g * A[a + e]
 
-    return SimpleNamespace(forward_op=forward_op, backward_op=backward_op)
+    @cuda.jit(device=True, inline="always")
+    def op_at(ops, r, t):
+        """Op r's arena offsets at step t: result d and operands a, b, c (const + t * tmul)."""
+        return (ops[r, C_DC] + t * ops[r, C_DM], ops[r, C_AC] + t * ops[r, C_AM], ops[r, C_BC] + t * ops[r, C_BM],
+                ops[r, C_CC] + t * ops[r, C_CM])  # fmt: skip
+
+    @cuda.jit(device=True, inline="always")
+    def op_grads(ops, r):
+        """Op r's gradient slots in G: result gd and operands ga, gb, gc."""
+        return ops[r, C_DG], ops[r, C_AG], ops[r, C_BG], ops[r, C_CG]
+
+    return SimpleNamespace(forward_op=forward_op, backward_op=backward_op, op_at=op_at, op_grads=op_grads)
 
 
 #: bytes of static shared memory a units-schedule block uses (a block may have 48 KiB): its
@@ -304,6 +315,8 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
     elem = element_ops(np.dtype(dtype))
     forward_op = elem.forward_op
     backward_op = elem.backward_op
+    op_at = elem.op_at
+    op_grads = elem.op_grads
 
     if cooperative:
 
@@ -687,14 +700,8 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
                         backward_op(code, aux, t, SH, SH, gdv, gav, gbv, gcv, dv, av, bv, cv, idx, bb, j, B, H, dS, dX, dP, dBr,
                                     dPeepr, peeps)  # fmt: skip
                     continue
-                gd = ops[r, C_DG]
-                ga = ops[r, C_AG]
-                gb = ops[r, C_BG]
-                gc = ops[r, C_CG]
-                d = ops[r, C_DC] + t * ops[r, C_DM]
-                a = ops[r, C_AC] + t * ops[r, C_AM]
-                b = ops[r, C_BC] + t * ops[r, C_BM]
-                c = ops[r, C_CC] + t * ops[r, C_CM]
+                gd, ga, gb, gc = op_grads(ops, r)
+                d, a, b, c = op_at(ops, r, t)
                 for u0 in range(g0, H, gstep):
                     Ug = min(U, H - u0)
                     for idx in range(tid, B * Ug, nth):
@@ -724,6 +731,8 @@ def kernels(dtype: np.dtype, rows: int, unroll: int = 4) -> SimpleNamespace:
     elem = element_ops(np.dtype(dtype))
     forward_op = elem.forward_op
     backward_op = elem.backward_op
+    op_at = elem.op_at
+    op_grads = elem.op_grads
 
     @cuda.jit(device=True, inline="always")
     def column_dot(acc, M, moff, Wm, col, ncol, width, r0, last):
@@ -773,10 +782,7 @@ def kernels(dtype: np.dtype, rows: int, unroll: int = 4) -> SimpleNamespace:
             for r in range(ops.shape[0]):
                 code = ops[r, C_CODE]
                 aux = ops[r, C_AUX]
-                d = ops[r, C_DC] + t * ops[r, C_DM]
-                a = ops[r, C_AC] + t * ops[r, C_AM]
-                b = ops[r, C_BC] + t * ops[r, C_BM]
-                c = ops[r, C_CC] + t * ops[r, C_CM]
+                d, a, b, c = op_at(ops, r, t)
                 if code == OP_GEMM:
                     ns = info[aux, I_NS]
                     nk = info[aux, I_NK]
@@ -857,14 +863,8 @@ def kernels(dtype: np.dtype, rows: int, unroll: int = 4) -> SimpleNamespace:
             for r in range(ops.shape[0] - 1, -1, -1):
                 code = ops[r, C_CODE]
                 aux = ops[r, C_AUX]
-                gd = ops[r, C_DG]
-                ga = ops[r, C_AG]
-                gb = ops[r, C_BG]
-                gc = ops[r, C_CG]
-                d = ops[r, C_DC] + t * ops[r, C_DM]
-                a = ops[r, C_AC] + t * ops[r, C_AM]
-                b = ops[r, C_BC] + t * ops[r, C_BM]
-                c = ops[r, C_CC] + t * ops[r, C_CM]
+                gd, ga, gb, gc = op_grads(ops, r)
+                d, a, b, c = op_at(ops, r, t)
                 if code == OP_GEMM:
                     ns = info[aux, I_NS]
                     nk = info[aux, I_NK]
