@@ -29,12 +29,13 @@ float32 code never promotes to float64. No fastmath: NaN and Inf must survive, s
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
 
+from . import vector
 from .blas import call_jobs, gemm_at
 from .microkernel import NR, call_panels
 from .rare import call_rare_backward, call_rare_forward
+from .vector import R_ZERO
 
 # opcodes: keep in step with cellsearch.lowering.plan.Code (tests/test_tables.py checks)
 OP_STATE, OP_X, OP_CONST, OP_LOADP, OP_BIAS, OP_GEMM, OP_ADD, OP_SUB, OP_MUL, OP_BLEND, OP_SIGMOID, OP_TANH, OP_RELU, OP_PEEP = (
@@ -57,9 +58,10 @@ RATIONAL_TANH = (
     1.19825839466702e-06,
 )
 
-# where the other constants sit in R, after the rational-tanh coefficients: 0, 1/2, 1, the dtype's
-# smallest normal number, then the GEMMs' (alpha, beta) pairs (1, 0) and (1, 1)
-R_ZERO, R_HALF, R_ONE, R_TINY, R_AB = 12, 13, 14, 15, 16
+# where the other constants sit in R, after the rational-tanh coefficients: 0, 1/2, 1 (``vector``'s
+# ops read these three), the dtype's smallest normal number, then the GEMMs' (alpha, beta) pairs (1, 0)
+# and (1, 1)
+R_TINY, R_AB = 15, 16
 
 
 def constants(dtype: np.dtype) -> np.ndarray:
@@ -67,29 +69,6 @@ def constants(dtype: np.dtype) -> np.ndarray:
     float64 literal)."""
     tiny = float(np.finfo(dtype).tiny)
     return np.array((*RATIONAL_TANH, 0.0, 0.5, 1.0, tiny, 1.0, 0.0, 1.0, 1.0), dtype=dtype)
-
-
-def _tanh(v, R):  # pragma: no cover - replaced by the overload below inside njit code
-    return np.tanh(v)
-
-
-@overload(_tanh)
-def _tanh_overload(v, R):
-    """tanh for the kernels, chosen by the dtype when Numba types the call (so each dtype's kernel
-    holds one loop per activation): float32 a rational approximation, float64 libm's."""
-    if v == types.float32:
-
-        def rational(v, R):
-            # clamp with selects: min()/max() keep the loop scalar (NaN semantics), these vectorise
-            x = R[0] if v > R[0] else v
-            x = -R[0] if x < -R[0] else x
-            x2 = x * x
-            p = x * (R[1] + x2 * (R[2] + x2 * (R[3] + x2 * (R[4] + x2 * (R[5] + x2 * (R[6] + x2 * R[7]))))))
-            q = R[8] + x2 * (R[9] + x2 * (R[10] + x2 * R[11]))
-            return p / q
-
-        return rational
-    return lambda v, R: np.tanh(v)
 
 
 # columns of the ops table: per operand (d, a, b, c) its gradient slot offset in G (g), and its value
@@ -146,10 +125,10 @@ def forward_rows(
     e0 = R0 * Hu
     e1 = R1 * Hu
     zero = R[R_ZERO]
-    half = R[R_HALF]
-    one = R[R_ONE]
     # raw addresses for the per-step GEMMs (gemm_at: no views inside the loop)
     isz = np.uint64(A.itemsize)
+    ap = A.ctypes.data  # the elementwise ops (``vector``) take their operands' addresses
+    ne = e1 - e0
     kp = K.ctypes.data
     wp = W.ctypes.data
     tp = TMP.ctypes.data
@@ -267,21 +246,16 @@ def forward_rows(
                             for j in range(Hu):
                                 A[row + j] += TMP[oo + ob * mw + kc + j]
             elif code == OP_ADD:
-                for e in range(e0, e1):
-                    A[d + e] = A[a + e] + A[b + e]
+                vector.f_add(ne, ap + (d + e0) * isz, ap + (a + e0) * isz, ap + (b + e0) * isz, 0, 0, 0, 0, R)
             elif code == OP_MUL:
-                for e in range(e0, e1):
-                    A[d + e] = A[a + e] * A[b + e]
+                vector.f_mul(ne, ap + (d + e0) * isz, ap + (a + e0) * isz, ap + (b + e0) * isz, 0, 0, 0, 0, R)
             elif code == OP_BLEND:
-                for e in range(e0, e1):
-                    g = A[c + e]
-                    A[d + e] = g * A[a + e] + (one - g) * A[b + e]
+                vector.f_blend(ne, ap + (d + e0) * isz, ap + (a + e0) * isz, ap + (b + e0) * isz, ap + (c + e0) * isz, 0, 0, 0,
+                               R)  # fmt: skip
             elif code == OP_SIGMOID:
-                for e in range(e0, e1):
-                    A[d + e] = half * _tanh(half * A[a + e], R) + half
+                vector.f_sigmoid(ne, ap + (d + e0) * isz, ap + (a + e0) * isz, 0, 0, 0, 0, 0, R)
             elif code == OP_TANH:
-                for e in range(e0, e1):
-                    A[d + e] = _tanh(A[a + e], R)
+                vector.f_tanh(ne, ap + (d + e0) * isz, ap + (a + e0) * isz, 0, 0, 0, 0, 0, R)
     XR = np.uint64(xr)
     for t in range(T):
         o = np.uint64(out_at) + np.uint64(t + 1) * np.uint64(out_step)
@@ -319,8 +293,10 @@ def backward_rows(
     nS = dS.shape[0]
     zero = R[R_ZERO]
     tiny = R[R_TINY]
-    one = R[R_ONE]
     isz = np.uint64(A.itemsize)
+    ap = A.ctypes.data  # the elementwise ops (``vector``) take their operands' addresses
+    gq = G.ctypes.data
+    ne = e1 - e0
     zp = DZ.ctypes.data
     wp = WT.ctypes.data
     tp = TMP.ctypes.data
@@ -423,37 +399,17 @@ def backward_rows(
                         for j in range(Hu):
                             G[row + j] += TMP[orow + j]
             elif code == OP_ADD:
-                for e in range(e0, e1):
-                    g = G[gd + e]
-                    G[gd + e] = zero
-                    G[ga + e] += g
-                    G[gb + e] += g
+                vector.b_add(ne, gq + (gd + e0) * isz, gq + (ga + e0) * isz, gq + (gb + e0) * isz, 0, 0, 0, 0, R)
             elif code == OP_MUL:
-                for e in range(e0, e1):
-                    g = G[gd + e]
-                    G[gd + e] = zero
-                    G[ga + e] += g * A[b + e]
-                    G[gb + e] += g * A[a + e]
+                vector.b_mul(ne, gq + (gd + e0) * isz, gq + (ga + e0) * isz, gq + (gb + e0) * isz, ap + (a + e0) * isz,
+                             ap + (b + e0) * isz, 0, 0, R)  # fmt: skip
             elif code == OP_BLEND:
-                for e in range(e0, e1):
-                    g = G[gd + e]
-                    G[gd + e] = zero
-                    w = A[c + e]
-                    G[ga + e] += g * w
-                    G[gb + e] += g * (one - w)
-                    G[gc + e] += g * (A[a + e] - A[b + e])
+                vector.b_blend(ne, gq + (gd + e0) * isz, gq + (ga + e0) * isz, gq + (gb + e0) * isz, gq + (gc + e0) * isz,
+                               ap + (a + e0) * isz, ap + (b + e0) * isz, ap + (c + e0) * isz, R)  # fmt: skip
             elif code == OP_SIGMOID:
-                for e in range(e0, e1):
-                    y = A[d + e]
-                    g = G[gd + e]
-                    G[gd + e] = zero
-                    G[ga + e] += g * y * (one - y)
+                vector.b_sigmoid(ne, gq + (gd + e0) * isz, gq + (ga + e0) * isz, ap + (d + e0) * isz, 0, 0, 0, 0, R)
             elif code == OP_TANH:
-                for e in range(e0, e1):
-                    y = A[d + e]
-                    g = G[gd + e]
-                    G[gd + e] = zero
-                    G[ga + e] += g * (one - y * y)
+                vector.b_tanh(ne, gq + (gd + e0) * isz, gq + (ga + e0) * isz, ap + (d + e0) * isz, 0, 0, 0, 0, R)
         if slot == 0:  # the first step of a block: its weight gradients
             call_jobs(fpj, jobs.ctypes.data, jobs.shape[0], chunk, t, min(SB, T - t), ab, A.itemsize, fpp, fpk, PK.ctypes.data)
     for s in range(nS):

@@ -78,7 +78,7 @@ def _cpu_tables(plan: Plan, tb: Tables, B: int, H: int, SB: int, panels: bool) -
     for g, st in enumerate(plan.stages):
         info[g, interp.C_ZR] = ring
         ring += SB * B * len(st.dsts) * H
-    plain = sum(len(st.srcs) * len(st.dsts) * H * H for st in plan.stages)  # the panels come after W
+    plain = _lines(sum(len(st.srcs) * len(st.dsts) * H * H for st in plan.stages))  # the panels: after W, a line on
     sizes = [0, 0]
     if panels:
         for g, st in enumerate(plan.stages):
@@ -214,6 +214,17 @@ def _lines(n: int) -> int:
     return max(16, -(-n // 16) * 16)
 
 
+def aligned(shape: int | tuple[int, ...], dtype: Any, zero: bool = False) -> Array:
+    """An array whose data starts on a 64-byte boundary (a cache line; NumPy's large arrays start 16
+    bytes past one): the GEMMs' and the elementwise ops' 64-byte vectors then never straddle two lines
+    where the offsets inside are whole lines (``_lines``, panel sizes)."""
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape))
+    raw = (np.zeros if zero else np.empty)(n * dt.itemsize + 64, dtype=np.uint8)
+    skip = -raw.ctypes.data % 64
+    return raw[skip : skip + n * dt.itemsize].view(dt).reshape(shape)
+
+
 def _workspace(plan: Plan, T: int, B: int, I: int, H: int, C: int, dtype: np.dtype) -> _Workspace:
     Bp = -(-B // C)
     tb = tables(plan, T, Bp, H)
@@ -222,7 +233,13 @@ def _workspace(plan: Plan, T: int, B: int, I: int, H: int, C: int, dtype: np.dty
     widest = max([padded(max(len(st.srcs), len(st.dsts)) * H) for st in plan.stages] + [NR])
     rows = np.array([c * B // C for c in range(C + 1)], dtype=np.int64)
     ring = SB * Bp * sum(len(st.dsts) for st in plan.stages) * H
-    z = np.zeros  # pages are zeroed lazily; the unused rows of K, DZ, dP and X must read as 0
+
+    def z(shape: tuple[int, ...], dtype: Any) -> Array:  # the unused rows of K, DZ, dP and X must read as 0
+        return aligned(shape, dtype, zero=True)
+
+    def e(shape: tuple[int, ...], dtype: Any) -> Array:
+        return aligned(shape, dtype)
+
     return _Workspace(
         tb,
         cpu,
@@ -230,13 +247,13 @@ def _workspace(plan: Plan, T: int, B: int, I: int, H: int, C: int, dtype: np.dty
         Bp,
         SB,
         X=z((C, T, Bp, I) if C > 1 else (0, T, Bp, I), dtype=dtype),
-        P=np.empty((C, Bp, max(padded(len(plan.xblocks) * H), 1)), dtype=dtype),
+        P=e((C, Bp, max(padded(len(plan.xblocks) * H), 1)), dtype=dtype),
         dP=z((C, SB * Bp, len(cpu.dp_blocks) * H), dtype=dtype),
-        A=np.empty((C, _lines(tb.arena)), dtype=dtype),
+        A=e((C, _lines(tb.arena)), dtype=dtype),
         K=z((C, _lines(tb.k_size)), dtype=dtype),
         DZ=z((C, _lines(ring)), dtype=dtype),
-        TMP=np.empty((C, Bp * widest), dtype=dtype),  # [Bp, widest]: a GEMM's rows (room for panel padding)
-        G=np.empty((C, _lines(cpu.g_slots * Bp * H)), dtype=dtype),
+        TMP=e((C, Bp * widest), dtype=dtype),  # [Bp, widest]: a GEMM's rows (room for panel padding)
+        G=e((C, _lines(cpu.g_slots * Bp * H)), dtype=dtype),
     )
 
 
@@ -364,7 +381,7 @@ class CpuKernel:
         size = cpu.panels[0 if forward else 1]
         if size == 0:
             return W
-        out = np.empty(W.size + size, dtype=W.dtype)  # the plain weights' part is not read: every stage has panels
+        out = aligned(_lines(W.size) + size, W.dtype)  # the plain weights' part is not read: every stage has panels
         for g, st in enumerate(self.plan.stages):
             ns, nk = len(st.srcs), len(st.dsts)
             K, N = (ns * H, nk * H) if forward else (nk * H, ns * H)
@@ -415,7 +432,7 @@ class CpuKernel:
         wx_panels = dt == np.float32 and Wx.size > 0
         WX = Wx.ravel()
         if wx_panels:
-            WX = np.empty(panels_size(I, Wx.shape[1]), dtype=dt)
+            WX = aligned(panels_size(I, Wx.shape[1]), dt)
             pack_panels(Wx.ravel(), I, Wx.shape[1], WX, False)
         out = np.empty((T, B, H), dtype=dt)  # the output's values, copied from the tape by the kernel's threads
         o_at, o_step = self._tape_at(ws, p.output_slot, H)
@@ -495,7 +512,7 @@ class CpuKernel:
         for g, st in enumerate(p.stages):
             ns, nk = len(st.srcs), len(st.dsts)
             koff, zr = int(tb.stage_info[g, 3]), int(cpu.stage_info[g, interp.C_ZR])
-            dWt.append(np.zeros((C, nk * H, ns * H), dtype=dt))
+            dWt.append(aligned((C, nk * H, ns * H), dt, zero=True))
             rings.append([ws.DZ[c, zr : zr + RB * nk * H].reshape(RB, nk * H) for c in range(C)])
             for c in range(C):
                 src = ws.K[c, koff : koff + TB * ns * H].reshape(TB, ns * H)
@@ -508,7 +525,7 @@ class CpuKernel:
         # dWx's H-column blocks in the order the gradients' columns hold them (one GEMM per span of
         # columns, whichever blocks they are)
         order = [i for _, blocks in groups for i in blocks if i >= 0]
-        dWxo = np.zeros((C, I, NX * H), dtype=dt)
+        dWxo = aligned((C, I, NX * H), dt, zero=True)
         WxTo = np.ascontiguousarray(Wx.reshape(I, NX, H)[:, order].reshape(I, NX * H).T) if grad_x else Wx
         r0 = 0
         for ms, blocks in groups:
@@ -521,7 +538,7 @@ class CpuKernel:
                         jobs.add(c, mk, WxTo[r0 : r0 + n * H], dX[c].reshape(TB, I), m=(0, Bp), steps=SB,
                                  k=(n * H, 0), strides=(0, 0, Bp * I), transposed=False)  # fmt: skip
                 r0 += n * H
-        PK = np.empty((C, gemm_scratch(*jobs.widest) if dt == np.float32 else 1), dtype=np.float32)
+        PK = aligned((C, _lines(gemm_scratch(*jobs.widest)) if dt == np.float32 else 1), np.float32)
         head = (cpu.ops, cpu.stage_info, cpu.stage_src, cpu.stage_dst, T, Bp, H)
         WT = self._with_panels(WT, cpu, H, forward=False)
         tail = (cpu.state_g, cpu.update_g, cpu.output_g)

@@ -1,0 +1,227 @@
+"""The executor's elementwise ops as explicit vector loops, written in LLVM IR.
+
+Each op of a cell's step program (``interp.py``) runs over a chunk's rows of one ``[B, H]`` block
+per operand, all in the arena A (forward) or in the gradient slots G and A (backward). Written as
+plain Numba loops, each one became a vectorised loop with a scalar remainder and run-time overlap
+checks between its operands (they all index the same array), and those loops were ~40 % of the
+executor's compile time. Here each op is an intrinsic (``OPS``) that emits one loop over whole
+vectors (16 float32s or 8 float64s: one AVX-512 register; LLVM splits them where the machine has
+narrower ones) and a scalar loop for the rest, with the same operations in the same order as the
+scalar code: the results are the same to the last bit. No overlap checks are needed: two operands
+are either the same block or blocks that do not overlap (``tables``), and every vector's operands
+are all loaded before the stores that could touch them, or stored in the scalar code's order.
+
+Each intrinsic takes the element count, the operands' addresses (where their first element sits)
+and R (``interp.constants``: the typed constants, whose dtype picks float32 or float64). float32
+tanh is the rational approximation (``interp.RATIONAL_TANH``); float64 calls libm's tanh per element.
+No fast-math flags: NaN and Inf propagate, so a diverging candidate is detected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+# where the constants sit in R (interp.constants): the rational tanh's 12 coefficients, then 0, 1/2, 1
+R_ZERO, R_HALF, R_ONE = 12, 13, 14
+
+
+class _Lanes:
+    """What an op's body sees: its operands at the current element (``ld``, ``st``), R's constants
+    (``r``) and tanh, for one vector or one scalar."""
+
+    def __init__(self, builder: ir.IRBuilder, ptrs: list[ir.Value], index: ir.Value, ty: ir.Type, consts: list[ir.Value],
+                 width: int) -> None:  # fmt: skip
+        self.b = builder
+        self.ty = ty  # the float type or the vector type
+        self.width = width
+        self._ptrs = [builder.bitcast(builder.gep(p, [index]), ty.as_pointer()) for p in ptrs]
+        self._consts = consts
+
+    def ld(self, i: int) -> ir.Value:
+        return self.b.load(self._ptrs[i], align=self._align())
+
+    def st(self, i: int, v: ir.Value) -> None:
+        self.b.store(v, self._ptrs[i], align=self._align())
+
+    def _align(self) -> int:
+        el = self.ty.element if isinstance(self.ty, ir.VectorType) else self.ty
+        return 4 if isinstance(el, ir.FloatType) else 8
+
+    def r(self, k: int) -> ir.Value:
+        """Constant R[k], splat over the lanes."""
+        v = self._consts[k]
+        if self.width == 1:
+            return v
+        undef = ir.Constant(self.ty, ir.Undefined)
+        one = self.b.insert_element(undef, v, ir.Constant(ir.IntType(32), 0))
+        return self.b.shuffle_vector(one, undef, ir.Constant(ir.VectorType(ir.IntType(32), self.width), [0] * self.width))
+
+    def tanh(self, v: ir.Value) -> ir.Value:
+        b = self.b
+        el = self.ty.element if isinstance(self.ty, ir.VectorType) else self.ty
+        if isinstance(el, ir.FloatType):  # float32: x * P(x^2) / Q(x^2) on [-clamp, clamp], as interp._tanh
+            c = self.r(0)
+            x = b.select(b.fcmp_ordered(">", v, c), c, v)
+            nc = b.fneg(c)
+            x = b.select(b.fcmp_ordered("<", x, nc), nc, x)
+            x2 = b.fmul(x, x)
+            p = self.r(7)
+            for k in (6, 5, 4, 3, 2, 1):
+                p = b.fadd(self.r(k), b.fmul(x2, p))
+            p = b.fmul(x, p)
+            q = self.r(11)
+            for k in (10, 9, 8):
+                q = b.fadd(self.r(k), b.fmul(x2, q))
+            return b.fdiv(p, q)
+        fn = cgutils.get_or_insert_function(b.module, ir.FunctionType(el, [el]), "tanh")
+        if self.width == 1:
+            return b.call(fn, [v])
+        out = ir.Constant(self.ty, ir.Undefined)
+        for lane in range(self.width):
+            k = ir.Constant(ir.IntType(32), lane)
+            out = b.insert_element(out, b.call(fn, [b.extract_element(v, k)]), k)
+        return out
+
+
+Body = Callable[[_Lanes], None]
+
+
+#: operand addresses every op takes (an op that needs fewer is passed 0 for the rest: one signature)
+N_PTRS = 7
+
+
+def _elementwise(n_ptrs: int, body: Body) -> Any:
+    """An intrinsic ``op(n, p_0, ..., p_6, R)``: ``body`` over elements 0..n of the operands at
+    addresses p_0..p_{n_ptrs-1}, whole vectors first, then one element at a time."""
+
+    def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
+        dtype = sig.args[-1].dtype
+        el = context.get_value_type(dtype)
+        width = 16 if dtype == types.float32 else 8
+        i64 = ir.IntType(64)
+        n = args[0]
+        ptrs = [builder.inttoptr(a, el.as_pointer()) for a in args[1 : 1 + n_ptrs]]
+        R = context.make_array(sig.args[-1])(context, builder, args[-1])
+        consts = [builder.load(builder.gep(R.data, [ir.Constant(i64, k)])) for k in range(R_ONE + 1)]
+        vec = ir.VectorType(el, width)
+
+        def loop(name: str, start: ir.Value, stop: ir.Value, step: int, ty: ir.Type, w: int) -> None:
+            pre = builder.basic_block
+            head = builder.append_basic_block(f"{name}.body")
+            done = builder.append_basic_block(f"{name}.done")
+            builder.cbranch(builder.icmp_unsigned("<", start, stop), head, done)
+            builder.position_at_end(head)
+            i = builder.phi(i64)
+            i.add_incoming(start, pre)
+            body(_Lanes(builder, ptrs, i, ty, consts, w))
+            nxt = builder.add(i, ir.Constant(i64, step))
+            i.add_incoming(nxt, builder.basic_block)
+            builder.cbranch(builder.icmp_unsigned("<", nxt, stop), head, done)
+            builder.position_at_end(done)
+
+        whole = builder.and_(n, ir.Constant(i64, -width))  # elements in whole vectors
+        # (gep on the element pointer: vector k starts at element k * width)
+        loop("vec", ir.Constant(i64, 0), whole, width, vec, width)
+        loop("rest", whole, n, 1, el, 1)
+        return context.get_dummy_value()
+
+    def op(typingctx: Any, n: Any, p0: Any, p1: Any, p2: Any, p3: Any, p4: Any, p5: Any, p6: Any, R: Any) -> Any:
+        return types.void(types.intp, *([types.uintp] * N_PTRS), R), codegen
+
+    return intrinsic(prefer_literal=False)(op)
+
+
+# ---- the forward ops: p_0 the destination, then the operands (a, b, c) ----------------------------
+
+
+def _f_add(v: _Lanes) -> None:
+    v.st(0, v.b.fadd(v.ld(1), v.ld(2)))
+
+
+def _f_mul(v: _Lanes) -> None:
+    v.st(0, v.b.fmul(v.ld(1), v.ld(2)))
+
+
+def _f_blend(v: _Lanes) -> None:  # d = g * a + (1 - g) * b, g = c
+    b = v.b
+    g = v.ld(3)
+    v.st(0, b.fadd(b.fmul(g, v.ld(1)), b.fmul(b.fsub(v.r(R_ONE), g), v.ld(2))))
+
+
+def _f_sigmoid(v: _Lanes) -> None:  # 1/2 tanh(a / 2) + 1/2
+    b = v.b
+    half = v.r(R_HALF)
+    v.st(0, b.fadd(b.fmul(half, v.tanh(b.fmul(half, v.ld(1)))), half))
+
+
+def _f_tanh(v: _Lanes) -> None:
+    v.st(0, v.tanh(v.ld(1)))
+
+
+# ---- the backward ops: p_0 the destination's gradient (read, then zeroed), then the operands'
+# gradients (accumulated, in the scalar code's order), then values from the tape ---------------------
+
+
+def _accumulate(v: _Lanes, i: int, term: ir.Value) -> None:
+    v.st(i, v.b.fadd(v.ld(i), term))
+
+
+def _take(v: _Lanes) -> ir.Value:
+    """The destination's gradient, its slot zeroed."""
+    g = v.ld(0)
+    v.st(0, v.r(R_ZERO))
+    return g
+
+
+def _b_add(v: _Lanes) -> None:  # p: gd, ga, gb
+    g = _take(v)
+    _accumulate(v, 1, g)
+    _accumulate(v, 2, g)
+
+
+def _b_mul(v: _Lanes) -> None:  # p: gd, ga, gb, a, b
+    av, bv = v.ld(3), v.ld(4)
+    g = _take(v)
+    _accumulate(v, 1, v.b.fmul(g, bv))
+    _accumulate(v, 2, v.b.fmul(g, av))
+
+
+def _b_blend(v: _Lanes) -> None:  # p: gd, ga, gb, gc, a, b, c
+    b = v.b
+    av, bv, w = v.ld(4), v.ld(5), v.ld(6)
+    g = _take(v)
+    _accumulate(v, 1, b.fmul(g, w))
+    _accumulate(v, 2, b.fmul(g, b.fsub(v.r(R_ONE), w)))
+    _accumulate(v, 3, b.fmul(g, b.fsub(av, bv)))
+
+
+def _b_sigmoid(v: _Lanes) -> None:  # p: gd, ga, y (the op's output)
+    b = v.b
+    y = v.ld(2)
+    g = _take(v)
+    _accumulate(v, 1, b.fmul(b.fmul(g, y), b.fsub(v.r(R_ONE), y)))
+
+
+def _b_tanh(v: _Lanes) -> None:  # p: gd, ga, y
+    b = v.b
+    y = v.ld(2)
+    g = _take(v)
+    _accumulate(v, 1, b.fmul(g, b.fsub(v.r(R_ONE), b.fmul(y, y))))
+
+
+f_add = _elementwise(3, _f_add)
+f_mul = _elementwise(3, _f_mul)
+f_blend = _elementwise(4, _f_blend)
+f_sigmoid = _elementwise(2, _f_sigmoid)
+f_tanh = _elementwise(2, _f_tanh)
+b_add = _elementwise(3, _b_add)
+b_mul = _elementwise(5, _b_mul)
+b_blend = _elementwise(7, _b_blend)
+b_sigmoid = _elementwise(3, _b_sigmoid)
+b_tanh = _elementwise(3, _b_tanh)
