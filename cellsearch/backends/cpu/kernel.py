@@ -205,7 +205,7 @@ class _Workspace:
 
 #: the backward sums the weight gradients over blocks of at least this many batch rows (steps x rows):
 #: each block's DZ and dP are still in cache, and the GEMMs are not too short
-BLOCK_ROWS = 64
+BLOCK_ROWS = 128
 
 
 def _lines(n: int) -> int:

@@ -164,7 +164,7 @@ def _f_tanh(v: _Lanes) -> None:
     v.st(0, v.tanh(v.ld(1)))
 
 
-# ---- the backward ops: p_0 the destination's gradient (read, then zeroed), then the operands'
+# ---- the backward ops: p_0 the destination's gradient (read, zeroed last), then the operands'
 # gradients (accumulated, in the scalar code's order), then values from the tape ---------------------
 
 
@@ -172,47 +172,52 @@ def _accumulate(v: _Lanes, i: int, term: ir.Value) -> None:
     v.st(i, v.b.fadd(v.ld(i), term))
 
 
-def _take(v: _Lanes) -> ir.Value:
-    """The destination's gradient, its slot zeroed."""
-    g = v.ld(0)
+def _clear(v: _Lanes) -> None:
+    """The destination's gradient slot zeroed, after the op has read it (its slot is never one of
+    the operands': ``kernel.gradient_slots``; so the loads and stores of the operands' slots need not
+    wait behind this store)."""
     v.st(0, v.r(R_ZERO))
-    return g
 
 
 def _b_add(v: _Lanes) -> None:  # p: gd, ga, gb
-    g = _take(v)
+    g = v.ld(0)
     _accumulate(v, 1, g)
     _accumulate(v, 2, g)
+    _clear(v)
 
 
 def _b_mul(v: _Lanes) -> None:  # p: gd, ga, gb, a, b
     av, bv = v.ld(3), v.ld(4)
-    g = _take(v)
+    g = v.ld(0)
     _accumulate(v, 1, v.b.fmul(g, bv))
     _accumulate(v, 2, v.b.fmul(g, av))
+    _clear(v)
 
 
 def _b_blend(v: _Lanes) -> None:  # p: gd, ga, gb, gc, a, b, c
     b = v.b
     av, bv, w = v.ld(4), v.ld(5), v.ld(6)
-    g = _take(v)
+    g = v.ld(0)
     _accumulate(v, 1, b.fmul(g, w))
     _accumulate(v, 2, b.fmul(g, b.fsub(v.r(R_ONE), w)))
     _accumulate(v, 3, b.fmul(g, b.fsub(av, bv)))
+    _clear(v)
 
 
 def _b_sigmoid(v: _Lanes) -> None:  # p: gd, ga, y (the op's output)
     b = v.b
     y = v.ld(2)
-    g = _take(v)
+    g = v.ld(0)
     _accumulate(v, 1, b.fmul(b.fmul(g, y), b.fsub(v.r(R_ONE), y)))
+    _clear(v)
 
 
 def _b_tanh(v: _Lanes) -> None:  # p: gd, ga, y
     b = v.b
     y = v.ld(2)
-    g = _take(v)
+    g = v.ld(0)
     _accumulate(v, 1, b.fmul(g, b.fsub(v.r(R_ONE), b.fmul(y, y))))
+    _clear(v)
 
 
 f_add = _elementwise(3, _f_add)
