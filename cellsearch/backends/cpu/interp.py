@@ -58,10 +58,10 @@ RATIONAL_TANH = (
     1.19825839466702e-06,
 )
 
-# where the other constants sit in R, after the rational-tanh coefficients: 0, 1/2, 1 (``vector``'s
-# ops read these three), the dtype's smallest normal number, then the GEMMs' (alpha, beta) pairs (1, 0)
-# and (1, 1)
-R_TINY, R_AB = 15, 16
+# where the other constants sit in R, after the rational-tanh coefficients: 0, 1/2, 1, the dtype's
+# smallest normal number (``vector.R_ZERO`` .. ``R_TINY``: its ops read them), then the GEMMs' (alpha,
+# beta) pairs (1, 0) and (1, 1)
+R_AB = vector.R_TINY + 1
 
 
 def constants(dtype: np.dtype) -> np.ndarray:
@@ -140,6 +140,11 @@ def forward_rows(
     pp = P.ctypes.data + R0 * np.uint64(nx) * isz
     wxp = WX.ctypes.data
     nxh = bx.shape[0]
+    nxu = np.uint64(nx)
+    pb0 = P.ctypes.data  # (addresses of P, bx, biases and consts for the ops that read them)
+    bxp = bx.ctypes.data
+    bp0 = biases.ctypes.data
+    cp0 = consts.ctypes.data
     for t in range(T):
         tu = np.uint64(t)
         if nxh > 0:  # this step's input projection, rows R0..R1
@@ -157,12 +162,8 @@ def forward_rows(
             c = np.uint64(ops[r, C_CC]) + tu * np.uint64(ops[r, C_CM])
             if code == OP_STATE:
                 if ops[r, C_BG] == 1:  # a copied state; the others are read in place from the tape
-                    if t == 0:
-                        for e in range(e0, e1):
-                            A[d + e] = S0[aux, e]
-                    else:
-                        for e in range(e0, e1):
-                            A[d + e] = A[a + e]
+                    src = S0.ctypes.data + (np.uint64(aux) * np.uint64(S0.shape[1]) + e0) * isz if t == 0 else ap + (a + e0) * isz
+                    vector.copy(ne, ap + (d + e0) * isz, src, 0, 0, 0, 0, 0, R)
             elif (
                 code == OP_X or code == OP_SUB or code == OP_RELU or code == OP_PEEP or (code == OP_CONST and ops[r, C_FOLD] == 0)
             ):
@@ -174,16 +175,12 @@ def forward_rows(
                     continue
                 col = np.uint64(aux) * Hu
                 for bb in range(R0, R1):
-                    row = d + bb * Hu
-                    for j in range(Hu):
-                        A[row + j] = P[bb, col + j] + bx[col + j]
+                    vector.f_add(H, ap + (d + bb * Hu) * isz, pb0 + (bb * nxu + col) * isz, bxp + col * isz, 0, 0, 0, 0, R)
             elif code == OP_BIAS:
                 if ops[r, C_FOLD] != 0:
                     continue
                 for bb in range(R0, R1):
-                    row = d + bb * Hu
-                    for j in range(Hu):
-                        A[row + j] = biases[aux, j]
+                    vector.copy(H, ap + (d + bb * Hu) * isz, bp0 + np.uint64(aux) * Hu * isz, 0, 0, 0, 0, 0, R)
             elif code == OP_GEMM:
                 ns = np.uint64(stage_info[aux, 0])
                 nk = np.uint64(stage_info[aux, 1])
@@ -193,10 +190,7 @@ def forward_rows(
                 for i in range(ns):  # K[t] = [src_0 | src_1 | ...], one row per batch row
                     src = np.uint64(stage_src[aux, i, S_C]) + tu * np.uint64(stage_src[aux, i, S_M])
                     for bb in range(R0, R1):
-                        row = koff + bb * width + i * Hu
-                        srow = src + bb * Hu
-                        for j in range(Hu):
-                            K[row + j] = A[srow + j]
+                        vector.copy(H, kp + (koff + bb * width + i * Hu) * isz, ap + (src + bb * Hu) * isz, 0, 0, 0, 0, 0, R)
                 ow = nk * Hu  # out: TMP's rows R0..R1 (each range owns its rows), [nr, nk*H], row stride mw
                 oo = R0 * mw
                 _step_gemm(
@@ -219,32 +213,18 @@ def forward_rows(
                     kind = seed[aux, k, 0]
                     sx = seed[aux, k, 1]
                     kc = np.uint64(k) * Hu
-                    if kind == SEED_P:  # the input projection's block and bias, folded in: one pass
-                        pc = np.uint64(sx) * Hu
-                        for bb in range(R0, R1):
-                            row = dd + bb * Hu
-                            ob = bb - R0
-                            for j in range(Hu):
-                                A[row + j] = TMP[oo + ob * mw + kc + j] + (P[bb, pc + j] + bx[pc + j])
-                    elif kind == SEED_BIAS:
-                        for bb in range(R0, R1):
-                            row = dd + bb * Hu
-                            ob = bb - R0
-                            for j in range(Hu):
-                                A[row + j] = TMP[oo + ob * mw + kc + j] + biases[sx, j]
-                    elif kind == SEED_CONST:
-                        v = consts[sx]
-                        for bb in range(R0, R1):
-                            row = dd + bb * Hu
-                            ob = bb - R0
-                            for j in range(Hu):
-                                A[row + j] = TMP[oo + ob * mw + kc + j] + v
-                    else:
-                        for bb in range(R0, R1):
-                            row = dd + bb * Hu
-                            ob = bb - R0
-                            for j in range(Hu):
-                                A[row + j] += TMP[oo + ob * mw + kc + j]
+                    for bb in range(R0, R1):
+                        dst = ap + (dd + bb * Hu) * isz
+                        prod = tp + (oo + (bb - R0) * mw + kc) * isz
+                        if kind == SEED_P:  # the input projection's block and bias, folded in: one pass
+                            pc = np.uint64(sx) * Hu
+                            vector.add3(H, dst, prod, pb0 + (bb * nxu + pc) * isz, bxp + pc * isz, 0, 0, 0, R)
+                        elif kind == SEED_BIAS:
+                            vector.f_add(H, dst, prod, bp0 + np.uint64(sx) * Hu * isz, 0, 0, 0, 0, R)
+                        elif kind == SEED_CONST:
+                            vector.add_scalar(H, dst, prod, cp0 + np.uint64(sx) * isz, 0, 0, 0, 0, R)
+                        else:
+                            vector.f_add(H, dst, dst, prod, 0, 0, 0, 0, R)
             elif code == OP_ADD:
                 vector.f_add(ne, ap + (d + e0) * isz, ap + (a + e0) * isz, ap + (b + e0) * isz, 0, 0, 0, 0, R)
             elif code == OP_MUL:
@@ -259,9 +239,8 @@ def forward_rows(
     XR = np.uint64(xr)
     for t in range(T):
         o = np.uint64(out_at) + np.uint64(t + 1) * np.uint64(out_step)
-        for bb in range(R0, R1):
-            for j in range(Hu):
-                out[t, XR + bb, j] = A[o + bb * Hu + j]
+        dst = out.ctypes.data + ((np.uint64(t) * np.uint64(out.shape[1]) + XR + R0) * Hu) * isz
+        vector.copy(ne, dst, ap + (o + e0) * isz, 0, 0, 0, 0, 0, R)
 
 
 @njit(cache=True, error_model="numpy")
@@ -292,7 +271,6 @@ def backward_rows(
     e1 = R1 * Hu
     nS = dS.shape[0]
     zero = R[R_ZERO]
-    tiny = R[R_TINY]
     isz = np.uint64(A.itemsize)
     ap = A.ctypes.data  # the elementwise ops (``vector``) take their operands' addresses
     gq = G.ctypes.data
@@ -303,25 +281,27 @@ def backward_rows(
     ab = R.ctypes.data + np.uint64(R_AB) * isz  # (alpha, beta) = (1, 0), then (1, 1)
     mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, mw]: each range owns its rows
     SBu = np.uint64(SB)
-    carry = dS.copy()
+    # dS [nS, B*H] is the carry: each state's gradient into the step before (the next one the walk
+    # reaches), from d_state_T on entry to the initial states' on return. (In place: a local array
+    # here would be freed by Numba after its last use by name, however long its address lives on.)
+    cq = dS.ctypes.data + e0 * isz  # state s's rows at cq + s * BH * isz
+    dBp = dB.ctypes.data
+    dBxp = dBx.ctypes.data
+    dPp = dP.ctypes.data
+    dPw = np.uint64(dP.shape[1])
     for slot in range(G.shape[0] // (B * H)):
-        g0 = np.uint64(slot) * BH
-        for e in range(e0, e1):
-            G[g0 + e] = zero
+        vector.zero(ne, gq + (np.uint64(slot) * BH + e0) * isz, 0, 0, 0, 0, 0, 0, R)
     for t in range(T - 1, -1, -1):
         tu = np.uint64(t)
         slot = tu % SBu  # this step's row block in the rings DZ and dP
-        o = np.uint64(output_g)
-        for bb in range(R0, R1):
-            for j in range(Hu):
-                G[o + bb * Hu + j] += dOut[t, XR + bb, j]
+        og = gq + (np.uint64(output_g) + e0) * isz
+        vector.f_add(ne, og, og, dOut.ctypes.data + ((tu * np.uint64(dOut.shape[1]) + XR + R0) * Hu) * isz, 0, 0, 0, 0, R)
         for s in range(nS):
-            u = np.uint64(update_g[s])
-            for e in range(e0, e1):
-                G[u + e] += carry[s, e]
+            ug = gq + (np.uint64(update_g[s]) + e0) * isz
+            cs = cq + np.uint64(s) * BH * isz
+            vector.f_add(ne, ug, ug, cs, 0, 0, 0, 0, R)
             if state_g[s] < 0:
-                for e in range(e0, e1):
-                    carry[s, e] = zero
+                vector.zero(ne, cs, 0, 0, 0, 0, 0, 0, R)
         for r in range(ops.shape[0] - 1, -1, -1):
             code = ops[r, C_CODE]
             aux = ops[r, C_AUX]
@@ -334,9 +314,7 @@ def backward_rows(
             b = np.uint64(ops[r, C_BC]) + tu * np.uint64(ops[r, C_BM])
             c = np.uint64(ops[r, C_CC]) + tu * np.uint64(ops[r, C_CM])
             if code == OP_STATE:
-                for e in range(e0, e1):
-                    carry[aux, e] = G[gd + e]
-                    G[gd + e] = zero
+                vector.move(ne, gq + (gd + e0) * isz, cq + np.uint64(aux) * BH * isz, 0, 0, 0, 0, 0, R)
             elif code == OP_X or code == OP_CONST or code == OP_SUB or code == OP_RELU or code == OP_PEEP:
                 call_rare_backward(fpr, code, aux, gd, ga, gb, a, A.ctypes.data, A.shape[0], G.ctypes.data, G.shape[0],
                                    dX.ctypes.data, dX.shape[0], dX.shape[1], dX.shape[2], t, peeps.ctypes.data, peeps.shape[0],
@@ -344,27 +322,16 @@ def backward_rows(
             elif code == OP_LOADP:
                 col = np.uint64(aux) * Hu
                 pb = ops[r, C_DPB]
-                if pb >= 0:
-                    pcol = np.uint64(pb) * Hu
-                    for bb in range(R0, R1):
-                        prow = slot * Bu + bb
-                        for j in range(Hu):
-                            v = G[gd + bb * Hu + j]
-                            v = zero if abs(v) < tiny else v  # flush denormals (NaN stays)
-                            dP[prow, pcol + j] = v
-                            dBx[col + j] += v
-                            G[gd + bb * Hu + j] = zero
-                else:  # the stage's DZ holds this gradient already
-                    for bb in range(R0, R1):
-                        for j in range(Hu):
-                            v = G[gd + bb * Hu + j]
-                            dBx[col + j] += zero if abs(v) < tiny else v
-                            G[gd + bb * Hu + j] = zero
+                for bb in range(R0, R1):  # (denormals flushed to zero, NaN kept)
+                    grow = gq + (gd + bb * Hu) * isz
+                    if pb >= 0:
+                        prow = dPp + ((slot * Bu + bb) * dPw + np.uint64(pb) * Hu) * isz
+                        vector.b_loadp(H, grow, prow, dBxp + col * isz, 0, 0, 0, 0, R)
+                    else:  # the stage's DZ holds this gradient already
+                        vector.b_loadp_bias(H, grow, dBxp + col * isz, 0, 0, 0, 0, 0, R)
             elif code == OP_BIAS:
                 for bb in range(R0, R1):
-                    for j in range(Hu):
-                        dB[aux, j] += G[gd + bb * Hu + j]
-                        G[gd + bb * Hu + j] = zero
+                    vector.b_bias(H, gq + (gd + bb * Hu) * isz, dBp + np.uint64(aux) * Hu * isz, 0, 0, 0, 0, 0, R)
             elif code == OP_GEMM:
                 ns = np.uint64(stage_info[aux, 0])
                 nk = np.uint64(stage_info[aux, 1])
@@ -373,12 +340,10 @@ def backward_rows(
                 zoff = np.uint64(stage_info[aux, C_ZR]) + slot * Bu * width
                 for k in range(nk):  # DZ[t] = [g_dst_0 | g_dst_1 | ...], one row per batch row
                     src = np.uint64(stage_dst[aux, k, S_G])
-                    for bb in range(R0, R1):
-                        row = zoff + bb * width + k * Hu
-                        srow = src + bb * Hu
-                        for j in range(Hu):
-                            v = G[srow + j]
-                            DZ[row + j] = zero if abs(v) < tiny else v  # flush denormals (NaN stays)
+                    for bb in range(R0, R1):  # (denormals flushed to zero, NaN kept)
+                        vector.flush_copy(
+                            H, zp + (zoff + bb * width + k * Hu) * isz, gq + (src + bb * Hu) * isz, 0, 0, 0, 0, 0, R
+                        )
                 sw = ns * Hu
                 pb = stage_info[aux, C_PB]
                 oo = R0 * mw
@@ -394,10 +359,8 @@ def backward_rows(
                     dst = np.uint64(stage_src[aux, i, S_G])
                     ic = np.uint64(i) * Hu
                     for bb in range(R0, R1):
-                        row = dst + bb * Hu
-                        orow = oo + (bb - R0) * mw + ic
-                        for j in range(Hu):
-                            G[row + j] += TMP[orow + j]
+                        grow = gq + (dst + bb * Hu) * isz
+                        vector.f_add(H, grow, grow, tp + (oo + (bb - R0) * mw + ic) * isz, 0, 0, 0, 0, R)
             elif code == OP_ADD:
                 vector.b_add(ne, gq + (gd + e0) * isz, gq + (ga + e0) * isz, gq + (gb + e0) * isz, 0, 0, 0, 0, R)
             elif code == OP_MUL:
@@ -412,9 +375,6 @@ def backward_rows(
                 vector.b_tanh(ne, gq + (gd + e0) * isz, gq + (ga + e0) * isz, ap + (d + e0) * isz, 0, 0, 0, 0, R)
         if slot == 0:  # the first step of a block: its weight gradients
             call_jobs(fpj, jobs.ctypes.data, jobs.shape[0], chunk, t, min(SB, T - t), ab, A.itemsize, fpp, fpk, PK.ctypes.data)
-    for s in range(nS):
-        for e in range(e0, e1):
-            dS[s, e] = carry[s, e]
 
 
 @njit(cache=True, error_model="numpy", parallel=True)

@@ -27,8 +27,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# where the constants sit in R (interp.constants): the rational tanh's 12 coefficients, then 0, 1/2, 1
-R_ZERO, R_HALF, R_ONE = 12, 13, 14
+# where the constants sit in R (interp.constants): the rational tanh's 12 coefficients, then 0, 1/2, 1,
+# the dtype's smallest normal number
+R_ZERO, R_HALF, R_ONE, R_TINY = 12, 13, 14, 15
 
 
 class _Lanes:
@@ -41,6 +42,7 @@ class _Lanes:
         self.ty = ty  # the float type or the vector type
         self.width = width
         self._ptrs = [builder.bitcast(builder.gep(p, [index]), ty.as_pointer()) for p in ptrs]
+        self._bases = ptrs
         self._consts = consts
 
     def ld(self, i: int) -> ir.Value:
@@ -55,7 +57,25 @@ class _Lanes:
 
     def r(self, k: int) -> ir.Value:
         """Constant R[k], splat over the lanes."""
-        v = self._consts[k]
+        return self._splat(self._consts[k])
+
+    def scalar(self, i: int) -> ir.Value:
+        """Operand i's first element (whatever the current element), splat over the lanes."""
+        return self._splat(self.b.load(self._bases[i]))
+
+    def flush(self, v: ir.Value) -> ir.Value:
+        """v, or zero where |v| is below the smallest normal number (a denormal; NaN stays)."""
+        b = self.b
+        el = self.ty.element if isinstance(self.ty, ir.VectorType) else self.ty
+        name = (
+            ("f32" if isinstance(el, ir.FloatType) else "f64")
+            if self.width == 1
+            else f"v{self.width}{'f32' if isinstance(el, ir.FloatType) else 'f64'}"
+        )
+        fabs = cgutils.get_or_insert_function(b.module, ir.FunctionType(self.ty, [self.ty]), f"llvm.fabs.{name}")
+        return b.select(b.fcmp_ordered("<", b.call(fabs, [v]), self.r(R_TINY)), self.r(R_ZERO), v)
+
+    def _splat(self, v: ir.Value) -> ir.Value:
         if self.width == 1:
             return v
         undef = ir.Constant(self.ty, ir.Undefined)
@@ -108,7 +128,7 @@ def _elementwise(n_ptrs: int, body: Body) -> Any:
         n = args[0]
         ptrs = [builder.inttoptr(a, el.as_pointer()) for a in args[1 : 1 + n_ptrs]]
         R = context.make_array(sig.args[-1])(context, builder, args[-1])
-        consts = [builder.load(builder.gep(R.data, [ir.Constant(i64, k)])) for k in range(R_ONE + 1)]
+        consts = [builder.load(builder.gep(R.data, [ir.Constant(i64, k)])) for k in range(R_TINY + 1)]
         vec = ir.VectorType(el, width)
 
         def loop(name: str, start: ir.Value, stop: ir.Value, step: int, ty: ir.Type, w: int) -> None:
@@ -220,6 +240,60 @@ def _b_tanh(v: _Lanes) -> None:  # p: gd, ga, y
     _clear(v)
 
 
+# ---- moving values: the seeding of a GEMM stage's destinations, copies, the gradients' bookkeeping ---
+
+
+def _copy(v: _Lanes) -> None:
+    v.st(0, v.ld(1))
+
+
+def _add3(v: _Lanes) -> None:  # a GEMM's product plus the input projection's block and its bias
+    v.st(0, v.b.fadd(v.ld(1), v.b.fadd(v.ld(2), v.ld(3))))
+
+
+def _add_scalar(v: _Lanes) -> None:  # a GEMM's product plus a constant
+    v.st(0, v.b.fadd(v.ld(1), v.scalar(2)))
+
+
+def _zero(v: _Lanes) -> None:
+    v.st(0, v.r(R_ZERO))
+
+
+def _move(v: _Lanes) -> None:  # p_1 = p_0, then p_0 = 0 (a state's gradient into the carry)
+    v.st(1, v.ld(0))
+    _clear(v)
+
+
+def _flush_copy(v: _Lanes) -> None:  # a gradient that feeds a GEMM, denormals flushed to zero
+    v.st(0, v.flush(v.ld(1)))
+
+
+def _b_bias(v: _Lanes) -> None:  # p_1 += p_0, then p_0 = 0: a bias's gradient summed over rows
+    _accumulate(v, 1, v.ld(0))
+    _clear(v)
+
+
+def _b_loadp(v: _Lanes) -> None:  # the input projection's gradient (flushed) to dP (p_1) and its bias's (p_2)
+    g = v.flush(v.ld(0))
+    v.st(1, g)
+    _accumulate(v, 2, g)
+    _clear(v)
+
+
+def _b_loadp_bias(v: _Lanes) -> None:  # as _b_loadp where a stage's DZ already holds the gradient: bias only
+    _accumulate(v, 1, v.flush(v.ld(0)))
+    _clear(v)
+
+
+copy = _elementwise(2, _copy)
+add3 = _elementwise(4, _add3)
+add_scalar = _elementwise(3, _add_scalar)
+zero = _elementwise(1, _zero)
+move = _elementwise(2, _move)
+flush_copy = _elementwise(2, _flush_copy)
+b_bias = _elementwise(2, _b_bias)
+b_loadp = _elementwise(3, _b_loadp)
+b_loadp_bias = _elementwise(2, _b_loadp_bias)
 f_add = _elementwise(3, _f_add)
 f_mul = _elementwise(3, _f_mul)
 f_blend = _elementwise(4, _f_blend)
