@@ -5,7 +5,7 @@ with b = the rows of a chunk (1-128), K and N a few hundred. OpenBLAS packs the 
 every one of those calls and reached only 60-80 GF/s of the core's ~160 for them here (one thread,
 b = 32-64). Here the weights are packed once per forward or backward into panels of 32 columns
 (``pack_panels``), and a register-blocked tile written in LLVM IR (<16 x float> vectors, ``llvm.fma``)
-keeps 8 rows x 32 columns of the product in registers over the whole K loop, so each step's GEMM
+keeps 12 rows x 32 columns of the product in registers over the whole K loop, so each step's GEMM
 reads the panel from cache and A once. The vectors are portable LLVM: on a machine without AVX-512
 LLVM splits them into narrower registers; the result is the same up to the order of the sums.
 
@@ -27,6 +27,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 NR = 32  # columns of a panel: two 16-float vectors
+SH = 12  # rows of the tallest tile, and of A's strips as ``gemm_packed`` packs it (see ``_row_tiles``)
 _W = 16  # floats per vector
 
 
@@ -196,41 +197,42 @@ def _mover(n: int) -> Any:
     return move
 
 
-_move8 = _mover(8)
 _move32 = _mover(NR)
-_tile12 = _tile(12)
-_tile8 = _tile(8)
+_move_strip = _mover(SH)
+_tile_sh = _tile(SH)
 _tile4 = _tile(4)
 _tile1 = _tile(1)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _tiles(M, a, sr, sk, sblk, b, ldb, c, ldc, K, acc):  # pragma: no cover - njit
-    """Rows 0..M of ``C[:, 32] (+)= A @ B`` by tiles of 8, 4, then 1 rows (``_tile``'s arguments; each
-    block of 8 rows of A starts sblk bytes after the one before)."""
+def _strip_tiles(M, a, K, b, c, ldc, acc):  # pragma: no cover - njit
+    """Rows 0..M of ``C[:, 32] (+)= A @ B`` for A packed as strips of SH rows, each [K, SH] (the rows'
+    k-th elements side by side), by whole strips, then the last one's rows by tiles of 4 and 1."""
     i = np.int64(0)
-    while i + 8 <= M:
-        _tile8(a + np.uint64((i // 8) * sblk), sr, sk, b, ldb, c + np.uint64(i * ldc * 4), ldc, K, acc)
-        i += 8
-    base = a + np.uint64((i // 8) * sblk)
+    blk = K * SH * 4  # bytes of a strip
+    one, sh, nr = np.int64(1), np.int64(SH), np.int64(NR)
+    while i + SH <= M:
+        _tile_sh(a + np.uint64((i // SH) * blk), one, sh, b, nr, c + np.uint64(i * ldc * 4), ldc, K, acc)
+        i += SH
+    base = a + np.uint64((i // SH) * blk)
     r = np.int64(0)
     while i + r + 4 <= M:
-        _tile4(base + np.uint64(r * sr * 4), sr, sk, b, ldb, c + np.uint64((i + r) * ldc * 4), ldc, K, acc)
+        _tile4(base + np.uint64(r * 4), one, sh, b, nr, c + np.uint64((i + r) * ldc * 4), ldc, K, acc)
         r += 4
     while i + r < M:
-        _tile1(base + np.uint64(r * sr * 4), sr, sk, b, ldb, c + np.uint64((i + r) * ldc * 4), ldc, K, acc)
+        _tile1(base + np.uint64(r * 4), one, sh, b, nr, c + np.uint64((i + r) * ldc * 4), ldc, K, acc)
         r += 1
 
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _row_tiles(M, a, lda, b, c, ldc, K, acc):  # pragma: no cover - njit
-    """Rows 0..M of ``C[:, 32] (+)= A @ B`` for a row-major A (leading dimension lda) by tiles of 12, 4,
-    then 1 rows: 24 of the 32 vector registers hold the product (8 rows measured 2-9 % slower: each k
+    """Rows 0..M of ``C[:, 32] (+)= A @ B`` for a row-major A (leading dimension lda) by tiles of SH = 12,
+    4, then 1 rows: 24 of the 32 vector registers hold the product (8 rows measured 2-9 % slower: each k
     reloads B's two vectors for fewer rows)."""
     i = np.int64(0)
-    while i + 12 <= M:
-        _tile12(a + np.uint64(i * lda * 4), lda, np.int64(1), b, np.int64(NR), c + np.uint64(i * ldc * 4), ldc, K, acc)
-        i += 12
+    while i + SH <= M:
+        _tile_sh(a + np.uint64(i * lda * 4), lda, np.int64(1), b, np.int64(NR), c + np.uint64(i * ldc * 4), ldc, K, acc)
+        i += SH
     while i + 4 <= M:
         _tile4(a + np.uint64(i * lda * 4), lda, np.int64(1), b, np.int64(NR), c + np.uint64(i * ldc * 4), ldc, K, acc)
         i += 4
@@ -243,8 +245,8 @@ def _row_tiles(M, a, lda, b, c, ldc, K, acc):  # pragma: no cover - njit
 def gemm_panels(M, N, K, a, lda, bp, c, ldc, acc, strips):  # pragma: no cover - njit
     """Float32 ``C[M, ceil(N/32)*32] (+)= A[M, K] @ W`` with W packed by ``pack_panels`` at address bp,
     C row-major at c (ldc floats; it must hold the padded columns), ``+=`` where acc is nonzero; A
-    row-major at a (lda floats), or with ``strips`` as ``gemm_packed`` packs it: blocks of 8 rows,
-    each [K, 8] (the 8 rows' k-th elements side by side)."""
+    row-major at a (lda floats), or with ``strips`` as ``gemm_packed`` packs it: strips of SH rows,
+    each [K, SH] (the rows' k-th elements side by side)."""
     M = np.int64(M)
     K = np.int64(K)
     lda = np.int64(lda)
@@ -252,7 +254,7 @@ def gemm_panels(M, N, K, a, lda, bp, c, ldc, acc, strips):  # pragma: no cover -
     for j in range((np.int64(N) + NR - 1) // NR):  # (constant strides in each branch: the tiles' loops stay lean)
         pj, cj = bp + np.uint64(j * K * NR * 4), c + np.uint64(j * NR * 4)
         if strips:
-            _tiles(M, a, np.int64(1), np.int64(8), K * 32, pj, np.int64(NR), cj, ldc, K, acc)
+            _strip_tiles(M, a, K, pj, cj, ldc, acc)
         else:
             _row_tiles(M, a, lda, pj, cj, ldc, K, acc)
 
@@ -262,9 +264,9 @@ KC = 256
 
 
 def gemm_scratch(M: int, N: int) -> int:
-    """Floats of scratch ``gemm_packed`` needs for ``C[M, N]``: KC columns of A's strips of 8 rows, KC
+    """Floats of scratch ``gemm_packed`` needs for ``C[M, N]``: KC columns of A's strips of SH rows, KC
     rows of B's panels, and M rows of one panel (the last, partial panel's product)."""
-    return KC * (-(-M // 8) * 8 + padded(N)) + M * NR
+    return KC * (-(-M // SH) * SH + padded(N)) + M * NR
 
 
 @njit(cache=True, error_model="numpy")
@@ -272,7 +274,7 @@ def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp):  # pragma: no co
     """Float32 ``C[M, N] (+)= A^T @ B`` (``+=`` where acc is nonzero) with A stored [K, M] at address a
     (leading dimension lda), B [K, N] and C [M, N] row-major (ldb, ldc): the weight gradients, sums
     over batch rows (``x^T @ dz``). Each block of up to KC rows is packed into the scratch at sp
-    (``gemm_scratch`` floats): B as panels of 32 columns, A's columns as strips of 8 rows;
+    (``gemm_scratch`` floats): B as panels of 32 columns, A's columns as strips of SH rows;
     ``gemm_panels`` (the per-step GEMMs' microkernel, its C function at address fpp) multiplies them.
     C is touched only in its N columns (the last, partial panel's product goes through the scratch)."""
     M = np.int64(M)
@@ -284,7 +286,7 @@ def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp):  # pragma: no co
     nf = N // NR  # whole panels
     nb = (N + NR - 1) // NR
     ao = KC * nb * NR  # in the scratch: B's panels, then A's strips, then the partial panel's product [M, 32]
-    to = ao + KC * ((M + 7) // 8) * 8
+    to = ao + KC * ((M + SH - 1) // SH) * SH
     zero = np.float32(0.0)
     if K == 0:
         if acc == 0:
@@ -305,16 +307,16 @@ def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp):  # pragma: no co
                 else:
                     for q in range(NR):
                         _store(sp, dst + q, _load(b, brow + j * NR + q) if j * NR + q < N else zero)
-        ns = (M + 7) // 8  # A's columns as strips of 8 rows [ns][kn][8], zero past M
+        ns = (M + SH - 1) // SH  # A's columns as strips of SH rows [ns][kn][SH], zero past M
         for kk in range(kn):
             arow = (k0 + kk) * lda
-            for s8 in range(ns):
-                dst = ao + (s8 * kn + kk) * 8
-                if s8 * 8 + 8 <= M:
-                    _move8(a + np.uint64((arow + s8 * 8) * 4), sp + np.uint64(dst * 4))
+            for q in range(ns):
+                dst = ao + (q * kn + kk) * SH
+                if q * SH + SH <= M:
+                    _move_strip(a + np.uint64((arow + q * SH) * 4), sp + np.uint64(dst * 4))
                 else:
-                    for r in range(8):
-                        _store(sp, dst + r, _load(a, arow + s8 * 8 + r) if s8 * 8 + r < M else zero)
+                    for r in range(SH):
+                        _store(sp, dst + r, _load(a, arow + q * SH + r) if q * SH + r < M else zero)
         if nf > 0:
             call_panels(fpp, M, nf * NR, kn, sp + np.uint64(ao * 4), kn, sp, c, ldc, ac, 1)
         if nb > nf:  # the last columns: their product into the scratch, then added to (or written over) C's
