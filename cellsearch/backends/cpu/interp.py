@@ -13,17 +13,20 @@ The backward clears each gradient slot as its op reads it, not the whole of G ev
 never live at once share a slot (``kernel.gradient_slots``); the weight gradients are summed a block
 of steps at a time while that block's output gradients are in cache (``backward_rows``).
 
-The float32 GEMMs (``microkernel``), the job runner (``blas.run_jobs``) and the rarely used ops
-(``rare``) are C functions called by address: an njit callee would be linked into, and compiled
-again inside, each kernel's module (a machine's first use compiles all this; ``ahead.py``).
+Every loop over a block's elements (the ops, the seeding, copies, the gradients' bookkeeping) is a
+vector op from ``vector`` (explicit vectors written in LLVM IR): here they are calls with addresses,
+so the interpreters stay small to compile. The float32 GEMMs (``microkernel``), the job runner
+(``blas.run_jobs``) and the rarely used ops (``rare``) are C functions called by address: an njit
+callee would be linked into, and compiled again inside, each kernel's module (a machine's first use
+compiles all this; ``ahead.py``). Addresses are taken only of arrays passed in: Numba frees a local
+array after its last use by name, however long its address lives on.
 
 Speed notes (PERF-NOTES.md): vanishing gradients underflow into denormal numbers, on which the
 CPU is ~100x slower (a tanh RNN at lag 200 spent 10-20 ms per GEMM on them), so the gradients that
-feed GEMMs are flushed to zero below the smallest normal number; offsets are unsigned so that the
-elementwise loops vectorise (a signed flat index adds a wraparound check); ``error_model="numpy"``
-keeps divisions vectorisable; in float32 tanh and sigmoid use a rational
-approximation (max error ~3e-7) instead of libm; constants come typed from the caller's dtype so
-float32 code never promotes to float64. No fastmath: NaN and Inf must survive, so that divergence is detected.
+feed GEMMs are flushed to zero below the smallest normal number; in float32 tanh and sigmoid use a
+rational approximation (max error ~3e-7) instead of libm; constants come typed from the caller's
+dtype (R, ``constants``) so float32 code never promotes to float64. No fastmath: NaN and Inf must
+survive, so that divergence is detected.
 """
 
 from __future__ import annotations
