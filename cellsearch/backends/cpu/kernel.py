@@ -78,7 +78,7 @@ def _cpu_tables(plan: Plan, tb: Tables, B: int, H: int, SB: int, panels: bool) -
     for g, st in enumerate(plan.stages):
         info[g, interp.C_ZR] = ring
         ring += SB * B * len(st.dsts) * H
-    plain = _lines(sum(len(st.srcs) * len(st.dsts) * H * H for st in plan.stages))  # the panels: after W, a line on
+    plain = _lines(sum(len(st.srcs) * len(st.dsts) * H * H for st in plan.stages))  # the panels: after W, on a line
     sizes = [0, 0]
     if panels:
         for g, st in enumerate(plan.stages):
