@@ -164,3 +164,109 @@ def test_aligned_arrays_start_on_a_cache_line():
             assert a.shape == shape and a.ctypes.data % 64 == 0 and a.flags.c_contiguous
             if zero:
                 assert not a.any()
+
+
+ROW_OPS = {
+    "copy_rows": (vector.copy_rows, 2),
+    "add_rows": (vector.add_rows, 3),
+    "add3_rows": (vector.add3_rows, 4),
+    "add_scalar_rows": (vector.add_scalar_rows, 3),
+    "flush_copy_rows": (vector.flush_copy_rows, 2),
+    "b_bias_rows": (vector.b_bias_rows, 2),
+    "b_loadp_rows": (vector.b_loadp_rows, 3),
+    "b_loadp_bias_rows": (vector.b_loadp_bias_rows, 2),
+}
+
+
+def _row_caller(op):
+    @njit
+    def call(n, rows, p, s, R):
+        op(n, rows, p[0], s[0], p[1], s[1], p[2], s[2], p[3], s[3], R)
+
+    return call
+
+
+ROW_CALLERS = {name: _row_caller(op) for name, (op, _) in ROW_OPS.items()}
+
+
+def _flush(v, R):
+    return np.where(np.abs(v) < R[vector.R_TINY], R[vector.R_ZERO], v)
+
+
+def _row_expected(name, rows, R):
+    """Row by row, in order, as the scalar loops did (a row stride of 0: the same row each time)."""
+    out = [r.copy() for r in rows]  # each [rows, n] (one row where its stride is 0)
+    for i in range(out[0].shape[0]):
+
+        def at(k, out=out, i=i):
+            return out[k][i if out[k].shape[0] > 1 else 0]
+
+        if name == "copy_rows":
+            at(0)[:] = at(1)
+        elif name == "add_rows":
+            at(0)[:] = at(1) + at(2)
+        elif name == "add3_rows":
+            at(0)[:] = at(1) + (at(2) + at(3))
+        elif name == "add_scalar_rows":
+            at(0)[:] = at(1) + at(2)[0]
+        elif name == "flush_copy_rows":
+            at(0)[:] = _flush(at(1), R)
+        elif name == "b_bias_rows":
+            at(1)[:] = at(1) + at(0)
+            at(0)[:] = 0
+        elif name == "b_loadp_rows":
+            g = _flush(at(0), R)
+            at(1)[:] = g
+            at(2)[:] = at(2) + g
+            at(0)[:] = 0
+        else:  # b_loadp_bias_rows
+            at(1)[:] = at(1) + _flush(at(0), R)
+            at(0)[:] = 0
+    return out
+
+
+# which operands are one row shared by all rows (stride 0): a bias, a constant, a bias's gradient
+SHARED = {"add3_rows": {3}, "add_scalar_rows": {2}, "b_bias_rows": {1}, "b_loadp_rows": {2}, "b_loadp_bias_rows": {1}}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,rows", [(0, 3), (5, 0), (16, 1), (17, 4), (32, 5), (40, 3)])
+@pytest.mark.parametrize("name", sorted(ROW_OPS))
+def test_row_op_matches_numpy(name, n, rows, dtype):
+    rng = np.random.default_rng(n * 10 + rows)
+    R = interp.constants(np.dtype(dtype))
+    k = ROW_OPS[name][1]
+    shared = SHARED.get(name, set())
+    ld = [n + 3 * (i + 1) for i in range(k)]  # each operand's row stride: its rows apart, gaps between
+    mats = [rng.normal(size=(1 if i in shared else rows, n)).astype(dtype) for i in range(k)]
+    if name == "add_scalar_rows":  # the constant: one element, whatever n
+        mats[2] = np.full((1, max(n, 1)), 0.625, dtype=dtype)
+    if "flush" in name or "loadp" in name:
+        mats[0].flat[::3] = np.finfo(dtype).tiny / 4  # denormals: flushed to zero
+        if mats[0].size > 1:
+            mats[0].flat[1] = np.nan  # NaN is kept
+    sizes = [ld[i] * max(m.shape[0], 1) for i, m in enumerate(mats)]
+    arena = aligned(sum(sizes) + 8 * k, R.dtype)
+    arena[:] = -7.0
+    starts, at = [], 1
+    for i, m in enumerate(mats):
+        starts.append(at)
+        for r in range(m.shape[0]):
+            arena[at + r * ld[i] : at + r * ld[i] + m.shape[1]] = m[r]
+        at += sizes[i] + 5
+    before = arena.copy()
+    isz = arena.itemsize
+    p = np.zeros(4, dtype=np.uint64)
+    s = np.zeros(4, dtype=np.int64)
+    for i in range(k):
+        p[i] = arena.ctypes.data + starts[i] * isz
+        s[i] = 0 if i in shared else ld[i]
+    ROW_CALLERS[name](n, rows, p, s, R)
+    want = _row_expected(name, mats, R) if rows else mats
+    inside = np.zeros(arena.size, bool)
+    for i, m in enumerate(want):
+        for r in range(m.shape[0]):
+            lo = starts[i] + r * ld[i]
+            np.testing.assert_array_equal(arena[lo : lo + m.shape[1]], m[r], err_msg=f"{name} operand {i} row {r}")
+            inside[lo : lo + m.shape[1]] = True
+    assert np.array_equal(arena[~inside], before[~inside]), "an element outside the operands' rows was written"

@@ -137,6 +137,7 @@ def forward_rows(
     tp = TMP.ctypes.data
     ab = R.ctypes.data + np.uint64(R_AB) * isz  # (alpha, beta) = (1, 0), then (1, 1)
     mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, mw]: each range owns its rows
+    mwi = np.int64(mw)
     I = X.shape[2]
     nx = P.shape[1]  # P's row stride (NX*H, padded to whole panels)
     xp = X.ctypes.data
@@ -177,13 +178,11 @@ def forward_rows(
                 if ops[r, C_FOLD] != 0:
                     continue
                 col = np.uint64(aux) * Hu
-                for bb in range(R0, R1):
-                    vector.f_add(H, ap + (d + bb * Hu) * isz, pb0 + (bb * nxu + col) * isz, bxp + col * isz, 0, 0, 0, 0, R)
+                vector.add_rows(H, nr, ap + (d + e0) * isz, H, pb0 + (R0 * nxu + col) * isz, nx, bxp + col * isz, 0, 0, 0, R)
             elif code == OP_BIAS:
                 if ops[r, C_FOLD] != 0:
                     continue
-                for bb in range(R0, R1):
-                    vector.copy(H, ap + (d + bb * Hu) * isz, bp0 + np.uint64(aux) * Hu * isz, 0, 0, 0, 0, 0, R)
+                vector.copy_rows(H, nr, ap + (d + e0) * isz, H, bp0 + np.uint64(aux) * Hu * isz, 0, 0, 0, 0, 0, R)
             elif code == OP_GEMM:
                 ns = np.uint64(stage_info[aux, 0])
                 nk = np.uint64(stage_info[aux, 1])
@@ -192,8 +191,8 @@ def forward_rows(
                 koff = np.uint64(stage_info[aux, 3]) + tu * Bu * width
                 for i in range(ns):  # K[t] = [src_0 | src_1 | ...], one row per batch row
                     src = np.uint64(stage_src[aux, i, S_C]) + tu * np.uint64(stage_src[aux, i, S_M])
-                    for bb in range(R0, R1):
-                        vector.copy(H, kp + (koff + bb * width + i * Hu) * isz, ap + (src + bb * Hu) * isz, 0, 0, 0, 0, 0, R)
+                    kr = kp + (koff + R0 * width + i * Hu) * isz
+                    vector.copy_rows(H, nr, kr, np.int64(width), ap + (src + e0) * isz, H, 0, 0, 0, 0, R)
                 ow = nk * Hu  # out: TMP's rows R0..R1 (each range owns its rows), [nr, nk*H], row stride mw
                 oo = R0 * mw
                 _step_gemm(
@@ -216,18 +215,17 @@ def forward_rows(
                     kind = seed[aux, k, 0]
                     sx = seed[aux, k, 1]
                     kc = np.uint64(k) * Hu
-                    for bb in range(R0, R1):
-                        dst = ap + (dd + bb * Hu) * isz
-                        prod = tp + (oo + (bb - R0) * mw + kc) * isz
-                        if kind == SEED_P:  # the input projection's block and bias, folded in: one pass
-                            pc = np.uint64(sx) * Hu
-                            vector.add3(H, dst, prod, pb0 + (bb * nxu + pc) * isz, bxp + pc * isz, 0, 0, 0, R)
-                        elif kind == SEED_BIAS:
-                            vector.f_add(H, dst, prod, bp0 + np.uint64(sx) * Hu * isz, 0, 0, 0, 0, R)
-                        elif kind == SEED_CONST:
-                            vector.add_scalar(H, dst, prod, cp0 + np.uint64(sx) * isz, 0, 0, 0, 0, R)
-                        else:
-                            vector.f_add(H, dst, dst, prod, 0, 0, 0, 0, R)
+                    dst = ap + (dd + e0) * isz  # rows R0..R1 of the destination and of its columns in TMP
+                    prod = tp + (oo + kc) * isz
+                    if kind == SEED_P:  # the input projection's block and bias, folded in: one pass
+                        pc = np.uint64(sx) * Hu
+                        vector.add3_rows(H, nr, dst, H, prod, mwi, pb0 + (R0 * nxu + pc) * isz, nx, bxp + pc * isz, 0, R)
+                    elif kind == SEED_BIAS:
+                        vector.add_rows(H, nr, dst, H, prod, mwi, bp0 + np.uint64(sx) * Hu * isz, 0, 0, 0, R)
+                    elif kind == SEED_CONST:
+                        vector.add_scalar_rows(H, nr, dst, H, prod, mwi, cp0 + np.uint64(sx) * isz, 0, 0, 0, R)
+                    else:
+                        vector.add_rows(H, nr, dst, H, dst, H, prod, mwi, 0, 0, R)
             elif code == OP_ADD:
                 vector.f_add(ne, ap + (d + e0) * isz, ap + (a + e0) * isz, ap + (b + e0) * isz, 0, 0, 0, 0, R)
             elif code == OP_MUL:
@@ -325,16 +323,14 @@ def backward_rows(
             elif code == OP_LOADP:
                 col = np.uint64(aux) * Hu
                 pb = ops[r, C_DPB]
-                for bb in range(R0, R1):  # (denormals flushed to zero, NaN kept)
-                    grow = gq + (gd + bb * Hu) * isz
-                    if pb >= 0:
-                        prow = dPp + ((slot * Bu + bb) * dPw + np.uint64(pb) * Hu) * isz
-                        vector.b_loadp(H, grow, prow, dBxp + col * isz, 0, 0, 0, 0, R)
-                    else:  # the stage's DZ holds this gradient already
-                        vector.b_loadp_bias(H, grow, dBxp + col * isz, 0, 0, 0, 0, 0, R)
+                grow = gq + (gd + e0) * isz  # (denormals flushed to zero, NaN kept)
+                if pb >= 0:
+                    prow = dPp + ((slot * Bu + R0) * dPw + np.uint64(pb) * Hu) * isz
+                    vector.b_loadp_rows(H, nr, grow, H, prow, np.int64(dPw), dBxp + col * isz, 0, 0, 0, R)
+                else:  # the stage's DZ holds this gradient already
+                    vector.b_loadp_bias_rows(H, nr, grow, H, dBxp + col * isz, 0, 0, 0, 0, 0, R)
             elif code == OP_BIAS:
-                for bb in range(R0, R1):
-                    vector.b_bias(H, gq + (gd + bb * Hu) * isz, dBp + np.uint64(aux) * Hu * isz, 0, 0, 0, 0, 0, R)
+                vector.b_bias_rows(H, nr, gq + (gd + e0) * isz, H, dBp + np.uint64(aux) * Hu * isz, 0, 0, 0, 0, 0, R)
             elif code == OP_GEMM:
                 ns = np.uint64(stage_info[aux, 0])
                 nk = np.uint64(stage_info[aux, 1])
@@ -343,10 +339,8 @@ def backward_rows(
                 zoff = np.uint64(stage_info[aux, C_ZR]) + slot * Bu * width
                 for k in range(nk):  # DZ[t] = [g_dst_0 | g_dst_1 | ...], one row per batch row
                     src = np.uint64(stage_dst[aux, k, S_G])
-                    for bb in range(R0, R1):  # (denormals flushed to zero, NaN kept)
-                        vector.flush_copy(
-                            H, zp + (zoff + bb * width + k * Hu) * isz, gq + (src + bb * Hu) * isz, 0, 0, 0, 0, 0, R
-                        )
+                    zr = zp + (zoff + R0 * width + k * Hu) * isz  # (denormals flushed to zero, NaN kept)
+                    vector.flush_copy_rows(H, nr, zr, np.int64(width), gq + (src + e0) * isz, H, 0, 0, 0, 0, R)
                 sw = ns * Hu
                 pb = stage_info[aux, C_PB]
                 oo = R0 * mw
@@ -361,9 +355,8 @@ def backward_rows(
                 for i in range(ns):
                     dst = np.uint64(stage_src[aux, i, S_G])
                     ic = np.uint64(i) * Hu
-                    for bb in range(R0, R1):
-                        grow = gq + (dst + bb * Hu) * isz
-                        vector.f_add(H, grow, grow, tp + (oo + (bb - R0) * mw + ic) * isz, 0, 0, 0, 0, R)
+                    grow = gq + (dst + e0) * isz
+                    vector.add_rows(H, nr, grow, H, grow, H, tp + (oo + ic) * isz, np.int64(mw), 0, 0, R)
             elif code == OP_ADD:
                 vector.b_add(ne, gq + (gd + e0) * isz, gq + (ga + e0) * isz, gq + (gb + e0) * isz, 0, 0, 0, 0, R)
             elif code == OP_MUL:

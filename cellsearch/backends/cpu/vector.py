@@ -114,45 +114,89 @@ Body = Callable[[_Lanes], None]
 
 #: operand addresses every op takes (an op that needs fewer is passed 0 for the rest: one signature)
 N_PTRS = 7
+#: operands of the ``_rows`` form (address and row stride each)
+N_ROW_PTRS = 4
+
+
+def _emit(context: Any, builder: ir.IRBuilder, sig: Any, n: ir.Value, ptrs: list[ir.Value], R: ir.Value, body: Body) -> None:
+    """``body`` over elements 0..n of the operands at ptrs (typed pointers): whole vectors, then one
+    element at a time."""
+    dtype = sig.args[-1].dtype
+    el = context.get_value_type(dtype)
+    width = 16 if dtype == types.float32 else 8
+    i64 = ir.IntType(64)
+    Ra = context.make_array(sig.args[-1])(context, builder, R)
+    consts = [builder.load(builder.gep(Ra.data, [ir.Constant(i64, k)])) for k in range(R_TINY + 1)]
+    vec = ir.VectorType(el, width)
+
+    def loop(name: str, start: ir.Value, stop: ir.Value, step: int, ty: ir.Type, w: int) -> None:
+        pre = builder.basic_block
+        head = builder.append_basic_block(f"{name}.body")
+        done = builder.append_basic_block(f"{name}.done")
+        builder.cbranch(builder.icmp_unsigned("<", start, stop), head, done)
+        builder.position_at_end(head)
+        i = builder.phi(i64)
+        i.add_incoming(start, pre)
+        body(_Lanes(builder, ptrs, i, ty, consts, w))
+        nxt = builder.add(i, ir.Constant(i64, step))
+        i.add_incoming(nxt, builder.basic_block)
+        builder.cbranch(builder.icmp_unsigned("<", nxt, stop), head, done)
+        builder.position_at_end(done)
+
+    whole = builder.and_(n, ir.Constant(i64, -width))  # elements in whole vectors
+    # (gep on the element pointer: vector k starts at element k * width)
+    loop("vec", ir.Constant(i64, 0), whole, width, vec, width)
+    loop("rest", whole, n, 1, el, 1)
 
 
 def _elementwise(n_ptrs: int, body: Body) -> Any:
     """An intrinsic ``op(n, p_0, ..., p_6, R)``: ``body`` over elements 0..n of the operands at
-    addresses p_0..p_{n_ptrs-1}, whole vectors first, then one element at a time."""
+    addresses p_0..p_{n_ptrs-1}."""
 
     def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
-        dtype = sig.args[-1].dtype
-        el = context.get_value_type(dtype)
-        width = 16 if dtype == types.float32 else 8
-        i64 = ir.IntType(64)
-        n = args[0]
+        el = context.get_value_type(sig.args[-1].dtype)
         ptrs = [builder.inttoptr(a, el.as_pointer()) for a in args[1 : 1 + n_ptrs]]
-        R = context.make_array(sig.args[-1])(context, builder, args[-1])
-        consts = [builder.load(builder.gep(R.data, [ir.Constant(i64, k)])) for k in range(R_TINY + 1)]
-        vec = ir.VectorType(el, width)
-
-        def loop(name: str, start: ir.Value, stop: ir.Value, step: int, ty: ir.Type, w: int) -> None:
-            pre = builder.basic_block
-            head = builder.append_basic_block(f"{name}.body")
-            done = builder.append_basic_block(f"{name}.done")
-            builder.cbranch(builder.icmp_unsigned("<", start, stop), head, done)
-            builder.position_at_end(head)
-            i = builder.phi(i64)
-            i.add_incoming(start, pre)
-            body(_Lanes(builder, ptrs, i, ty, consts, w))
-            nxt = builder.add(i, ir.Constant(i64, step))
-            i.add_incoming(nxt, builder.basic_block)
-            builder.cbranch(builder.icmp_unsigned("<", nxt, stop), head, done)
-            builder.position_at_end(done)
-
-        whole = builder.and_(n, ir.Constant(i64, -width))  # elements in whole vectors
-        # (gep on the element pointer: vector k starts at element k * width)
-        loop("vec", ir.Constant(i64, 0), whole, width, vec, width)
-        loop("rest", whole, n, 1, el, 1)
+        _emit(context, builder, sig, args[0], ptrs, args[-1], body)
         return context.get_dummy_value()
 
     def op(typingctx: Any, n: Any, p0: Any, p1: Any, p2: Any, p3: Any, p4: Any, p5: Any, p6: Any, R: Any) -> Any:
         return types.void(types.intp, *([types.uintp] * N_PTRS), R), codegen
+
+    return intrinsic(prefer_literal=False)(op)
+
+
+def _rows(n_ptrs: int, body: Body) -> Any:
+    """An intrinsic ``op(n, rows, p_0, s_0, ..., p_3, s_3, R)``: ``body`` over elements 0..n of each of
+    ``rows`` rows, row r of operand i at address p_i plus r * s_i elements (s_i = 0: the same row for
+    all, as a bias added to each row or a bias gradient summed over them, in row order)."""
+
+    def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
+        el = context.get_value_type(sig.args[-1].dtype)
+        i64 = ir.IntType(64)
+        n, rows = args[0], args[1]
+        bases = [builder.inttoptr(args[2 + 2 * k], el.as_pointer()) for k in range(n_ptrs)]
+        strides = [args[3 + 2 * k] for k in range(n_ptrs)]
+        pre = builder.basic_block
+        head = builder.append_basic_block("rows.body")
+        done = builder.append_basic_block("rows.done")
+        zero = ir.Constant(i64, 0)
+        builder.cbranch(builder.icmp_signed(">", rows, zero), head, done)
+        builder.position_at_end(head)
+        r = builder.phi(i64)
+        r.add_incoming(zero, pre)
+        ptrs = [builder.gep(b, [builder.mul(r, st)]) for b, st in zip(bases, strides, strict=True)]
+        _emit(context, builder, sig, n, ptrs, args[-1], body)
+        nxt = builder.add(r, ir.Constant(i64, 1))
+        r.add_incoming(nxt, builder.basic_block)
+        builder.cbranch(builder.icmp_signed("<", nxt, rows), head, done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    def op(
+        typingctx: Any, n: Any, rows: Any, p0: Any, s0: Any, p1: Any, s1: Any, p2: Any, s2: Any, p3: Any, s3: Any, R: Any
+    ) -> Any:
+        args = [types.intp, types.intp] + [types.uintp, types.intp] * N_ROW_PTRS
+        return types.void(*args, R), codegen
 
     return intrinsic(prefer_literal=False)(op)
 
@@ -286,15 +330,18 @@ def _b_loadp_bias(v: _Lanes) -> None:  # as _b_loadp where a stage's DZ already 
 
 
 copy = _elementwise(2, _copy)
-add3 = _elementwise(4, _add3)
-add_scalar = _elementwise(3, _add_scalar)
 zero = _elementwise(1, _zero)
 move = _elementwise(2, _move)
-flush_copy = _elementwise(2, _flush_copy)
-b_bias = _elementwise(2, _b_bias)
-b_loadp = _elementwise(3, _b_loadp)
-b_loadp_bias = _elementwise(2, _b_loadp_bias)
 f_add = _elementwise(3, _f_add)
+# ... and over rows of a chunk, each operand with its row stride
+copy_rows = _rows(2, _copy)
+add_rows = _rows(3, _f_add)
+add3_rows = _rows(4, _add3)
+add_scalar_rows = _rows(3, _add_scalar)
+flush_copy_rows = _rows(2, _flush_copy)
+b_bias_rows = _rows(2, _b_bias)
+b_loadp_rows = _rows(3, _b_loadp)
+b_loadp_bias_rows = _rows(2, _b_loadp_bias)
 f_mul = _elementwise(3, _f_mul)
 f_blend = _elementwise(4, _f_blend)
 f_sigmoid = _elementwise(2, _f_sigmoid)
