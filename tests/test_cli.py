@@ -140,6 +140,9 @@ def test_bench_compile_rows():
     assert set(rows) == {"cold", "cache_hit", "rare_ops", "new_cell"}
     assert all(r["seconds"] > 0 for r in rows.values())
     assert rows["cache_hit"]["seconds"] < rows["cold"]["seconds"] and rows["new_cell"]["seconds"] < 0.5
+    for what in ("cold", "cache_hit"):  # Numba's start, timed apart, is part of the seconds
+        assert 0 < rows[what]["numba_start_seconds"] < rows[what]["seconds"]
+    assert rows["new_cell"]["numba_start_seconds"] == 0  # once per process: the rows after pay none
 
 
 def test_bench_rejects_bad_configs(capsys):

@@ -318,9 +318,11 @@ def bench_compile_cmd(cell: str, threads: int, seed: int, fmt: str) -> None:
     labels = {"cold": "first use (empty cache)", "cache_hit": "later process (cache)", "rare_ops": "first rare op (once)",
               "new_cell": "a new cell"}  # fmt: skip
     for r in rows:
+        start = f"  (of which {r['numba_start_seconds']:.2f} s Numba's start)" if r["numba_start_seconds"] else ""
         imp = f"  (+ {r['import_seconds']:.2f} s imports)" if r["import_seconds"] else ""
-        click.echo(f"{labels[r['what']]:<26} {r['cell']:<13} {r['seconds']:7.3f} s{imp}")
-    click.echo(f"\ncompile(cell, 'cpu', threads={threads}) plus its first forward and backward (B,T,I,H = 4,5,8,16)")
+        click.echo(f"{labels[r['what']]:<26} {r['cell']:<13} {r['seconds']:7.3f} s{start}{imp}")
+    click.echo(f"\ncompile(cell, 'cpu', threads={threads}) plus its first forward and backward (B,T,I,H = 4,5,8,16);"
+               "\nNumba's start: its CPU target's, once per process, whatever it compiles or loads")  # fmt: skip
 
 
 def _stderr_console() -> Any:
