@@ -4,17 +4,20 @@ Each op of a cell's step program (``interp.py``) runs over a chunk's rows of one
 per operand, all in the arena A (forward) or in the gradient slots G and A (backward). Written as
 plain Numba loops, each one became a vectorised loop with a scalar remainder and run-time overlap
 checks between its operands (they all index the same array), and those loops were ~40 % of the
-executor's compile time. Here each op is an intrinsic (``OPS``) that emits one loop over whole
-vectors (16 float32s or 8 float64s: one AVX-512 register; LLVM splits them where the machine has
-narrower ones) and a scalar loop for the rest, with the same operations in the same order as the
-scalar code: the results are the same to the last bit. No overlap checks are needed: two operands
-are either the same block or blocks that do not overlap (``tables``), and every vector's operands
-are all loaded before the stores that could touch them, or stored in the scalar code's order.
+executor's compile time. Here each op is an intrinsic (``f_add``, ``b_mul``, ... below) that emits
+one loop over whole vectors (16 float32s or 8 float64s: one AVX-512 register; LLVM splits them where
+the machine has narrower ones) and a scalar loop for the rest, with the same operations in the same
+order as the scalar code: the results are the same to the last bit. No overlap checks are needed:
+two operands are either the same block or blocks that do not overlap (``tables``), and every
+vector's operands are all loaded before the stores that could touch them, or stored in the scalar
+code's order.
 
 Each intrinsic takes the element count, the operands' addresses (where their first element sits)
-and R (``interp.constants``: the typed constants, whose dtype picks float32 or float64). float32
-tanh is the rational approximation (``interp.RATIONAL_TANH``); float64 calls libm's tanh per element.
-No fast-math flags: NaN and Inf propagate, so a diverging candidate is detected.
+and R (``interp.constants``: the typed constants, whose dtype picks float32 or float64); the
+``*_rows`` forms run over a chunk's rows, each operand with a row stride of its own (0: one row for
+all, a bias or a bias's gradient). float32 tanh is the rational approximation
+(``interp.RATIONAL_TANH``); float64 calls libm's tanh per element. No fast-math flags: NaN and Inf
+propagate, so a diverging candidate is detected.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ class _Lanes:
     def tanh(self, v: ir.Value) -> ir.Value:
         b = self.b
         el = self.ty.element if isinstance(self.ty, ir.VectorType) else self.ty
-        if isinstance(el, ir.FloatType):  # float32: x * P(x^2) / Q(x^2) on [-clamp, clamp], as interp._tanh
+        if isinstance(el, ir.FloatType):  # float32: x * P(x^2) / Q(x^2) on [-clamp, clamp], R[0..11]
             c = self.r(0)
             x = b.select(b.fcmp_ordered(">", v, c), c, v)
             nc = b.fneg(c)
