@@ -387,10 +387,13 @@ def forward_kernel_split(
     ``out`` [T, batch, H] at the end."""
     for c in prange(rows.shape[0] - 1):
         n = rows[c + 1] - rows[c]
+        I = np.uint64(x.shape[2])
+        isz = np.uint64(x.itemsize)
         for t in range(T):  # this chunk's rows of x, in its own buffer (the backward reads them too)
-            for bb in range(n):
-                for j in range(x.shape[2]):
-                    X[c, t, bb, j] = x[t, rows[c] + bb, j]
+            tu = np.uint64(t)
+            src = x.ctypes.data + (tu * np.uint64(x.shape[1]) + np.uint64(rows[c])) * I * isz
+            vector.copy(n * x.shape[2], X.ctypes.data + ((np.uint64(c) * np.uint64(T) + tu) * np.uint64(B)) * I * isz, src, 0, 0,
+                        0, 0, 0, R)  # fmt: skip
         forward_rows(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A[c], P[c], bx, X[c], WX, wx_panels, S0[c], consts,
                       biases, peeps, W, K[c], TMP[c], R, 0, n, out, out_at, out_step, rows[c], fpp, fpr)  # fmt: skip
 
