@@ -27,7 +27,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 NR = 32  # columns of a panel: two 16-float vectors
-SH = 12  # rows of the tallest tile, and of A's strips as ``gemm_packed`` packs it (see ``_row_tiles``)
+SH = 12  # rows of the tallest tile, and of A's strips as ``gemm_packed`` packs it (see ``_tiles``)
 _W = 16  # floats per vector
 
 
@@ -205,40 +205,25 @@ _tile1 = _tile(1)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _strip_tiles(M, a, K, b, c, ldc, acc):  # pragma: no cover - njit
-    """Rows 0..M of ``C[:, 32] (+)= A @ B`` for A packed as strips of SH rows, each [K, SH] (the rows'
-    k-th elements side by side), by whole strips, then the last one's rows by tiles of 4 and 1."""
+def _tiles(M, a, sr, sk, step, b, c, ldc, K, acc):  # pragma: no cover - njit
+    """Rows 0..M of ``C[:, 32] (+)= A @ B`` by tiles of SH = 12, 4, then 1 rows: 24 of the 32 vector
+    registers hold the product (8 rows measured 2-9 % slower: each k reloads B's two vectors for fewer
+    rows). The block of SH rows from row i starts i*step bytes from a, and its element (r, k) is
+    ``r*sr + k*sk`` floats into it: a row-major A (sr = lda, sk = 1, step = lda*4), or A packed as
+    strips of SH rows, each [K, SH] (sr = 1, sk = SH, step = K*4)."""
     i = np.int64(0)
-    blk = K * SH * 4  # bytes of a strip
-    one, sh, nr = np.int64(1), np.int64(SH), np.int64(NR)
+    nr = np.int64(NR)
     while i + SH <= M:
-        _tile_sh(a + np.uint64((i // SH) * blk), one, sh, b, nr, c + np.uint64(i * ldc * 4), ldc, K, acc)
+        _tile_sh(a + np.uint64(i * step), sr, sk, b, nr, c + np.uint64(i * ldc * 4), ldc, K, acc)
         i += SH
-    base = a + np.uint64((i // SH) * blk)
+    base = a + np.uint64(i * step)
     r = np.int64(0)
     while i + r + 4 <= M:
-        _tile4(base + np.uint64(r * 4), one, sh, b, nr, c + np.uint64((i + r) * ldc * 4), ldc, K, acc)
+        _tile4(base + np.uint64(r * sr * 4), sr, sk, b, nr, c + np.uint64((i + r) * ldc * 4), ldc, K, acc)
         r += 4
     while i + r < M:
-        _tile1(base + np.uint64(r * 4), one, sh, b, nr, c + np.uint64((i + r) * ldc * 4), ldc, K, acc)
+        _tile1(base + np.uint64(r * sr * 4), sr, sk, b, nr, c + np.uint64((i + r) * ldc * 4), ldc, K, acc)
         r += 1
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _row_tiles(M, a, lda, b, c, ldc, K, acc):  # pragma: no cover - njit
-    """Rows 0..M of ``C[:, 32] (+)= A @ B`` for a row-major A (leading dimension lda) by tiles of SH = 12,
-    4, then 1 rows: 24 of the 32 vector registers hold the product (8 rows measured 2-9 % slower: each k
-    reloads B's two vectors for fewer rows)."""
-    i = np.int64(0)
-    while i + SH <= M:
-        _tile_sh(a + np.uint64(i * lda * 4), lda, np.int64(1), b, np.int64(NR), c + np.uint64(i * ldc * 4), ldc, K, acc)
-        i += SH
-    while i + 4 <= M:
-        _tile4(a + np.uint64(i * lda * 4), lda, np.int64(1), b, np.int64(NR), c + np.uint64(i * ldc * 4), ldc, K, acc)
-        i += 4
-    while i < M:
-        _tile1(a + np.uint64(i * lda * 4), lda, np.int64(1), b, np.int64(NR), c + np.uint64(i * ldc * 4), ldc, K, acc)
-        i += 1
 
 
 @njit(cache=True, error_model="numpy")
@@ -254,9 +239,9 @@ def gemm_panels(M, N, K, a, lda, bp, c, ldc, acc, strips):  # pragma: no cover -
     for j in range((np.int64(N) + NR - 1) // NR):  # (constant strides in each branch: the tiles' loops stay lean)
         pj, cj = bp + np.uint64(j * K * NR * 4), c + np.uint64(j * NR * 4)
         if strips:
-            _strip_tiles(M, a, K, pj, cj, ldc, acc)
+            _tiles(M, a, np.int64(1), np.int64(SH), K * 4, pj, cj, ldc, K, acc)
         else:
-            _row_tiles(M, a, lda, pj, cj, ldc, K, acc)
+            _tiles(M, a, lda, np.int64(1), lda * 4, pj, cj, ldc, K, acc)
 
 
 #: rows of B (the sum's length) packed at once by ``gemm_packed``: its scratch holds KC rows of A and B

@@ -44,6 +44,8 @@ class _Lanes:
         self.b = builder
         self.ty = ty  # the float type or the vector type
         self.width = width
+        self.el = ty.element if isinstance(ty, ir.VectorType) else ty
+        self.f32 = isinstance(self.el, ir.FloatType)  # else float64 (ir.DoubleType)
         self._ptrs = [builder.bitcast(builder.gep(p, [index]), ty.as_pointer()) for p in ptrs]
         self._bases = ptrs
         self._consts = consts
@@ -55,8 +57,7 @@ class _Lanes:
         self.b.store(v, self._ptrs[i], align=self._align())
 
     def _align(self) -> int:
-        el = self.ty.element if isinstance(self.ty, ir.VectorType) else self.ty
-        return 4 if isinstance(el, ir.FloatType) else 8
+        return 4 if self.f32 else 8
 
     def r(self, k: int) -> ir.Value:
         """Constant R[k], splat over the lanes."""
@@ -69,12 +70,7 @@ class _Lanes:
     def flush(self, v: ir.Value) -> ir.Value:
         """v, or zero where |v| is below the smallest normal number (a denormal; NaN stays)."""
         b = self.b
-        el = self.ty.element if isinstance(self.ty, ir.VectorType) else self.ty
-        name = (
-            ("f32" if isinstance(el, ir.FloatType) else "f64")
-            if self.width == 1
-            else f"v{self.width}{'f32' if isinstance(el, ir.FloatType) else 'f64'}"
-        )
+        name = ("" if self.width == 1 else f"v{self.width}") + ("f32" if self.f32 else "f64")
         fabs = cgutils.get_or_insert_function(b.module, ir.FunctionType(self.ty, [self.ty]), f"llvm.fabs.{name}")
         return b.select(b.fcmp_ordered("<", b.call(fabs, [v]), self.r(R_TINY)), self.r(R_ZERO), v)
 
@@ -87,8 +83,7 @@ class _Lanes:
 
     def tanh(self, v: ir.Value) -> ir.Value:
         b = self.b
-        el = self.ty.element if isinstance(self.ty, ir.VectorType) else self.ty
-        if isinstance(el, ir.FloatType):  # float32: x * P(x^2) / Q(x^2) on [-clamp, clamp], R[0..11]
+        if self.f32:  # float32: x * P(x^2) / Q(x^2) on [-clamp, clamp], R[0..11]
             c = self.r(0)
             x = b.select(b.fcmp_ordered(">", v, c), c, v)
             nc = b.fneg(c)
@@ -102,7 +97,7 @@ class _Lanes:
             for k in (10, 9, 8):
                 q = b.fadd(self.r(k), b.fmul(x2, q))
             return b.fdiv(p, q)
-        fn = cgutils.get_or_insert_function(b.module, ir.FunctionType(el, [el]), "tanh")
+        fn = cgutils.get_or_insert_function(b.module, ir.FunctionType(self.el, [self.el]), "tanh")
         if self.width == 1:
             return b.call(fn, [v])
         out = ir.Constant(self.ty, ir.Undefined)
