@@ -237,9 +237,6 @@ def _workspace(plan: Plan, T: int, B: int, I: int, H: int, C: int, dtype: np.dty
     def z(shape: tuple[int, ...], dtype: Any) -> Array:  # the unused rows of K, DZ, dP and X must read as 0
         return aligned(shape, dtype, zero=True)
 
-    def e(shape: tuple[int, ...], dtype: Any) -> Array:
-        return aligned(shape, dtype)
-
     return _Workspace(
         tb,
         cpu,
@@ -247,13 +244,13 @@ def _workspace(plan: Plan, T: int, B: int, I: int, H: int, C: int, dtype: np.dty
         Bp,
         SB,
         X=z((C, T, Bp, I) if C > 1 else (0, T, Bp, I), dtype=dtype),
-        P=e((C, Bp, max(padded(len(plan.xblocks) * H), 1)), dtype=dtype),
+        P=aligned((C, Bp, max(padded(len(plan.xblocks) * H), 1)), dtype=dtype),
         dP=z((C, SB * Bp, len(cpu.dp_blocks) * H), dtype=dtype),
-        A=e((C, _lines(tb.arena)), dtype=dtype),
+        A=aligned((C, _lines(tb.arena)), dtype=dtype),
         K=z((C, _lines(tb.k_size)), dtype=dtype),
         DZ=z((C, _lines(ring)), dtype=dtype),
-        TMP=e((C, Bp * widest), dtype=dtype),  # [Bp, widest]: a GEMM's rows (room for panel padding)
-        G=e((C, _lines(cpu.g_slots * Bp * H)), dtype=dtype),
+        TMP=aligned((C, Bp * widest), dtype=dtype),  # [Bp, widest]: a GEMM's rows (room for panel padding)
+        G=aligned((C, _lines(cpu.g_slots * Bp * H)), dtype=dtype),
     )
 
 
