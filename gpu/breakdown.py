@@ -1,7 +1,9 @@
 """Where a training step's time goes on the GPU, per schedule: ``python3 gpu/breakdown.py`` writes
 ``breakdown.json`` (under $OUT if set, else gpu/results/) with ``cellsearch.bench.gpu.step_breakdown``
 rows for lstm and gru at the configs given (default: the issue's (64,100,256,256) and the T=1000 one),
-and ``barriers.json``: microseconds per grid barrier of the units schedule, both kinds, alone."""
+``barriers.json``: microseconds per grid barrier of the units schedule, both kinds, alone; and with
+``--attribution``, ``attribution.json``: the time loops on the cell's op table and on it without its
+elementwise ops, without its GEMM stages, and with none (``cellsearch.bench.gpu.loop_attribution``)."""
 
 from __future__ import annotations
 
@@ -23,8 +25,10 @@ def main() -> int:
     ap.add_argument("--schedules", default="rows,units")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--probes", default="32,64,128", help="block counts to time the grid barriers alone at ('' for none)")
+    ap.add_argument("--attribution", action="store_true", help="also time the loops on partial op tables")
+    ap.add_argument("--variants", default="{}", help="JSON list of CudaKernel options per breakdown row (default: each schedule)")
     args = ap.parse_args()
-    from cellsearch.bench.gpu import barrier_cost, step_breakdown
+    from cellsearch.bench.gpu import barrier_cost, loop_attribution, step_breakdown
     from cellsearch.bench.kernels import parse_config
 
     out = Path(args.out)
@@ -40,13 +44,20 @@ def main() -> int:
             print(json.dumps(row), flush=True)
             probes.append(row)
             (out / "barriers.json").write_text(json.dumps(probes, indent=2))
+    variants = json.loads(args.variants) or [{"schedule": sch} for sch in args.schedules.split(",")]
+    attributed = []
     for cfg in [parse_config(c) for c in args.configs.split(";")]:
         for cell in args.cells.split(","):
-            for schedule in args.schedules.split(","):
-                row = step_breakdown(cell, cfg, rounds=args.rounds, schedule=schedule)
+            for options in variants:
+                row = step_breakdown(cell, cfg, rounds=args.rounds, **options)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 (out / "breakdown.json").write_text(json.dumps(rows, indent=2))
+                if args.attribution:
+                    row = loop_attribution(cell, cfg, rounds=args.rounds, **options)
+                    print(json.dumps(row), flush=True)
+                    attributed.append(row)
+                    (out / "attribution.json").write_text(json.dumps(attributed, indent=2))
     return 0
 
 

@@ -67,12 +67,13 @@ def machine() -> dict:
     return info
 
 
-def conformance(out: Path, timeout: float = 360) -> dict:
+def conformance(out: Path, timeout: float = 360, select: str = "") -> dict:
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     t0 = time.perf_counter()
     try:  # a kernel that never ends (a grid barrier some block never reaches) must not eat the machine's time
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/backends/test_cuda.py"],
+            [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/backends/test_cuda.py"]
+            + (["-k", select] if select else []),
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -95,7 +96,10 @@ def resources() -> dict:
 
     f32 = np.dtype(np.float32)
     families = [(f"rows{r}", kernels(f32, r)) for r in ROWS]
-    families += [(f"units-{'grid' if c else 'atomic'}", unit_kernels(f32, c)) for c in (False, True)]
+    for c in (False, True):  # thread dots, then the sweep's warp dots
+        for warp, wr, wl in ((False, 2, 8), (True, 2, 8), (True, 1, 16), (True, 4, 4), (True, 1, 8)):
+            label = f"units-{'grid' if c else 'atomic'}" + (f"-warp{wr}x{wl}" if warp else "")
+            families.append((label, unit_kernels(f32, c, 4, warp, wr, wl)))
     found: dict = {}
     for label, ks in families:
         for kname, k in vars(ks).items():
@@ -119,14 +123,17 @@ def _values(v: dict | int) -> list:
 #: the time loop's variants the schedules sweep times (lstm, float32)
 SCHEDULE_VARIANTS = [
     {"schedule": "rows"},
-    {"schedule": "units", "barrier": "grid"},
+    {"schedule": "units", "barrier": "grid"},  # warp dot products, 2 rows x 8 loads (the default)
     {"schedule": "units", "barrier": "atomic"},
+    {"schedule": "units", "barrier": "grid", "warp_dots": False},  # a thread per output (session 7's default)
+    {"schedule": "units", "barrier": "grid", "warp_rows": 1, "warp_loads": 16},
+    {"schedule": "units", "barrier": "grid", "warp_rows": 4, "warp_loads": 4},
+    {"schedule": "units", "barrier": "grid", "warp_rows": 1, "warp_loads": 8},
+    {"schedule": "units", "barrier": "grid", "units_per_block": 4},
     {"schedule": "units", "barrier": "grid", "value_cache": False},
-    {"schedule": "units", "barrier": "grid", "value_cache": False, "weight_cache": False},
     {"schedule": "rows", "dot_unroll": 8},
-    {"schedule": "units", "barrier": "grid", "dot_unroll": 8},
-    {"schedule": "units", "barrier": "grid", "split_dot": True},
-    {"schedule": "units", "barrier": "grid", "split_dot": True, "dot_unroll": 8},
+    {"schedule": "units", "barrier": "grid", "warp_dots": False, "dot_unroll": 8},
+    {"schedule": "units", "barrier": "grid", "warp_dots": False, "split_dot": True},
 ]
 
 
@@ -138,6 +145,7 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: tests,kernels,population,schedules,sweep")
     ap.add_argument("--configs", default=None, help="B,T,I,H;... instead of the benchmark's configs (the sweep uses the last)")
     ap.add_argument("--tests-timeout", type=float, default=360, help="seconds the conformance suite may take")
+    ap.add_argument("--tests-k", default="", help="only the conformance tests this pytest -k expression selects")
     ap.add_argument("--population", type=int, default=32, help="cells in the population check")
     ap.add_argument("--population-config", default="32,100,8,64", help="B,T,I,H of the population check")
     args = ap.parse_args()
@@ -156,7 +164,7 @@ def main() -> int:
     failed = False
     if "tests" not in skip:
         log("conformance: pytest -m cuda on the GPU")
-        res = conformance(out, args.tests_timeout)
+        res = conformance(out, args.tests_timeout, args.tests_k)
         log(f"conformance: {res}")
         (out / "conformance.json").write_text(json.dumps(res, indent=2))
         failed |= res["returncode"] != 0

@@ -46,6 +46,9 @@ class GpuRow:
     value_cache: bool | None  # units schedule: its elements of the step's values there
     dot_unroll: int  # terms of the time loop's dot products in flight
     split_dot: bool  # units schedule: dot products split over several threads
+    warp_dots: bool | None  # units schedule: a warp per rows' dot products, lanes splitting the inner dimension
+    warp_rows: int | None  # ... rows at a time
+    warp_loads: int | None  # ... loads in flight per row and lane
     median_ms: float
     torch_median_ms: float | None  # torch.nn.LSTM/GRU on the same GPU (cuDNN)
     ratio: float | None  # ours / torch: < 1 is faster
@@ -177,7 +180,9 @@ def bench_gpu(
 
 
 def _geometry(kernel: Any, B: int, H: int) -> dict[str, Any]:
-    return {**_schedule(kernel, B, H), "dot_unroll": kernel.dot_unroll, "split_dot": kernel.split_dot}
+    warp = kernel.warp_dots if kernel.schedule_for(B, H) == "units" else None
+    return {**_schedule(kernel, B, H), "dot_unroll": kernel.dot_unroll, "split_dot": kernel.split_dot, "warp_dots": warp,
+            "warp_rows": kernel.warp_rows if warp else None, "warp_loads": kernel.warp_loads if warp else None}  # fmt: skip
 
 
 def _schedule(kernel: Any, B: int, H: int) -> dict[str, Any]:
@@ -333,3 +338,76 @@ def barrier_cost(blocks: int, cooperative: bool, n: int = 1000, threads: int = 2
         "us_per_barrier": round((full - empty) / n * 1e6, 3),
         "device": device_name(),
     }
+
+
+def loop_attribution(
+    name: str, config: tuple[int, int, int, int], rounds: int = 5, seed: int = 0, **options: Any
+) -> dict[str, Any]:
+    """Where the time loops' time goes: the forward and backward loops (µs a sequential step, the
+    GEMMs outside the loop excluded) run on the cell's op table, on it without its elementwise ops,
+    without its GEMM stages, and with no op at all (what remains: the loop itself, the state and
+    output copies). The kernels interpret whatever table they are given, so the partial tables time
+    the same compiled code; their results are meaningless and discarded."""
+    from numba import cuda
+
+    from ..backends.cuda.kernels import OP_CONST, OP_GEMM
+    from ..backends.tables import C_AUX, C_CODE
+
+    B, T, I, H = config
+    kernel, _, x = our_step(name, B, T, I, H, seed=seed, **options)
+    I_ = x.shape[2]
+    params = init_params(get(name), I_, H, np.random.default_rng(seed), dtype=np.float32)
+    weights = kernel.upload(params, I_, H)
+    xd = cuda.to_device(x, stream=kernel.stream)
+    d_out = cuda.to_device(np.ones((T, B, H), dtype=np.float32), stream=kernel.stream)
+    s = kernel.stream
+    ws = kernel._workspace(T, B, I_, H)
+    full_ops, full_mirror = ws.ops, ws.mirror
+    host_ops = full_ops.copy_to_host()
+    host_mops = full_mirror[0].copy_to_host()
+    gemm = host_ops[:, C_CODE] == OP_GEMM
+    keep = {"all": np.ones(len(host_ops), bool), "no_elementwise": gemm, "no_gemm": ~gemm, "none": np.zeros(len(host_ops), bool)}
+    tables = {}
+    for label, rows in keep.items():
+        ops, mops = host_ops[rows], host_mops[rows]
+        if not len(ops):  # no op: one constant (a copy of nothing into a slot) stands in, as device arrays need an element
+            ops, mops = host_ops[:1].copy(), host_mops[:1].copy()
+            ops[0, C_CODE], ops[0, C_AUX] = OP_CONST, 0
+        tables[label] = (
+            cuda.to_device(np.ascontiguousarray(ops), stream=s),
+            cuda.to_device(np.ascontiguousarray(mops), stream=s),
+        )
+    state: dict[str, Any] = {}
+
+    def use(label: str) -> None:
+        ws.ops = tables[label][0]
+        ws.mirror = (tables[label][1], *full_mirror[1:])
+
+    def timed(label: str, direction: str) -> Callable[[], object]:
+        def go() -> object:
+            use(label)
+            if direction == "forward" or "f" not in state:
+                t0 = time.perf_counter()
+                state["f"] = kernel.forward_device(weights, xd)
+                s.synchronize()
+                if direction == "forward":
+                    return time.perf_counter() - t0
+            t0 = time.perf_counter()
+            kernel.backward_device(weights, state["f"].tape, d_out, grad_x=False)
+            s.synchronize()
+            return time.perf_counter() - t0
+
+        return go
+
+    try:
+        out: dict[str, Any] = {"cell": name, "config": list(config), **_geometry(kernel, B, H)}
+        for direction in ("forward", "backward"):
+            for label in keep:
+                fn = timed(label, direction)
+                state.pop("f", None)
+                fn()
+                times = [float(fn()) for _ in range(rounds)]  # type: ignore[arg-type]
+                out[f"{direction}_{label}_ms"] = round(float(np.median(times)) * 1e3, 3)
+        return out
+    finally:
+        ws.ops, ws.mirror = full_ops, full_mirror

@@ -64,19 +64,39 @@ GEOMETRIES = {
     "rows2-t2": {"schedule": "rows", "rows_per_block": 2, "threads_per_block": 2},
     "rows4-t1": {"schedule": "rows", "rows_per_block": 4, "threads_per_block": 1},
     "rows8-t3": {"schedule": "rows", "rows_per_block": 8, "threads_per_block": 3},
-    "units": {"schedule": "units"},
+    "units": {"schedule": "units"},  # warp dot products: 16 forward columns in two passes of 8, 3 rows
     "units3-nocache": {"schedule": "units", "units_per_block": 3, "weight_cache": False},  # a partial last group
-    "units2-t3": {"schedule": "units", "units_per_block": 2, "threads_per_block": 3},
+    "units2-t3": {"schedule": "units", "units_per_block": 2, "threads_per_block": 3, "warp_dots": False},
     "units1-atomic": {"schedule": "units", "units_per_block": 1, "barrier": "atomic"},
     "units-grid": {"schedule": "units", "barrier": "grid"},
-    "units-t5": {"schedule": "units", "threads_per_block": 5},
+    "units-t5": {"schedule": "units", "threads_per_block": 5},  # warp dots: rounded up to a warp
+    "units-t5-thread": {"schedule": "units", "threads_per_block": 5, "warp_dots": False},
     "units-novalues": {"schedule": "units", "value_cache": False},
     "units-global": {"schedule": "units", "value_cache": False, "weight_cache": False},
+    "units-warp1-4": {"schedule": "units", "warp_rows": 1, "warp_loads": 4},
+    "units-warp4-4-global": {"schedule": "units", "warp_rows": 4, "warp_loads": 4, "weight_cache": False, "units_per_block": 3},
+    "units-warp1-16-novalues": {"schedule": "units", "warp_rows": 1, "warp_loads": 16, "value_cache": False},
     "rows2-unroll8": {"schedule": "rows", "rows_per_block": 2, "dot_unroll": 8},  # H=4: the 4H-wide backward dot
-    "units-unroll8": {"schedule": "units", "dot_unroll": 8},
-    "units-global-unroll8": {"schedule": "units", "value_cache": False, "weight_cache": False, "dot_unroll": 8},
-    "units-split": {"schedule": "units", "split_dot": True, "threads_per_block": 128},  # forward 2, backward 8 threads a dot
-    "units-split-256": {"schedule": "units", "split_dot": True, "threads_per_block": 256},  # the last threads idle
+    "units-unroll8": {"schedule": "units", "dot_unroll": 8, "warp_dots": False},
+    "units-global-unroll8": {
+        "schedule": "units",
+        "value_cache": False,
+        "weight_cache": False,
+        "dot_unroll": 8,
+        "warp_dots": False,
+    },
+    "units-split": {
+        "schedule": "units",
+        "split_dot": True,
+        "threads_per_block": 128,
+        "warp_dots": False,
+    },  # forward 2, backward 8 threads a dot
+    "units-split-256": {
+        "schedule": "units",
+        "split_dot": True,
+        "threads_per_block": 256,
+        "warp_dots": False,
+    },  # the last threads idle
     "units-split-global8": {
         "schedule": "units",
         "split_dot": True,
@@ -85,6 +105,7 @@ GEOMETRIES = {
         "dot_unroll": 8,
         "units_per_block": 3,
         "threads_per_block": 32,
+        "warp_dots": False,
     },
 }
 
@@ -168,7 +189,16 @@ def test_schedule_choice_and_units_geometry(monkeypatch):
     k.units_per_block = None
     k.value_cache = False
     assert k.units_layout(64, 256, forward=True).vcache is False
-    for bad in ({"schedule": "columns"}, {"barrier": "spin"}, {"units_per_block": 0}, {"gemm_split": 0}, {"dot_unroll": 6}):
+    for bad in (
+        {"schedule": "columns"},
+        {"barrier": "spin"},
+        {"units_per_block": 0},
+        {"gemm_split": 0},
+        {"dot_unroll": 6},
+        {"warp_rows": 3},
+        {"warp_loads": 2},
+        {"warp_rows": 2, "warp_loads": 16},
+    ):
         with pytest.raises(ShapeError):
             kmod.CudaKernel(zoo.get("lstm"), **bad)
     with pytest.raises(ShapeError, match="rows schedule"):
@@ -205,11 +235,31 @@ def test_gemm_at_the_gpu_tile_size(ta, tb, split):
 
 @needs_cuda
 @pytest.mark.skipif(SIMULATED, reason="GPU-sized shapes: too slow for the simulator's Python threads")
-@pytest.mark.parametrize("schedule", ["rows", "units"])
-def test_lstm_at_a_gpu_size(schedule):
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"schedule": "rows"},
+        {"schedule": "units"},
+        {"schedule": "units", "warp_dots": False},
+        {"schedule": "units", "warp_rows": 4, "warp_loads": 4},
+    ],
+    ids=["rows", "units", "units-thread", "units-warp4-4"],
+)
+def test_lstm_at_a_gpu_size(options):
     """LSTM at a size where the GEMMs split their inner dimension (T*B = 320: five slices) and the
-    units schedule spreads H = 48 over 48 blocks, against the reference."""
-    assert check(zoo.get("lstm"), "cuda", np.float64, seed=6, T=40, B=8, I=16, H=48, schedule=schedule)
+    units schedule spreads H = 48 over 48 blocks (warp dots: the backward's 192-long dots in two
+    passes of 128 with 4 loads a lane), against the reference."""
+    assert check(zoo.get("lstm"), "cuda", np.float64, seed=6, T=40, B=8, I=16, H=48, **options)
+
+
+@needs_cuda
+def test_warp_dots_over_several_passes():
+    """Warp dot products whose inner dimension needs several passes of 32 lanes x 4 loads (the
+    backward's 4H = 132), a partial last pass, and more output columns than a warp's 8 (forward 4H
+    of one group): the same answers as the reference, on the simulator too."""
+    assert check(
+        zoo.get("lstm"), "cuda", np.float64, seed=8, T=2, B=3, I=2, H=33, schedule="units", warp_loads=4, threads_per_block=32
+    )  # one warp: the simulator runs a Python thread per thread
 
 
 @needs_cuda
@@ -374,12 +424,16 @@ def test_kernels_compile_to_ptx():
                 ]
         bar = arr(1, np.int32)
         for coop in (False, True) if cuda.is_available() else (False,):  # grid sync's typing asks the driver for the device
-            uk = unit_kernels(np.dtype(dt), coop, 8 if dt == np.float32 else 4)
-            B_ = types.boolean
-            head = (I(2), I(2), I(3), I(3), I(2), I(3), I(3), I(1), i64, i64, i64, i64, i64, B_, i64, B_, B_)
-            fwd_u = (*head, i64, I(1), I(1), I(2), F(1), F(2), F(3), F(2), F(1), F(2), F(2), F(1), F(1), F(3), F(3), bar)
-            bwd_u = (*head, i64, F(1), I(1), I(1), i64, F(3), F(2), F(2), F(1), F(1), F(1), F(2), F(3), F(2), F(2), bar)
-            sigs += [(uk.forward_units, fwd_u), (uk.backward_units, bwd_u), (uk.barriers, (i64, bar))]
+            # thread dots (8 terms in flight in float32), warp dots at the defaults and at the most registers
+            variants = [(8 if dt == np.float32 else 4, False, 2, 8), (4, True, 2, 8)]
+            variants += [(4, True, 4, 4), (4, True, 1, 16)] if dt == np.float32 else []
+            for unroll, warp, wrows, wloads in variants:
+                uk = unit_kernels(np.dtype(dt), coop, unroll, warp, wrows, wloads)
+                B_ = types.boolean
+                head = (I(2), I(2), I(3), I(3), I(2), I(3), I(3), I(1), i64, i64, i64, i64, i64, B_, i64, B_, B_)
+                fwd_u = (*head, i64, I(1), I(1), I(2), F(1), F(2), F(3), F(2), F(1), F(2), F(2), F(1), F(1), F(3), F(3), bar)
+                bwd_u = (*head, i64, F(1), I(1), I(1), i64, F(3), F(2), F(2), F(1), F(1), F(1), F(2), F(3), F(2), F(2), bar)
+                sigs += [(uk.forward_units, fwd_u), (uk.backward_units, bwd_u), (uk.barriers, (i64, bar))]
         for k, sig in sigs:
             try:
                 ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=(9, 0))
@@ -409,12 +463,23 @@ def test_the_gpu_benchmark_and_its_script_run(tmp_path):
     assert [(r["cell"], r["batch"]) for r in kernels["rows"]] == [("lstm", 2), ("lstm", 1), ("gru", 2), ("gru", 1)]
     assert len(json.loads((tmp_path / "rows_per_block.json").read_text())["rows"]) == 4
     sched = json.loads((tmp_path / "schedules.json").read_text())["rows"]
-    assert [(r["schedule"], r["barrier"], r["weight_cache"], r["value_cache"]) for r in sched[:5]] == [
-        ("rows", None, None, None), ("units", "grid", True, True), ("units", "atomic", True, True),
-        ("units", "grid", True, False), ("units", "grid", False, False),
-    ]  # fmt: skip
-    assert len(sched) == 18 and not any("error" in r for r in sched)  # nine variants at two configs
-    assert [(r["dot_unroll"], r["split_dot"]) for r in sched[5:9]] == [(8, False), (8, False), (4, True), (8, True)]
+    assert len(sched) == 24 and not any("error" in r for r in sched)  # twelve variants at two configs
+    got = [(r["schedule"], r["barrier"], r["warp_dots"], r["warp_rows"], r["warp_loads"], r["units_per_block"], r["value_cache"],
+            r["dot_unroll"], r["split_dot"]) for r in sched[:12]]  # fmt: skip
+    assert got == [
+        ("rows", None, None, None, None, None, None, 4, False),
+        ("units", "grid", True, 2, 8, 3, True, 4, False),  # the simulator's units schedule: one block of all H = 3
+        ("units", "atomic", True, 2, 8, 3, True, 4, False),
+        ("units", "grid", False, None, None, 3, True, 4, False),
+        ("units", "grid", True, 1, 16, 3, True, 4, False),
+        ("units", "grid", True, 4, 4, 3, True, 4, False),
+        ("units", "grid", True, 1, 8, 3, True, 4, False),
+        ("units", "grid", True, 2, 8, 3, True, 4, False),  # units_per_block=4 > H
+        ("units", "grid", True, 2, 8, 3, False, 4, False),
+        ("rows", None, None, None, None, None, None, 8, False),
+        ("units", "grid", False, None, None, 3, True, 8, False),
+        ("units", "grid", False, None, None, 3, True, 4, True),
+    ]
     assert json.loads((tmp_path / "population.json").read_text())["cells"] == 2
 
 
@@ -427,3 +492,16 @@ def test_barrier_probe_runs(cooperative):
     row = barrier_cost(1, cooperative, n=3, threads=4, rounds=1)
     assert row["barrier"] == ("grid" if cooperative else "atomic") and row["barriers"] == 3
     assert isinstance(row["us_per_barrier"], float)
+
+
+@needs_cuda
+@pytest.mark.parametrize("schedule", ["rows", "units"])
+def test_loop_attribution_runs(schedule):
+    """gpu/breakdown.py --attribution: the loops on partial op tables (here in the simulator) give a
+    time for each table, both directions."""
+    from cellsearch.bench.gpu import loop_attribution
+
+    row = loop_attribution("lstm", (2, 2, 2, 3), rounds=1, schedule=schedule)
+    for direction in ("forward", "backward"):
+        assert all(row[f"{direction}_{label}_ms"] > 0 for label in ("all", "no_elementwise", "no_gemm", "none"))
+    assert row["schedule"] == schedule

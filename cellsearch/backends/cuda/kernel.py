@@ -54,7 +54,7 @@ from ..tables import (
     tables,
     unpack_gradients,
 )  # fmt: skip
-from .kernels import M_STRIDE, ROWS, gemm_kernel, kernels, shared_elements, unit_kernels
+from .kernels import M_STRIDE, ROWS, WARP_INFLIGHT, WARP_LOADS, WARP_ROWS, gemm_kernel, kernels, shared_elements, unit_kernels
 
 Array = np.ndarray
 DeviceArray = Any  # numba.cuda's DeviceNDArray (untyped)
@@ -261,8 +261,12 @@ class CudaKernel:
       ``CudaPopulation``, whose cells' kernels fill the GPU side by side); ``dot_unroll`` (4 or 8
       terms of a time-loop GEMM stage's dot products in flight; default 4, the measured one);
       ``split_dot`` (units: a GEMM stage with fewer outputs than half the block's threads splits
-      each dot product over 2-32 threads, partial sums added in a fixed order; default off, not yet
-      measured);
+      each dot product over 2-32 threads, partial sums added in a fixed order; default off);
+      ``warp_dots`` (units: a warp computes a GEMM stage's outputs for ``warp_rows`` rows at a time
+      (1, 2 or 4), its lanes splitting the inner dimension with ``warp_loads`` (4, 8 or 16) loads in
+      flight per row (rows x loads at most 16: more leaves the loads in local memory), the partial
+      sums added across the lanes in a fixed order; default on, 2 rows, 8 loads; the block's threads
+      are then rounded up to a multiple of 32);
     - ``threads_per_block`` (default min(4H, 256): a GEMM stage gives each thread one output column
       of its 4H, as LSTM's), ``stream`` (a ``numba.cuda`` stream; default a new one)."""
 
@@ -284,6 +288,9 @@ class CudaKernel:
         gemm_split: int | None = None,
         dot_unroll: int = 4,
         split_dot: bool = False,
+        warp_dots: bool = True,
+        warp_rows: int = 2,
+        warp_loads: int = 8,
     ) -> None:
         self.cell = cell
         self.dtype = np.dtype(dtype)
@@ -299,6 +306,12 @@ class CudaKernel:
             raise ShapeError(f"barrier must be one of {', '.join(BARRIERS)} (got {barrier!r})")
         if dot_unroll not in (4, 8):
             raise ShapeError(f"dot_unroll must be 4 or 8 (got {dot_unroll})")
+        if warp_rows not in WARP_ROWS:
+            raise ShapeError(f"warp_rows must be one of {', '.join(map(str, WARP_ROWS))} (got {warp_rows})")
+        if warp_loads not in WARP_LOADS:
+            raise ShapeError(f"warp_loads must be one of {', '.join(map(str, WARP_LOADS))} (got {warp_loads})")
+        if warp_rows * warp_loads > WARP_INFLIGHT:
+            raise ShapeError(f"warp_rows x warp_loads must be at most {WARP_INFLIGHT} (got {warp_rows} x {warp_loads})")
         if gemm_split is not None and gemm_split < 1:
             raise ShapeError(f"gemm_split must be at least 1 (got {gemm_split})")
         if units_per_block is not None and units_per_block < 1:
@@ -312,6 +325,9 @@ class CudaKernel:
         self.gemm_split = gemm_split
         self.dot_unroll = dot_unroll
         self.split_dot = split_dot
+        self.warp_dots = warp_dots
+        self.warp_rows = warp_rows
+        self.warp_loads = warp_loads
         self.rows_per_block = rows_per_block
         self.threads_per_block = threads_per_block
         self.stream = stream if stream is not None else cuda.stream()
@@ -333,6 +349,14 @@ class CudaKernel:
 
     def _threads(self, H: int) -> int:
         return self.threads_per_block or min(4 * H, MAX_THREADS)
+
+    def _units_threads(self, H: int) -> int:
+        """Threads of a units-schedule block: with warp dot products, whole warps."""
+        n = self._threads(H)
+        return min(MAX_THREADS, 32 * math.ceil(n / 32)) if self.warp_dots else n
+
+    def _unit_kernels(self) -> Any:
+        return unit_kernels(self.dtype, self._cooperative(), self.dot_unroll, self.warp_dots, self.warp_rows, self.warp_loads)
 
     def schedule_for(self, B: int, H: int) -> str:
         """The time loop's schedule at batch size B and H units: units where it was measured faster
@@ -514,8 +538,8 @@ class CudaKernel:
         if self.schedule_for(B, H) == "units":
             lay = self.units_layout(B, H, forward=True)
             bar = self._barrier_counter(ws)
-            ku = unit_kernels(self.dtype, self._cooperative(), self.dot_unroll).forward_units
-            ku[lay.blocks, self._threads(H), self.stream](
+            ku = self._unit_kernels().forward_units
+            ku[lay.blocks, self._units_threads(H), self.stream](
                 ws.ops, ws.info, ws.stage_src, ws.stage_dst, *ws.mirror, T, B, H, lay.units, p.n_taped, lay.cached, lay.w_n,
                 lay.vcache, self.split_dot, ws.scratch0, ws.init_at, ws.out_at, ws.update_at, ws.A, ws.P, x, state0, consts,
                 weights.biases, weights.peeps, weights.W, ws.K, ws.Y, ws.ST, bar,
@@ -558,8 +582,8 @@ class CudaKernel:
             lay = self.units_layout(B, H, forward=False)
             bar = self._barrier_counter(ws)
             self._fill(ws.dX)
-            ku = unit_kernels(self.dtype, self._cooperative(), self.dot_unroll).backward_units
-            ku[lay.blocks, self._threads(H), self.stream](
+            ku = self._unit_kernels().backward_units
+            ku[lay.blocks, self._units_threads(H), self.stream](
                 ws.ops, ws.info, ws.stage_src, ws.stage_dst, *ws.mirror, T, B, H, lay.units, p.n_taped, lay.cached, lay.w_n,
                 lay.vcache, self.split_dot, ws.scratch0, tape.A, ws.state_g, ws.update_g, p.output_slot * B * H, d_out, ws.dS,
                 weights.peeps, weights.WT, ws.DZ, ws.G, ws.dP, ws.dX, ws.dBr, ws.dPeepr, bar,

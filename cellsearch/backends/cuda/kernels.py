@@ -32,6 +32,7 @@ from functools import lru_cache
 from types import SimpleNamespace
 
 import numpy as np
+from numba import config as numba_config
 from numba import cuda
 from numba.np.numpy_support import from_dtype
 
@@ -283,8 +284,18 @@ def shared_elements(dtype: np.dtype) -> int:
     return SHARED_BYTES // np.dtype(dtype).itemsize
 
 
-@lru_cache(maxsize=8)
-def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleNamespace:
+#: warp dot products (``unit_kernels(warp=True)``): output columns a warp's pass computes at once
+#: (accumulators per row in registers), the rows of a pass, and loads in flight per row per lane
+WARP_COLS = 8
+WARP_ROWS = (1, 2, 4)
+WARP_LOADS = (4, 8, 16)
+WARP_INFLIGHT = 16  # rows x loads: more, and NVVM leaves the loaded elements in local memory
+
+
+@lru_cache(maxsize=16)
+def unit_kernels(
+    dtype: np.dtype, cooperative: bool, unroll: int = 4, warp: bool = False, wrows: int = 2, wloads: int = 8
+) -> SimpleNamespace:
     """The time loop in the **units schedule**: block ``g`` owns hidden units ``[g*U, g*U + U)`` of
     every batch row (a block may own several such groups, ``gridDim.x * U`` apart: the simulator runs
     one block), for the whole sequence. Elementwise ops touch only the block's units; a GEMM stage
@@ -303,6 +314,17 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
     there. ``mops``/``msrc``/``mdst``/``mmisc`` give every operand's mirror slot
     (``kernel.mirror_tables``). What does not fit goes through global memory.
 
+    A GEMM stage's outputs: with ``warp``, **warp dot products** — a warp takes ``wrows`` batch rows
+    at a time and its 32 lanes split the inner dimension (consecutive lanes, consecutive elements of
+    a source row: coalesced loads, ``wloads`` of them in flight per row and lane), each lane keeping
+    partial sums for up to ``WARP_COLS`` of the block's output columns, so every element loaded
+    serves all of them; the partial sums are then added across the lanes by an xor butterfly, in
+    the same order on every run (every lane ends with the same, bitwise, sums), and the outputs are
+    spread over the lanes to be stored. The weights cached in shared memory are then stored a column
+    after another (lanes read consecutive words: no bank conflicts). The block needs 32 threads a
+    warp (the host launches a multiple of 32). Without ``warp``, a thread per output (or ``split``
+    threads, see ``split_of``) with ``unroll`` terms in flight.
+
     The barrier: ``cooperative`` uses cooperative groups' grid sync (a cooperative launch, linking
     libcudadevrt); otherwise a counter in global memory (``bar``, zeroed before the launch) that
     every block increments and thread 0 of each spins on. Either needs every block resident at
@@ -312,11 +334,99 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
     zero = typ(0)
     SHN = shared_elements(np.dtype(dtype))
     UN = unroll
+    WARP = warp
+    CM = WARP_COLS
+    RP = wrows
+    WL = wloads
+    NACC = RP * CM  # local arrays' sizes must be single constants; a lane stores at most one output: NACC <= 32
+    NKV = RP * WL
     elem = element_ops(np.dtype(dtype))
     forward_op = elem.forward_op
     backward_op = elem.backward_op
     op_at = elem.op_at
     op_grads = elem.op_grads
+
+    SIM = bool(getattr(numba_config, "ENABLE_CUDASIM", 0))
+    NRED = MAX_RED * RP * CM if SIM and WARP else MAX_RED
+
+    if SIM:  # no warp shuffles in the simulator: the same sums through shared memory, two barriers a pass
+
+        @cuda.jit(device=True, inline="always")
+        def warp_sums(acc, RED, tid, lane, ncols):
+            """Sum x = lane (x = q * CM + c, c < ncols; NACC <= 32) of acc over the thread's warp:
+            each lane stores the output whose index is its own. Added pairwise as the GPU's
+            butterfly (below) adds them; every thread of the block calls it."""
+            nth = cuda.blockDim.x
+            for x in range(RP * CM):
+                RED[x * nth + tid] = acc[x]
+            cuda.syncthreads()
+            base = tid - lane
+            mine = zero
+            x = lane
+            if x < RP * CM and x % CM < ncols:
+                vals = cuda.local.array(32, dt)
+                for L in range(32):
+                    vals[L] = RED[x * nth + base + L]
+                off = 16
+                while off > 0:  # lane L adds lane L ^ off's: lane 0's sums, which every lane ends with
+                    for L in range(off):
+                        vals[L] = vals[L] + vals[L + off]
+                    off //= 2
+                mine = vals[0]
+            cuda.syncthreads()
+            return mine
+
+    else:
+
+        @cuda.jit(device=True, inline="always")
+        def warp_sums(acc, RED, tid, lane, ncols):
+            """Each acc[x] (c < ncols) summed over the warp by an xor butterfly — lane L adds lane L ^
+            off's value for off = 16, 8, 4, 2, 1, so partners compute the same sum (addition
+            commutes) and every lane ends with the same, whatever the run; returns sum x = lane."""
+            mine = zero
+            for x in range(RP * CM):
+                if x % CM < ncols:
+                    v = acc[x]
+                    off = 16
+                    while off > 0:
+                        v = v + cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
+                        off //= 2
+                    if x == lane:  # a select, not an index: acc stays in registers
+                        mine = v
+            return mine
+
+    @cuda.jit(device=True, inline="always")
+    def warp_dot(acc, kv, cbs, M, moff, width, rb, last, Wv, istride, ncols, lane):
+        """acc[q * CM + c] = this lane's part of sum over i < width of M[moff + row_q * width + i] *
+        Wv[cbs[c] + i * istride] for rows row_q = min(rb + q, last), q < RP, and columns c < ncols:
+        the lane's terms are i = lane (mod 32), WL of them loaded at once per row (constant trip
+        counts: acc, kv and cbs stay in registers)."""
+        for x in range(RP * CM):
+            acc[x] = zero
+        for i0 in range(0, width, 32 * WL):
+            for q in range(RP):
+                mr = moff + min(rb + q, last) * width
+                for u in range(WL):
+                    i = i0 + u * 32 + lane
+                    kv[q * WL + u] = M[mr + i] if i < width else zero
+            for u in range(WL):
+                i = i0 + u * 32 + lane
+                if i < width:
+                    for c in range(CM):
+                        if c < ncols:
+                            w = Wv[cbs[c] + i * istride]
+                            for q in range(RP):
+                                acc[q * CM + c] += kv[q * WL + u] * w
+
+    @cuda.jit(device=True, inline="always")
+    def warp_columns(cbs, c0, Ug, u0, H, cached, cb, width, woff):
+        """cbs[c]: where column c0 + c (output k = cc // Ug, unit u0 + cc % Ug) of a stage's weights
+        starts — in the block's cache (a column after another, ``width`` long) or in the global
+        matrix (whose rows are ``istride`` apart)."""
+        for c in range(CM):
+            cc = c0 + c
+            k = cc // Ug
+            cbs[c] = cb + cc * width if cached else woff + k * H + u0 + cc - k * Ug
 
     if cooperative:
 
@@ -366,7 +476,8 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
     def load_cache(Wc, W, info, H, u0, Ug, forward, tid, nth):
         """The block's columns of every stage's weights into Wc: a stage's matrix is [n_in, n_out*H]
         (forward: ns*H x nk*H, backward: nk*H x ns*H); its cached part is [n_in, n_out*Ug], column
-        k*Ug + ju holding unit u0 + ju of output k; stages one after another."""
+        k*Ug + ju holding unit u0 + ju of output k (stored transposed, [n_out*Ug, n_in], for warp
+        dot products); stages one after another."""
         base = 0
         for g in range(info.shape[0]):
             ns = info[g, I_NS]
@@ -380,7 +491,7 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
                 i = idx // NC
                 cc = idx - i * NC
                 k = cc // Ug
-                Wc[base + idx] = W[woff + i * ncol + k * H + u0 + cc - k * Ug]
+                Wc[base + (cc * n_in + i if WARP else idx)] = W[woff + i * ncol + k * H + u0 + cc - k * Ug]
             base += n_in * NC
 
     @cuda.jit(device=True, inline="always")
@@ -471,10 +582,16 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
         """The forward over the whole sequence for the block's units: fills the tape A, K, the
         outputs Y [T, B, H] and the final states ST [n_states, B, H] (their units)."""
         SH = cuda.shared.array(SHN, dt)
-        RED = cuda.shared.array(MAX_RED, dt)  # split dot products' partial sums
+        RED = cuda.shared.array(NRED, dt)  # split dot products' partial sums
+        acc = cuda.local.array(NACC, dt)  # warp dot products: partial sums,
+        kv = cuda.local.array(NKV, dt)  # the loaded elements of the sources,
+        cbs = cuda.local.array(CM, np.int64)  # where the columns' weights start
         tid = cuda.threadIdx.x
         nth = cuda.blockDim.x
         nblk = cuda.gridDim.x
+        wid = tid // 32
+        lane = tid - wid * 32
+        nwarp = nth // 32
         g0 = cuda.blockIdx.x * U
         gstep = nblk * U
         v_at = w_n
@@ -522,6 +639,24 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
                         Ug = min(U, H - u0)
                         NC = nk * Ug
                         cb = cache_base(info, aux, H, Ug)
+                        if WARP:
+                            for c0 in range(0, NC, CM):
+                                warp_columns(cbs, c0, Ug, u0, H, cached, cb, width, woff)
+                                for p0 in range(0, B, nwarp * RP):
+                                    rb = p0 + wid * RP
+                                    if cached:
+                                        warp_dot(acc, kv, cbs, K, koff, width, rb, B - 1, SH, 1, NC - c0, lane)
+                                    else:
+                                        warp_dot(acc, kv, cbs, K, koff, width, rb, B - 1, W, ncol, NC - c0, lane)
+                                    v = warp_sums(acc, RED, tid, lane, NC - c0)
+                                    q = lane // CM  # the lane stores output lane = q * CM + c
+                                    c = lane - q * CM
+                                    if lane < NACC and c < NC - c0 and rb + q < B:
+                                        k = (c0 + c) // Ug
+                                        ju = c0 + c - k * Ug
+                                        forward_put(A, SH, vcache, stage_dst, mdst, aux, k, t, T, NT, v_at, E, rb + q, Ug, ju,
+                                                    u0 + ju, H, v)  # fmt: skip
+                            continue
                         tpo = split_of(split, B * NC, nth)
                         if tpo == 1:
                             for o in range(tid, B * NC, nth):
@@ -583,10 +718,16 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
                        bar):  # fmt: skip
         """The reverse walk for the block's units, as ``backward_loop`` (dX comes in zeroed)."""
         SH = cuda.shared.array(SHN, dt)
-        RED = cuda.shared.array(MAX_RED, dt)  # split dot products' partial sums
+        RED = cuda.shared.array(NRED, dt)  # split dot products' partial sums
+        acc = cuda.local.array(NACC, dt)  # warp dot products: partial sums,
+        kv = cuda.local.array(NKV, dt)  # the loaded elements of the sources,
+        cbs = cuda.local.array(CM, np.int64)  # where the columns' weights start
         tid = cuda.threadIdx.x
         nth = cuda.blockDim.x
         nblk = cuda.gridDim.x
+        wid = tid // 32
+        lane = tid - wid * 32
+        nwarp = nth // 32
         g0 = cuda.blockIdx.x * U
         gstep = nblk * U
         BH = B * H
@@ -666,6 +807,24 @@ def unit_kernels(dtype: np.dtype, cooperative: bool, unroll: int = 4) -> SimpleN
                         Ug = min(U, H - u0)
                         NC = ns * Ug
                         cb = cache_base(info, aux, H, Ug)
+                        if WARP:
+                            for c0 in range(0, NC, CM):
+                                warp_columns(cbs, c0, Ug, u0, H, cached, cb, width, woff)
+                                for p0 in range(0, B, nwarp * RP):
+                                    rb = p0 + wid * RP
+                                    if cached:
+                                        warp_dot(acc, kv, cbs, DZ, zoff, width, rb, B - 1, SH, 1, NC - c0, lane)
+                                    else:
+                                        warp_dot(acc, kv, cbs, DZ, zoff, width, rb, B - 1, WT, ncol, NC - c0, lane)
+                                    v = warp_sums(acc, RED, tid, lane, NC - c0)
+                                    q = lane // CM
+                                    c = lane - q * CM
+                                    if lane < NACC and c < NC - c0 and rb + q < B:
+                                        i = (c0 + c) // Ug
+                                        ju = c0 + c - i * Ug
+                                        backward_put(SH, G, vcache, stage_src, msrc, aux, i, g_at, E, rb + q, Ug, ju, u0 + ju,
+                                                     H, v)  # fmt: skip
+                            continue
                         tpo = split_of(split, B * NC, nth)
                         if tpo == 1:
                             for o in range(tid, B * NC, nth):
