@@ -97,7 +97,7 @@ def resources() -> dict:
     f32 = np.dtype(np.float32)
     families = [(f"rows{r}", kernels(f32, r)) for r in ROWS]
     for c in (False, True):  # thread dots, then the sweep's warp dots
-        for warp, wr, wl in ((False, 2, 8), (True, 2, 8), (True, 1, 16), (True, 4, 4), (True, 1, 8)):
+        for warp, wr, wl in ((False, 4, 4), (True, 4, 4), (True, 2, 8), (True, 1, 16)):
             label = f"units-{'grid' if c else 'atomic'}" + (f"-warp{wr}x{wl}" if warp else "")
             families.append((label, unit_kernels(f32, c, 4, warp, wr, wl)))
     found: dict = {}
@@ -123,12 +123,11 @@ def _values(v: dict | int) -> list:
 #: the time loop's variants the schedules sweep times (lstm, float32)
 SCHEDULE_VARIANTS = [
     {"schedule": "rows"},
-    {"schedule": "units", "barrier": "grid"},  # warp dot products, 2 rows x 8 loads (the default)
+    {"schedule": "units", "barrier": "grid"},  # warp dot products, 4 rows x 4 loads (the default)
     {"schedule": "units", "barrier": "atomic"},
     {"schedule": "units", "barrier": "grid", "warp_dots": False},  # a thread per output (session 7's default)
+    {"schedule": "units", "barrier": "grid", "warp_rows": 2, "warp_loads": 8},
     {"schedule": "units", "barrier": "grid", "warp_rows": 1, "warp_loads": 16},
-    {"schedule": "units", "barrier": "grid", "warp_rows": 4, "warp_loads": 4},
-    {"schedule": "units", "barrier": "grid", "warp_rows": 1, "warp_loads": 8},
     {"schedule": "units", "barrier": "grid", "units_per_block": 4},
     {"schedule": "units", "barrier": "grid", "value_cache": False},
     {"schedule": "rows", "dot_unroll": 8},

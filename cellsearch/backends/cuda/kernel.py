@@ -54,7 +54,17 @@ from ..tables import (
     tables,
     unpack_gradients,
 )  # fmt: skip
-from .kernels import M_STRIDE, ROWS, WARP_INFLIGHT, WARP_LOADS, WARP_ROWS, gemm_kernel, kernels, shared_elements, unit_kernels
+from .kernels import (
+    M_STRIDE,
+    ROWS,
+    WARP_INFLIGHT,
+    WARP_LOADS,
+    WARP_ROWS,
+    gemm_kernel,
+    kernels,
+    shared_elements,
+    unit_kernels,
+)
 
 Array = np.ndarray
 DeviceArray = Any  # numba.cuda's DeviceNDArray (untyped)
@@ -265,8 +275,8 @@ class CudaKernel:
       ``warp_dots`` (units: a warp computes a GEMM stage's outputs for ``warp_rows`` rows at a time
       (1, 2 or 4), its lanes splitting the inner dimension with ``warp_loads`` (4, 8 or 16) loads in
       flight per row (rows x loads at most 16: more leaves the loads in local memory), the partial
-      sums added across the lanes in a fixed order; default on, 2 rows, 8 loads; the block's threads
-      are then rounded up to a multiple of 32);
+      sums added across the lanes in a fixed order; default on, 4 rows, 4 loads, the fastest measured
+      (gpu/README.md); the block's threads are then rounded up to a multiple of 32);
     - ``threads_per_block`` (default min(4H, 256): a GEMM stage gives each thread one output column
       of its 4H, as LSTM's), ``stream`` (a ``numba.cuda`` stream; default a new one)."""
 
@@ -289,8 +299,8 @@ class CudaKernel:
         dot_unroll: int = 4,
         split_dot: bool = False,
         warp_dots: bool = True,
-        warp_rows: int = 2,
-        warp_loads: int = 8,
+        warp_rows: int = 4,
+        warp_loads: int = 4,
     ) -> None:
         self.cell = cell
         self.dtype = np.dtype(dtype)
@@ -360,7 +370,7 @@ class CudaKernel:
 
     def schedule_for(self, B: int, H: int) -> str:
         """The time loop's schedule at batch size B and H units: units where it was measured faster
-        (H200, gpu/README.md: lstm at B=64, H=256 14.4 vs 20.1 ms a step; at H <= 128, or once the
+        (H200, gpu/README.md: lstm at B=64, H=256 12.4-12.7 vs 19.9 ms a step (session 10); at H <= 128, or once the
         batch fills more than half the multiprocessors, rows was as fast or faster)."""
         if self.schedule is not None:
             return self.schedule
