@@ -419,10 +419,21 @@ def unit_kernels(
                                 acc[q * CM + c] += kv[q * WL + u] * w
 
     @cuda.jit(device=True, inline="always")
+    def warp_outputs(acc, kv, cbs, M, moff, width, rb, last, cached, SH, Wg, wstride, ncols, RED, tid, lane):
+        """One warp pass of a GEMM stage: rows rb.. of M times the columns in cbs (the block's
+        cached weights, or the global matrix Wg whose rows are ``wstride`` apart), summed across
+        the warp; returns the sum this lane stores (``warp_sums``). Every thread calls it."""
+        if cached:
+            warp_dot(acc, kv, cbs, M, moff, width, rb, last, SH, 1, ncols, lane)
+        else:
+            warp_dot(acc, kv, cbs, M, moff, width, rb, last, Wg, wstride, ncols, lane)
+        return warp_sums(acc, RED, tid, lane, ncols)
+
+    @cuda.jit(device=True, inline="always")
     def warp_columns(cbs, c0, Ug, u0, H, cached, cb, width, woff):
         """cbs[c]: where column c0 + c (output k = cc // Ug, unit u0 + cc % Ug) of a stage's weights
         starts — in the block's cache (a column after another, ``width`` long) or in the global
-        matrix (whose rows are ``istride`` apart)."""
+        matrix (from its row 0)."""
         for c in range(CM):
             cc = c0 + c
             k = cc // Ug
@@ -582,7 +593,7 @@ def unit_kernels(
         """The forward over the whole sequence for the block's units: fills the tape A, K, the
         outputs Y [T, B, H] and the final states ST [n_states, B, H] (their units)."""
         SH = cuda.shared.array(SHN, dt)
-        RED = cuda.shared.array(NRED, dt)  # split dot products' partial sums
+        RED = cuda.shared.array(NRED, dt)  # split dot products' partial sums (and the simulator's warp sums)
         acc = cuda.local.array(NACC, dt)  # warp dot products: partial sums,
         kv = cuda.local.array(NKV, dt)  # the loaded elements of the sources,
         cbs = cuda.local.array(CM, np.int64)  # where the columns' weights start
@@ -644,11 +655,8 @@ def unit_kernels(
                                 warp_columns(cbs, c0, Ug, u0, H, cached, cb, width, woff)
                                 for p0 in range(0, B, nwarp * RP):
                                     rb = p0 + wid * RP
-                                    if cached:
-                                        warp_dot(acc, kv, cbs, K, koff, width, rb, B - 1, SH, 1, NC - c0, lane)
-                                    else:
-                                        warp_dot(acc, kv, cbs, K, koff, width, rb, B - 1, W, ncol, NC - c0, lane)
-                                    v = warp_sums(acc, RED, tid, lane, NC - c0)
+                                    v = warp_outputs(acc, kv, cbs, K, koff, width, rb, B - 1, cached, SH, W, ncol, NC - c0, RED,
+                                                     tid, lane)  # fmt: skip
                                     q = lane // CM  # the lane stores output lane = q * CM + c
                                     c = lane - q * CM
                                     if lane < NACC and c < NC - c0 and rb + q < B:
@@ -718,7 +726,7 @@ def unit_kernels(
                        bar):  # fmt: skip
         """The reverse walk for the block's units, as ``backward_loop`` (dX comes in zeroed)."""
         SH = cuda.shared.array(SHN, dt)
-        RED = cuda.shared.array(NRED, dt)  # split dot products' partial sums
+        RED = cuda.shared.array(NRED, dt)  # split dot products' partial sums (and the simulator's warp sums)
         acc = cuda.local.array(NACC, dt)  # warp dot products: partial sums,
         kv = cuda.local.array(NKV, dt)  # the loaded elements of the sources,
         cbs = cuda.local.array(CM, np.int64)  # where the columns' weights start
@@ -812,11 +820,8 @@ def unit_kernels(
                                 warp_columns(cbs, c0, Ug, u0, H, cached, cb, width, woff)
                                 for p0 in range(0, B, nwarp * RP):
                                     rb = p0 + wid * RP
-                                    if cached:
-                                        warp_dot(acc, kv, cbs, DZ, zoff, width, rb, B - 1, SH, 1, NC - c0, lane)
-                                    else:
-                                        warp_dot(acc, kv, cbs, DZ, zoff, width, rb, B - 1, WT, ncol, NC - c0, lane)
-                                    v = warp_sums(acc, RED, tid, lane, NC - c0)
+                                    v = warp_outputs(acc, kv, cbs, DZ, zoff, width, rb, B - 1, cached, SH, WT, ncol, NC - c0,
+                                                     RED, tid, lane)  # fmt: skip
                                     q = lane // CM
                                     c = lane - q * CM
                                     if lane < NACC and c < NC - c0 and rb + q < B:
