@@ -104,11 +104,27 @@ def _torch_step(torch: Any, name: str, B: int, T: int, I: int, H: int, x: np.nda
     return step
 
 
-def our_step(
-    name: str, B: int, T: int, I: int, H: int, seed: int = 0, **options: Any
-) -> tuple[Any, Callable[[], object], np.ndarray]:
-    """(kernel, step, x): one training step of zoo cell ``name`` on data resident on the device;
-    ``options`` go to ``CudaKernel`` (schedule, rows_per_block, ...)."""
+@dataclass
+class Resident:
+    """A cell's kernel with its weights, inputs ``x`` and output gradients (ones) on the device."""
+
+    kernel: Any
+    weights: Any
+    x: np.ndarray  # [T, B, I] on the host
+    xd: Any  # ... and on the device
+    d_out: Any
+
+    def step(self) -> object:
+        """One training step: the forward, then every weight gradient (x needs none, as torch's)."""
+        f = self.kernel.forward_device(self.weights, self.xd)
+        g = self.kernel.backward_device(self.weights, f.tape, self.d_out, grad_x=False)
+        self.kernel.stream.synchronize()
+        return g
+
+
+def resident(name: str, B: int, T: int, I: int, H: int, seed: int = 0, **options: Any) -> Resident:
+    """Zoo cell ``name`` on the cuda backend with its data resident on the device; ``options`` go to
+    ``CudaKernel`` (schedule, rows_per_block, ...)."""
     from numba import cuda
 
     cell = get(name)
@@ -117,17 +133,9 @@ def our_step(
     params = init_params(cell, I_, H, rng, dtype=np.float32)
     x = rng.normal(size=(T, B, I_)).astype(np.float32)
     kernel = compile(cell, "cuda", np.float32, **options)
-    weights = kernel.upload(params, I_, H)
-    xd = cuda.to_device(x, stream=kernel.stream)
-    d_out = cuda.to_device(np.ones((T, B, H), dtype=np.float32), stream=kernel.stream)
-
-    def step() -> object:
-        f = kernel.forward_device(weights, xd)
-        g = kernel.backward_device(weights, f.tape, d_out, grad_x=False)  # as torch: x needs no gradient
-        kernel.stream.synchronize()
-        return g
-
-    return kernel, step, x
+    s = kernel.stream
+    return Resident(kernel, kernel.upload(params, I_, H), x, cuda.to_device(x, stream=s),
+                    cuda.to_device(np.ones((T, B, H), dtype=np.float32), stream=s))  # fmt: skip
 
 
 def bench_gpu(
@@ -147,7 +155,8 @@ def bench_gpu(
         for B, T, I, H in configs:
             if progress:
                 progress(f"{name} B={B} T={T} I={I} H={H}")
-            kernel, ours, x = our_step(name, B, T, I, H, **options)
+            res = resident(name, B, T, I, H, **options)
+            kernel, ours, x = res.kernel, res.step, res.x
             I_ = x.shape[2]
             fns: list[Callable[[], object]] = [ours]
             theirs = _torch_step(torch, name, B, T, I_, H, x) if torch is not None else None
@@ -243,15 +252,10 @@ def step_breakdown(
     weight-gradient GEMMs + column sums), the weight-gradient GEMMs alone; the time loops by
     difference, and per sequential step."""
     B, T, I, H = config
-    kernel, step, x = our_step(name, B, T, I, H, seed=seed, **options)
-    from numba import cuda
-
+    res = resident(name, B, T, I, H, seed=seed, **options)
+    kernel, step, weights, xd, d_out = res.kernel, res.step, res.weights, res.xd, res.d_out
     p = kernel.plan
-    I_ = x.shape[2]
-    params = init_params(get(name), I_, H, np.random.default_rng(seed), dtype=np.float32)
-    weights = kernel.upload(params, I_, H)
-    xd = cuda.to_device(x, stream=kernel.stream)
-    d_out = cuda.to_device(np.ones((T, B, H), dtype=np.float32), stream=kernel.stream)
+    I_ = res.x.shape[2]
     s = kernel.stream
     state: dict[str, Any] = {}
 
@@ -354,12 +358,9 @@ def loop_attribution(
     from ..backends.tables import C_AUX, C_CODE
 
     B, T, I, H = config
-    kernel, _, x = our_step(name, B, T, I, H, seed=seed, **options)
-    I_ = x.shape[2]
-    params = init_params(get(name), I_, H, np.random.default_rng(seed), dtype=np.float32)
-    weights = kernel.upload(params, I_, H)
-    xd = cuda.to_device(x, stream=kernel.stream)
-    d_out = cuda.to_device(np.ones((T, B, H), dtype=np.float32), stream=kernel.stream)
+    res = resident(name, B, T, I, H, seed=seed, **options)
+    kernel, weights, xd, d_out = res.kernel, res.weights, res.xd, res.d_out
+    I_ = res.x.shape[2]
     s = kernel.stream
     ws = kernel._workspace(T, B, I_, H)
     full_ops, full_mirror = ws.ops, ws.mirror
