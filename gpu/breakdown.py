@@ -26,7 +26,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--probes", default="32,64,128", help="block counts to time the grid barriers alone at ('' for none)")
     ap.add_argument("--attribution", action="store_true", help="also time the loops on partial op tables")
-    ap.add_argument("--variants", default="{}", help="JSON list of CudaKernel options per breakdown row (default: each schedule)")
+    ap.add_argument("--variants", default="[]", help="JSON list of CudaKernel options per breakdown row (default: each schedule)")
     args = ap.parse_args()
     from cellsearch.bench.gpu import barrier_cost, loop_attribution, step_breakdown
     from cellsearch.bench.kernels import parse_config

@@ -366,7 +366,8 @@ class CudaKernel:
         return min(MAX_THREADS, 32 * math.ceil(n / 32)) if self.warp_dots else n
 
     def _unit_kernels(self) -> Any:
-        return unit_kernels(self.dtype, self._cooperative(), self.dot_unroll, self.warp_dots, self.warp_rows, self.warp_loads)
+        warp = (self.warp_rows, self.warp_loads) if self.warp_dots else (4, 4)  # (unused without warp dots: one build)
+        return unit_kernels(self.dtype, self._cooperative(), self.dot_unroll, self.warp_dots, *warp)
 
     def schedule_for(self, B: int, H: int) -> str:
         """The time loop's schedule at batch size B and H units: units where it was measured faster
