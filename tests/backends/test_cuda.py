@@ -428,12 +428,12 @@ def test_kernels_compile_to_ptx():
             # thread dots (8 terms in flight in float32), warp dots at the defaults and at the most registers
             variants = [(8 if dt == np.float32 else 4, False, 4, 4), (4, True, 4, 4)]
             variants += [(4, True, 2, 8), (4, True, 1, 16)] if dt == np.float32 else []
+            B_ = types.boolean
+            head = (I(2), I(2), I(3), I(3), I(2), I(3), I(3), I(1), i64, i64, i64, i64, i64, B_, i64, B_, B_)
+            fwd_u = (*head, i64, I(1), I(1), I(2), F(1), F(2), F(3), F(2), F(1), F(2), F(2), F(1), F(1), F(3), F(3), bar)
+            bwd_u = (*head, i64, F(1), I(1), I(1), i64, F(3), F(2), F(2), F(1), F(1), F(1), F(2), F(3), F(2), F(2), bar)
             for unroll, warp, wrows, wloads in variants:
                 uk = unit_kernels(np.dtype(dt), coop, unroll, warp, wrows, wloads)
-                B_ = types.boolean
-                head = (I(2), I(2), I(3), I(3), I(2), I(3), I(3), I(1), i64, i64, i64, i64, i64, B_, i64, B_, B_)
-                fwd_u = (*head, i64, I(1), I(1), I(2), F(1), F(2), F(3), F(2), F(1), F(2), F(2), F(1), F(1), F(3), F(3), bar)
-                bwd_u = (*head, i64, F(1), I(1), I(1), i64, F(3), F(2), F(2), F(1), F(1), F(1), F(2), F(3), F(2), F(2), bar)
                 sigs += [(uk.forward_units, fwd_u), (uk.backward_units, bwd_u), (uk.barriers, (i64, bar))]
         for k, sig in sigs:
             try:
