@@ -36,12 +36,14 @@ from ..tables import (
     C_AC,
     C_AG,
     C_AM,
+    C_AUX,
     C_BC,
     C_BG,
     C_BM,
     C_CC,
     C_CG,
     C_CM,
+    C_CODE,
     C_DC,
     C_DG,
     C_DM,
@@ -55,7 +57,9 @@ from ..tables import (
     unpack_gradients,
 )  # fmt: skip
 from .kernels import (
+    M_STATE,
     M_STRIDE,
+    OP_LOADP,
     ROWS,
     WARP_INFLIGHT,
     WARP_LOADS,
@@ -207,45 +211,54 @@ class UnitsLayout:
     vcache: bool  # the mirror of the block's values of the step
 
 
-def mirror_tables(plan: Any, tb: Any, B: int, H: int) -> tuple[Array, Array, Array, Array]:
-    """Every operand's slot in the units schedule's mirror (``kernels.unit_kernels``), from its
-    arena address ``const + t * tmul``: a taped value (tmul != 0) is tape slot ``s`` of tape step
-    ``t + par`` -> (s, par), mirrored by the tape step's parity; a scratch value -> (2 NT + its
-    scratch slot, -1); a gradient offset ``k * B * H`` -> slot k. ``mops`` [n_ops, 12]: (slot, par)
-    of d, a, b, c, then the gradient slots of d, a, b, c; ``msrc``/``mdst`` [n_stages, n, 3]:
-    (slot, par, gradient slot); ``mmisc``: see ``kernels.M_OUT``."""
+def mirror_tables(plan: Any, tb: Any, B: int, H: int, U: int) -> tuple[Array, Array, Array, Array]:
+    """Every operand's place in the units schedule's mirror (``kernels.unit_kernels``), in elements
+    from the mirror's start (a value's slot times E = B*U, the mirror's stride between values), both
+    parities of the step resolved here so that the kernels do no slot arithmetic: an arena address
+    ``const + t * tmul`` of a taped value (tmul != 0) is tape slot ``s`` of tape step ``t + par``,
+    mirrored at slot ``s + ((t + par) % 2) * NT``; a scratch value at slot 2 NT + its scratch slot;
+    a gradient offset ``k * B * H`` in the gradients' part at slot k. A LOADP op's operand a is its
+    block of the step's input projection, which the forward mirrors after the scratch values. ``mops`` [n_ops, 12]: d, a, b, c
+    at an even step, the same at an odd step, then the gradients of d, a, b, c; ``msrc``/``mdst``
+    [n_stages, n, 3]: (even step, odd step, gradient); ``mmisc``: see ``kernels.M_OUT``. Unsigned:
+    the kernels index with them as they are (no negative-index tests)."""
     BH = B * H
+    E = B * U
     NT = plan.n_taped
     tmul = NT * BH
 
-    def vm(const: int, mul: int) -> tuple[int, int]:
+    def vm(const: int, mul: int) -> tuple[int, int]:  # (even, odd) step's slot times E
         if mul != 0:
-            return (const % tmul) // BH, const // tmul
+            s, par = (const % tmul) // BH, const // tmul
+            return (s + (par % 2) * NT) * E, (s + ((1 + par) % 2) * NT) * E
         if const >= tb.scratch0 and plan.n_scratch:
-            return 2 * NT + (const - tb.scratch0) // BH, -1
-        return 0, -1
+            s = 2 * NT + (const - tb.scratch0) // BH
+            return s * E, s * E
+        return 0, 0
 
     ops = tb.ops
-    mops = np.zeros((max(len(ops), 1), 12), dtype=np.int64)
+    mops = np.zeros((max(len(ops), 1), 12), dtype=np.uint64)
     for r, row in enumerate(ops):
         for q, (c, m) in enumerate(((C_DC, C_DM), (C_AC, C_AM), (C_BC, C_BM), (C_CC, C_CM))):
-            mops[r, 2 * q : 2 * q + 2] = vm(int(row[c]), int(row[m]))
-        mops[r, 8:] = [int(row[g]) // BH for g in (C_DG, C_AG, C_BG, C_CG)]
+            mops[r, q], mops[r, 4 + q] = vm(int(row[c]), int(row[m]))
+        mops[r, 8:] = [int(row[g]) // BH * E for g in (C_DG, C_AG, C_BG, C_CG)]
+        if int(row[C_CODE]) == OP_LOADP:
+            mops[r, 1] = mops[r, 5] = (2 * NT + plan.n_scratch + int(row[C_AUX])) * E
 
     def stage(t: Array) -> Array:
-        out = np.zeros((*t.shape[:2], 3), dtype=np.int64)
+        out = np.zeros((*t.shape[:2], 3), dtype=np.uint64)
         for g in range(t.shape[0]):
             for i in range(t.shape[1]):
-                out[g, i] = (*vm(int(t[g, i, S_C]), int(t[g, i, S_M])), int(t[g, i, S_G]) // BH)
+                out[g, i] = (*vm(int(t[g, i, S_C]), int(t[g, i, S_M])), int(t[g, i, S_G]) // BH * E)
         return out
 
-    misc = [*vm(*tb.output_at), plan.output_slot]
+    misc = [*vm(*tb.output_at), plan.output_slot * E, len(plan.xblocks)]
     for s in range(len(plan.states)):
         init = int(tb.init_at[s])
-        misc += [*vm(*map(int, tb.update_at[s])), init // BH if init >= 0 else 0,
-                 int(tb.state_g[s]) // BH if tb.state_g[s] >= 0 else -1, int(tb.update_g[s]) // BH]  # fmt: skip
-    assert len(misc) == 3 + M_STRIDE * len(plan.states)
-    return mops, stage(tb.stage_src), stage(tb.stage_dst), np.array(misc or [0], dtype=np.int64)
+        misc += [*vm(*map(int, tb.update_at[s])), init // BH * E if init >= 0 else 0,
+                 int(tb.state_g[s]) // BH * E if tb.state_g[s] >= 0 else 0, int(tb.update_g[s]) // BH * E]  # fmt: skip
+    assert len(misc) == M_STATE + M_STRIDE * len(plan.states)
+    return mops, stage(tb.stage_src), stage(tb.stage_dst), np.array(misc or [0], dtype=np.uint64)
 
 
 class CudaKernel:
@@ -392,7 +405,7 @@ class CudaKernel:
         p = self.plan
         room = shared_elements(self.dtype)
         E = B * U
-        vneed = (2 * p.n_taped + p.n_scratch + (0 if forward else p.n_slots)) * E
+        vneed = (2 * p.n_taped + p.n_scratch + (len(p.xblocks) if forward else p.n_slots)) * E
         vcache = self.value_cache and one_group and vneed <= room
         room -= vneed if vcache else 0
         wneed = U * H * sum(len(st.srcs) * len(st.dsts) for st in p.stages)
@@ -446,7 +459,8 @@ class CudaKernel:
             ops=dev(tb.ops), info=dev(tb.stage_info), stage_src=dev(tb.stage_src), stage_dst=dev(tb.stage_dst),
             init_at=dev(tb.init_at), out_at=dev(np.array(tb.output_at, dtype=np.int64)),
             update_at=dev(tb.update_at), state_g=dev(tb.state_g), update_g=dev(tb.update_g),
-            stage_offsets=offsets, mirror=tuple(dev(m) for m in mirror_tables(p, tb, B, H)), scratch0=tb.scratch0,
+            stage_offsets=offsets, mirror=tuple(dev(m) for m in mirror_tables(p, tb, B, H, self.units_geometry(H)[0])),
+            scratch0=tb.scratch0,
             A=empty(tb.arena), K=empty(tb.k_size), DZ=empty(tb.dz_size), G=empty(tb.g_size),
             P=empty(T * B, NX * H), dP=empty(T * B, NX * H), Y=empty(T, B, H), ST=empty(nS, B, H),
             S0=empty(nS, B * H), dS=empty(nS, B * H), dOut=empty(T, B, H), dX=empty(T, B, I),

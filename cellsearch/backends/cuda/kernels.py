@@ -274,10 +274,11 @@ SHARED_BYTES = 48 * 1024 - 512 - 2048  # (less the split dot products' reduction
 #: threads one output of a GEMM stage may be split over (``split``), and the reduction buffer's size
 MAX_SPLIT = 32
 MAX_RED = 256  # = kernel.MAX_THREADS
-#: the layout of the units schedule's misc mirror table: the output's (slot, parity), its gradient
-#: slot, then per state (update slot, update parity, initial slot, leaf's gradient slot, update's
-#: gradient slot)
-M_OUT, M_OUTG, M_STATE, M_STRIDE = 0, 2, 3, 5
+#: the layout of the units schedule's misc mirror table (``kernel.mirror_tables``: offsets in the
+#: mirror): the output's at an even and at an odd step, its gradient's, the number of input
+#: projection blocks, then per state (its update's at an even and at an odd step, its initial
+#: value's, its leaf's gradient's, its update's gradient's)
+M_OUT, M_OUTG, M_NX, M_STATE, M_STRIDE = 0, 2, 3, 4, 5
 
 
 def shared_elements(dtype: np.dtype) -> int:
@@ -306,21 +307,29 @@ def unit_kernels(
 
     A block with one group keeps two things in shared memory (``SH``; the host lays it out and says
     which fit): its weight columns of every stage for the whole sequence (``cached``: ``w_n``
-    elements at 0), and after them the **mirror** (``vcache``): its elements of every value of the step (the taped
-    values of tape steps t and t+1 by parity, then the scratch values) — ops read and write it
-    instead of the arena in global memory, and write the tape (and at the last step the scratch
-    values) for the backward; the backward mirrors the two tape steps it reads and the scratch values
-    (those it reads are the same at every step: constants, biases) and keeps the step's gradients
-    there. ``mops``/``msrc``/``mdst``/``mmisc`` give every operand's mirror slot
-    (``kernel.mirror_tables``). What does not fit goes through global memory.
+    elements at 0), and after them the **mirror** (``vcache``): its elements of every value of the
+    step (the taped values of tape steps t and t+1 by parity, then the scratch values), ``E = B*U``
+    elements apart — ops read and write it instead of the arena in global memory, and write the
+    tape (and at the last step the scratch values) for the backward; the backward mirrors the two
+    tape steps it reads and the scratch values (those it reads are the same at every step:
+    constants, biases) and keeps the step's gradients there. ``mops``/``msrc``/``mdst``/``mmisc``
+    give every operand's place in the mirror at even and odd steps (``kernel.mirror_tables``). What
+    does not fit goes through global memory.
+
+    **The loop is bound by its instruction count** (Nsight Compute, gpu/README.md: ~90 % integer
+    and control instructions), so the mirror's paths keep it low: their indices are unsigned
+    (``u``: Numba then emits no negative-index test per access), a thread's elements are stepped
+    through from the (row, unit) of its first, found once per launch (no division per element and
+    op), and the mirror tables hold finished offsets (no slot arithmetic per op).
 
     A GEMM stage's outputs: with ``warp``, **warp dot products** — a warp takes ``wrows`` batch rows
     at a time and its 32 lanes split the inner dimension (consecutive lanes, consecutive elements of
     a source row: coalesced loads, ``wloads`` of them in flight per row and lane), each lane keeping
-    partial sums for up to ``WARP_COLS`` of the block's output columns, so every element loaded
-    serves all of them; the partial sums are then added across the lanes by an xor butterfly, in
-    the same order on every run (every lane ends with the same, bitwise, sums), and the outputs are
-    spread over the lanes to be stored. The weights cached in shared memory are then stored a column
+    partial sums for ``WARP_COLS`` of the block's output columns, so every element loaded serves all
+    of them; the ``wrows * WARP_COLS`` partial sums are then added across the lanes by a transposed
+    xor butterfly (each level a lane keeps half its sums and receives its partner's halves of the
+    other: 31 shuffles for 32 sums), in the same order on every run, leaving output ``x`` in lane
+    ``x << shift`` (``warp_sums``). The weights cached in shared memory are then stored a column
     after another (lanes read consecutive words: no bank conflicts). The block needs 32 threads a
     warp (the host launches a multiple of 32). Without ``warp``, a thread per output (or ``split``
     threads, see ``split_of``) with ``unroll`` terms in flight.
@@ -338,8 +347,13 @@ def unit_kernels(
     CM = WARP_COLS
     RP = wrows
     WL = wloads
-    NACC = RP * CM  # local arrays' sizes must be single constants; a lane stores at most one output: NACC <= 32
+    NACC = RP * CM  # 8, 16 or 32 partial sums a lane; local arrays' sizes must be single constants
     NKV = RP * WL
+    # the transposed butterfly: halves kept at the levels 16, 8, 4, 2, 1 (0: a plain xor sum), and
+    # where output x ends: lane x << SHIFT (the lanes in between hold copies)
+    H16, H8, H4, H2, H1 = NACC >> 1, NACC >> 2, NACC >> 3, NACC >> 4, NACC >> 5
+    SHIFT = {8: 2, 16: 1, 32: 0}[NACC]
+    LOW = (1 << SHIFT) - 1
     elem = element_ops(np.dtype(dtype))
     forward_op = elem.forward_op
     backward_op = elem.backward_op
@@ -348,75 +362,92 @@ def unit_kernels(
 
     SIM = bool(getattr(numba_config, "ENABLE_CUDASIM", 0))
     NRED = MAX_RED * RP * CM if SIM and WARP else MAX_RED
+    # unsigned indices on the GPU; the simulator's Python ints need no such care (and stay fast)
+    u = int if SIM else np.uint64
 
-    if SIM:  # no warp shuffles in the simulator: the same sums through shared memory, two barriers a pass
+    if SIM:  # no warp shuffles in the simulator: the same sums, in the same order, through shared memory
 
         @cuda.jit(device=True, inline="always")
-        def warp_sums(acc, RED, tid, lane, ncols):
-            """Sum x = lane (x = q * CM + c, c < ncols; NACC <= 32) of acc over the thread's warp:
-            each lane stores the output whose index is its own. Added pairwise as the GPU's
-            butterfly (below) adds them; every thread of the block calls it."""
+        def warp_sums(acc, RED, tid, lane):
+            """As the GPU's ``warp_sums`` below computes it, every lane of the warp played out from
+            their partial sums (stored in RED); every thread of the block calls it."""
             nth = cuda.blockDim.x
-            for x in range(RP * CM):
+            for x in range(NACC):
                 RED[x * nth + tid] = acc[x]
             cuda.syncthreads()
             base = tid - lane
-            mine = zero
-            x = lane
-            if x < RP * CM and x % CM < ncols:
-                vals = cuda.local.array(32, dt)
+            vals = [[RED[x * nth + base + L] for x in range(NACC)] for L in range(32)]
+            for off, h in ((16, H16), (8, H8), (4, H4), (2, H2), (1, H1)):
+                new = []
                 for L in range(32):
-                    vals[L] = RED[x * nth + base + L]
-                off = 16
-                while off > 0:  # lane L adds lane L ^ off's: lane 0's sums, which every lane ends with
-                    for L in range(off):
-                        vals[L] = vals[L] + vals[L + off]
-                    off //= 2
-                mine = vals[0]
+                    v, w = vals[L], vals[L ^ off]
+                    if h == 0:
+                        new.append([v[0] + w[0]])
+                    elif L & off:  # keeps its upper half, gets the partner's upper half
+                        new.append([v[x + h] + w[x + h] for x in range(h)])
+                    else:
+                        new.append([v[x] + w[x] for x in range(h)])
+                vals = new
             cuda.syncthreads()
-            return mine
+            return vals[lane][0]
 
     else:
 
         @cuda.jit(device=True, inline="always")
-        def warp_sums(acc, RED, tid, lane, ncols):
-            """Each acc[x] (c < ncols) summed over the warp by an xor butterfly — lane L adds lane L ^
-            off's value for off = 16, 8, 4, 2, 1, so partners compute the same sum (addition
-            commutes) and every lane ends with the same, whatever the run; returns sum x = lane."""
-            mine = zero
-            for x in range(RP * CM):
-                if x % CM < ncols:
-                    v = acc[x]
-                    off = 16
-                    while off > 0:
-                        v = v + cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
-                        off //= 2
-                    if x == lane:  # a select, not an index: acc stays in registers
-                        mine = v
-            return mine
+        def halve(acc, lane, off, h):
+            """One level of the transposed butterfly: the lane keeps acc[x + h] (its bit ``off`` set)
+            or acc[x], and adds the partner's (lane ^ off) same half, which the partner sends."""
+            up = (lane & off) != 0
+            for x in range(h):
+                lo = acc[x]
+                hi = acc[x + h]
+                acc[x] = (hi if up else lo) + cuda.shfl_xor_sync(0xFFFFFFFF, lo if up else hi, off)
+
+        @cuda.jit(device=True, inline="always")
+        def whole(acc, off):
+            v = acc[0]
+            acc[0] = v + cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
+
+        @cuda.jit(device=True, inline="always")
+        def warp_sums(acc, RED, tid, lane):
+            """acc[x] summed over the warp for every x < NACC; lane ``x << SHIFT`` returns sum x
+            (and the lanes up to the next such one the same sum). The order of the additions is
+            fixed by the lane numbers: the same bits on every run."""
+            halve(acc, lane, 16, H16)
+            halve(acc, lane, 8, H8)
+            halve(acc, lane, 4, H4)
+            if H2 > 0:
+                halve(acc, lane, 2, H2)
+            else:
+                whole(acc, 2)
+            if H1 > 0:
+                halve(acc, lane, 1, H1)
+            else:
+                whole(acc, 1)
+            return acc[0]
 
     @cuda.jit(device=True, inline="always")
     def warp_dot(acc, kv, cbs, M, moff, width, rb, last, Wv, istride, ncols, lane):
         """acc[q * CM + c] = this lane's part of sum over i < width of M[moff + row_q * width + i] *
-        Wv[cbs[c] + i * istride] for rows row_q = min(rb + q, last), q < RP, and columns c < ncols:
-        the lane's terms are i = lane (mod 32), WL of them loaded at once per row (constant trip
-        counts: acc, kv and cbs stay in registers)."""
-        for x in range(RP * CM):
+        Wv[cbs[c] + i * istride] for rows row_q = min(rb + q, last), q < RP, and columns c < ncols
+        (the others stay 0): the lane's terms are i = lane (mod 32), WL of them loaded at once per
+        row (constant trip counts: acc, kv and cbs stay in registers). Indices unsigned."""
+        for x in range(NACC):
             acc[x] = zero
-        for i0 in range(0, width, 32 * WL):
+        for i0 in range(u(0), width, u(32 * WL)):
             for q in range(RP):
-                mr = moff + min(rb + q, last) * width
-                for u in range(WL):
-                    i = i0 + u * 32 + lane
-                    kv[q * WL + u] = M[mr + i] if i < width else zero
-            for u in range(WL):
-                i = i0 + u * 32 + lane
+                mr = moff + min(rb + u(q), last) * width
+                for w in range(WL):
+                    i = i0 + u(w * 32) + lane
+                    kv[q * WL + w] = M[mr + i] if i < width else zero
+            for w in range(WL):
+                i = i0 + u(w * 32) + lane
                 if i < width:
                     for c in range(CM):
-                        if c < ncols:
-                            w = Wv[cbs[c] + i * istride]
+                        if u(c) < ncols:
+                            wt = Wv[cbs[c] + i * istride]
                             for q in range(RP):
-                                acc[q * CM + c] += kv[q * WL + u] * w
+                                acc[q * CM + c] += kv[q * WL + w] * wt
 
     @cuda.jit(device=True, inline="always")
     def warp_outputs(acc, kv, cbs, M, moff, width, rb, last, cached, SH, Wg, wstride, ncols, RED, tid, lane):
@@ -424,18 +455,18 @@ def unit_kernels(
         cached weights, or the global matrix Wg whose rows are ``wstride`` apart), summed across
         the warp; returns the sum this lane stores (``warp_sums``). Every thread calls it."""
         if cached:
-            warp_dot(acc, kv, cbs, M, moff, width, rb, last, SH, 1, ncols, lane)
+            warp_dot(acc, kv, cbs, M, moff, width, rb, last, SH, u(1), ncols, u(lane))
         else:
-            warp_dot(acc, kv, cbs, M, moff, width, rb, last, Wg, wstride, ncols, lane)
-        return warp_sums(acc, RED, tid, lane, ncols)
+            warp_dot(acc, kv, cbs, M, moff, width, rb, last, Wg, wstride, ncols, u(lane))
+        return warp_sums(acc, RED, tid, lane)
 
     @cuda.jit(device=True, inline="always")
     def warp_columns(cbs, c0, Ug, u0, H, cached, cb, width, woff):
         """cbs[c]: where column c0 + c (output k = cc // Ug, unit u0 + cc % Ug) of a stage's weights
         starts — in the block's cache (a column after another, ``width`` long) or in the global
-        matrix (from its row 0)."""
+        matrix (from its row 0). Unsigned."""
         for c in range(CM):
-            cc = c0 + c
+            cc = c0 + u(c)
             k = cc // Ug
             cbs[c] = cb + cc * width if cached else woff + k * H + u0 + cc - k * Ug
 
@@ -466,20 +497,20 @@ def unit_kernels(
         sums (that many terms in flight; constant trip counts, so they stay in registers) added
         pairwise in a fixed order: the same result on every run."""
         s = cuda.local.array(UN, dt)
-        for u in range(UN):
-            s[u] = zero
+        for q in range(UN):
+            s[q] = zero
         n = width - width % UN
         for i in range(0, n, UN):
             w = woff + i * wstride
             m = moff + i * mstep
-            for u in range(UN):
-                s[u] += M[m + u * mstep] * Wv[w + u * wstride]
+            for q in range(UN):
+                s[q] += M[m + q * mstep] * Wv[w + q * wstride]
         for i in range(n, width):
             s[0] += M[moff + i * mstep] * Wv[woff + i * wstride]
         h = 1
         while h < UN:  # ((s0 + s1) + (s2 + s3)) + ...
-            for u in range(0, UN, 2 * h):
-                s[u] += s[u + h]
+            for q in range(0, UN, 2 * h):
+                s[q] += s[q + h]
             h *= 2
         return s[0]
 
@@ -514,9 +545,47 @@ def unit_kernels(
 
     @cuda.jit(device=True, inline="always")
     def element(idx, Ug, u0):
-        """(batch row, unit) of element idx of a group of Ug units from u0 (row-major: the mirror's order)."""
+        """(batch row, unit) of element idx of a group of Ug units from u0 (row-major: the mirror's
+        order); the global memory paths' (a division per element)."""
         bb = idx // Ug
         return bb, u0 + idx - bb * Ug
+
+    @cuda.jit(device=True, inline="always")
+    def advance(bb, ju, dbb, dju, Ug):
+        """The (row, unit index) of the element ``nth`` after (bb, ju), where nth = dbb * Ug + dju
+        and ju, dju < Ug: the mirror paths step through a thread's elements without dividing."""
+        ju += dju
+        bb += dbb
+        if ju >= Ug:
+            ju -= Ug
+            bb += u(1)
+        return bb, ju
+
+    @cuda.jit(device=True, inline="always")
+    def gather(SH, dst, dstride, M, src, sstride, n, buf):
+        """SH[dst + s * dstride] = M[src + s * sstride] for s < n (unsigned), four loads in flight
+        (buf: at least four registers): a loop of loads each waited for before the next would pay
+        the latency of global memory n times."""
+        for s0 in range(u(0), n, u(4)):
+            for q in range(4):
+                s = s0 + u(q)
+                buf[q] = M[src + s * sstride] if s < n else zero
+            for q in range(4):
+                s = s0 + u(q)
+                if s < n:
+                    SH[dst + s * dstride] = buf[q]
+
+    @cuda.jit(device=True, inline="always")
+    def gather_row(SH, dst, dstride, M, row, col, cstride, n, buf):
+        """SH[dst + s * dstride] = M[row, col + s * cstride] for s < n, as ``gather``."""
+        for s0 in range(u(0), n, u(4)):
+            for q in range(4):
+                s = s0 + u(q)
+                buf[q] = M[row, col + s * cstride] if s < n else zero
+            for q in range(4):
+                s = s0 + u(q)
+                if s < n:
+                    SH[dst + s * dstride] = buf[q]
 
     @cuda.jit(device=True, inline="always")
     def column_output(o, lane, split, NC, Ug, u0, H, M, moff, width, cached, SH, cb, W, woff, ncol):
@@ -559,32 +628,93 @@ def unit_kernels(
         return v
 
     @cuda.jit(device=True, inline="always")
-    def forward_put(A, SH, vcache, stage_dst, mdst, aux, k, t, T, NT, v_at, E, bb, Ug, ju, j, H, v):
-        """Add a forward GEMM stage's output v to destination k's element (bb, j): in the mirror,
+    def forward_put(A, SH, vcache, stage_dst, mdst, aux, k, t, last, par, v_at, bb, Ug, ju, H, u0, v):
+        """Add a forward GEMM stage's output v to destination k's element (bb, u0 + ju) (unsigned
+        indices; ``par`` the step's parity, ``last`` whether it is the last step): in the mirror,
         writing the tape through (and the last step's scratch), or in the arena."""
-        dd = stage_dst[aux, k, S_C] + t * stage_dst[aux, k, S_M] + bb * H + j
+        dd = u(stage_dst[aux, k, S_C]) + t * u(stage_dst[aux, k, S_M]) + bb * H + u0 + ju
         if vcache:
-            vi = v_at + mslot(mdst[aux, k, 0], mdst[aux, k, 1], t, NT) * E + bb * Ug + ju
+            vi = v_at + u(mdst[aux, k, par]) + bb * Ug + ju
             nv = SH[vi] + v
             SH[vi] = nv
-            if stage_dst[aux, k, S_M] != 0 or t == T - 1:  # taped, or the last step's scratch
+            if stage_dst[aux, k, S_M] != 0 or last:  # taped, or the last step's scratch
                 A[dd] = nv
         else:
             A[dd] += v
 
     @cuda.jit(device=True, inline="always")
-    def backward_put(SH, G, vcache, stage_src, msrc, aux, i, g_at, E, bb, Ug, ju, j, H, v):
-        """Add a backward GEMM stage's output v to source i's gradient at (bb, j)."""
+    def backward_put(SH, G, vcache, stage_src, msrc, aux, i, g_at, bb, Ug, ju, H, u0, v):
+        """Add a backward GEMM stage's output v to source i's gradient at (bb, u0 + ju) (unsigned)."""
         if vcache:
-            SH[g_at + msrc[aux, i, 2] * E + bb * Ug + ju] += v
+            SH[g_at + u(msrc[aux, i, 2]) + bb * Ug + ju] += v
         else:
-            G[stage_src[aux, i, S_G] + bb * H + j] += v
+            G[u(stage_src[aux, i, S_G]) + bb * H + u0 + ju] += v
 
     @cuda.jit(device=True, inline="always")
-    def mslot(s, par, t, NT):
-        """The mirror slot of a value: a taped one (par 0 or 1: tape step t + par) by the tape step's
-        parity; a scratch one (par -1) as it is."""
-        return s + ((t + par) & 1) * NT if par >= 0 else s
+    def stage_outputs(forward, acc, kv, cbs, M, moff, width, ncol, woff, n_out, aux, cpre, cached, split, SH, Wg, RED, U, B, H,
+                      t, last, par, base, vcache, D, stage_io, mio):  # fmt: skip
+        """The block's output columns of a GEMM stage, all B rows (M: K or DZ, rows of ``width``
+        from moff; the weights' rows ``ncol`` long from woff; unsigned; the block's cached weight
+        columns of the stage from ``cpre * Ug``), added to their destinations (forward: D is the
+        arena, base the mirror's start) or to their sources' gradients (backward: D is G, base the
+        mirror's gradients'). At most 30 arguments: more, and Python passes them as *args, which
+        Numba cannot inline."""
+        tid = cuda.threadIdx.x
+        nth = cuda.blockDim.x
+        wid = tid // 32
+        lane = tid - wid * 32
+        nwarp = nth // 32
+        g0 = cuda.blockIdx.x * U
+        gstep = cuda.gridDim.x * U
+        Bu = u(B)
+        Hu = u(H)
+        for u0 in range(g0, H, gstep):
+            Ug = min(U, H - u0)
+            Ugu = u(Ug)
+            u0u = u(u0)
+            NC = n_out * Ugu
+            cb = cpre * Ugu
+            if WARP:
+                for c0 in range(u(0), NC, u(CM)):
+                    warp_columns(cbs, c0, Ugu, u0u, Hu, cached, cb, width, woff)
+                    for p0 in range(u(0), Bu, u(nwarp * RP)):
+                        rb = p0 + u(wid * RP)
+                        v = warp_outputs(acc, kv, cbs, M, moff, width, rb, Bu - u(1), cached, SH, Wg, ncol, NC - c0, RED, tid,
+                                         lane)  # fmt: skip
+                        x = u(lane >> SHIFT)  # the output this lane holds: x = q * CM + c
+                        q = x // u(CM)
+                        c = x - q * u(CM)
+                        if (lane & LOW) == 0 and c < NC - c0 and rb + q < Bu:
+                            k = (c0 + c) // Ugu
+                            ju = c0 + c - k * Ugu
+                            if forward:
+                                forward_put(D, SH, vcache, stage_io, mio, aux, k, t, last, par, base, rb + q, Ugu, ju, Hu, u0u, v)
+                            else:
+                                backward_put(SH, D, vcache, stage_io, mio, aux, k, base, rb + q, Ugu, ju, Hu, u0u, v)
+                continue
+            NCi = np.int64(NC)
+            wi = np.int64(width)
+            tpo = split_of(split, B * NCi, nth)
+            if tpo == 1:
+                for o in range(tid, B * NCi, nth):
+                    bb, k, ju, _j, v = column_output(o, 0, 1, NCi, Ug, u0, H, M, np.int64(moff), wi, cached, SH, np.int64(cb), Wg,
+                                                    np.int64(woff), np.int64(ncol))  # fmt: skip
+                    if forward:
+                        forward_put(D, SH, vcache, stage_io, mio, aux, u(k), t, last, par, base, u(bb), Ugu, u(ju), Hu, u0u, v)
+                    else:
+                        backward_put(SH, D, vcache, stage_io, mio, aux, u(k), base, u(bb), Ugu, u(ju), Hu, u0u, v)
+            else:  # one pass: tpo threads per output, tpo * B * NC <= nth / 2
+                o = min(tid // tpo, B * NCi - 1)
+                ln = tid - (tid // tpo) * tpo
+                bb, k, ju, _j, v = column_output(o, ln, tpo, NCi, Ug, u0, H, M, np.int64(moff), wi, cached, SH, np.int64(cb), Wg,
+                                                np.int64(woff), np.int64(ncol))  # fmt: skip
+                active = tid < tpo * B * NCi
+                v = reduce_split(RED, tid, tpo, ln, v, active)
+                if active and ln == 0:
+                    if forward:
+                        forward_put(D, SH, vcache, stage_io, mio, aux, u(k), t, last, par, base, u(bb), Ugu, u(ju), Hu, u0u, v)
+                    else:
+                        backward_put(SH, D, vcache, stage_io, mio, aux, u(k), base, u(bb), Ugu, u(ju), Hu, u0u, v)
 
     @cuda.jit(cache=True)
     def forward_units(ops, info, stage_src, stage_dst, mops, msrc, mdst, mmisc, T, B, H, U, NT, cached, w_n, vcache,
@@ -596,17 +726,29 @@ def unit_kernels(
         RED = cuda.shared.array(NRED, dt)  # split dot products' partial sums (and the simulator's warp sums)
         acc = cuda.local.array(NACC, dt)  # warp dot products: partial sums,
         kv = cuda.local.array(NKV, dt)  # the loaded elements of the sources,
-        cbs = cuda.local.array(CM, np.int64)  # where the columns' weights start
+        cbs = cuda.local.array(CM, np.uint64)  # where the columns' weights start
         tid = cuda.threadIdx.x
         nth = cuda.blockDim.x
         nblk = cuda.gridDim.x
-        wid = tid // 32
-        lane = tid - wid * 32
-        nwarp = nth // 32
         g0 = cuda.blockIdx.x * U
         gstep = nblk * U
-        v_at = w_n
-        E = B * min(U, H - g0)  # the mirror's elements (vcache: the block has one group)
+        # the mirror's paths (vcache: the block has one group, units g0..g0+Ug): unsigned, the
+        # thread's first element (row bb0, unit index ju0) and the step to its next (nth elements on)
+        Bu = u(B)
+        Hu = u(H)
+        g0u = u(g0)
+        Ug1 = u(min(U, H - g0))
+        Eb = Bu * Ug1  # the block's elements
+        Eu = Bu * u(U)  # the mirror's stride between values
+        tidu = u(tid)
+        nthu = u(nth)
+        bb0 = tidu // Ug1
+        ju0 = tidu - bb0 * Ug1
+        dbb = nthu // Ug1
+        dju = nthu - dbb * Ug1
+        v_at = u(w_n)
+        NXu = u(mmisc[M_NX])  # the input projection's blocks, mirrored after the scratch values
+        p_at = v_at + u(2 * NT + (A.shape[0] - scratch0) // (B * H)) * Eu
         if cached:
             load_cache(SH, W, info, H, g0, min(U, H - g0), True, tid, nth)
             cuda.syncthreads()
@@ -614,86 +756,91 @@ def unit_kernels(
         for s in range(init_at.shape[0]):  # initial states read in place from tape step 0
             off = init_at[s]
             if off >= 0:
-                si = v_at + mmisc[M_STATE + s * M_STRIDE + 2] * E
+                if vcache:
+                    si = v_at + u(mmisc[M_STATE + s * M_STRIDE + 2])
+                    idx, bb, ju = tidu, bb0, ju0
+                    while idx < Eb:
+                        f = bb * Hu + g0u + ju
+                        x0 = S0[s, f]
+                        A[u(off) + f] = x0
+                        SH[si + idx] = x0
+                        idx += nthu
+                        bb, ju = advance(bb, ju, dbb, dju, Ug1)
+                    continue
                 for u0 in range(g0, H, gstep):
                     Ug = min(U, H - u0)
                     for idx in range(tid, B * Ug, nth):
                         bb, j = element(idx, Ug, u0)
                         f = bb * H + j
                         A[off + f] = S0[s, f]
-                        if vcache:
-                            SH[si + idx] = S0[s, f]
         for t in range(T):
+            tu = u(t)
+            par = t & 1
+            pc = u(par * 4)  # mops' columns for the step's parity
+            last = t == T - 1
+            if vcache:  # the step's input projection, all its blocks' loads in flight at once
+                idx, bb, ju = tidu, bb0, ju0
+                while idx < Eb:
+                    gather_row(SH, p_at + idx, Eu, P, tu * Bu + bb, g0u + ju, Hu, NXu, kv)
+                    idx += nthu
+                    bb, ju = advance(bb, ju, dbb, dju, Ug1)
             for r in range(ops.shape[0]):
                 code = ops[r, C_CODE]
                 aux = ops[r, C_AUX]
                 dm = ops[r, C_DM]
                 d = ops[r, C_DC] + t * dm
                 if code == OP_GEMM:
-                    ns = info[aux, I_NS]
-                    nk = info[aux, I_NK]
-                    woff = info[aux, I_W]
-                    width = ns * H
-                    ncol = nk * H
-                    koff = info[aux, I_K] + t * B * width
-                    for u0 in range(g0, H, gstep):  # the block's units of the sources, packed
-                        Ug = min(U, H - u0)
-                        for i in range(ns):
-                            src = stage_src[aux, i, S_C] + t * stage_src[aux, i, S_M]
-                            vs = v_at + mslot(msrc[aux, i, 0], msrc[aux, i, 1], t, NT) * E
-                            for idx in range(tid, B * Ug, nth):
-                                bb, j = element(idx, Ug, u0)
-                                K[koff + bb * width + i * H + j] = SH[vs + idx] if vcache else A[src + bb * H + j]
+                    ns = u(info[aux, I_NS])
+                    nk = u(info[aux, I_NK])
+                    width = ns * Hu
+                    koff = u(info[aux, I_K]) + tu * Bu * width
+                    if vcache:  # the block's units of the sources, packed
+                        for i in range(u(0), ns, u(1)):
+                            vs = v_at + u(msrc[aux, i, par])
+                            kb = koff + i * Hu + g0u
+                            idx, bb, ju = tidu, bb0, ju0
+                            while idx < Eb:
+                                K[kb + bb * width + ju] = SH[vs + idx]
+                                idx += nthu
+                                bb, ju = advance(bb, ju, dbb, dju, Ug1)
+                    else:
+                        nsi = info[aux, I_NS]
+                        wi = nsi * H
+                        koi = info[aux, I_K] + t * B * wi
+                        for u0 in range(g0, H, gstep):
+                            Ug = min(U, H - u0)
+                            for i in range(nsi):
+                                src = stage_src[aux, i, S_C] + t * stage_src[aux, i, S_M]
+                                for idx in range(tid, B * Ug, nth):
+                                    bb, j = element(idx, Ug, u0)
+                                    K[koi + bb * wi + i * H + j] = A[src + bb * H + j]
                     nbar += 1
                     barrier(bar, nbar * nblk)  # every unit of K is there
-                    for u0 in range(g0, H, gstep):  # the block's output columns, all rows
-                        Ug = min(U, H - u0)
-                        NC = nk * Ug
-                        cb = cache_base(info, aux, H, Ug)
-                        if WARP:
-                            for c0 in range(0, NC, CM):
-                                warp_columns(cbs, c0, Ug, u0, H, cached, cb, width, woff)
-                                for p0 in range(0, B, nwarp * RP):
-                                    rb = p0 + wid * RP
-                                    v = warp_outputs(acc, kv, cbs, K, koff, width, rb, B - 1, cached, SH, W, ncol, NC - c0, RED,
-                                                     tid, lane)  # fmt: skip
-                                    q = lane // CM  # the lane stores output lane = q * CM + c
-                                    c = lane - q * CM
-                                    if lane < NACC and c < NC - c0 and rb + q < B:
-                                        k = (c0 + c) // Ug
-                                        ju = c0 + c - k * Ug
-                                        forward_put(A, SH, vcache, stage_dst, mdst, aux, k, t, T, NT, v_at, E, rb + q, Ug, ju,
-                                                    u0 + ju, H, v)  # fmt: skip
-                            continue
-                        tpo = split_of(split, B * NC, nth)
-                        if tpo == 1:
-                            for o in range(tid, B * NC, nth):
-                                bb, k, ju, j, v = column_output(o, 0, 1, NC, Ug, u0, H, K, koff, width, cached, SH, cb, W, woff,
-                                                                ncol)  # fmt: skip
-                                forward_put(A, SH, vcache, stage_dst, mdst, aux, k, t, T, NT, v_at, E, bb, Ug, ju, j, H, v)
-                        else:  # one pass: tpo threads per output, tpo * B * NC <= nth / 2
-                            o = min(tid // tpo, B * NC - 1)
-                            lane = tid - (tid // tpo) * tpo
-                            bb, k, ju, j, v = column_output(o, lane, tpo, NC, Ug, u0, H, K, koff, width, cached, SH, cb, W,
-                                                            woff, ncol)  # fmt: skip
-                            active = tid < tpo * B * NC
-                            v = reduce_split(RED, tid, tpo, lane, v, active)
-                            if active and lane == 0:
-                                forward_put(A, SH, vcache, stage_dst, mdst, aux, k, t, T, NT, v_at, E, bb, Ug, ju, j, H, v)
+                    cpre = u(cache_base(info, aux, H, 1))
+                    stage_outputs(True, acc, kv, cbs, K, koff, width, nk * Hu, u(info[aux, I_W]), nk, aux, cpre, cached, split,
+                                  SH, W, RED, U, B, H, tu, last, par, v_at, vcache, A, stage_dst, mdst)  # fmt: skip
                     cuda.syncthreads()  # columns were computed by other threads than the units' own
                     continue
                 flag = ops[r, C_BG]
                 if vcache:
-                    Ug = min(U, H - g0)
-                    dv = v_at + mslot(mops[r, 0], mops[r, 1], t, NT) * E
-                    av = v_at + mslot(mops[r, 2], mops[r, 3], t, NT) * E
-                    bv = v_at + mslot(mops[r, 4], mops[r, 5], t, NT) * E
-                    cv = v_at + mslot(mops[r, 6], mops[r, 7], t, NT) * E
-                    for idx in range(tid, E, nth):
-                        bb, j = element(idx, Ug, g0)
-                        forward_op(code, aux, flag, t, SH, dv, av, bv, cv, idx, bb, j, B, H, X, P, S0, consts, biases, peeps)
-                        if dm != 0 or (t == T - 1 and d >= scratch0):  # the tape; the last step's scratch values too
-                            A[d + bb * H + j] = SH[dv + idx]
+                    dv = v_at + u(mops[r, pc])
+                    av = v_at + u(mops[r, pc + u(1)])
+                    bv = v_at + u(mops[r, pc + u(2)])
+                    cv = v_at + u(mops[r, pc + u(3)])
+                    tape = dm != 0 or (last and d >= scratch0)  # the tape; the last step's scratch values too
+                    du = u(d) + g0u
+                    auxu = u(aux)
+                    idx, bb, ju = tidu, bb0, ju0
+                    while idx < Eb:
+                        if code == OP_LOADP:  # from the step's input projection, mirrored above
+                            SH[dv + idx] = SH[av + idx]
+                        else:
+                            forward_op(code, auxu, flag, tu, SH, dv, av, bv, cv, idx, bb, g0u + ju, Bu, Hu, X, P, S0, consts,
+                                       biases, peeps)  # fmt: skip
+                        if tape:
+                            A[du + bb * Hu + ju] = SH[dv + idx]
+                        idx += nthu
+                        bb, ju = advance(bb, ju, dbb, dju, Ug1)
                     continue
                 a = ops[r, C_AC] + t * ops[r, C_AM]
                 b = ops[r, C_BC] + t * ops[r, C_BM]
@@ -703,22 +850,35 @@ def unit_kernels(
                     for idx in range(tid, B * Ug, nth):
                         bb, j = element(idx, Ug, u0)
                         forward_op(code, aux, flag, t, A, d, a, b, c, bb * H + j, bb, j, B, H, X, P, S0, consts, biases, peeps)
+            if vcache:
+                ov = v_at + u(mmisc[M_OUT + par])
+                idx, bb, ju = tidu, bb0, ju0
+                while idx < Eb:
+                    Y[t, bb, g0u + ju] = SH[ov + idx]
+                    idx += nthu
+                    bb, ju = advance(bb, ju, dbb, dju, Ug1)
+                continue
             o = out_at[0] + t * out_at[1]
-            ov = v_at + mslot(mmisc[M_OUT], mmisc[M_OUT + 1], t, NT) * E
             for u0 in range(g0, H, gstep):
                 Ug = min(U, H - u0)
                 for idx in range(tid, B * Ug, nth):
                     bb, j = element(idx, Ug, u0)
-                    Y[t, bb, j] = SH[ov + idx] if vcache else A[o + bb * H + j]
+                    Y[t, bb, j] = A[o + bb * H + j]
         for s in range(update_at.shape[0]):
-            u = update_at[s, 0] + (T - 1) * update_at[s, 1]
-            m = M_STATE + s * M_STRIDE
-            uv = v_at + mslot(mmisc[m], mmisc[m + 1], T - 1, NT) * E
+            if vcache:
+                uv = v_at + u(mmisc[M_STATE + s * M_STRIDE + ((T - 1) & 1)])
+                idx, bb, ju = tidu, bb0, ju0
+                while idx < Eb:
+                    ST[s, bb, g0u + ju] = SH[uv + idx]
+                    idx += nthu
+                    bb, ju = advance(bb, ju, dbb, dju, Ug1)
+                continue
+            uo = update_at[s, 0] + (T - 1) * update_at[s, 1]
             for u0 in range(g0, H, gstep):
                 Ug = min(U, H - u0)
                 for idx in range(tid, B * Ug, nth):
                     bb, j = element(idx, Ug, u0)
-                    ST[s, bb, j] = SH[uv + idx] if vcache else A[u + bb * H + j]
+                    ST[s, bb, j] = A[uo + bb * H + j]
 
     @cuda.jit(cache=True)
     def backward_units(ops, info, stage_src, stage_dst, mops, msrc, mdst, mmisc, T, B, H, U, NT, cached, w_n, vcache,
@@ -729,34 +889,43 @@ def unit_kernels(
         RED = cuda.shared.array(NRED, dt)  # split dot products' partial sums (and the simulator's warp sums)
         acc = cuda.local.array(NACC, dt)  # warp dot products: partial sums,
         kv = cuda.local.array(NKV, dt)  # the loaded elements of the sources,
-        cbs = cuda.local.array(CM, np.int64)  # where the columns' weights start
+        cbs = cuda.local.array(CM, np.uint64)  # where the columns' weights start
         tid = cuda.threadIdx.x
         nth = cuda.blockDim.x
         nblk = cuda.gridDim.x
-        wid = tid // 32
-        lane = tid - wid * 32
-        nwarp = nth // 32
         g0 = cuda.blockIdx.x * U
         gstep = nblk * U
         BH = B * H
         tmul = NT * BH
         nS = dS.shape[0]
         NG = G.shape[0] // BH
-        v_at = w_n
-        E = B * min(U, H - g0)
         NS = (A.shape[0] - scratch0) // BH
-        g_at = v_at + (2 * NT + NS) * E  # the mirror: two tape steps, the scratch values, the step's gradients
+        # the mirror's paths, unsigned (see forward_units)
+        Bu = u(B)
+        Hu = u(H)
+        BHu = u(BH)
+        g0u = u(g0)
+        Ug1 = u(min(U, H - g0))
+        Eb = Bu * Ug1
+        Eu = Bu * u(U)  # the mirror's stride between values
+        tidu = u(tid)
+        nthu = u(nth)
+        bb0 = tidu // Ug1
+        ju0 = tidu - bb0 * Ug1
+        dbb = nthu // Ug1
+        dju = nthu - dbb * Ug1
+        v_at = u(w_n)
+        g_at = v_at + u(2 * NT + NS) * Eu  # the mirror: two tape steps, the scratch values, the step's gradients
         if cached:
             load_cache(SH, WT, info, H, g0, min(U, H - g0), False, tid, nth)
             cuda.syncthreads()
         nbar = 0
         if vcache:  # the scratch values the backward reads hold the same at every step (constants, biases)
-            Ug = min(U, H - g0)
-            for idx in range(tid, E, nth):
-                bb, j = element(idx, Ug, g0)
-                e = bb * H + j
-                for s in range(NS):
-                    SH[v_at + (2 * NT + s) * E + idx] = A[scratch0 + s * BH + e]
+            idx, bb, ju = tidu, bb0, ju0
+            while idx < Eb:
+                gather(SH, v_at + u(2 * NT) * Eu + idx, Eu, A, u(scratch0) + bb * Hu + g0u + ju, BHu, u(NS), kv)
+                idx += nthu
+                bb, ju = advance(bb, ju, dbb, dju, Ug1)
         for u0 in range(g0, H, gstep):
             Ug = min(U, H - u0)
             for idx in range(tid, B * Ug, nth):
@@ -766,103 +935,97 @@ def unit_kernels(
                 for aux in range(dPeepr.shape[1] // H):
                     dPeepr[bb, aux * H + j] = zero
         for t in range(T - 1, -1, -1):
-            for u0 in range(g0, H, gstep):
-                Ug = min(U, H - u0)
-                for idx in range(tid, B * Ug, nth):
-                    bb, j = element(idx, Ug, u0)
-                    e = bb * H + j
-                    if vcache:
-                        for s in range(NT):  # tape step t (and t + 1 the first time) into the mirror
-                            if t == T - 1:
-                                SH[v_at + (((t + 1) & 1) * NT + s) * E + idx] = A[(t + 1) * tmul + s * BH + e]
-                            SH[v_at + ((t & 1) * NT + s) * E + idx] = A[t * tmul + s * BH + e]
-                        for slot in range(NG):
-                            SH[g_at + slot * E + idx] = zero
-                        SH[g_at + mmisc[M_OUTG] * E + idx] += dOut[t, bb, j]
-                        for s in range(nS):
-                            SH[g_at + mmisc[M_STATE + s * M_STRIDE + 4] * E + idx] += dS[s, e]
-                            if state_g[s] < 0:
-                                dS[s, e] = zero
-                        continue
-                    for slot in range(NG):
-                        G[slot * BH + e] = zero
-                    G[output_g + e] += dOut[t, bb, j]
+            tu = u(t)
+            par = t & 1
+            pc = u(par * 4)
+            if vcache:  # tape step t (and t + 1 the first time) into the mirror; the step's gradients
+                NTu = u(NT)
+                cur = v_at + u(par) * NTu * Eu
+                nxt = v_at + u(1 - par) * NTu * Eu
+                og = g_at + u(mmisc[M_OUTG])
+                idx, bb, ju = tidu, bb0, ju0
+                while idx < Eb:
+                    j = g0u + ju
+                    e = bb * Hu + j
+                    at = tu * u(tmul) + e
+                    if t == T - 1:
+                        gather(SH, nxt + idx, Eu, A, at + u(tmul), BHu, NTu, kv)
+                    gather(SH, cur + idx, Eu, A, at, BHu, NTu, kv)
+                    for slot in range(u(0), u(NG), u(1)):
+                        SH[g_at + slot * Eu + idx] = zero
+                    SH[og + idx] += dOut[t, bb, j]
                     for s in range(nS):
-                        G[update_g[s] + e] += dS[s, e]
+                        SH[g_at + u(mmisc[M_STATE + s * M_STRIDE + 4]) + idx] += dS[s, e]
                         if state_g[s] < 0:
                             dS[s, e] = zero
+                    idx += nthu
+                    bb, ju = advance(bb, ju, dbb, dju, Ug1)
+            else:
+                for u0 in range(g0, H, gstep):
+                    Ug = min(U, H - u0)
+                    for idx in range(tid, B * Ug, nth):
+                        bb, j = element(idx, Ug, u0)
+                        e = bb * H + j
+                        for slot in range(NG):
+                            G[slot * BH + e] = zero
+                        G[output_g + e] += dOut[t, bb, j]
+                        for s in range(nS):
+                            G[update_g[s] + e] += dS[s, e]
+                            if state_g[s] < 0:
+                                dS[s, e] = zero
             for r in range(ops.shape[0] - 1, -1, -1):
                 code = ops[r, C_CODE]
                 aux = ops[r, C_AUX]
                 if code == OP_GEMM:
-                    ns = info[aux, I_NS]
-                    nk = info[aux, I_NK]
-                    woff = info[aux, I_W]
-                    width = nk * H
-                    ncol = ns * H
-                    zoff = info[aux, I_Z] + t * B * width
-                    for u0 in range(g0, H, gstep):  # the block's units of the destinations' gradients, packed
-                        Ug = min(U, H - u0)
-                        for k in range(nk):
-                            src = stage_dst[aux, k, S_G]
-                            gs = g_at + mdst[aux, k, 2] * E
-                            for idx in range(tid, B * Ug, nth):
-                                bb, j = element(idx, Ug, u0)
-                                DZ[zoff + bb * width + k * H + j] = SH[gs + idx] if vcache else G[src + bb * H + j]
+                    ns = u(info[aux, I_NS])
+                    nk = u(info[aux, I_NK])
+                    width = nk * Hu
+                    zoff = u(info[aux, I_Z]) + tu * Bu * width
+                    if vcache:  # the block's units of the destinations' gradients, packed
+                        for k in range(u(0), nk, u(1)):
+                            gs = g_at + u(mdst[aux, k, 2])
+                            zb = zoff + k * Hu + g0u
+                            idx, bb, ju = tidu, bb0, ju0
+                            while idx < Eb:
+                                DZ[zb + bb * width + ju] = SH[gs + idx]
+                                idx += nthu
+                                bb, ju = advance(bb, ju, dbb, dju, Ug1)
+                    else:
+                        nki = info[aux, I_NK]
+                        wi = nki * H
+                        zoi = info[aux, I_Z] + t * B * wi
+                        for u0 in range(g0, H, gstep):
+                            Ug = min(U, H - u0)
+                            for k in range(nki):
+                                src = stage_dst[aux, k, S_G]
+                                for idx in range(tid, B * Ug, nth):
+                                    bb, j = element(idx, Ug, u0)
+                                    DZ[zoi + bb * wi + k * H + j] = G[src + bb * H + j]
                     nbar += 1
                     barrier(bar, nbar * nblk)
-                    for u0 in range(g0, H, gstep):  # the block's columns of the sources' gradients
-                        Ug = min(U, H - u0)
-                        NC = ns * Ug
-                        cb = cache_base(info, aux, H, Ug)
-                        if WARP:
-                            for c0 in range(0, NC, CM):
-                                warp_columns(cbs, c0, Ug, u0, H, cached, cb, width, woff)
-                                for p0 in range(0, B, nwarp * RP):
-                                    rb = p0 + wid * RP
-                                    v = warp_outputs(acc, kv, cbs, DZ, zoff, width, rb, B - 1, cached, SH, WT, ncol, NC - c0,
-                                                     RED, tid, lane)  # fmt: skip
-                                    q = lane // CM
-                                    c = lane - q * CM
-                                    if lane < NACC and c < NC - c0 and rb + q < B:
-                                        i = (c0 + c) // Ug
-                                        ju = c0 + c - i * Ug
-                                        backward_put(SH, G, vcache, stage_src, msrc, aux, i, g_at, E, rb + q, Ug, ju, u0 + ju,
-                                                     H, v)  # fmt: skip
-                            continue
-                        tpo = split_of(split, B * NC, nth)
-                        if tpo == 1:
-                            for o in range(tid, B * NC, nth):
-                                bb, i, ju, j, v = column_output(o, 0, 1, NC, Ug, u0, H, DZ, zoff, width, cached, SH, cb, WT,
-                                                                woff, ncol)  # fmt: skip
-                                backward_put(SH, G, vcache, stage_src, msrc, aux, i, g_at, E, bb, Ug, ju, j, H, v)
-                        else:
-                            o = min(tid // tpo, B * NC - 1)
-                            lane = tid - (tid // tpo) * tpo
-                            bb, i, ju, j, v = column_output(o, lane, tpo, NC, Ug, u0, H, DZ, zoff, width, cached, SH, cb, WT,
-                                                            woff, ncol)  # fmt: skip
-                            active = tid < tpo * B * NC
-                            v = reduce_split(RED, tid, tpo, lane, v, active)
-                            if active and lane == 0:
-                                backward_put(SH, G, vcache, stage_src, msrc, aux, i, g_at, E, bb, Ug, ju, j, H, v)
+                    cpre = u(cache_base(info, aux, H, 1))
+                    stage_outputs(False, acc, kv, cbs, DZ, zoff, width, ns * Hu, u(info[aux, I_W]), ns, aux, cpre, cached, split,
+                                  SH, WT, RED, U, B, H, tu, False, par, g_at, vcache, G, stage_src, msrc)  # fmt: skip
                     cuda.syncthreads()
                     continue
                 if code == OP_CONST:
                     continue
                 if vcache:
-                    Ug = min(U, H - g0)
-                    dv = v_at + mslot(mops[r, 0], mops[r, 1], t, NT) * E
-                    av = v_at + mslot(mops[r, 2], mops[r, 3], t, NT) * E
-                    bv = v_at + mslot(mops[r, 4], mops[r, 5], t, NT) * E
-                    cv = v_at + mslot(mops[r, 6], mops[r, 7], t, NT) * E
-                    gdv = g_at + mops[r, 8] * E
-                    gav = g_at + mops[r, 9] * E
-                    gbv = g_at + mops[r, 10] * E
-                    gcv = g_at + mops[r, 11] * E
-                    for idx in range(tid, E, nth):
-                        bb, j = element(idx, Ug, g0)
-                        backward_op(code, aux, t, SH, SH, gdv, gav, gbv, gcv, dv, av, bv, cv, idx, bb, j, B, H, dS, dX, dP, dBr,
-                                    dPeepr, peeps)  # fmt: skip
+                    dv = v_at + u(mops[r, pc])
+                    av = v_at + u(mops[r, pc + u(1)])
+                    bv = v_at + u(mops[r, pc + u(2)])
+                    cv = v_at + u(mops[r, pc + u(3)])
+                    gdv = g_at + u(mops[r, 8])
+                    gav = g_at + u(mops[r, 9])
+                    gbv = g_at + u(mops[r, 10])
+                    gcv = g_at + u(mops[r, 11])
+                    auxu = u(aux)
+                    idx, bb, ju = tidu, bb0, ju0
+                    while idx < Eb:
+                        backward_op(code, auxu, tu, SH, SH, gdv, gav, gbv, gcv, dv, av, bv, cv, idx, bb, g0u + ju, Bu, Hu, dS, dX,
+                                    dP, dBr, dPeepr, peeps)  # fmt: skip
+                        idx += nthu
+                        bb, ju = advance(bb, ju, dbb, dju, Ug1)
                     continue
                 gd, ga, gb, gc = op_grads(ops, r)
                 d, a, b, c = op_at(ops, r, t)
