@@ -431,10 +431,25 @@ def unit_kernels(
         """acc[q * CM + c] = this lane's part of sum over i < width of M[moff + row_q * width + i] *
         Wv[cbs[c] + i * istride] for rows row_q = min(rb + q, last), q < RP, and columns c < ncols
         (the others stay 0): the lane's terms are i = lane (mod 32), WL of them loaded at once per
-        row (constant trip counts: acc, kv and cbs stay in registers). Indices unsigned."""
+        row (constant trip counts: acc, kv and cbs stay in registers). Indices unsigned. Each
+        partial sum gets its terms in the order of i whether its tile is whole or the last, partial
+        one, so the sums are the same bits either way."""
         for x in range(NACC):
             acc[x] = zero
         for i0 in range(u(0), width, u(32 * WL)):
+            if i0 + u(32 * WL) <= width:  # a whole tile (all of it, at a width a multiple of 32 * WL): no bounds tests
+                for q in range(RP):
+                    mr = moff + min(rb + u(q), last) * width + i0 + lane
+                    for w in range(WL):
+                        kv[q * WL + w] = M[mr + u(w * 32)]
+                for c in range(CM):  # a column's test once a tile, not once a load (the backward uses few columns)
+                    if u(c) < ncols:
+                        wb = cbs[c] + (i0 + lane) * istride
+                        for w in range(WL):
+                            wt = Wv[wb + u(w * 32) * istride]
+                            for q in range(RP):
+                                acc[q * CM + c] += kv[q * WL + w] * wt
+                continue
             for q in range(RP):
                 mr = moff + min(rb + u(q), last) * width
                 for w in range(WL):
@@ -823,6 +838,8 @@ def unit_kernels(
                     continue
                 flag = ops[r, C_BG]
                 if vcache:
+                    if tidu >= Eb:  # (a thread with no elements: the block has more threads than elements)
+                        continue
                     dv = v_at + u(mops[r, pc])
                     av = v_at + u(mops[r, pc + u(1)])
                     bv = v_at + u(mops[r, pc + u(2)])
@@ -1011,6 +1028,8 @@ def unit_kernels(
                 if code == OP_CONST:
                     continue
                 if vcache:
+                    if tidu >= Eb:
+                        continue
                     dv = v_at + u(mops[r, pc])
                     av = v_at + u(mops[r, pc + u(1)])
                     bv = v_at + u(mops[r, pc + u(2)])
@@ -1055,6 +1074,8 @@ def kernels(dtype: np.dtype, rows: int, unroll: int = 4) -> SimpleNamespace:
     zero = typ(0)
     R = rows
     UN = unroll
+    # unsigned indices in the GEMM stages' dot products on the GPU (the simulator's Python ints need none)
+    u = int if bool(getattr(numba_config, "ENABLE_CUDASIM", 0)) else np.uint64
     elem = element_ops(np.dtype(dtype))
     forward_op = elem.forward_op
     backward_op = elem.backward_op
@@ -1062,31 +1083,34 @@ def kernels(dtype: np.dtype, rows: int, unroll: int = 4) -> SimpleNamespace:
     op_grads = elem.op_grads
 
     @cuda.jit(device=True, inline="always")
-    def column_dot(acc, M, moff, Wm, col, ncol, width, r0, last):
+    def column_dot(acc, rows, M, moff, Wm, col, ncol, width, r0, last):
         """acc[q] = sum over i < width of M[moff + row_q * width + i] * Wm[col + i * ncol] for the
         block's R rows (row_q = min(r0 + q, last)): one output column of a GEMM stage, each weight
         read serving R rows. ``unroll`` weights are in flight at a time (the loop is bound by the
         latency of its loads, not by arithmetic); the loops over them have constant trip counts, so
-        the weights stay in registers. Inlined in Numba's IR (``inline="always"``): the kernels' PTX
-        is the loop written out in each, so acc stays in registers, and compile_ptx needs no GPU (a
-        device function compiled on its own asks the driver for the device)."""
+        the weights stay in registers. Indices unsigned (no negative-index tests), the rows' offsets
+        found once (``rows``: R registers). Inlined in Numba's IR (``inline="always"``): the
+        kernels' PTX is the loop written out in each, so acc stays in registers, and compile_ptx
+        needs no GPU (a device function compiled on its own asks the driver for the device)."""
         wv = cuda.local.array(UN, dt)
         for q in range(R):
             acc[q] = zero
-        n = width - width % UN
-        for i in range(0, n, UN):
-            for u in range(UN):
-                wv[u] = Wm[col + (i + u) * ncol]
+            rows[q] = moff + min(r0 + u(q), last) * width
+        n = width - width % u(UN)
+        for i in range(u(0), n, u(UN)):
+            wb = col + i * ncol
+            for w in range(UN):
+                wv[w] = Wm[wb + u(w) * ncol]
             for q in range(R):
-                mr = moff + min(r0 + q, last) * width + i
+                mr = rows[q] + i
                 v = acc[q]
-                for u in range(UN):
-                    v += M[mr + u] * wv[u]
+                for w in range(UN):
+                    v += M[mr + u(w)] * wv[w]
                 acc[q] = v
         for i in range(n, width):
-            w = Wm[col + i * ncol]
+            wt = Wm[col + i * ncol]
             for q in range(R):
-                acc[q] += M[moff + min(r0 + q, last) * width + i] * w
+                acc[q] += M[rows[q] + i] * wt
 
     @cuda.jit(cache=True)
     def forward_loop(ops, info, stage_src, stage_dst, T, B, H, init_at, out_at, update_at, A, P, X, S0, consts, biases,
@@ -1094,6 +1118,7 @@ def kernels(dtype: np.dtype, rows: int, unroll: int = 4) -> SimpleNamespace:
         """The forward over the whole sequence for rows [blockIdx.x * R, +R): fills the tape A, the
         packed GEMM sources K, the outputs Y [T, B, H] and the final states ST [n_states, B, H]."""
         acc = cuda.local.array(R, dt)
+        rows = cuda.local.array(R, np.uint64)  # the block's rows' offsets in a GEMM stage's sources
         tid = cuda.threadIdx.x
         nth = cuda.blockDim.x
         r0 = cuda.blockIdx.x * R
@@ -1128,7 +1153,7 @@ def kernels(dtype: np.dtype, rows: int, unroll: int = 4) -> SimpleNamespace:
                         j = kj - k * H
                         dd = stage_dst[aux, k, S_C] + t * stage_dst[aux, k, S_M]
                         col = woff + kj
-                        column_dot(acc, K, koff, W, col, ncol, width, r0, last)
+                        column_dot(acc, rows, K, u(koff), W, u(col), u(ncol), u(width), u(r0), u(last))
                         for q in range(R):
                             if r0 + q < B:
                                 A[dd + (r0 + q) * H + j] += acc[q]
@@ -1143,10 +1168,10 @@ def kernels(dtype: np.dtype, rows: int, unroll: int = 4) -> SimpleNamespace:
                 for bb in range(r0, r1):
                     Y[t, bb, j] = A[o + bb * H + j]
         for s in range(update_at.shape[0]):
-            u = update_at[s, 0] + (T - 1) * update_at[s, 1]
+            uo = update_at[s, 0] + (T - 1) * update_at[s, 1]
             for j in range(tid, H, nth):
                 for bb in range(r0, r1):
-                    ST[s, bb, j] = A[u + bb * H + j]
+                    ST[s, bb, j] = A[uo + bb * H + j]
 
     @cuda.jit(cache=True)
     def backward_loop(ops, info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, G,
@@ -1157,6 +1182,7 @@ def kernels(dtype: np.dtype, rows: int, unroll: int = 4) -> SimpleNamespace:
         biases' and peepholes' gradients per element (all three zeroed here first). G holds one
         step's gradients, a slot per node."""
         acc = cuda.local.array(R, dt)
+        rows = cuda.local.array(R, np.uint64)  # the block's rows' offsets in a GEMM stage's sources
         tid = cuda.threadIdx.x
         nth = cuda.blockDim.x
         r0 = cuda.blockIdx.x * R
@@ -1210,7 +1236,7 @@ def kernels(dtype: np.dtype, rows: int, unroll: int = 4) -> SimpleNamespace:
                         j = ij - i * H
                         dst = stage_src[aux, i, S_G]
                         col = woff + ij
-                        column_dot(acc, DZ, zoff, WT, col, ncol, width, r0, last)
+                        column_dot(acc, rows, DZ, u(zoff), WT, u(col), u(ncol), u(width), u(r0), u(last))
                         for q in range(R):
                             if r0 + q < B:
                                 G[dst + (r0 + q) * H + j] += acc[q]

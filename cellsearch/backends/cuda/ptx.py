@@ -99,13 +99,33 @@ _CLASSES = {
 _FLOAT_TYPES = (".f32", ".f64", ".f16")
 
 
-def counts(ptx: str) -> dict[str, int]:
+def _blocks(ptx: str) -> list[list[str]]:
+    """The PTX's basic blocks (split at labels and after branches), as lists of instructions."""
+    out: list[list[str]] = [[]]
+    for line in ptx.splitlines():
+        if re.match(r"^\$\w+:", line):
+            out.append([])
+            continue
+        m = _INSTRUCTION.match(line)
+        if m is None:
+            continue
+        out[-1].append(line)
+        if m.group(1) in ("bra", "ret", "exit"):
+            out.append([])
+    return [b for b in out if b]
+
+
+def counts(ptx: str) -> dict[str, float]:
     """The PTX's instructions (lines that are instructions, not directives or labels): ``total``;
     by class — ``float`` (arithmetic on floating-point values), ``memory`` (loads, stores,
     atomics), ``control`` (branches, compares, selects, barriers), ``warp`` (shuffles), ``integer``
     (the rest: index arithmetic, conversions, moves); and three that should stay at zero or low:
     ``div64`` (64-bit integer divisions and remainders: a long instruction sequence each),
-    ``f64`` (instructions on float64 values) and ``local`` (local-memory accesses)."""
+    ``f64`` (instructions on float64 values) and ``local`` (local-memory accesses). And
+    ``per_fma``: the instructions of the basic blocks that hold fused multiply-adds per such
+    multiply-add — how much index arithmetic, testing and loading surrounds the GEMM stages' inner
+    loops (and the few elementwise ops with an fma), which the code's total hides: a loop
+    unrolled in two versions has more code and executes less of it."""
     c: Counter[str] = Counter()
     for line in ptx.splitlines():
         m = _INSTRUCTION.match(line)
@@ -129,4 +149,8 @@ def counts(ptx: str) -> dict[str, int]:
             c["f64"] += 1
         if ".local" in suffix:
             c["local"] += 1
-    return {k: c[k] for k in ("total", "float", "memory", "control", "warp", "integer", "div64", "f64", "local")}
+    fma = [sum(1 for line in b if re.match(r"^\s+(?:@!?%p\d+\s+)?fma\.", line)) for b in _blocks(ptx)]
+    in_fma = sum(len(b) for b, n in zip(_blocks(ptx), fma, strict=True) if n)
+    out: dict[str, float] = {k: c[k] for k in ("total", "float", "memory", "control", "warp", "integer", "div64", "f64", "local")}
+    out["per_fma"] = round(in_fma / max(sum(fma), 1), 2)
+    return out
