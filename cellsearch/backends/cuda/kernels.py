@@ -577,6 +577,30 @@ def unit_kernels(
         return bb, ju
 
     @cuda.jit(device=True, inline="always")
+    def geometry(B, H, U, g0, tid, nth):
+        """The mirror paths' quantities, unsigned (vcache: the block has one group, units g0 ..
+        g0 + Ug): B, H, g0, Ug, the block's elements B * Ug, the mirror's stride between values
+        E = B * U, the thread and the block's threads, the thread's first element (row bb0, unit
+        index ju0) and the step to its next, nth elements on (dbb rows and dju units: ``advance``)."""
+        Bu = u(B)
+        Ug = u(min(U, H - g0))
+        tidu = u(tid)
+        nthu = u(nth)
+        bb0 = tidu // Ug
+        dbb = nthu // Ug
+        return Bu, u(H), u(g0), Ug, Bu * Ug, Bu * u(U), tidu, nthu, bb0, tidu - bb0 * Ug, dbb, nthu - dbb * Ug
+
+    @cuda.jit(device=True, inline="always")
+    def pack(M, base, width, SH, src, idx, bb, ju, Eb, nth, dbb, dju, Ug):
+        """M[base + bb * width + ju] = the mirror's element (bb, ju) of the value at src, for the
+        thread's elements from (idx, bb, ju) on, nth apart (``advance``): a GEMM stage's sources
+        (K) or output gradients (DZ), the block's units of them, for the other blocks to read."""
+        while idx < Eb:
+            M[base + bb * width + ju] = SH[src + idx]
+            idx += nth
+            bb, ju = advance(bb, ju, dbb, dju, Ug)
+
+    @cuda.jit(device=True, inline="always")
     def gather(SH, dst, dstride, M, src, sstride, n, buf):
         """SH[dst + s * dstride] = M[src + s * sstride] for s < n (unsigned), four loads in flight
         (buf: at least four registers): a loop of loads each waited for before the next would pay
@@ -747,20 +771,7 @@ def unit_kernels(
         nblk = cuda.gridDim.x
         g0 = cuda.blockIdx.x * U
         gstep = nblk * U
-        # the mirror's paths (vcache: the block has one group, units g0..g0+Ug): unsigned, the
-        # thread's first element (row bb0, unit index ju0) and the step to its next (nth elements on)
-        Bu = u(B)
-        Hu = u(H)
-        g0u = u(g0)
-        Ug1 = u(min(U, H - g0))
-        Eb = Bu * Ug1  # the block's elements
-        Eu = Bu * u(U)  # the mirror's stride between values
-        tidu = u(tid)
-        nthu = u(nth)
-        bb0 = tidu // Ug1
-        ju0 = tidu - bb0 * Ug1
-        dbb = nthu // Ug1
-        dju = nthu - dbb * Ug1
+        Bu, Hu, g0u, Ug1, Eb, Eu, tidu, nthu, bb0, ju0, dbb, dju = geometry(B, H, U, g0, tid, nth)
         v_at = u(w_n)
         NXu = u(mmisc[M_NX])  # the input projection's blocks, mirrored after the scratch values
         p_at = v_at + u(2 * NT + (A.shape[0] - scratch0) // (B * H)) * Eu
@@ -811,13 +822,8 @@ def unit_kernels(
                     koff = u(info[aux, I_K]) + tu * Bu * width
                     if vcache:  # the block's units of the sources, packed
                         for i in range(u(0), ns, u(1)):
-                            vs = v_at + u(msrc[aux, i, par])
-                            kb = koff + i * Hu + g0u
-                            idx, bb, ju = tidu, bb0, ju0
-                            while idx < Eb:
-                                K[kb + bb * width + ju] = SH[vs + idx]
-                                idx += nthu
-                                bb, ju = advance(bb, ju, dbb, dju, Ug1)
+                            pack(K, koff + i * Hu + g0u, width, SH, v_at + u(msrc[aux, i, par]), tidu, bb0, ju0, Eb, nthu, dbb,
+                                 dju, Ug1)  # fmt: skip
                     else:
                         nsi = info[aux, I_NS]
                         wi = nsi * H
@@ -917,20 +923,8 @@ def unit_kernels(
         nS = dS.shape[0]
         NG = G.shape[0] // BH
         NS = (A.shape[0] - scratch0) // BH
-        # the mirror's paths, unsigned (see forward_units)
-        Bu = u(B)
-        Hu = u(H)
+        Bu, Hu, g0u, Ug1, Eb, Eu, tidu, nthu, bb0, ju0, dbb, dju = geometry(B, H, U, g0, tid, nth)
         BHu = u(BH)
-        g0u = u(g0)
-        Ug1 = u(min(U, H - g0))
-        Eb = Bu * Ug1
-        Eu = Bu * u(U)  # the mirror's stride between values
-        tidu = u(tid)
-        nthu = u(nth)
-        bb0 = tidu // Ug1
-        ju0 = tidu - bb0 * Ug1
-        dbb = nthu // Ug1
-        dju = nthu - dbb * Ug1
         v_at = u(w_n)
         g_at = v_at + u(2 * NT + NS) * Eu  # the mirror: two tape steps, the scratch values, the step's gradients
         if cached:
@@ -1000,13 +994,8 @@ def unit_kernels(
                     zoff = u(info[aux, I_Z]) + tu * Bu * width
                     if vcache:  # the block's units of the destinations' gradients, packed
                         for k in range(u(0), nk, u(1)):
-                            gs = g_at + u(mdst[aux, k, 2])
-                            zb = zoff + k * Hu + g0u
-                            idx, bb, ju = tidu, bb0, ju0
-                            while idx < Eb:
-                                DZ[zb + bb * width + ju] = SH[gs + idx]
-                                idx += nthu
-                                bb, ju = advance(bb, ju, dbb, dju, Ug1)
+                            pack(DZ, zoff + k * Hu + g0u, width, SH, g_at + u(mdst[aux, k, 2]), tidu, bb0, ju0, Eb, nthu, dbb,
+                                 dju, Ug1)  # fmt: skip
                     else:
                         nki = info[aux, I_NK]
                         wi = nki * H
