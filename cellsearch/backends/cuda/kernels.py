@@ -1148,9 +1148,11 @@ def kernels(dtype: np.dtype, rows: int, unroll: int = 4) -> SimpleNamespace:
                                 A[dd + (r0 + q) * H + j] += acc[q]
                     cuda.syncthreads()  # columns were computed by other threads than the units' own
                     continue
-                for j in range(tid, H, nth):
-                    for bb in range(r0, r1):
-                        forward_op(code, aux, ops[r, C_BG], t, A, d, a, b, c, bb * H + j, bb, j, B, H, X, P, S0, consts, biases,
+                flag = ops[r, C_BG]
+                du, au, bu, cu, auxu, tu, Hu, Bu = u(d), u(a), u(b), u(c), u(aux), u(t), u(H), u(B)
+                for j in range(u(tid), Hu, u(nth)):  # unsigned: no negative-index tests
+                    for bb in range(u(r0), u(r1)):
+                        forward_op(code, auxu, flag, tu, A, du, au, bu, cu, bb * Hu + j, bb, j, Bu, Hu, X, P, S0, consts, biases,
                                    peeps)  # fmt: skip
             o = out_at[0] + t * out_at[1]
             for j in range(tid, H, nth):
@@ -1233,10 +1235,12 @@ def kernels(dtype: np.dtype, rows: int, unroll: int = 4) -> SimpleNamespace:
                     continue
                 if code == OP_CONST:
                     continue
-                for j in range(tid, H, nth):
-                    for bb in range(r0, r1):
-                        backward_op(code, aux, t, A, G, gd, ga, gb, gc, d, a, b, c, bb * H + j, bb, j, B, H, dS, dX, dP, dBr,
-                                    dPeepr, peeps)  # fmt: skip
+                gdu, gau, gbu, gcu = u(gd), u(ga), u(gb), u(gc)
+                du, au, bu, cu, auxu, tu, Hu, Bu = u(d), u(a), u(b), u(c), u(aux), u(t), u(H), u(B)
+                for j in range(u(tid), Hu, u(nth)):  # unsigned: no negative-index tests
+                    for bb in range(u(r0), u(r1)):
+                        backward_op(code, auxu, tu, A, G, gdu, gau, gbu, gcu, du, au, bu, cu, bb * Hu + j, bb, j, Bu, Hu, dS, dX,
+                                    dP, dBr, dPeepr, peeps)  # fmt: skip
 
     @cuda.jit(cache=True)
     def column_sums(M, out):
