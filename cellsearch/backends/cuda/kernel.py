@@ -218,10 +218,11 @@ def mirror_tables(plan: Any, tb: Any, B: int, H: int, U: int) -> tuple[Array, Ar
     ``const + t * tmul`` of a taped value (tmul != 0) is tape slot ``s`` of tape step ``t + par``,
     mirrored at slot ``s + ((t + par) % 2) * NT``; a scratch value at slot 2 NT + its scratch slot;
     a gradient offset ``k * B * H`` in the gradients' part at slot k. A LOADP op's operand a is its
-    block of the step's input projection, which the forward mirrors after the scratch values. ``mops`` [n_ops, 12]: d, a, b, c
-    at an even step, the same at an odd step, then the gradients of d, a, b, c; ``msrc``/``mdst``
-    [n_stages, n, 3]: (even step, odd step, gradient); ``mmisc``: see ``kernels.M_OUT``. Unsigned:
-    the kernels index with them as they are (no negative-index tests)."""
+    block of the step's input projection, which the forward mirrors after the scratch values.
+    ``mops`` [n_ops, 12]: d, a, b, c at an even step, the same at an odd step, then the gradients
+    of d, a, b, c; ``msrc``/``mdst`` [n_stages, n, 3]: (even step, odd step, gradient); ``mmisc``:
+    see ``kernels.M_OUT``. Unsigned: the kernels index with them as they are (no negative-index
+    tests)."""
     BH = B * H
     E = B * U
     NT = plan.n_taped
