@@ -149,6 +149,58 @@ def test_units_schedule_zoo_and_random_cells():
     assert compared >= len(zoo.names()) + 7
 
 
+@needs_cuda
+def test_mirror_tables_at_both_parities_and_a_partial_group():
+    """kernel.mirror_tables' finished offsets, against the arena's addresses evaluated at an even and an odd step
+    (t = 2 and 3): a taped value's slot is its tape slot at the tape step's parity, a scratch value's its scratch slot
+    after both tape steps, times E = B*U — also where U does not divide H (the simulator runs one block of all H units,
+    so the kernels there never meet E != B*Ug). LOADP reads its projection block after the scratch values; every offset
+    stays inside the mirror the host sizes (units_layout)."""
+    pytest.importorskip("numba.cuda")
+    from cellsearch.backends.cuda.kernel import mirror_tables
+    from cellsearch.backends.cuda.kernels import M_NX, M_OUT, M_STATE, M_STRIDE, OP_LOADP
+    from cellsearch.backends.tables import C_AC, C_AM, C_AUX, C_BC, C_BM, C_CC, C_CM, C_CODE, C_DC, C_DM, S_C, S_M, tables
+    from cellsearch.lowering import lower
+
+    T, B, H, U = 6, 3, 5, 2
+    E, BH = B * U, B * H
+    cells = [zoo.get(n) for n in ("lstm", "gru", "lstm_peephole", "sru")]
+    cells += [random_cell(np.random.default_rng(s)) for s in range(6)]
+    for cell in cells:
+        p = lower(cell)
+        tb = tables(p, T, B, H)
+        NT = p.n_taped
+        mops, msrc, mdst, mmisc = mirror_tables(p, tb, B, H, U)
+
+        def slot(const, mul, t):  # the mirror slot of arena address const + t * mul at step t, from the address
+            at = const + t * mul
+            if mul:
+                step, s = divmod(at, NT * BH)
+                return (s // BH + (step % 2) * NT) * E
+            return (2 * NT + (at - tb.scratch0) // BH) * E if at >= tb.scratch0 and p.n_scratch else 0
+
+        room = (2 * NT + p.n_scratch + len(p.xblocks)) * E
+        for r, row in enumerate(tb.ops):
+            for t in (2, 3):
+                for q, (c, m) in enumerate(((C_DC, C_DM), (C_AC, C_AM), (C_BC, C_BM), (C_CC, C_CM))):
+                    want = slot(int(row[c]), int(row[m]), t)
+                    if q == 1 and row[C_CODE] == OP_LOADP:
+                        want = (2 * NT + p.n_scratch + int(row[C_AUX])) * E
+                    assert int(mops[r, 4 * (t % 2) + q]) == want, (cell.name, r, t, q)
+                    assert want + E <= room
+        for mtab, stab in ((msrc, tb.stage_src), (mdst, tb.stage_dst)):
+            for g in range(stab.shape[0]):
+                for i in range(stab.shape[1]):
+                    for t in (2, 3):
+                        assert int(mtab[g, i, t % 2]) == slot(int(stab[g, i, S_C]), int(stab[g, i, S_M]), t)
+        for t in (2, 3):
+            assert int(mmisc[M_OUT + t % 2]) == slot(*map(int, tb.output_at), t)
+            for s_ in range(len(p.states)):
+                m = M_STATE + s_ * M_STRIDE
+                assert int(mmisc[m + t % 2]) == slot(*map(int, tb.update_at[s_]), t)
+        assert int(mmisc[M_NX]) == len(p.xblocks)
+
+
 def test_schedule_choice_and_units_geometry(monkeypatch):
     """On a 132-multiprocessor GPU: the units schedule from H = 192 with at most 66 rows (where it was
     measured faster), rows otherwise; units per block spread H over at most one block per
