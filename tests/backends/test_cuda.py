@@ -170,7 +170,7 @@ def test_mirror_tables_at_both_parities_and_a_partial_group():
         p = lower(cell)
         tb = tables(p, T, B, H)
         NT = p.n_taped
-        mops, msrc, mdst, mmisc = mirror_tables(p, tb, B, H, U)
+        mops, msrc, mdst, mmisc = mirror_tables(p, tb, B, H, U, True)
 
         def slot(const, mul, t):  # the mirror slot of arena address const + t * mul at step t, from the address
             at = const + t * mul
@@ -227,8 +227,8 @@ def test_schedule_choice_and_units_geometry(monkeypatch):
     assert k.units_geometry(32) == (1, 32, True)
     # lstm (7 taped values, 6 scratch, 16 gradient slots) at B=64, H=256, float32, in 11648 elements:
     # forward mirror (14 + 6) x 128 = 2560, backward (14 + 6 + 16) x 128 = 4608; weights 2 x 256 x 4 = 2048
-    fwd = k.units_layout(64, 256, forward=True)
-    assert (fwd.units, fwd.blocks, fwd.vcache, fwd.cached, fwd.w_n) == (2, 128, True, True, 2048)
+    fwd = k.units_layout(64, 256, forward=True)  # and the input projection's 4 blocks, 512
+    assert (fwd.units, fwd.blocks, fwd.vcache, fwd.pmirror, fwd.cached, fwd.w_n) == (2, 128, True, True, True, 2048)
     bwd = k.units_layout(64, 256, forward=False)
     assert (bwd.vcache, bwd.cached) == (True, True)
     big = k.units_layout(256, 1024, forward=True)  # 8 units x 256 rows: mirror 40960, weights 32768
@@ -284,6 +284,26 @@ def test_gemm_at_the_gpu_tile_size(ta, tb, split):
     np.testing.assert_allclose(C.copy_to_host(), want, rtol=1e-12, atol=1e-12)
     if split > 1:
         assert (3, M, N) in kern._parts
+
+
+@needs_cuda
+@DTYPES
+def test_units_mirror_without_the_input_projection(monkeypatch, dtype):
+    """The units schedule's mirror where the step's values fit in shared memory and the input projection's blocks do
+    not (as at a large H with a small batch): the mirror stays, and LOADP reads the projection from global memory."""
+    import cellsearch.backends.cuda.kernel as kmod
+    from cellsearch.lowering import lower
+
+    cell = zoo.get("lstm")
+    p = lower(cell)
+    T, B, I, H = 3, 2, 3, 3
+    E = B * (H if SIMULATED else 1)  # (one unit a block on a GPU)
+    room = (2 * p.n_taped + p.n_scratch) * E + E  # one element short of 2 of the 4 projection blocks
+    monkeypatch.setattr(kmod, "shared_elements", lambda dt: room)
+    options = {"schedule": "units"} if SIMULATED else {"schedule": "units", "units_per_block": 1}
+    lay = kmod.CudaKernel(cell, dtype, **options).units_layout(B, H, forward=True)
+    assert lay.vcache and not lay.pmirror
+    check(cell, "cuda", dtype, seed=5, T=T, B=B, I=I, H=H, **options)
 
 
 @needs_cuda

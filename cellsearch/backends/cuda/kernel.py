@@ -209,16 +209,18 @@ class UnitsLayout:
     cached: bool  # the block's weight columns (w_n elements)
     w_n: int
     vcache: bool  # the mirror of the block's values of the step
+    pmirror: bool = False  # (forward) and of the step's input projection, after them
 
 
-def mirror_tables(plan: Any, tb: Any, B: int, H: int, U: int) -> tuple[Array, Array, Array, Array]:
+def mirror_tables(plan: Any, tb: Any, B: int, H: int, U: int, pmirror: bool) -> tuple[Array, Array, Array, Array]:
     """Every operand's place in the units schedule's mirror (``kernels.unit_kernels``), in elements
     from the mirror's start (a value's slot times E = B*U, the mirror's stride between values), both
     parities of the step resolved here so that the kernels do no slot arithmetic: an arena address
     ``const + t * tmul`` of a taped value (tmul != 0) is tape slot ``s`` of tape step ``t + par``,
     mirrored at slot ``s + ((t + par) % 2) * NT``; a scratch value at slot 2 NT + its scratch slot;
-    a gradient offset ``k * B * H`` in the gradients' part at slot k. A LOADP op's operand a is its
-    block of the step's input projection, which the forward mirrors after the scratch values.
+    a gradient offset ``k * B * H`` in the gradients' part at slot k. With ``pmirror``, a LOADP op's
+    operand a is its block of the step's input projection, which the forward then mirrors after
+    the scratch values (``mmisc[M_NX]``: the blocks mirrored, 0 without).
     ``mops`` [n_ops, 12]: d, a, b, c at an even step, the same at an odd step, then the gradients
     of d, a, b, c; ``msrc``/``mdst`` [n_stages, n, 3]: (even step, odd step, gradient); ``mmisc``:
     see ``kernels.M_OUT``. Unsigned: the kernels index with them as they are (no negative-index
@@ -243,7 +245,7 @@ def mirror_tables(plan: Any, tb: Any, B: int, H: int, U: int) -> tuple[Array, Ar
         for q, (c, m) in enumerate(((C_DC, C_DM), (C_AC, C_AM), (C_BC, C_BM), (C_CC, C_CM))):
             mops[r, q], mops[r, 4 + q] = vm(int(row[c]), int(row[m]))
         mops[r, 8:] = [int(row[g]) // BH * E for g in (C_DG, C_AG, C_BG, C_CG)]
-        if int(row[C_CODE]) == OP_LOADP:
+        if pmirror and int(row[C_CODE]) == OP_LOADP:
             mops[r, 1] = mops[r, 5] = (2 * NT + plan.n_scratch + int(row[C_AUX])) * E
 
     def stage(t: Array) -> Array:
@@ -253,7 +255,7 @@ def mirror_tables(plan: Any, tb: Any, B: int, H: int, U: int) -> tuple[Array, Ar
                 out[g, i] = (*vm(int(t[g, i, S_C]), int(t[g, i, S_M])), int(t[g, i, S_G]) // BH * E)
         return out
 
-    misc = [*vm(*tb.output_at), plan.output_slot * E, len(plan.xblocks)]
+    misc = [*vm(*tb.output_at), plan.output_slot * E, len(plan.xblocks) if pmirror else 0]
     for s in range(len(plan.states)):
         init = int(tb.init_at[s])
         misc += [*vm(*map(int, tb.update_at[s])), init // BH * E if init >= 0 else 0,
@@ -406,12 +408,14 @@ class CudaKernel:
         p = self.plan
         room = shared_elements(self.dtype)
         E = B * U
-        vneed = (2 * p.n_taped + p.n_scratch + (len(p.xblocks) if forward else p.n_slots)) * E
+        vneed = (2 * p.n_taped + p.n_scratch + (0 if forward else p.n_slots)) * E
         vcache = self.value_cache and one_group and vneed <= room
-        room -= vneed if vcache else 0
+        pneed = len(p.xblocks) * E if forward else 0  # the step's input projection: mirrored where it fits too
+        pmirror = vcache and 0 < pneed <= room - vneed
+        room -= vneed + (pneed if pmirror else 0) if vcache else 0
         wneed = U * H * sum(len(st.srcs) * len(st.dsts) for st in p.stages)
         cached = self.weight_cache and one_group and 0 < wneed <= room
-        return UnitsLayout(U, blocks, cached, wneed if cached else 0, vcache)
+        return UnitsLayout(U, blocks, cached, wneed if cached else 0, vcache, pmirror)
 
     def _cooperative(self) -> bool:
         if self.barrier is not None:
@@ -460,7 +464,8 @@ class CudaKernel:
             ops=dev(tb.ops), info=dev(tb.stage_info), stage_src=dev(tb.stage_src), stage_dst=dev(tb.stage_dst),
             init_at=dev(tb.init_at), out_at=dev(np.array(tb.output_at, dtype=np.int64)),
             update_at=dev(tb.update_at), state_g=dev(tb.state_g), update_g=dev(tb.update_g),
-            stage_offsets=offsets, mirror=tuple(dev(m) for m in mirror_tables(p, tb, B, H, self.units_geometry(H)[0])),
+            stage_offsets=offsets, mirror=tuple(dev(m) for m in mirror_tables(p, tb, B, H, self.units_geometry(H)[0],
+                                                                       self.units_layout(B, H, forward=True).pmirror)),
             scratch0=tb.scratch0,
             A=empty(tb.arena), K=empty(tb.k_size), DZ=empty(tb.dz_size), G=empty(tb.g_size),
             P=empty(T * B, NX * H), dP=empty(T * B, NX * H), Y=empty(T, B, H), ST=empty(nS, B, H),

@@ -773,7 +773,7 @@ def unit_kernels(
         gstep = nblk * U
         Bu, Hu, g0u, Ug1, Eb, Eu, tidu, nthu, bb0, ju0, dbb, dju = geometry(B, H, U, g0, tid, nth)
         v_at = u(w_n)
-        NXu = u(mmisc[M_NX])  # the input projection's blocks, mirrored after the scratch values
+        NXu = u(mmisc[M_NX])  # the input projection's blocks mirrored after the scratch values (0: none, where they do not fit)
         p_at = v_at + u(2 * NT + (A.shape[0] - scratch0) // (B * H)) * Eu
         if cached:
             load_cache(SH, W, info, H, g0, min(U, H - g0), True, tid, nth)
@@ -855,7 +855,7 @@ def unit_kernels(
                     auxu = u(aux)
                     idx, bb, ju = tidu, bb0, ju0
                     while idx < Eb:
-                        if code == OP_LOADP:  # from the step's input projection, mirrored above
+                        if code == OP_LOADP and NXu > 0:  # from the step's input projection, mirrored above
                             SH[dv + idx] = SH[av + idx]
                         else:
                             forward_op(code, auxu, flag, tu, SH, dv, av, bv, cv, idx, bb, g0u + ju, Bu, Hu, X, P, S0, consts,
