@@ -601,30 +601,63 @@ def unit_kernels(
             bb, ju = advance(bb, ju, dbb, dju, Ug)
 
     @cuda.jit(device=True, inline="always")
-    def gather(SH, dst, dstride, M, src, sstride, n, buf):
-        """SH[dst + s * dstride] = M[src + s * sstride] for s < n (unsigned), four loads in flight
-        (buf: at least four registers): a loop of loads each waited for before the next would pay
-        the latency of global memory n times."""
-        for s0 in range(u(0), n, u(4)):
-            for q in range(4):
-                s = s0 + u(q)
-                buf[q] = M[src + s * sstride] if s < n else zero
-            for q in range(4):
-                s = s0 + u(q)
-                if s < n:
-                    SH[dst + s * dstride] = buf[q]
+    def unmirror(Out, i, SH, src, g0, idx, bb, ju, Eb, nth, dbb, dju, Ug):
+        """Out[i, bb, g0 + ju] = the mirror's element (bb, ju) of the value at src, for the thread's
+        elements from (idx, bb, ju) on (unsigned, ``advance``): the forward's outputs and final states."""
+        while idx < Eb:
+            Out[i, bb, g0 + ju] = SH[src + idx]
+            idx += nth
+            bb, ju = advance(bb, ju, dbb, dju, Ug)
 
     @cuda.jit(device=True, inline="always")
-    def gather_row(SH, dst, dstride, M, row, col, cstride, n, buf):
-        """SH[dst + s * dstride] = M[row, col + s * cstride] for s < n, as ``gather``."""
-        for s0 in range(u(0), n, u(4)):
-            for q in range(4):
-                s = s0 + u(q)
-                buf[q] = M[row, col + s * cstride] if s < n else zero
-            for q in range(4):
-                s = s0 + u(q)
-                if s < n:
-                    SH[dst + s * dstride] = buf[q]
+    def from_arena(Out, i, A, src, g0, gstep, U, B, H, tid, nth):
+        """Out[i, bb, j] = A[src + bb * H + j] for the block's units j of every row bb: ``unmirror``
+        for the global memory paths."""
+        for u0 in range(g0, H, gstep):
+            Ug = min(U, H - u0)
+            for idx in range(tid, B * Ug, nth):
+                bb, j = element(idx, Ug, u0)
+                Out[i, bb, j] = A[src + bb * H + j]
+
+    def gatherer(load):  # type: ignore[no-untyped-def]
+        """``gather(SH, dst, dstride, M, at, sstride, n, buf)``: SH[dst + s * dstride] = load(M, at,
+        s * sstride) for s < n (unsigned), four loads in flight (buf: at least four registers): a
+        loop of loads each waited for before the next would pay the latency of global memory n
+        times. ``load`` reads a flat array at ``at + off``, or a 2-D one's row ``at[0]`` at ``at[1] + off``."""
+
+        @cuda.jit(device=True, inline="always")
+        def gather(SH, dst, dstride, M, at, sstride, n, buf):
+            for s0 in range(u(0), n, u(4)):
+                for q in range(4):
+                    s = s0 + u(q)
+                    buf[q] = load(M, at, s * sstride) if s < n else zero
+                for q in range(4):
+                    s = s0 + u(q)
+                    if s < n:
+                        SH[dst + s * dstride] = buf[q]
+
+        return gather
+
+    @cuda.jit(device=True, inline="always")
+    def flat_at(M, at, off):
+        return M[at + off]
+
+    @cuda.jit(device=True, inline="always")
+    def row_at(M, at, off):
+        return M[at[0], at[1] + off]
+
+    gather = gatherer(flat_at)  # the tape, the scratch values
+    gather_row = gatherer(row_at)  # the step's input projection: P's row (t, bb) from unit j, H apart
+
+    @cuda.jit(device=True, inline="always")
+    def pack_global(M, base, width, V, src, g0, gstep, U, B, H, tid, nth):
+        """M[base + bb * width + j] = V[src + bb * H + j] for the block's units j of every row bb (all
+        its groups; int64, a division per element): ``pack`` for the global memory paths."""
+        for u0 in range(g0, H, gstep):
+            Ug = min(U, H - u0)
+            for idx in range(tid, B * Ug, nth):
+                bb, j = element(idx, Ug, u0)
+                M[base + bb * width + j] = V[src + bb * H + j]
 
     @cuda.jit(device=True, inline="always")
     def column_output(o, lane, split, NC, Ug, u0, H, M, moff, width, cached, SH, cb, W, woff, ncol):
@@ -807,7 +840,7 @@ def unit_kernels(
             if vcache:  # the step's input projection, all its blocks' loads in flight at once
                 idx, bb, ju = tidu, bb0, ju0
                 while idx < Eb:
-                    gather_row(SH, p_at + idx, Eu, P, tu * Bu + bb, g0u + ju, Hu, NXu, kv)
+                    gather_row(SH, p_at + idx, Eu, P, (tu * Bu + bb, g0u + ju), Hu, NXu, kv)
                     idx += nthu
                     bb, ju = advance(bb, ju, dbb, dju, Ug1)
             for r in range(ops.shape[0]):
@@ -825,16 +858,22 @@ def unit_kernels(
                             pack(K, koff + i * Hu + g0u, width, SH, v_at + u(msrc[aux, i, par]), tidu, bb0, ju0, Eb, nthu, dbb,
                                  dju, Ug1)  # fmt: skip
                     else:
-                        nsi = info[aux, I_NS]
-                        wi = nsi * H
-                        koi = info[aux, I_K] + t * B * wi
-                        for u0 in range(g0, H, gstep):
-                            Ug = min(U, H - u0)
-                            for i in range(nsi):
-                                src = stage_src[aux, i, S_C] + t * stage_src[aux, i, S_M]
-                                for idx in range(tid, B * Ug, nth):
-                                    bb, j = element(idx, Ug, u0)
-                                    K[koi + bb * wi + i * H + j] = A[src + bb * H + j]
+                        wi = info[aux, I_NS] * H
+                        for i in range(info[aux, I_NS]):
+                            pack_global(
+                                K,
+                                info[aux, I_K] + t * B * wi + i * H,
+                                wi,
+                                A,
+                                stage_src[aux, i, S_C] + t * stage_src[aux, i, S_M],
+                                g0,
+                                gstep,
+                                U,
+                                B,
+                                H,
+                                tid,
+                                nth,
+                            )
                     nbar += 1
                     barrier(bar, nbar * nblk)  # every unit of K is there
                     cpre = u(cache_base(info, aux, H, 1))
@@ -873,35 +912,16 @@ def unit_kernels(
                     for idx in range(tid, B * Ug, nth):
                         bb, j = element(idx, Ug, u0)
                         forward_op(code, aux, flag, t, A, d, a, b, c, bb * H + j, bb, j, B, H, X, P, S0, consts, biases, peeps)
+            if vcache:  # the step's output
+                unmirror(Y, t, SH, v_at + u(mmisc[M_OUT + par]), g0u, tidu, bb0, ju0, Eb, nthu, dbb, dju, Ug1)
+            else:
+                from_arena(Y, t, A, out_at[0] + t * out_at[1], g0, gstep, U, B, H, tid, nth)
+        for s in range(update_at.shape[0]):  # the final states
             if vcache:
-                ov = v_at + u(mmisc[M_OUT + par])
-                idx, bb, ju = tidu, bb0, ju0
-                while idx < Eb:
-                    Y[t, bb, g0u + ju] = SH[ov + idx]
-                    idx += nthu
-                    bb, ju = advance(bb, ju, dbb, dju, Ug1)
-                continue
-            o = out_at[0] + t * out_at[1]
-            for u0 in range(g0, H, gstep):
-                Ug = min(U, H - u0)
-                for idx in range(tid, B * Ug, nth):
-                    bb, j = element(idx, Ug, u0)
-                    Y[t, bb, j] = A[o + bb * H + j]
-        for s in range(update_at.shape[0]):
-            if vcache:
-                uv = v_at + u(mmisc[M_STATE + s * M_STRIDE + ((T - 1) & 1)])
-                idx, bb, ju = tidu, bb0, ju0
-                while idx < Eb:
-                    ST[s, bb, g0u + ju] = SH[uv + idx]
-                    idx += nthu
-                    bb, ju = advance(bb, ju, dbb, dju, Ug1)
-                continue
-            uo = update_at[s, 0] + (T - 1) * update_at[s, 1]
-            for u0 in range(g0, H, gstep):
-                Ug = min(U, H - u0)
-                for idx in range(tid, B * Ug, nth):
-                    bb, j = element(idx, Ug, u0)
-                    ST[s, bb, j] = A[uo + bb * H + j]
+                m = M_STATE + s * M_STRIDE + ((T - 1) & 1)
+                unmirror(ST, s, SH, v_at + u(mmisc[m]), g0u, tidu, bb0, ju0, Eb, nthu, dbb, dju, Ug1)
+            else:
+                from_arena(ST, s, A, update_at[s, 0] + (T - 1) * update_at[s, 1], g0, gstep, U, B, H, tid, nth)
 
     @cuda.jit(cache=True)
     def backward_units(ops, info, stage_src, stage_dst, mops, msrc, mdst, mmisc, T, B, H, U, NT, cached, w_n, vcache,
@@ -925,6 +945,7 @@ def unit_kernels(
         NS = (A.shape[0] - scratch0) // BH
         Bu, Hu, g0u, Ug1, Eb, Eu, tidu, nthu, bb0, ju0, dbb, dju = geometry(B, H, U, g0, tid, nth)
         BHu = u(BH)
+        NTu = u(NT)
         v_at = u(w_n)
         g_at = v_at + u(2 * NT + NS) * Eu  # the mirror: two tape steps, the scratch values, the step's gradients
         if cached:
@@ -950,7 +971,6 @@ def unit_kernels(
             par = t & 1
             pc = u(par * 4)
             if vcache:  # tape step t (and t + 1 the first time) into the mirror; the step's gradients
-                NTu = u(NT)
                 cur = v_at + u(par) * NTu * Eu
                 nxt = v_at + u(1 - par) * NTu * Eu
                 og = g_at + u(mmisc[M_OUTG])
@@ -997,16 +1017,22 @@ def unit_kernels(
                             pack(DZ, zoff + k * Hu + g0u, width, SH, g_at + u(mdst[aux, k, 2]), tidu, bb0, ju0, Eb, nthu, dbb,
                                  dju, Ug1)  # fmt: skip
                     else:
-                        nki = info[aux, I_NK]
-                        wi = nki * H
-                        zoi = info[aux, I_Z] + t * B * wi
-                        for u0 in range(g0, H, gstep):
-                            Ug = min(U, H - u0)
-                            for k in range(nki):
-                                src = stage_dst[aux, k, S_G]
-                                for idx in range(tid, B * Ug, nth):
-                                    bb, j = element(idx, Ug, u0)
-                                    DZ[zoi + bb * wi + k * H + j] = G[src + bb * H + j]
+                        wi = info[aux, I_NK] * H
+                        for k in range(info[aux, I_NK]):
+                            pack_global(
+                                DZ,
+                                info[aux, I_Z] + t * B * wi + k * H,
+                                wi,
+                                G,
+                                stage_dst[aux, k, S_G],
+                                g0,
+                                gstep,
+                                U,
+                                B,
+                                H,
+                                tid,
+                                nth,
+                            )
                     nbar += 1
                     barrier(bar, nbar * nblk)
                     cpre = u(cache_base(info, aux, H, 1))
