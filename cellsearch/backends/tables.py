@@ -133,31 +133,31 @@ class PackedWeights:
 
 def pack_weights(plan: Plan, params: Mapping[str, Array], I: int, H: int, dtype: np.dtype, transposed: bool) -> PackedWeights:
     """The Plan's arrays from named parameters; each stage's weights transposed when ``transposed``
-    (the backward's)."""
+    (the backward's). Every array is new (never a parameter itself), built by one concatenation per
+    matrix: a training step packs twice, and at small sizes the calls are the cost."""
     dt = dtype
 
-    def get(name: str) -> Array:
-        return np.asarray(params[name], dtype=dt)
+    def total(names: tuple[str, ...], shape: tuple[int, ...]) -> Array:  # the named parameters' sum, or zeros
+        if not names:
+            return np.zeros(shape, dtype=dt)
+        out = np.asarray(params[names[0]], dtype=dt)
+        for name in names[1:]:
+            out = out + np.asarray(params[name], dtype=dt)
+        return out
 
-    Wx = np.zeros((I, len(plan.xblocks) * H), dtype=dt)
-    bx = np.zeros(len(plan.xblocks) * H, dtype=dt)
-    for i, blk in enumerate(plan.xblocks):
-        for name in blk.weights:
-            Wx[:, i * H : (i + 1) * H] += get(name)
-        if blk.bias is not None:  # a linear(..., bias=none) keeps 0
-            bx[i * H : (i + 1) * H] = get(blk.bias)
-    biases = np.stack([get(n) for n in plan.biases]) if plan.biases else np.zeros((0, H), dtype=dt)
-    peeps = np.stack([get(n) for n in plan.peeps]) if plan.peeps else np.zeros((0, H), dtype=dt)
+    NX = len(plan.xblocks)
+    Wx = np.concatenate([total(blk.weights, (I, H)) for blk in plan.xblocks], axis=1) if NX else np.zeros((I, 0), dtype=dt)
+    bias_names = [(blk.bias,) if blk.bias is not None else () for blk in plan.xblocks]  # a linear(..., bias=none) keeps 0
+    bx = np.concatenate([total(names, (H,)) for names in bias_names]) if NX else np.zeros(0, dtype=dt)
+    biases = np.stack([total((n,), (H,)) for n in plan.biases]) if plan.biases else np.zeros((0, H), dtype=dt)
+    peeps = np.stack([total((n,), (H,)) for n in plan.peeps]) if plan.peeps else np.zeros((0, H), dtype=dt)
     Ws = []
     for st in plan.stages:
-        W = np.zeros((len(st.srcs) * H, len(st.dsts) * H), dtype=dt)
-        for k, row in enumerate(st.terms):
-            for i, names in enumerate(row):
-                for name in names:
-                    W[i * H : (i + 1) * H, k * H : (k + 1) * H] += get(name)
+        rows = [np.concatenate([total(row[i], (H, H)) for row in st.terms], axis=1) for i in range(len(st.srcs))]
+        W = np.concatenate(rows, axis=0)  # [ns*H, nk*H]: source i's rows, destination k's columns
         Ws.append((np.ascontiguousarray(W.T) if transposed else W).ravel())
     stages = np.concatenate(Ws) if Ws else np.zeros(1, dtype=dt)
-    return PackedWeights(Wx, bx, biases, peeps, stages)
+    return PackedWeights(np.ascontiguousarray(Wx, dtype=dt), np.ascontiguousarray(bx, dtype=dt), biases, peeps, stages)
 
 
 def unpack_gradients(plan: Plan, H: int, dWx: Array, dbx: Array, dWs: list[Array], dB: Array, dPeep: Array) -> dict[str, Array]:
@@ -183,4 +183,4 @@ def unpack_gradients(plan: Plan, H: int, dWx: Array, dbx: Array, dWs: list[Array
         add(name, dB[i])
     for i, name in enumerate(plan.peeps):
         add(name, dPeep[i])
-    return {k: np.ascontiguousarray(v) for k, v in grads.items()}
+    return {k: np.array(v, order="C") for k, v in grads.items()}  # always copies: never a view of a caller's buffer

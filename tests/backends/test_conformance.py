@@ -177,6 +177,35 @@ def test_cpu_split_reuses_its_buffers_with_unused_rows_zero():
             compare(f"d{name}", g.params[name], gr.params[name], 1e-10)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", ["lstm", "mut1"])  # mut1: x also used elementwise (the walk writes dX)
+def test_cpu_reuses_its_buffers_call_after_call(name, dtype, threads):
+    """The kernel keeps its gradient buffers and its weight-gradient jobs between calls of one shape:
+    each call's x (one thread reads the caller's in place), weights and wish for x's gradient are its
+    own, and the gradients it returns are new arrays that later calls leave alone."""
+    cell = zoo.get(name)
+    ref, kern = compile(cell, "reference"), compile(cell, "cpu", dtype, threads=threads)
+    rng = np.random.default_rng(7)
+    kept = []
+    for grad_x in (True, False, False, True, True):
+        params = init_params(cell, 4, 4, rng)
+        x, d_out = rng.normal(size=(6, 3, 4)), rng.normal(size=(6, 3, 4))
+        gr = ref.backward(params, ref.forward(params, x).tape, d_out)
+        p = {k: v.astype(dtype) for k, v in params.items()}
+        g = kern.backward(p, kern.forward(p, x.astype(dtype)).tape, d_out.astype(dtype), grad_x=grad_x)
+        assert (g.x is not None) == grad_x
+        kept.append((g, gr))
+    for call, (g, gr) in enumerate(kept):  # checked after all the calls: none wrote into an earlier one's
+        where = f"{name} call {call}"
+        if g.x is not None:
+            compare(f"{where} dx", g.x, gr.x, TOL[dtype])
+        for p_name in gr.params:
+            compare(f"{where} d{p_name}", g.params[p_name], gr.params[p_name], TOL[dtype])
+        for s in cell.states:
+            compare(f"{where} d{s}0", g.state0[s], gr.state0[s], TOL[dtype])
+
+
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 def test_bad_initial_states_are_refused(backend):
     from cellsearch import ShapeError

@@ -13,9 +13,10 @@ on an older tape raises.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from ...lowering import Code, Plan, lower
 from ..reference import Forward, Gradients, check_params, infer_hidden, initial_states
 from ..tables import Tables, pack_weights, tables, unpack_gradients
 from . import ahead, interp
-from .blas import Jobs, warm
+from .blas import J_A, Jobs, warm
 from .microkernel import NR, address, gemm_scratch, pack_panels, padded, panels_size
 from .rare import RARE, rare_name
 
@@ -174,6 +175,30 @@ def gradient_slots(plan: Plan) -> tuple[list[int], int]:
 
 
 @dataclass
+class _Backward:
+    """A workspace's buffers for the backward's gradients (zeroed by each call) and the table of the
+    weight-gradient GEMMs over them (``blas.Jobs``), built once: its addresses stay valid as long as
+    these buffers and the workspace live."""
+
+    dWt: list[Array]  # per stage [C, nk*H, ns*H]: its weights' gradient, transposed, per chunk
+    dWxo: Array  # [C, I, NX*H]: the input weights' gradient, its H-column blocks in the order ``order``
+    order: list[int]  # the x blocks in dWxo's column order
+    WxTo: Array  # [NX*H, I]: Wx^T in that order, copied in by each call (for x's gradient; else empty)
+    dX: Array  # [C, T, Bp, I] (x's gradient; else [C, 0, 0, 0])
+    dB: Array  # [C, n_biases, H]
+    dPeep: Array  # [C, n_peeps, H]
+    dBx: Array  # [C, NX*H]
+    PK: Array  # the packed GEMM's scratch, per chunk
+    jobs: Array  # the job table (``Jobs.table``)
+    x_rows: Array  # its rows whose A is x (one chunk: x is the tape's own, its address set by each call)
+    keep: Jobs  # the Jobs that holds the views the table points into
+
+    def zero(self) -> None:
+        for a in (*self.dWt, self.dWxo, self.dX, self.dB, self.dPeep, self.dBx):
+            a.fill(0)
+
+
+@dataclass
 class _Workspace:
     """The Plan's arrays (``tables.Tables``) and the work buffers for one (T, B, I, H) and chunk count C.
 
@@ -194,6 +219,12 @@ class _Workspace:
     DZ: Array  # [C, ...] a ring of each stage's output gradient, [SB, Bp, nk*H] at stage_info[g, C_ZR]
     TMP: Array  # [C, tmp_size]
     G: Array  # [C, g_size]
+    # made at first use, then kept (a training loop calls with the same shapes again and again, and at
+    # small sizes the allocations and the job table cost as much as the kernel): the weights packed as
+    # panels ("forward", "backward", "x": ``CpuKernel._with_panels``) and the backward's gradient
+    # buffers and job table, with and without x's gradient (``_Backward``)
+    panels: dict[str, Array] = field(default_factory=dict)
+    backward: dict[bool, _Backward] = field(default_factory=dict)
 
     @property
     def chunks(self) -> int:
@@ -219,7 +250,7 @@ def aligned(shape: int | tuple[int, ...], dtype: Any, zero: bool = False) -> Arr
     bytes past one): the GEMMs' and the elementwise ops' 64-byte vectors then never straddle two lines
     where the offsets inside are whole lines (``_lines``, panel sizes)."""
     dt = np.dtype(dtype)
-    n = int(np.prod(shape))
+    n = math.prod(shape) if isinstance(shape, tuple) else int(shape)
     raw = (np.zeros if zero else np.empty)(n * dt.itemsize + 64, dtype=np.uint8)
     skip = -raw.ctypes.data % 64
     return raw[skip : skip + n * dt.itemsize].view(dt).reshape(shape)
@@ -356,6 +387,7 @@ class CpuKernel:
         self._x_op = any(ins.code == Code.X for ins in self.plan.program)  # x used elementwise (backward writes dX)
         self._rare_ops = any(int(ins.code) in RARE for ins in self.plan.program)  # the cell needs rare.py's functions
         self._R = interp.constants(self.dtype)
+        self._consts = np.array((*self.plan.consts, 0.0), dtype=self.dtype)  # the cell's constants (read only)
         ahead.start(self.dtype, split=(threads or 1) > 1)  # first use on a machine: see ahead.py
         self._ws: dict[tuple[int, int, int, int, int], _Workspace] = {}
         self._generation = 0
@@ -372,13 +404,18 @@ class CpuKernel:
             self._ws[key] = _workspace(self.plan, T, B, I, H, key[-1], self.dtype)
         return self._ws[key]
 
-    def _with_panels(self, W: Array, cpu: _CpuTables, H: int, forward: bool) -> Array:
+    def _with_panels(self, W: Array, ws: _Workspace, H: int, forward: bool) -> Array:
         """The stages' weights W (flat, each stage [ns*H, nk*H]), then each stage's weights packed as
-        panels (C_PF; the backward's, C_PB, of their transposes); W itself where there are no panels."""
+        panels (C_PF; the backward's, C_PB, of their transposes), in the workspace's buffer for them;
+        W itself where there are no panels."""
+        cpu = ws.cpu
         size = cpu.panels[0 if forward else 1]
         if size == 0:
             return W
-        out = aligned(_lines(W.size) + size, W.dtype)  # the plain weights' part is not read: every stage has panels
+        key = "forward" if forward else "backward"
+        if key not in ws.panels:  # the plain weights' part is not read: every stage has panels
+            ws.panels[key] = aligned(_lines(W.size) + size, W.dtype)
+        out = ws.panels[key]
         for g, st in enumerate(self.plan.stages):
             ns, nk = len(st.srcs), len(st.dsts)
             K, N = (ns * H, nk * H) if forward else (nk * H, ns * H)
@@ -422,14 +459,16 @@ class CpuKernel:
         for i, off in enumerate(tb.init_at):
             if off >= 0:
                 ws.A[:, off : off + Bp * H] = S0[:, i]
-        consts = np.array((*p.consts, 0.0), dtype=dt)
+        consts = self._consts
         head = (ws.cpu.ops, ws.cpu.stage_info, tb.stage_src, tb.stage_dst, ws.cpu.seed, T, Bp, H)
-        W = self._with_panels(W, ws.cpu, H, forward=True)
+        W = self._with_panels(W, ws, H, forward=True)
         # the input projection's weights: as panels for float32's microkernel (per step, in the loop)
         wx_panels = dt == np.float32 and Wx.size > 0
         WX = Wx.ravel()
         if wx_panels:
-            WX = aligned(panels_size(I, Wx.shape[1]), dt)
+            if "x" not in ws.panels:
+                ws.panels["x"] = aligned(panels_size(I, Wx.shape[1]), dt)
+            WX = ws.panels["x"]
             pack_panels(Wx.ravel(), I, Wx.shape[1], WX, False)
         out = np.empty((T, B, H), dtype=dt)  # the output's values, copied from the tape by the kernel's threads
         o_at, o_step = self._tape_at(ws, p.output_slot, H)
@@ -461,47 +500,18 @@ class CpuKernel:
         V = ws.A[:, o : o + ws.Bp * H].reshape(ws.chunks, ws.Bp, H)
         return V[0].copy() if ws.chunks == 1 else _from_chunks(ws, V, 0)
 
-    def backward(
-        self,
-        params: Mapping[str, Array],
-        tape: CpuTape,
-        d_out: Array | None,
-        d_state_T: Mapping[str, Array] | None = None,
-        grad_x: bool = True,
-    ) -> Gradients:
-        """Gradients of ``sum(d_out * outputs) + sum_s sum(d_state_T[s] * states[s])``; with
-        ``grad_x=False`` the input's gradient is skipped (``Gradients.x`` is None)."""
-        if tape.generation != self._generation:
-            raise ShapeError("this tape is stale: the kernel ran forward again since (backward needs the latest tape)")
-        p = self.plan
-        dt = self.dtype
-        x = tape.x
-        T, B, I = x.shape
-        H = tape.hidden_size
-        # the stages' weights transposed: packed so by _with_panels where there are panels (float32)
-        Wx, _, biases, peeps, WT = self._weights(params, I, H, transposed=self.dtype != np.float32)
-        ws = self._get_workspace(T, B, I, H)
-        C, Bp, tb, cpu = ws.chunks, ws.Bp, ws.tables, ws.cpu
-        nS, NX = len(p.states), len(p.xblocks)
-        dOut = np.zeros((T, B, H), dtype=dt) if d_out is None else np.ascontiguousarray(d_out, dtype=dt)
-        dS = np.zeros((nS, B, H), dtype=dt)
-        if d_state_T is not None:
-            for i, s in enumerate(p.states):
-                if s in d_state_T:
-                    dS[i] = np.asarray(d_state_T[s], dtype=dt).reshape(B, H)
-        X = x[None] if C == 1 else ws.X  # the chunks' copies of x, made by the forward
-        if C == 1:
-            dS = dS.reshape(1, nS, B * H)
-        else:
-            dS = _to_chunks(ws, dS, 1, np.zeros((C, nS, Bp, H), dtype=dt)).reshape(C, nS, Bp * H)
-        # dX: x's gradient (the input GEMM's part through the jobs below, an elementwise x's by the walk)
-        dX = np.zeros((C, T, Bp, I) if grad_x or self._x_op else (C, 0, 0, 0), dtype=dt)
-        dB = np.zeros((C, *biases.shape), dtype=dt)
-        dPeep = np.zeros((C, *peeps.shape), dtype=dt)
-        dBx = np.zeros((C, NX * H), dtype=dt)
-        # the weight gradients, each chunk's part by its thread as its reverse walk goes, a block of SB
-        # steps at a time (summed over the chunks below): per recurrent stage dW^T += DZ^T @ K; the
-        # input projection's dWx += x^T @ (its gradient: the columns of a stage's DZ that hold it, else dP)
+    def _backward_buffers(
+        self, ws: _Workspace, T: int, I: int, H: int, bshape: tuple[int, ...], pshape: tuple[int, ...], grad_x: bool
+    ) -> _Backward:
+        """The gradient buffers and weight-gradient jobs of ``backward`` for this workspace (built
+        once per workspace and ``grad_x``). The weight gradients are summed by each chunk's thread as
+        its reverse walk goes, a block of SB steps at a time (then over the chunks): per recurrent
+        stage dW^T += DZ^T @ K; the input projection's dWx += x^T @ (its gradient: the columns of a
+        stage's DZ that hold it, else dP); with ``grad_x``, dX += that gradient @ Wx^T."""
+        p, dt, C, Bp, tb, cpu = self.plan, self.dtype, ws.chunks, ws.Bp, ws.tables, ws.cpu
+        NX = len(p.xblocks)
+        X = np.zeros((1, T, Bp, I), dtype=dt) if C == 1 else ws.X  # (one chunk: x's address comes with each call)
+        dX = np.zeros((C, T, Bp, I) if grad_x or self._x_op else (C, 0, 0, 0), dtype=dt)  # (an elementwise x's: the walk)
         SB, TB, RB = ws.SB, T * Bp, ws.SB * Bp
         jobs = Jobs(dt)
         dWt = []
@@ -523,39 +533,99 @@ class CpuKernel:
         # columns, whichever blocks they are)
         order = [i for _, blocks in groups for i in blocks if i >= 0]
         dWxo = aligned((C, I, NX * H), dt, zero=True)
-        WxTo = np.ascontiguousarray(Wx.reshape(I, NX, H)[:, order].reshape(I, NX * H).T) if grad_x else Wx
+        WxTo = np.zeros((NX * H, I) if grad_x else (0, I), dtype=dt)
+        x_rows: list[int] = []
         r0 = 0
         for ms, blocks in groups:
             for k, n in _spans(blocks):  # m's columns k*H.. hold blocks blocks[k..k+n-1]
                 for c, m in enumerate(ms):
                     mk = m[:, k * H : (k + n) * H]
+                    before = len(jobs.rows)
                     jobs.add(c, X[c].reshape(TB, I), mk, dWxo[c, :, r0 : r0 + n * H], m=(I, 0), steps=SB, k=(0, Bp),
                              strides=(Bp * I, 0, 0), transposed=True)  # fmt: skip
+                    x_rows += range(before, len(jobs.rows))
                     if grad_x:  # x also feeds the input GEMM: dX += gradient @ Wx^T
                         jobs.add(c, mk, WxTo[r0 : r0 + n * H], dX[c].reshape(TB, I), m=(0, Bp), steps=SB,
                                  k=(n * H, 0), strides=(0, 0, Bp * I), transposed=False)  # fmt: skip
                 r0 += n * H
         PK = aligned((C, _lines(gemm_scratch(*jobs.widest)) if dt == np.float32 else 1), np.float32)
+        return _Backward(
+            dWt=dWt,
+            dWxo=dWxo,
+            order=order,
+            WxTo=WxTo,
+            dX=dX,
+            dB=np.zeros((C, *bshape), dtype=dt),
+            dPeep=np.zeros((C, *pshape), dtype=dt),
+            dBx=np.zeros((C, NX * H), dtype=dt),
+            PK=PK,
+            jobs=jobs.table(),
+            x_rows=np.array(x_rows if C == 1 else [], dtype=np.int64),
+            keep=jobs,
+        )
+
+    def backward(
+        self,
+        params: Mapping[str, Array],
+        tape: CpuTape,
+        d_out: Array | None,
+        d_state_T: Mapping[str, Array] | None = None,
+        grad_x: bool = True,
+    ) -> Gradients:
+        """Gradients of ``sum(d_out * outputs) + sum_s sum(d_state_T[s] * states[s])``; with
+        ``grad_x=False`` the input's gradient is skipped (``Gradients.x`` is None)."""
+        if tape.generation != self._generation:
+            raise ShapeError("this tape is stale: the kernel ran forward again since (backward needs the latest tape)")
+        p = self.plan
+        dt = self.dtype
+        x = tape.x
+        T, B, I = x.shape
+        H = tape.hidden_size
+        # the stages' weights transposed: packed so by _with_panels where there are panels (float32)
+        Wx, _, biases, peeps, WT = self._weights(params, I, H, transposed=self.dtype != np.float32)
+        ws = self._get_workspace(T, B, I, H)
+        C, Bp, cpu = ws.chunks, ws.Bp, ws.cpu
+        nS, NX = len(p.states), len(p.xblocks)
+        dOut = np.zeros((T, B, H), dtype=dt) if d_out is None else np.ascontiguousarray(d_out, dtype=dt)
+        dS = np.zeros((nS, B, H), dtype=dt)
+        if d_state_T is not None:
+            for i, s in enumerate(p.states):
+                if s in d_state_T:
+                    dS[i] = np.asarray(d_state_T[s], dtype=dt).reshape(B, H)
+        if C == 1:
+            dS = dS.reshape(1, nS, B * H)
+        else:
+            dS = _to_chunks(ws, dS, 1, np.zeros((C, nS, Bp, H), dtype=dt)).reshape(C, nS, Bp * H)
+        bw = ws.backward.get(grad_x)
+        if bw is None:
+            bw = ws.backward[grad_x] = self._backward_buffers(ws, T, I, H, biases.shape, peeps.shape, grad_x)
+        bw.zero()
+        if C == 1:  # the one chunk's x is the tape's own (the forward read it in place)
+            bw.jobs[bw.x_rows, J_A] = x.ctypes.data
+        dX, dB, dPeep, dBx, dWt, dWxo, order = bw.dX, bw.dB, bw.dPeep, bw.dBx, bw.dWt, bw.dWxo, bw.order
+        if grad_x:  # Wx^T, its blocks in dWxo's column order, where the jobs read it
+            np.copyto(bw.WxTo, Wx.reshape(I, NX, H)[:, order].reshape(I, NX * H).T)
+        PK, SB = bw.PK, ws.SB
         head = (cpu.ops, cpu.stage_info, cpu.stage_src, cpu.stage_dst, T, Bp, H)
-        WT = self._with_panels(WT, cpu, H, forward=False)
+        WT = self._with_panels(WT, ws, H, forward=False)
         tail = (cpu.state_g, cpu.update_g, cpu.output_g)
         ahead.wait(dt, C > 1)  # (a first use: ahead.py's child compiles the backward and the job runner)
         fns = (self._gemm("panels"), self._gemm("packed"), np.uint64(address("jobs")), self._rare("backward"))
         with _chunk_threads(C, dt):
             if C == 1:
                 interp.backward_rows(*head, ws.A[0], *tail, dOut, dS[0], peeps, WT, ws.DZ[0], ws.TMP[0], ws.G[0], ws.dP[0],
-                                     dX[0], dB[0], dPeep[0], dBx[0], self._R, 0, B, 0, jobs.table(), 0, SB, PK[0],
+                                     dX[0], dB[0], dPeep[0], dBx[0], self._R, 0, B, 0, bw.jobs, 0, SB, PK[0],
                                      *fns)  # fmt: skip
             else:
                 interp.backward_kernel_split(*head, ws.A, *tail, dOut, dS, peeps, WT, ws.DZ, ws.TMP, ws.G, ws.dP, dX, dB, dPeep,
-                                             dBx, self._R, jobs.table(), ws.rows, SB, PK, *fns)  # fmt: skip
+                                             dBx, self._R, bw.jobs, ws.rows, SB, PK, *fns)  # fmt: skip
         dWs = [d.sum(axis=0).T if C > 1 else d[0].T for d in dWt]
         dWx = dWxo.sum(axis=0) if C > 1 else dWxo[0]
         if order != sorted(order):
             dWx = dWx.reshape(I, NX, H)[:, np.argsort(order)].reshape(I, NX * H)
         grads = unpack_gradients(p, H, dWx, dBx.sum(axis=0), dWs, dB.sum(axis=0), dPeep.sum(axis=0))
         if C == 1:
-            dx, dS = dX[0], dS[0].reshape(nS, B, H)
+            dx, dS = dX[0].copy() if grad_x else dX, dS[0].reshape(nS, B, H)  # (dX is the workspace's)
         else:
             dx, dS = _from_chunks(ws, dX, 1) if grad_x else dX, _from_chunks(ws, dS.reshape(C, nS, Bp, H), 1)
         state0 = {s: dS[i].copy() for i, s in enumerate(p.states)}
