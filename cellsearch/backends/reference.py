@@ -55,6 +55,8 @@ def infer_hidden(params: Mapping[str, Array], input_size: int) -> int:
 
 
 def check_params(specs: list[ParamSpec], params: Mapping[str, Array]) -> None:
+    if len(params) == len(specs) and all(getattr(params.get(s.name), "shape", None) == s.shape for s in specs):
+        return  # (every call checks: the common case first)
     names = {s.name for s in specs}
     missing = [s.name for s in specs if s.name not in params]
     if missing:

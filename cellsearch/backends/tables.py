@@ -160,27 +160,63 @@ def pack_weights(plan: Plan, params: Mapping[str, Array], I: int, H: int, dtype:
     return PackedWeights(np.ascontiguousarray(Wx, dtype=dt), np.ascontiguousarray(bx, dtype=dt), biases, peeps, stages)
 
 
-def unpack_gradients(plan: Plan, H: int, dWx: Array, dbx: Array, dWs: list[Array], dB: Array, dPeep: Array) -> dict[str, Array]:
-    """Named parameter gradients from the packed ones (host arrays): ``dWx [I, NX*H]``, ``dbx
-    [NX*H]``, one ``[ns*H, nk*H]`` per recurrent stage, ``dB [n_biases, H]``, ``dPeep [n_peeps, H]``.
-    A parameter used at several sites gets the sum."""
-    grads: dict[str, Array] = {}
+#: where a parameter's gradient sits in ``unpack_gradients``' arrays: (which, index, rows, columns), which
+#: 0: dWx[:, columns], 1: dbx[columns], 2: dWs[index][rows, columns], 3: dB[index], 4: dPeep[index]
+Part = tuple[int, int, slice, slice]
 
-    def add(name: str, value: Array) -> None:
-        grads[name] = grads[name] + value if name in grads else value
+
+def unpack_recipe(plan: Plan, H: int) -> list[tuple[str, list[Part]]]:
+    """Each parameter's parts for ``unpack_gradients``, in the order they are summed (a kernel that
+    unpacks every step keeps this)."""
+    parts: dict[str, list[Part]] = {}
+    whole = slice(None)
+
+    def cols(i: int) -> slice:
+        return slice(i * H, (i + 1) * H)
 
     for i, blk in enumerate(plan.xblocks):
         for name in blk.weights:
-            add(name, dWx[:, i * H : (i + 1) * H])
+            parts.setdefault(name, []).append((0, 0, whole, cols(i)))
         if blk.bias is not None:
-            add(blk.bias, dbx[i * H : (i + 1) * H])
-    for st, dW in zip(plan.stages, dWs, strict=True):
+            parts.setdefault(blk.bias, []).append((1, 0, whole, cols(i)))
+    for g, st in enumerate(plan.stages):
         for k, row in enumerate(st.terms):
             for i, names in enumerate(row):
                 for name in names:
-                    add(name, dW[i * H : (i + 1) * H, k * H : (k + 1) * H])
+                    parts.setdefault(name, []).append((2, g, cols(i), cols(k)))
     for i, name in enumerate(plan.biases):
-        add(name, dB[i])
+        parts.setdefault(name, []).append((3, i, whole, whole))
     for i, name in enumerate(plan.peeps):
-        add(name, dPeep[i])
-    return {k: np.array(v, order="C") for k, v in grads.items()}  # always copies: never a view of a caller's buffer
+        parts.setdefault(name, []).append((4, i, whole, whole))
+    return list(parts.items())
+
+
+def unpack_gradients(
+    plan: Plan,
+    H: int,
+    dWx: Array,
+    dbx: Array,
+    dWs: list[Array],
+    dB: Array,
+    dPeep: Array,
+    recipe: list[tuple[str, list[Part]]] | None = None,
+) -> dict[str, Array]:
+    """Named parameter gradients from the packed ones (host arrays): ``dWx [I, NX*H]``, ``dbx
+    [NX*H]``, one ``[ns*H, nk*H]`` per recurrent stage, ``dB [n_biases, H]``, ``dPeep [n_peeps, H]``.
+    A parameter used at several sites gets the sum. Every array is new: never a view of these.
+    ``recipe``: ``unpack_recipe(plan, H)``, when the caller keeps it."""
+    grads: dict[str, Array] = {}
+    for name, parts in recipe if recipe is not None else unpack_recipe(plan, H):
+        total: Array | None = None
+        for which, index, rows, columns in parts:
+            if which == 0:
+                part = dWx[:, columns]
+            elif which == 1:
+                part = dbx[columns]
+            elif which == 2:
+                part = dWs[index][rows, columns]
+            else:
+                part = (dB if which == 3 else dPeep)[index]
+            total = part if total is None else total + part
+        grads[name] = np.array(total, order="C")
+    return grads

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from ...ir.cell import Cell
 from ...ir.params import ParamSpec, param_specs
 from ...lowering import Code, Plan, lower
 from ..reference import Forward, Gradients, check_params, infer_hidden, initial_states
-from ..tables import Tables, pack_weights, tables, unpack_gradients
+from ..tables import Tables, pack_weights, tables, unpack_gradients, unpack_recipe
 from . import ahead, interp
 from .blas import J_A, Jobs, warm
 from .microkernel import NR, address, gemm_scratch, pack_panels, padded, panels_size
@@ -190,7 +190,7 @@ class _Backward:
     dBx: Array  # [C, NX*H]
     PK: Array  # the packed GEMM's scratch, per chunk
     jobs: Array  # the job table (``Jobs.table``)
-    x_rows: Array  # its rows whose A is x (one chunk: x is the tape's own, its address set by each call)
+    x_rows: list[int]  # its rows whose A is x (one chunk: x is the tape's own, its address set by each call)
     keep: Jobs  # the Jobs that holds the views the table points into
 
     def zero(self) -> None:
@@ -224,6 +224,7 @@ class _Workspace:
     # panels ("forward", "backward", "x": ``CpuKernel._with_panels``) and the backward's gradient
     # buffers and job table, with and without x's gradient (``_Backward``)
     panels: dict[str, Array] = field(default_factory=dict)
+    zero_states: Array | None = None  # [C, nS, Bp*H] zeros: the initial states when none are given
     backward: dict[bool, _Backward] = field(default_factory=dict)
 
     @property
@@ -344,12 +345,11 @@ BLAS = _Blas()
 
 
 @contextmanager
-def _chunk_threads(C: int, dtype: np.dtype) -> Iterator[None]:
-    """Around a kernel call: with C > 1 chunks on Numba's threads, BLAS's first call made on this
+def _chunk_threads(dtype: np.dtype) -> Iterator[None]:
+    """Around a kernel call with C > 1 chunks on Numba's threads: BLAS's first call made on this
     thread (``blas.warm``; a backward may come first, as in ahead.py's child) and BLAS at one thread."""
-    if C > 1:
-        warm(dtype)
-    with BLAS.single(C > 1):
+    warm(dtype)
+    with BLAS.single(True):
         yield
 
 
@@ -392,6 +392,8 @@ class CpuKernel:
         self._ws: dict[tuple[int, int, int, int, int], _Workspace] = {}
         self._generation = 0
         self._specs: dict[tuple[int, int], list[ParamSpec]] = {}
+        self._fns: dict[str, tuple[np.uint64, ...]] = {}
+        self._recipes: dict[int, list[Any]] = {}  # unpack_recipe for H
 
     def _chunks(self, B: int) -> int:
         return max(1, min(self.threads or 1, B))
@@ -429,6 +431,20 @@ class CpuKernel:
         never calls it)."""
         return np.uint64(address(which) if self.dtype == np.float32 else 0)
 
+    def _functions(self, which: str) -> tuple[np.uint64, ...]:
+        """The addresses of the C functions a ``which`` ("forward", "backward") kernel calls, each
+        compiled (or loaded) at its first use ("packed": the backward's GEMM alone)."""
+        fns = self._fns.get(which)
+        if fns is None:
+            if which == "forward":
+                fns = (self._gemm("panels"), self._rare("forward"))
+            elif which == "backward":
+                fns = (self._gemm("panels"), self._gemm("packed"), np.uint64(address("jobs")), self._rare("backward"))
+            else:
+                fns = (self._gemm(which),)
+            self._fns[which] = fns
+        return fns
+
     def _rare(self, direction: str) -> np.uint64:
         """The address of the rare ops' C function for ``direction`` (``rare.py``); 0 when the cell
         has none (it is never called then, nor compiled)."""
@@ -452,10 +468,16 @@ class CpuKernel:
         Wx, bx, biases, peeps, W = self._weights(params, I, H, transposed=False)
         ws = self._get_workspace(T, B, I, H)
         C, Bp, tb = ws.chunks, ws.Bp, ws.tables
-        given = initial_states(p.states, state0, B, H, dt)
-        S0 = np.stack([given[s] for s in p.states])  # [nS, B, H]
-        S0 = S0.reshape(1, len(p.states), B * H) if C == 1 else _to_chunks(ws, S0, 1, np.zeros((C, len(p.states), Bp, H), dt))
-        S0 = S0.reshape(C, len(p.states), Bp * H)
+        nS = len(p.states)
+        if state0:
+            given = initial_states(p.states, state0, B, H, dt)
+            S0 = np.stack([given[s] for s in p.states])  # [nS, B, H]
+            S0 = S0.reshape(1, nS, B * H) if C == 1 else _to_chunks(ws, S0, 1, np.zeros((C, nS, Bp, H), dt))
+            S0 = S0.reshape(C, nS, Bp * H)
+        else:  # zeros (the kernel only reads them)
+            if ws.zero_states is None:
+                ws.zero_states = np.zeros((C, nS, Bp * H), dtype=dt)
+            S0 = ws.zero_states
         for i, off in enumerate(tb.init_at):
             if off >= 0:
                 ws.A[:, off : off + Bp * H] = S0[:, i]
@@ -472,8 +494,8 @@ class CpuKernel:
             pack_panels(Wx.ravel(), I, Wx.shape[1], WX, False)
         out = np.empty((T, B, H), dtype=dt)  # the output's values, copied from the tape by the kernel's threads
         o_at, o_step = self._tape_at(ws, p.output_slot, H)
-        fns = (self._gemm("panels"), self._rare("forward"))  # C functions the kernel calls by address
-        with _chunk_threads(C, dt):
+        fns = self._functions("forward")
+        with _chunk_threads(dt) if C > 1 else nullcontext():
             if C == 1:
                 interp.forward_rows(*head, ws.A[0], ws.P[0], bx, x, WX, wx_panels, S0[0], consts, biases, peeps, W,
                                     ws.K[0], ws.TMP[0], self._R, 0, B, out, o_at, o_step, 0, *fns)  # fmt: skip
@@ -481,7 +503,7 @@ class CpuKernel:
                 interp.forward_kernel_split(*head, ws.A, ws.P, bx, x, ws.X, WX, wx_panels, S0, consts, biases, peeps, W, ws.K,
                                             ws.TMP, self._R, ws.rows, out, o_at, o_step, *fns)  # fmt: skip
         self._generation += 1
-        self._gemm("packed")  # the backward's (a first use compiles it here while ahead.py's child compiles the backward)
+        self._functions("packed")  # the backward's GEMM (a first use: compiled here while ahead.py's child compiles the backward)
         states = {s: self._last(ws, u, T, H) for s, u in zip(p.states, p.update_slots, strict=True)}
         tape = CpuTape(x, ws.A, ws.K, I, H, self._generation)
         return Forward(out, states, tape)  # type: ignore[arg-type]
@@ -560,7 +582,7 @@ class CpuKernel:
             dBx=np.zeros((C, NX * H), dtype=dt),
             PK=PK,
             jobs=jobs.table(),
-            x_rows=np.array(x_rows if C == 1 else [], dtype=np.int64),
+            x_rows=x_rows if C == 1 else [],
             keep=jobs,
         )
 
@@ -601,7 +623,9 @@ class CpuKernel:
             bw = ws.backward[grad_x] = self._backward_buffers(ws, T, I, H, biases.shape, peeps.shape, grad_x)
         bw.zero()
         if C == 1:  # the one chunk's x is the tape's own (the forward read it in place)
-            bw.jobs[bw.x_rows, J_A] = x.ctypes.data
+            xa = x.ctypes.data
+            for r in bw.x_rows:
+                bw.jobs[r, J_A] = xa
         dX, dB, dPeep, dBx, dWt, dWxo, order = bw.dX, bw.dB, bw.dPeep, bw.dBx, bw.dWt, bw.dWxo, bw.order
         if grad_x:  # Wx^T, its blocks in dWxo's column order, where the jobs read it
             np.copyto(bw.WxTo, Wx.reshape(I, NX, H)[:, order].reshape(I, NX * H).T)
@@ -610,8 +634,8 @@ class CpuKernel:
         WT = self._with_panels(WT, ws, H, forward=False)
         tail = (cpu.state_g, cpu.update_g, cpu.output_g)
         ahead.wait(dt, C > 1)  # (a first use: ahead.py's child compiles the backward and the job runner)
-        fns = (self._gemm("panels"), self._gemm("packed"), np.uint64(address("jobs")), self._rare("backward"))
-        with _chunk_threads(C, dt):
+        fns = self._functions("backward")
+        with _chunk_threads(dt) if C > 1 else nullcontext():
             if C == 1:
                 interp.backward_rows(*head, ws.A[0], *tail, dOut, dS[0], peeps, WT, ws.DZ[0], ws.TMP[0], ws.G[0], ws.dP[0],
                                      dX[0], dB[0], dPeep[0], dBx[0], self._R, 0, B, 0, bw.jobs, 0, SB, PK[0],
@@ -623,7 +647,9 @@ class CpuKernel:
         dWx = dWxo.sum(axis=0) if C > 1 else dWxo[0]
         if order != sorted(order):
             dWx = dWx.reshape(I, NX, H)[:, np.argsort(order)].reshape(I, NX * H)
-        grads = unpack_gradients(p, H, dWx, dBx.sum(axis=0), dWs, dB.sum(axis=0), dPeep.sum(axis=0))
+        if H not in self._recipes:
+            self._recipes = {H: unpack_recipe(p, H)}
+        grads = unpack_gradients(p, H, dWx, dBx.sum(axis=0), dWs, dB.sum(axis=0), dPeep.sum(axis=0), self._recipes[H])
         if C == 1:
             dx, dS = dX[0].copy() if grad_x else dX, dS[0].reshape(nS, B, H)  # (dX is the workspace's)
         else:
