@@ -92,6 +92,52 @@ def test_optimisers_and_clipping():
     assert np.linalg.norm(g["a"]) == pytest.approx(1.0)
 
 
+def _numpy_adam(params, grads, m, v, t, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
+    """Adam as NumPy expressions (what the njit loop must match bit for bit)."""
+    c1, c2 = 1.0 - b1**t, 1.0 - b2**t
+    for k, g in grads.items():
+        m[k] *= b1
+        m[k] += (1.0 - b1) * g
+        v[k] *= b2
+        v[k] += (1.0 - b2) * g * g
+        params[k] -= (lr / c1) * m[k] / (np.sqrt(v[k] / c2) + eps)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_gives_numpys_bits(dtype):
+    """The njit Adam does NumPy's operations in NumPy's order: the same bits, float32 and float64,
+    for contiguous arrays (the loop) and a strided one (NumPy itself)."""
+    rng = np.random.default_rng(3)
+    shapes = {"W": (7, 5), "b": (5,), "E": (4, 6)}
+    params = {k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()}
+    big = rng.normal(size=(4, 12)).astype(dtype)
+    params["E"] = big[:, ::2]  # not contiguous: the NumPy path
+    want = {k: v.copy() for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in want.items()}
+    v = {k: np.zeros_like(x) for k, x in want.items()}
+    opt = Adam(0.01)
+    for t in range(1, 30):
+        grads = {k: (rng.normal(size=s) * 10.0 ** rng.integers(-6, 3)).astype(dtype) for k, s in shapes.items()}
+        opt.step(params, {k: g.copy() for k, g in grads.items()})
+        _numpy_adam(want, grads, m, v, t)
+        for k in shapes:
+            assert params[k].tobytes() == want[k].tobytes(), f"{k} differs at step {t}"
+    assert np.shares_memory(params["E"], big)  # updated in place
+
+
+def test_global_norm_matches_numpy():
+    from cellsearch.train import global_norm
+
+    rng = np.random.default_rng(4)
+    grads = {"a": rng.normal(size=(33, 7)).astype(np.float32), "b": rng.normal(size=300), "c": rng.normal(size=(5, 8))[:, ::3]}
+    want = np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in grads.values()))
+    assert global_norm(grads) == pytest.approx(want, rel=1e-12)
+    grads["a"][3, 2] = np.inf
+    assert global_norm(grads) == np.inf
+    grads["b"][0] = np.nan
+    assert np.isnan(global_norm(grads))
+
+
 def test_eval_cli_json_contract():
     result = CliRunner().invoke(
         cli,
