@@ -103,10 +103,18 @@ def _numpy_adam(params, grads, m, v, t, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
         params[k] -= (lr / c1) * m[k] / (np.sqrt(v[k] / c2) + eps)
 
 
+def _numpy_nesterov(params, grads, vel, lr=0.01, mu=0.9):
+    for k, g in grads.items():
+        vel[k] *= mu
+        vel[k] -= lr * g
+        params[k] += mu * vel[k] - lr * g
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adam_gives_numpys_bits(dtype):
-    """The njit Adam does NumPy's operations in NumPy's order: the same bits, float32 and float64,
-    for contiguous arrays (the loop) and a strided one (NumPy itself)."""
+@pytest.mark.parametrize("name", ["adam", "nesterov"])
+def test_optimisers_give_numpys_bits(name, dtype):
+    """The njit optimisers do NumPy's operations in NumPy's order: the same bits, float32 and
+    float64, for contiguous arrays (the loop) and a strided one (NumPy itself)."""
     rng = np.random.default_rng(3)
     shapes = {"W": (7, 5), "b": (5,), "E": (4, 6)}
     params = {k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()}
@@ -115,11 +123,14 @@ def test_adam_gives_numpys_bits(dtype):
     want = {k: v.copy() for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in want.items()}
     v = {k: np.zeros_like(x) for k, x in want.items()}
-    opt = Adam(0.01)
+    opt = Adam(0.01) if name == "adam" else NesterovSGD(0.01, 0.9)
     for t in range(1, 30):
         grads = {k: (rng.normal(size=s) * 10.0 ** rng.integers(-6, 3)).astype(dtype) for k, s in shapes.items()}
         opt.step(params, {k: g.copy() for k, g in grads.items()})
-        _numpy_adam(want, grads, m, v, t)
+        if name == "adam":
+            _numpy_adam(want, grads, m, v, t)
+        else:
+            _numpy_nesterov(want, grads, v)
         for k in shapes:
             assert params[k].tobytes() == want[k].tobytes(), f"{k} differs at step {t}"
     assert np.shares_memory(params["E"], big)  # updated in place

@@ -92,6 +92,16 @@ class Adam:
             p -= (self.lr / c1) * m / (np.sqrt(v / c2) + self.eps)
 
 
+@njit(cache=True, error_model="numpy")
+def _nesterov(p, g, v, mu, lr):  # pragma: no cover - njit
+    """``NesterovSGD.step``'s NumPy expression for one array, element by element in its order."""
+    for i in range(p.size):
+        gi = g[i]
+        vi = v[i] * mu - lr * gi
+        v[i] = vi
+        p[i] = p[i] + (mu * vi - lr * gi)
+
+
 class NesterovSGD:
     """SGD with Nesterov momentum: v <- mu v - lr g; p <- p + mu v - lr g."""
 
@@ -101,7 +111,11 @@ class NesterovSGD:
 
     def step(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
         for k, g in grads.items():
-            v = self.v.setdefault(k, np.zeros_like(g))
+            v, p = self.v.setdefault(k, np.zeros_like(g)), params[k]
+            if _flat(p, g, v):
+                f = p.dtype.type
+                _nesterov(p.reshape(-1), g.reshape(-1), v.reshape(-1), f(self.mu), f(self.lr))
+                continue
             v *= self.mu
             v -= self.lr * g
-            params[k] += self.mu * v - self.lr * g
+            p += self.mu * v - self.lr * g
