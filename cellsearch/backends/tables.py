@@ -157,7 +157,7 @@ def pack_weights(plan: Plan, params: Mapping[str, Array], I: int, H: int, dtype:
         W = np.concatenate(rows, axis=0)  # [ns*H, nk*H]: source i's rows, destination k's columns
         Ws.append((np.ascontiguousarray(W.T) if transposed else W).ravel())
     stages = np.concatenate(Ws) if Ws else np.zeros(1, dtype=dt)
-    return PackedWeights(np.ascontiguousarray(Wx, dtype=dt), np.ascontiguousarray(bx, dtype=dt), biases, peeps, stages)
+    return PackedWeights(Wx, bx, biases, peeps, stages)
 
 
 #: where a parameter's gradient sits in ``unpack_gradients``' arrays: (which, index, rows, columns), which

@@ -149,8 +149,9 @@ def counts(ptx: str) -> dict[str, float]:
             c["f64"] += 1
         if ".local" in suffix:
             c["local"] += 1
-    fma = [sum(1 for line in b if re.match(r"^\s+(?:@!?%p\d+\s+)?fma\.", line)) for b in _blocks(ptx)]
-    in_fma = sum(len(b) for b, n in zip(_blocks(ptx), fma, strict=True) if n)
+    blocks = _blocks(ptx)
+    fma = [sum(1 for line in b if re.match(r"^\s+(?:@!?%p\d+\s+)?fma\.", line)) for b in blocks]
+    in_fma = sum(len(b) for b, n in zip(blocks, fma, strict=True) if n)
     out: dict[str, float] = {k: c[k] for k in ("total", "float", "memory", "control", "warp", "integer", "div64", "f64", "local")}
     out["per_fma"] = round(in_fma / max(sum(fma), 1), 2)
     return out
