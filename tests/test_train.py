@@ -220,3 +220,40 @@ def test_an_elementwise_x_cell_cannot_stack_bidirectionally():
 
     with pytest.raises(ConfigError, match="2H"):
         check_config(zoo.get("mut1"), "copy", {}, make_hp(layers=2, bidirectional=True))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_flat_steps_give_the_per_array_steps_bits(name, dtype):
+    """The training loop's path (parameters as views into one buffer, gradients gathered, one call
+    to clip and one to step) gives the bits of clip_by_global_norm and step over the dicts, with the
+    gradients' dict in another order than the parameters' and the clipping active at most steps."""
+    from cellsearch.train.optim import Flat, clip_flat
+
+    rng = np.random.default_rng(7)
+    shapes = {"W": (7, 5), "b": (5,), "E": (4, 6), "s": (1,)}
+    params = {k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()}
+    flat = Flat(params)
+    assert all(np.shares_memory(v, flat.buffer) and v.flags.c_contiguous for v in flat.params.values())
+    want = {k: v.copy() for k, v in params.items()}
+    new = (lambda: Adam(0.01)) if name == "adam" else (lambda: NesterovSGD(0.01, 0.9))
+    opt, ref = new(), new()
+    gbuf = np.empty_like(flat.buffer)
+    clipped = 0
+    for t in range(25):
+        grads = {k: (rng.normal(size=shapes[k]) * 10.0 ** rng.integers(-3, 2)).astype(dtype) for k in ("E", "s", "W", "b")}
+        ref_g = {k: g.copy() for k, g in grads.items()}
+        g = flat.gather(grads, gbuf)
+        norm = clip_flat(g, flat.parts(grads), 1.0)
+        want_norm = clip_by_global_norm(ref_g, 1.0)
+        assert norm == want_norm, f"norm differs at step {t}"
+        clipped += norm > 1.0
+        opt.step_flat(flat.buffer, g)
+        ref.step(want, ref_g)
+        for k in shapes:
+            assert flat.params[k].tobytes() == want[k].tobytes(), f"{k} differs at step {t}"
+    assert 5 <= clipped <= 24
+    with pytest.raises(ValueError, match="shape"):
+        flat.gather({**grads, "W": np.zeros((5, 7), dtype)})
+    with pytest.raises(ValueError, match="one float dtype"):
+        Flat({"a": np.zeros(3, np.float32), "b": np.zeros(3, np.float64)})

@@ -23,7 +23,7 @@ from ..ir.params import GATE_INITS, gate_biases
 from ..model import Model
 from ..tasks import make_task
 from ..tasks.base import Batch, Task
-from .optim import Adam, NesterovSGD, clip_by_global_norm
+from .optim import Adam, Flat, NesterovSGD, clip_flat
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,10 @@ def evaluate(
         if hp.gate_init == "chrono":
             tmax = tmax or float(sequence_length(train_task))
             result["gates"]["chrono_tmax"] = tmax
-        params = model.init(init_rng, hp.init_scale, hp.gate_init, tmax, hp.forget_bias)
+        # the parameters as views into one buffer, and each step's gradients gathered into another: the
+        # clipping and the optimiser's step are one call each (``optim.Flat``), the same bits as per array
+        flat = Flat(model.init(init_rng, hp.init_scale, hp.gate_init, tmax, hp.forget_bias))
+        params, gbuf, parts = flat.params, np.empty_like(flat.buffer), None
         opt: Adam | NesterovSGD = Adam(hp.lr) if hp.optimizer == "adam" else NesterovSGD(hp.lr, hp.momentum)
         valid_set = _fixed_set(valid_task, valid_rng, hp.eval_size, hp.batch)
         best: dict[str, float] | None = None
@@ -237,12 +240,15 @@ def evaluate(
             loss, grads = model.loss_and_grads(params, batch, train_task, hp.input_noise, noise_rng)
             step += 1
             first_loss = loss if first_loss is None else first_loss
-            norm = clip_by_global_norm(grads, hp.clip)
+            if parts is None:  # (the norm adds the arrays' squares in the gradients' order)
+                parts = flat.parts(grads)
+            g = flat.gather(grads, gbuf)
+            norm = clip_flat(g, parts, hp.clip)
             # explosion: 1000x the first loss, or the chance-level loss when the first is worse than chance
             if not (math.isfinite(loss) and math.isfinite(norm)) or loss > 1e3 * max(min(first_loss, chance_loss), 1.0):
                 result.update(status="diverged", reason=f"loss {loss:.4g}, gradient norm {norm:.4g} at step {step}")
                 break
-            opt.step(params, grads)
+            opt.step_flat(flat.buffer, g)
             if progress is not None:
                 progress(step, hp.steps, loss)
             last = step == hp.steps
