@@ -14,8 +14,9 @@ Rows: ``{"what", "cell", "threads", "seconds", "import_seconds", "numba_start_se
 (``import_seconds``: importing Numba and the cpu backend in that process, after Python and the
 ``cellsearch`` package itself; not counted in ``seconds``. ``numba_start_seconds``: of ``seconds``,
 what Numba's CPU target takes to start in the process, whatever it then compiles or loads: its
-registries, and its import of SciPy's linalg to find a BLAS. It is started on its own first, to be
-timed apart, and counted in ``seconds`` as before; 0 for the rows that follow in the same process.)
+registries, and its import of SciPy's linalg to find a BLAS. It is started on its own where a process
+first meets it, after ``compile`` and before the first forward, to be timed apart; counted in
+``seconds``; 0 for the rows that follow in the same process.)
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ from typing import Any
 from ..errors import ConfigError
 
 
-def _first_step(cell: Any, threads: int) -> float:
-    """Seconds for compile(cell) and one forward and backward on a small problem."""
+def _first_step(cell: Any, threads: int, start: bool = False) -> tuple[float, float]:
+    """Seconds for compile(cell) and one forward and backward on a small problem, and of them, with
+    ``start``, Numba's start (``_numba_start``). Numba starts at the first compile or cache load, as
+    in any process: after ``compile`` (which starts ahead.py's child when the cache is cold), before
+    the forward; here it is started on its own at that point, to be timed apart."""
     import numpy as np
 
     from ..backends import compile
@@ -45,9 +49,10 @@ def _first_step(cell: Any, threads: int) -> float:
     x = rng.normal(size=(T, B, I_)).astype(np.float32)
     t0 = time.perf_counter()
     kernel = compile(cell, "cpu", np.float32, threads=threads)
+    numba_start = _numba_start() if start else 0.0
     f = kernel.forward(params, x)
     kernel.backward(params, f.tape, np.ones((T, B, H), np.float32))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, numba_start
 
 
 def _numba_start() -> float:
@@ -77,11 +82,10 @@ def _child(cell_name: str, threads: int, new_cell: int) -> dict[str, Any]:
 
     out: dict[str, Any] = {"import_seconds": time.perf_counter() - t0}
     cell = get(cell_name)
-    out["numba_start_seconds"] = _numba_start()
-    out["seconds"] = out["numba_start_seconds"] + _first_step(cell, threads)
+    out["seconds"], out["numba_start_seconds"] = _first_step(cell, threads, start=True)
     if new_cell >= 0:
-        out["rare_ops_seconds"] = _first_step(get("lstm_peephole"), threads)
-        out["new_cell_seconds"] = _first_step(random_cell(np.random.default_rng(new_cell)), threads)
+        out["rare_ops_seconds"] = _first_step(get("lstm_peephole"), threads)[0]
+        out["new_cell_seconds"] = _first_step(random_cell(np.random.default_rng(new_cell)), threads)[0]
     return out
 
 

@@ -127,3 +127,25 @@ def test_processes_compiling_at_once_share_one_cache(tmp_path):
     last = _run(tmp_path)
     assert not last["started"] and (last["hits"], last["misses"], last["forward_misses"]) == (1, 0, 0)
     assert outs[0]["grads"] == outs[1]["grads"] == last["grads"]
+
+
+def test_interpreters_compile_at_their_own_optimisation_level(monkeypatch):
+    """``interp.compiling``: LLVM's level is ``interp.OPT`` (1) during an interpreter's first call for a
+    dtype (its compile, or its load from the cache), Numba's own (3) around it and at its later calls;
+    and a lower NUMBA_OPT is kept."""
+    from numba.core import config
+
+    monkeypatch.setattr(interp, "_compiled", set())
+    before = int(config.OPT)
+    assert before == 3  # (Numba's default: the tests run without NUMBA_OPT)
+    with interp.compiling("forward", np.dtype(np.float32)):
+        assert int(config.OPT) == interp.OPT == 1
+    assert int(config.OPT) == before
+    with interp.compiling("forward", np.dtype(np.float32)):  # compiled already: nothing changes
+        assert int(config.OPT) == before
+    with interp.compiling("forward", np.dtype(np.float64)):
+        assert int(config.OPT) == 1
+    monkeypatch.setattr(config, "OPT", type(config.OPT)(0))
+    with interp.compiling("backward", np.dtype(np.float32)):
+        assert int(config.OPT) == 0
+    assert int(config.OPT) == 0

@@ -27,18 +27,55 @@ feed GEMMs are flushed to zero below the smallest normal number; in float32 tanh
 rational approximation (max error ~3e-7) instead of libm; constants come typed from the caller's
 dtype (R, ``constants``) so float32 code never promotes to float64. No fastmath: NaN and Inf must
 survive, so that divergence is detected.
+
+The interpreters compile at LLVM's -O1, not Numba's -O3 (``compiling``): their loops are explicit
+vectors already and the rest is the dispatch of a few ops per step, which -O3's extra passes do not
+speed up (A/B'd in one process, benchmarks/README.md), while they cost ~0.4 s of each interpreter's
+~1.8 s compile on a machine's first use.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
 import numpy as np
 from numba import njit, prange
+from numba.core import config
+from numba.core.compiler_lock import global_compiler_lock
 
 from . import vector
 from .blas import call_jobs, gemm_at
 from .microkernel import NR, call_panels
 from .rare import call_rare_backward, call_rare_forward
 from .vector import R_ZERO
+
+#: LLVM's optimisation level for the interpreters' first compile (Numba's own, ``NUMBA_OPT``, if lower)
+OPT = 1
+_compiled: set[tuple[str, str]] = set()
+
+
+@contextmanager
+def _opt(level: int) -> Iterator[None]:
+    with global_compiler_lock:  # (no other thread compiles meanwhile: the level is Numba's global setting)
+        before = config.OPT
+        config.OPT = type(before)(min(int(before), level))
+        try:
+            yield
+        finally:
+            config.OPT = before
+
+
+def compiling(which: str, dtype: np.dtype) -> Any:
+    """Around an interpreter's call (``which``: its name): the first one in this process for
+    ``dtype`` compiles it (or loads it from the cache) at ``OPT``; later ones change nothing."""
+    key = (which, np.dtype(dtype).name)
+    if key in _compiled:
+        return nullcontext()
+    _compiled.add(key)
+    return _opt(OPT)
+
 
 # opcodes: keep in step with cellsearch.lowering.plan.Code (tests/test_tables.py checks)
 OP_STATE, OP_X, OP_CONST, OP_LOADP, OP_BIAS, OP_GEMM, OP_ADD, OP_SUB, OP_MUL, OP_BLEND, OP_SIGMOID, OP_TANH, OP_RELU, OP_PEEP = (

@@ -495,7 +495,7 @@ class CpuKernel:
         out = np.empty((T, B, H), dtype=dt)  # the output's values, copied from the tape by the kernel's threads
         o_at, o_step = self._tape_at(ws, p.output_slot, H)
         fns = self._functions("forward")
-        with _chunk_threads(dt) if C > 1 else nullcontext():
+        with _chunk_threads(dt) if C > 1 else nullcontext(), interp.compiling("forward" if C == 1 else "forward_split", dt):
             if C == 1:
                 interp.forward_rows(*head, ws.A[0], ws.P[0], bx, x, WX, wx_panels, S0[0], consts, biases, peeps, W,
                                     ws.K[0], ws.TMP[0], self._R, 0, B, out, o_at, o_step, 0, *fns)  # fmt: skip
@@ -635,7 +635,7 @@ class CpuKernel:
         tail = (cpu.state_g, cpu.update_g, cpu.output_g)
         ahead.wait(dt, C > 1)  # (a first use: ahead.py's child compiles the backward and the job runner)
         fns = self._functions("backward")
-        with _chunk_threads(dt) if C > 1 else nullcontext():
+        with _chunk_threads(dt) if C > 1 else nullcontext(), interp.compiling("backward" if C == 1 else "backward_split", dt):
             if C == 1:
                 interp.backward_rows(*head, ws.A[0], *tail, dOut, dS[0], peeps, WT, ws.DZ[0], ws.TMP[0], ws.G[0], ws.dP[0],
                                      dX[0], dB[0], dPeep[0], dBx[0], self._R, 0, B, 0, bw.jobs, 0, SB, PK[0],
