@@ -29,9 +29,10 @@ dtype (R, ``constants``) so float32 code never promotes to float64. No fastmath:
 survive, so that divergence is detected.
 
 The interpreters compile at LLVM's -O1, not Numba's -O3 (``compiling``): their loops are explicit
-vectors already and the rest is the dispatch of a few ops per step, which -O3's extra passes do not
-speed up (A/B'd in one process, benchmarks/README.md), while they cost ~0.4 s of each interpreter's
-~1.8 s compile on a machine's first use.
+vectors already and the rest is the dispatch of a few ops per step, which -O3's extra passes did not
+speed up in A/Bs in one process, while they cost ~0.1 s (7 %) of each interpreter's ~1.6 s compile
+on a machine's first use (benchmarks/README.md, session 13). (-O0 would save ~0.35 s, but its code
+holds addresses Numba will not cache, and ran the search's small steps 10-15 % slower.)
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ _compiled: set[tuple[str, str]] = set()
 def _opt(level: int) -> Iterator[None]:
     with global_compiler_lock:  # (no other thread compiles meanwhile: the level is Numba's global setting)
         before = config.OPT
-        config.OPT = type(before)(min(int(before), level))
+        try:
+            config.OPT = type(before)(min(int(before), level))
+        except (TypeError, ValueError):  # Numba's setting changed form: compile at its own level
+            pass
         try:
             yield
         finally:
