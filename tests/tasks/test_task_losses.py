@@ -149,6 +149,9 @@ def test_gradient_dtype_follows_predictions(rng):
         (lambda: cross_entropy(np.zeros((2, 3)), np.zeros((2, 3), dtype=int), np.ones((2, 3))), "must be [T, B, K]"),
         (lambda: mean_squared_error(np.zeros((2, 3, 1)), np.zeros((2, 3, 1)), np.ones((3, 2))), "mask must be [T, B]"),
         (lambda: mean_squared_error(np.zeros((2, 3, 1)), np.zeros((2, 3, 1)), -np.ones((2, 3))), "non-negative"),
+        (lambda: mean_squared_error(np.zeros((2, 3, 1)), np.zeros((2, 3, 1)), np.full((2, 3), np.nan)), "finite"),
+        (lambda: mean_squared_error(np.zeros((2, 3, 1)), np.zeros((2, 3, 1)), np.full((2, 3), np.inf)), "finite"),
+        (lambda: cross_entropy(np.zeros((2, 3, 4)), np.full((2, 3), -1), np.ones((2, 3))), "class ids in [0, 3]"),
         (lambda: binary_cross_entropy(np.zeros((2, 3, 2)), np.zeros((2, 3, 1)), np.ones((2, 3))), "targets must have"),
     ],
 )
@@ -156,3 +159,39 @@ def test_bad_arguments_raise_shape_error(call, words):
     with pytest.raises(ShapeError) as err:
         call()
     assert words in str(err.value)
+
+
+def _cross_entropy_as_numpy_reduces(logits, y, mask):
+    """cross_entropy as it was written with NumPy's own reductions and take/put_along_axis: the fast
+    path (a max over a transposed copy, fancy indexing) must give these bits."""
+    w = np.asarray(mask, dtype=np.float64)
+    counted = w > 0
+    total = float(w.sum())
+    ids = np.where(counted, y, 0).astype(np.int64)
+    z = np.where(counted[..., None], np.asarray(logits, dtype=np.float64), 0.0)
+    top = z.max(axis=2, keepdims=True)
+    e = np.exp(z - top)
+    s = e.sum(axis=2, keepdims=True)
+    lse = (top + np.log(s))[..., 0]
+    picked = np.take_along_axis(z, ids[..., None], axis=2)[..., 0]
+    loss = float(np.sum(w * (lse - picked)) / total)
+    d = e / s
+    np.put_along_axis(d, ids[..., None], np.take_along_axis(d, ids[..., None], axis=2) - 1.0, axis=2)
+    d *= (w / total)[..., None]
+    return loss, d.astype(np.float64 if logits.dtype == np.float64 else np.float32)
+
+
+@pytest.mark.parametrize("K", [1, 2, 9, 16, 17, 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_gives_the_bits_of_numpys_reductions(K, dtype, rng):
+    T, B = 7, 5
+    logits = (rng.normal(size=(T, B, K)) * 10.0 ** rng.integers(-2, 3, size=(T, B, 1))).astype(dtype)
+    y = rng.integers(0, K, size=(T, B))
+    mask = rng.choice([0.0, 1.0, 0.25, 2.0], size=(T, B)).astype(np.float32)
+    mask[0, 0] = 1.0
+    logits[mask == 0] = np.nan  # padding: never read
+    y[mask == 0] = -3
+    loss, d = cross_entropy(logits, y, mask)
+    want_loss, want_d = _cross_entropy_as_numpy_reduces(logits, y, mask)
+    assert loss == want_loss
+    assert d.dtype == want_d.dtype and d.tobytes() == want_d.tobytes()
