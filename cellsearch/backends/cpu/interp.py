@@ -46,11 +46,9 @@ from numba import njit, prange
 from numba.core import config
 from numba.core.compiler_lock import global_compiler_lock
 
-from . import vector
-from .blas import call_jobs, gemm_at
-from .microkernel import NR, call_panels
-from .rare import call_rare_backward, call_rare_forward
-from .vector import R_ZERO
+from . import ir_loops, vector
+from .blas import gemm_at
+from .microkernel import call_panels
 
 #: LLVM's optimisation level for the interpreters' first compile (Numba's own, ``NUMBA_OPT``, if lower)
 OPT = 1
@@ -161,128 +159,8 @@ def forward_rows(
     P.shape[1]] = X[t] @ Wx (WX: Wx packed as panels where ``wx_panels``, float32's microkernel;
     else the plain [I, NX*H] matrix through BLAS), so it is read from cache by the ops that use it,
     never written to and read back from a [T, B, NX*H] array in memory."""
-    Hu = np.uint64(H)
-    Bu = np.uint64(B)
-    R0 = np.uint64(r0)
-    R1 = np.uint64(r1)
-    nr = r1 - r0
-    e0 = R0 * Hu
-    e1 = R1 * Hu
-    zero = R[R_ZERO]
-    # raw addresses for the per-step GEMMs (gemm_at: no views inside the loop)
-    isz = np.uint64(A.itemsize)
-    ap = A.ctypes.data  # the elementwise ops (``vector``) take their operands' addresses
-    ne = e1 - e0
-    kp = K.ctypes.data
-    wp = W.ctypes.data
-    tp = TMP.ctypes.data
-    ab = R.ctypes.data + np.uint64(R_AB) * isz  # (alpha, beta) = (1, 0), then (1, 1)
-    mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, mw]: each range owns its rows
-    mwi = np.int64(mw)
-    I = X.shape[2]
-    nx = P.shape[1]  # P's row stride (NX*H, padded to whole panels)
-    xp = X.ctypes.data
-    pp = P.ctypes.data + R0 * np.uint64(nx) * isz
-    wxp = WX.ctypes.data
-    nxh = bx.shape[0]
-    nxu = np.uint64(nx)
-    pb0 = P.ctypes.data  # (addresses of P, bx, biases and consts for the ops that read them)
-    bxp = bx.ctypes.data
-    bp0 = biases.ctypes.data
-    cp0 = consts.ctypes.data
-    for t in range(T):
-        tu = np.uint64(t)
-        if nxh > 0:  # this step's input projection, rows R0..R1
-            xa = xp + (tu * np.uint64(X.shape[1]) + R0) * np.uint64(I) * isz
-            if wx_panels:
-                call_panels(fpp, nr, nxh, I, xa, I, wxp, pp, nx, 0, 0)
-            else:
-                gemm_at(False, False, nr, nxh, I, xa, I, wxp, nxh, pp, nx, ab, isz)
-        for r in range(ops.shape[0]):
-            code = ops[r, C_CODE]
-            aux = ops[r, C_AUX]
-            d = np.uint64(ops[r, C_DC]) + tu * np.uint64(ops[r, C_DM])
-            a = np.uint64(ops[r, C_AC]) + tu * np.uint64(ops[r, C_AM])
-            b = np.uint64(ops[r, C_BC]) + tu * np.uint64(ops[r, C_BM])
-            c = np.uint64(ops[r, C_CC]) + tu * np.uint64(ops[r, C_CM])
-            if code == OP_STATE:
-                if ops[r, C_BG] == 1:  # a copied state; the others are read in place from the tape
-                    src = S0.ctypes.data + (np.uint64(aux) * np.uint64(S0.shape[1]) + e0) * isz if t == 0 else ap + (a + e0) * isz
-                    vector.copy(ne, ap + (d + e0) * isz, src, 0, 0, 0, 0, 0, R)
-            elif (
-                code == OP_X or code == OP_SUB or code == OP_RELU or code == OP_PEEP or (code == OP_CONST and ops[r, C_FOLD] == 0)
-            ):
-                call_rare_forward(fpr, code, aux, d, a, b, A.ctypes.data, A.shape[0], X.ctypes.data, X.shape[0], X.shape[1],
-                                  X.shape[2], t, consts.ctypes.data, consts.shape[0], peeps.ctypes.data, peeps.shape[0], H, r0,
-                                  r1, zero)  # fmt: skip
-            elif code == OP_LOADP:
-                if ops[r, C_FOLD] != 0:
-                    continue
-                col = np.uint64(aux) * Hu
-                vector.add_rows(H, nr, ap + (d + e0) * isz, H, pb0 + (R0 * nxu + col) * isz, nx, bxp + col * isz, 0, 0, 0, R)
-            elif code == OP_BIAS:
-                if ops[r, C_FOLD] != 0:
-                    continue
-                vector.copy_rows(H, nr, ap + (d + e0) * isz, H, bp0 + np.uint64(aux) * Hu * isz, 0, 0, 0, 0, 0, R)
-            elif code == OP_GEMM:
-                ns = np.uint64(stage_info[aux, 0])
-                nk = np.uint64(stage_info[aux, 1])
-                woff = np.uint64(stage_info[aux, 2])
-                width = ns * Hu
-                koff = np.uint64(stage_info[aux, 3]) + tu * Bu * width
-                for i in range(ns):  # K[t] = [src_0 | src_1 | ...], one row per batch row
-                    src = np.uint64(stage_src[aux, i, S_C]) + tu * np.uint64(stage_src[aux, i, S_M])
-                    kr = kp + (koff + R0 * width + i * Hu) * isz
-                    vector.copy_rows(H, nr, kr, np.int64(width), ap + (src + e0) * isz, H, 0, 0, 0, 0, R)
-                ow = nk * Hu  # out: TMP's rows R0..R1 (each range owns its rows), [nr, nk*H], row stride mw
-                oo = R0 * mw
-                _step_gemm(
-                    nr,
-                    ow,
-                    width,
-                    kp + (koff + R0 * width) * isz,
-                    wp,
-                    woff,
-                    stage_info[aux, C_PF],
-                    tp + oo * isz,
-                    mw,
-                    ab,
-                    isz,
-                    0,
-                    fpp,
-                )
-                for k in range(nk):
-                    dd = np.uint64(stage_dst[aux, k, S_C]) + tu * np.uint64(stage_dst[aux, k, S_M])
-                    kind = seed[aux, k, 0]
-                    sx = seed[aux, k, 1]
-                    kc = np.uint64(k) * Hu
-                    dst = ap + (dd + e0) * isz  # rows R0..R1 of the destination and of its columns in TMP
-                    prod = tp + (oo + kc) * isz
-                    if kind == SEED_P:  # the input projection's block and bias, folded in: one pass
-                        pc = np.uint64(sx) * Hu
-                        vector.add3_rows(H, nr, dst, H, prod, mwi, pb0 + (R0 * nxu + pc) * isz, nx, bxp + pc * isz, 0, R)
-                    elif kind == SEED_BIAS:
-                        vector.add_rows(H, nr, dst, H, prod, mwi, bp0 + np.uint64(sx) * Hu * isz, 0, 0, 0, R)
-                    elif kind == SEED_CONST:
-                        vector.add_scalar_rows(H, nr, dst, H, prod, mwi, cp0 + np.uint64(sx) * isz, 0, 0, 0, R)
-                    else:
-                        vector.add_rows(H, nr, dst, H, dst, H, prod, mwi, 0, 0, R)
-            elif code == OP_ADD:
-                vector.f_add(ne, ap + (d + e0) * isz, ap + (a + e0) * isz, ap + (b + e0) * isz, 0, 0, 0, 0, R)
-            elif code == OP_MUL:
-                vector.f_mul(ne, ap + (d + e0) * isz, ap + (a + e0) * isz, ap + (b + e0) * isz, 0, 0, 0, 0, R)
-            elif code == OP_BLEND:
-                vector.f_blend(ne, ap + (d + e0) * isz, ap + (a + e0) * isz, ap + (b + e0) * isz, ap + (c + e0) * isz, 0, 0, 0,
-                               R)  # fmt: skip
-            elif code == OP_SIGMOID:
-                vector.f_sigmoid(ne, ap + (d + e0) * isz, ap + (a + e0) * isz, 0, 0, 0, 0, 0, R)
-            elif code == OP_TANH:
-                vector.f_tanh(ne, ap + (d + e0) * isz, ap + (a + e0) * isz, 0, 0, 0, 0, 0, R)
-    XR = np.uint64(xr)
-    for t in range(T):
-        o = np.uint64(out_at) + np.uint64(t + 1) * np.uint64(out_step)
-        dst = out.ctypes.data + ((np.uint64(t) * np.uint64(out.shape[1]) + XR + R0) * Hu) * isz
-        vector.copy(ne, dst, ap + (o + e0) * isz, 0, 0, 0, 0, 0, R)
+    ir_loops.forward(ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, WX, wx_panels, S0, consts, biases, peeps,
+                     W, K, TMP, R, r0, r1, out, out_at, out_step, xr, fpp, fpr)  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy")
@@ -302,116 +180,8 @@ def backward_rows(
     block's first step it runs chunk ``chunk``'s ``jobs`` (``blas.run_jobs``: ``dW += DZ^T @ K``,
     ``dWx += x^T @ dP``, ...) on them while they are in cache. PK: the scratch of the packed GEMM
     (its address fpk; fpp the per-step microkernel's, fpj ``blas.run_jobs``', all ``microkernel.address``)."""
-    Hu = np.uint64(H)
-    Bu = np.uint64(B)
-    BH = Bu * Hu
-    R0 = np.uint64(r0)
-    R1 = np.uint64(r1)
-    XR = np.uint64(xr)
-    nr = r1 - r0
-    e0 = R0 * Hu
-    e1 = R1 * Hu
-    nS = dS.shape[0]
-    zero = R[R_ZERO]
-    isz = np.uint64(A.itemsize)
-    ap = A.ctypes.data  # the elementwise ops (``vector``) take their operands' addresses
-    gq = G.ctypes.data
-    ne = e1 - e0
-    zp = DZ.ctypes.data
-    wp = WT.ctypes.data
-    tp = TMP.ctypes.data
-    ab = R.ctypes.data + np.uint64(R_AB) * isz  # (alpha, beta) = (1, 0), then (1, 1)
-    mw = np.uint64(TMP.shape[0] // B)  # TMP is [B, mw]: each range owns its rows
-    SBu = np.uint64(SB)
-    # dS [nS, B*H] is the carry: each state's gradient into the step before (the next one the walk
-    # reaches), from d_state_T on entry to the initial states' on return. (In place: a local array
-    # here would be freed by Numba after its last use by name, however long its address lives on.)
-    cq = dS.ctypes.data + e0 * isz  # state s's rows at cq + s * BH * isz
-    dBp = dB.ctypes.data
-    dBxp = dBx.ctypes.data
-    dPp = dP.ctypes.data
-    dPw = np.uint64(dP.shape[1])
-    for slot in range(G.shape[0] // (B * H)):
-        vector.zero(ne, gq + (np.uint64(slot) * BH + e0) * isz, 0, 0, 0, 0, 0, 0, R)
-    for t in range(T - 1, -1, -1):
-        tu = np.uint64(t)
-        slot = tu % SBu  # this step's row block in the rings DZ and dP
-        og = gq + (np.uint64(output_g) + e0) * isz
-        vector.f_add(ne, og, og, dOut.ctypes.data + ((tu * np.uint64(dOut.shape[1]) + XR + R0) * Hu) * isz, 0, 0, 0, 0, R)
-        for s in range(nS):
-            ug = gq + (np.uint64(update_g[s]) + e0) * isz
-            cs = cq + np.uint64(s) * BH * isz
-            vector.f_add(ne, ug, ug, cs, 0, 0, 0, 0, R)
-            if state_g[s] < 0:
-                vector.zero(ne, cs, 0, 0, 0, 0, 0, 0, R)
-        for r in range(ops.shape[0] - 1, -1, -1):
-            code = ops[r, C_CODE]
-            aux = ops[r, C_AUX]
-            gd = np.uint64(ops[r, C_DG])
-            ga = np.uint64(ops[r, C_AG])
-            gb = np.uint64(ops[r, C_BG])
-            gc = np.uint64(ops[r, C_CG])
-            d = np.uint64(ops[r, C_DC]) + tu * np.uint64(ops[r, C_DM])
-            a = np.uint64(ops[r, C_AC]) + tu * np.uint64(ops[r, C_AM])
-            b = np.uint64(ops[r, C_BC]) + tu * np.uint64(ops[r, C_BM])
-            c = np.uint64(ops[r, C_CC]) + tu * np.uint64(ops[r, C_CM])
-            if code == OP_STATE:
-                vector.move(ne, gq + (gd + e0) * isz, cq + np.uint64(aux) * BH * isz, 0, 0, 0, 0, 0, R)
-            elif code == OP_X or code == OP_CONST or code == OP_SUB or code == OP_RELU or code == OP_PEEP:
-                call_rare_backward(fpr, code, aux, gd, ga, gb, a, A.ctypes.data, A.shape[0], G.ctypes.data, G.shape[0],
-                                   dX.ctypes.data, dX.shape[0], dX.shape[1], dX.shape[2], t, peeps.ctypes.data, peeps.shape[0],
-                                   dPeep.ctypes.data, H, r0, r1, zero)  # fmt: skip
-            elif code == OP_LOADP:
-                col = np.uint64(aux) * Hu
-                pb = ops[r, C_DPB]
-                grow = gq + (gd + e0) * isz  # (denormals flushed to zero, NaN kept)
-                if pb >= 0:
-                    prow = dPp + ((slot * Bu + R0) * dPw + np.uint64(pb) * Hu) * isz
-                    vector.b_loadp_rows(H, nr, grow, H, prow, np.int64(dPw), dBxp + col * isz, 0, 0, 0, R)
-                else:  # the stage's DZ holds this gradient already
-                    vector.b_loadp_bias_rows(H, nr, grow, H, dBxp + col * isz, 0, 0, 0, 0, 0, R)
-            elif code == OP_BIAS:
-                vector.b_bias_rows(H, nr, gq + (gd + e0) * isz, H, dBp + np.uint64(aux) * Hu * isz, 0, 0, 0, 0, 0, R)
-            elif code == OP_GEMM:
-                ns = np.uint64(stage_info[aux, 0])
-                nk = np.uint64(stage_info[aux, 1])
-                woff = np.uint64(stage_info[aux, 2])
-                width = nk * Hu
-                zoff = np.uint64(stage_info[aux, C_ZR]) + slot * Bu * width
-                for k in range(nk):  # DZ[t] = [g_dst_0 | g_dst_1 | ...], one row per batch row
-                    src = np.uint64(stage_dst[aux, k, S_G])
-                    zr = zp + (zoff + R0 * width + k * Hu) * isz  # (denormals flushed to zero, NaN kept)
-                    vector.flush_copy_rows(H, nr, zr, np.int64(width), gq + (src + e0) * isz, H, 0, 0, 0, 0, R)
-                sw = ns * Hu
-                pb = stage_info[aux, C_PB]
-                oo = R0 * mw
-                direct = ns == 1 and (pb < 0 or Hu % np.uint64(NR) == 0)
-                if direct:  # straight into the source's gradient: G[src] +=
-                    cp, ldc, acc = G.ctypes.data + (np.uint64(stage_src[aux, 0, S_G]) + R0 * Hu) * isz, Hu, 1
-                else:  # into TMP's rows R0..R1, [nr, ns*H], row stride mw, then added below
-                    cp, ldc, acc = tp + oo * isz, mw, 0
-                _step_gemm(nr, sw, width, zp + (zoff + R0 * width) * isz, wp, woff, pb, cp, ldc, ab, isz, acc, fpp)
-                if direct:
-                    continue
-                for i in range(ns):
-                    dst = np.uint64(stage_src[aux, i, S_G])
-                    ic = np.uint64(i) * Hu
-                    grow = gq + (dst + e0) * isz
-                    vector.add_rows(H, nr, grow, H, grow, H, tp + (oo + ic) * isz, np.int64(mw), 0, 0, R)
-            elif code == OP_ADD:
-                vector.b_add(ne, gq + (gd + e0) * isz, gq + (ga + e0) * isz, gq + (gb + e0) * isz, 0, 0, 0, 0, R)
-            elif code == OP_MUL:
-                vector.b_mul(ne, gq + (gd + e0) * isz, gq + (ga + e0) * isz, gq + (gb + e0) * isz, ap + (a + e0) * isz,
-                             ap + (b + e0) * isz, 0, 0, R)  # fmt: skip
-            elif code == OP_BLEND:
-                vector.b_blend(ne, gq + (gd + e0) * isz, gq + (ga + e0) * isz, gq + (gb + e0) * isz, gq + (gc + e0) * isz,
-                               ap + (a + e0) * isz, ap + (b + e0) * isz, ap + (c + e0) * isz, R)  # fmt: skip
-            elif code == OP_SIGMOID:
-                vector.b_sigmoid(ne, gq + (gd + e0) * isz, gq + (ga + e0) * isz, ap + (d + e0) * isz, 0, 0, 0, 0, R)
-            elif code == OP_TANH:
-                vector.b_tanh(ne, gq + (gd + e0) * isz, gq + (ga + e0) * isz, ap + (d + e0) * isz, 0, 0, 0, 0, R)
-        if slot == 0:  # the first step of a block: its weight gradients
-            call_jobs(fpj, jobs.ctypes.data, jobs.shape[0], chunk, t, min(SB, T - t), ab, A.itemsize, fpp, fpk, PK.ctypes.data)
+    ir_loops.backward(ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ,
+                      TMP, G, dP, dX, dB, dPeep, dBx, R, r0, r1, xr, jobs, chunk, SB, PK, fpp, fpk, fpj, fpr)  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy", parallel=True)

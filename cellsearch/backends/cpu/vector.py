@@ -147,14 +147,44 @@ def _emit(context: Any, builder: ir.IRBuilder, sig: Any, n: ir.Value, ptrs: list
     loop("rest", whole, n, 1, el, 1)
 
 
+def emit(context: Any, builder: ir.IRBuilder, R_type: Any, R: ir.Value, body: Body, n: ir.Value, addrs: list[ir.Value]) -> None:
+    """``body`` over elements 0..n of the operands at addresses ``addrs`` (i64), R (of Numba type
+    ``R_type``) the constants: what the intrinsics below emit, for a kernel written in LLVM IR
+    directly (``forward_ir``)."""
+    el = context.get_value_type(R_type.dtype)
+    ptrs = [builder.inttoptr(a, el.as_pointer()) for a in addrs]
+    _emit(context, builder, types.void(R_type), n, ptrs, R, body)
+
+
+def emit_rows(context: Any, builder: ir.IRBuilder, R_type: Any, R: ir.Value, body: Body, n: ir.Value, rows: ir.Value,
+              operands: list[tuple[ir.Value, ir.Value]]) -> None:  # fmt: skip
+    """``emit`` over ``rows`` rows, operand i at address a_i plus r * s_i elements in row r (operands:
+    (a_i, s_i) pairs, i64)."""
+    el = context.get_value_type(R_type.dtype)
+    i64 = ir.IntType(64)
+    bases = [builder.inttoptr(a, el.as_pointer()) for a, _ in operands]
+    pre = builder.basic_block
+    head = builder.append_basic_block("rows.body")
+    done = builder.append_basic_block("rows.done")
+    zero = ir.Constant(i64, 0)
+    builder.cbranch(builder.icmp_signed(">", rows, zero), head, done)
+    builder.position_at_end(head)
+    r = builder.phi(i64)
+    r.add_incoming(zero, pre)
+    ptrs = [builder.gep(b, [builder.mul(r, st)]) for b, (_, st) in zip(bases, operands, strict=True)]
+    _emit(context, builder, types.void(R_type), n, ptrs, R, body)
+    nxt = builder.add(r, ir.Constant(i64, 1))
+    r.add_incoming(nxt, builder.basic_block)
+    builder.cbranch(builder.icmp_signed("<", nxt, rows), head, done)
+    builder.position_at_end(done)
+
+
 def _elementwise(n_ptrs: int, body: Body) -> Any:
     """An intrinsic ``op(n, p_0, ..., p_6, R)``: ``body`` over elements 0..n of the operands at
     addresses p_0..p_{n_ptrs-1}."""
 
     def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
-        el = context.get_value_type(sig.args[-1].dtype)
-        ptrs = [builder.inttoptr(a, el.as_pointer()) for a in args[1 : 1 + n_ptrs]]
-        _emit(context, builder, sig, args[0], ptrs, args[-1], body)
+        emit(context, builder, sig.args[-1], args[-1], body, args[0], list(args[1 : 1 + n_ptrs]))
         return context.get_dummy_value()
 
     def op(typingctx: Any, n: Any, p0: Any, p1: Any, p2: Any, p3: Any, p4: Any, p5: Any, p6: Any, R: Any) -> Any:
@@ -169,25 +199,8 @@ def _rows(n_ptrs: int, body: Body) -> Any:
     all, as a bias added to each row or a bias gradient summed over them, in row order)."""
 
     def codegen(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
-        el = context.get_value_type(sig.args[-1].dtype)
-        i64 = ir.IntType(64)
-        n, rows = args[0], args[1]
-        bases = [builder.inttoptr(args[2 + 2 * k], el.as_pointer()) for k in range(n_ptrs)]
-        strides = [args[3 + 2 * k] for k in range(n_ptrs)]
-        pre = builder.basic_block
-        head = builder.append_basic_block("rows.body")
-        done = builder.append_basic_block("rows.done")
-        zero = ir.Constant(i64, 0)
-        builder.cbranch(builder.icmp_signed(">", rows, zero), head, done)
-        builder.position_at_end(head)
-        r = builder.phi(i64)
-        r.add_incoming(zero, pre)
-        ptrs = [builder.gep(b, [builder.mul(r, st)]) for b, st in zip(bases, strides, strict=True)]
-        _emit(context, builder, sig, n, ptrs, args[-1], body)
-        nxt = builder.add(r, ir.Constant(i64, 1))
-        r.add_incoming(nxt, builder.basic_block)
-        builder.cbranch(builder.icmp_signed("<", nxt, rows), head, done)
-        builder.position_at_end(done)
+        operands = [(args[2 + 2 * k], args[3 + 2 * k]) for k in range(n_ptrs)]
+        emit_rows(context, builder, sig.args[-1], args[-1], body, args[0], args[1], operands)
         return context.get_dummy_value()
 
     def op(
@@ -349,3 +362,11 @@ b_mul = _elementwise(5, _b_mul)
 b_blend = _elementwise(7, _b_blend)
 b_sigmoid = _elementwise(3, _b_sigmoid)
 b_tanh = _elementwise(3, _b_tanh)
+
+#: the ops' bodies by name, for kernels written in LLVM IR directly (``emit``, ``emit_rows``)
+BODY: dict[str, Body] = {
+    "copy": _copy, "add": _f_add, "add3": _add3, "add_scalar": _add_scalar, "mul": _f_mul, "blend": _f_blend,
+    "sigmoid": _f_sigmoid, "tanh": _f_tanh, "zero": _zero, "move": _move, "flush_copy": _flush_copy, "b_bias": _b_bias,
+    "b_loadp": _b_loadp, "b_loadp_bias": _b_loadp_bias, "b_add": _b_add, "b_mul": _b_mul, "b_blend": _b_blend,
+    "b_sigmoid": _b_sigmoid, "b_tanh": _b_tanh,
+}  # fmt: skip

@@ -1,0 +1,500 @@
+"""The interpreters' time loops (``interp.forward_rows``, ``interp.backward_rows``) written in LLVM
+IR directly.
+
+Each of the two is one call of an intrinsic here (``forward``, ``backward``). As Numba functions,
+each loop's first compile on a machine took ~1.5 s, of which Numba's own front end (bytecode to IR,
+typing, inlining, lowering) was ~1 s and LLVM the rest; emitted as IR here, what is left is mostly
+LLVM's part (benchmarks/README.md, session 13). The IR is the Numba code's, step for step: the same ops
+in the same order through the same vector loops (``vector.emit``) and C functions (the microkernel,
+the job runner, the rare ops), BLAS through Numba's own ``numba_xxgemm`` for float64, so the same bits
+(tests/backends/test_conformance.py checks them against the reference; the zoo and 60 random cells
+gave the Numba code's bytes, float32 and float64, one and two threads).
+
+Forward, per step t: the step's input projection into P (rows r0..r1), then every op of the table
+in order, each operand at ``A + (const + t * tmul + r0 * H) * itemsize``; after the loop, the
+output's taped values copied to ``out``. Backward: the reverse walk (``interp.backward_rows``' doc).
+The tables' columns are ``interp``'s (``C_*``, ``S_*``, ``SEED_*``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import vector
+
+I64 = ir.IntType(64)
+# the arguments, as ``interp.forward_rows`` and ``interp.backward_rows`` take them
+FORWARD_ARGS = ("ops stage_info stage_src stage_dst seed T B H A P bx X WX wx_panels S0 consts biases peeps W K TMP R r0 r1 "
+                "out out_at out_step xr fpp fpr").split()  # fmt: skip
+BACKWARD_ARGS = ("ops stage_info stage_src stage_dst T B H A state_g update_g output_g dOut dS peeps WT DZ TMP G dP dX dB "
+                 "dPeep dBx R r0 r1 xr jobs chunk SB PK fpp fpk fpj fpr").split()  # fmt: skip
+
+
+class _Emitter:
+    """What the loop's code is written with: i64 arithmetic, loads from the int64 tables, loops and
+    calls, on one IRBuilder."""
+
+    def __init__(self, context: Any, builder: ir.IRBuilder, sig: Any, args: Any, names: list[str]) -> None:
+        self.ctx, self.b = context, builder
+        self.types = dict(zip(names, sig.args, strict=True))
+        self.vals = dict(zip(names, args, strict=True))
+        self.R_type = self.types["R"]
+        self.isz = ir.Constant(I64, context.get_abi_sizeof(context.get_value_type(self.R_type.dtype)))
+        R = context.make_array(self.R_type)(context, builder, self.vals["R"])
+        self.zero = builder.load(builder.gep(R.data, [ir.Constant(I64, vector.R_ZERO)]))  # (0 in the dtype)
+
+    def k(self, v: int) -> ir.Constant:
+        return ir.Constant(I64, v)
+
+    def scalar(self, name: str) -> ir.Value:
+        """An integer argument as i64 (bools and narrower ints widened)."""
+        v, ty = self.vals[name], self.types[name]
+        return self.ctx.cast(self.b, v, ty, types.int64)
+
+    def array(self, name: str) -> tuple[ir.Value, list[ir.Value]]:
+        """An array argument's data address (i64) and its shape."""
+        ary = self.ctx.make_array(self.types[name])(self.ctx, self.b, self.vals[name])
+        return self.b.ptrtoint(ary.data, I64), cgutils.unpack_tuple(self.b, ary.shape)
+
+    def add(self, *vs: ir.Value) -> ir.Value:
+        out = vs[0]
+        for v in vs[1:]:
+            out = self.b.add(out, v)
+        return out
+
+    def mul(self, *vs: ir.Value) -> ir.Value:
+        out = vs[0]
+        for v in vs[1:]:
+            out = self.b.mul(out, v)
+        return out
+
+    def load(self, base: ir.Value, index: ir.Value) -> ir.Value:
+        """The int64 at element ``index`` of the table at address ``base``."""
+        return self.b.load(self.b.gep(self.b.inttoptr(base, I64.as_pointer()), [index]))
+
+    def loop(self, count: ir.Value, body: Callable[[ir.Value], None]) -> None:  # for i in range(count): body(i)
+        with cgutils.for_range(self.b, count) as lp:
+            body(lp.index)
+
+    def loop_down(self, count: ir.Value, body: Callable[[ir.Value], None]) -> None:  # for i in range(count - 1, -1, -1)
+        with cgutils.for_range(self.b, count) as lp:
+            body(self.b.sub(self.b.sub(count, lp.index), self.k(1)))
+
+    def cases(
+        self, value: ir.Value, cases: list[tuple[tuple[int, ...], Callable[[], None]]], default: Callable[[], None]
+    ) -> None:
+        """A switch on ``value``: the body of the first entry whose values hold it, else ``default``."""
+        b = self.b
+        other = b.append_basic_block("case.other")
+        done = b.append_basic_block("case.done")
+        switch = b.switch(value, other)
+        for values, body in cases:
+            block = b.append_basic_block(f"case.{values[0]}")
+            for v in values:
+                switch.add_case(self.k(v), block)
+            b.position_at_end(block)
+            body()
+            b.branch(done)
+        b.position_at_end(other)
+        default()
+        b.branch(done)
+        b.position_at_end(done)
+
+    def when(self, cond: ir.Value, body: Callable[[], None]) -> None:  # if cond: body()
+        with self.b.if_then(cond):
+            body()
+
+    def eq(self, a: ir.Value, v: int) -> ir.Value:
+        return self.b.icmp_signed("==", a, self.k(v))
+
+    def call(self, fn: ir.Value, sig: Any, args: list[ir.Value]) -> None:
+        """The C function at address fn with Numba signature ``sig`` (its integers are all 64-bit)."""
+        fnty = ir.FunctionType(ir.VoidType(), [self.ctx.get_value_type(t) for t in sig.args])
+        self.b.call(self.b.inttoptr(fn, fnty.as_pointer()), args)
+
+    def op(self, name: str, n: ir.Value, addrs: list[ir.Value]) -> None:
+        vector.emit(self.ctx, self.b, self.R_type, self.vals["R"], vector.BODY[name], n, addrs)
+
+    def op_rows(self, name: str, n: ir.Value, rows: ir.Value, operands: list[tuple[ir.Value, ir.Value]]) -> None:
+        vector.emit_rows(self.ctx, self.b, self.R_type, self.vals["R"], vector.BODY[name], n, rows, operands)
+
+    def gemm_blas(self, M: ir.Value, N: ir.Value, K: ir.Value, a: ir.Value, lda: ir.Value, b: ir.Value, ldb: ir.Value,
+                  c: ir.Value, ldc: ir.Value, ab: ir.Value, isz: ir.Value) -> None:  # fmt: skip
+        """``blas.gemm_at`` untransposed: row-major C[M, N] = alpha A[M, K] @ B[K, N] + beta C through
+        Numba's ``numba_xxgemm`` (column-major: C^T = B^T @ A^T), ab the address of (alpha, beta)."""
+        i8 = ir.IntType(8)
+        fnty = ir.FunctionType(ir.IntType(32), [i8, i8, i8, *[I64] * 11])
+        fn = cgutils.get_or_insert_function(self.b.module, fnty, "numba_xxgemm")
+        kind = self.b.select(self.b.icmp_signed("==", isz, self.k(4)), ir.Constant(i8, 115), ir.Constant(i8, 100))  # s, d
+        n = ir.Constant(i8, 110)
+        self.b.call(fn, [kind, n, n, N, M, K, ab, b, ldb, a, lda, self.add(ab, isz), c, ldc])
+
+
+def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
+    from . import interp as ip  # (the tables' columns and op codes; interp imports this module)
+    from .microkernel import PANELS_SIG
+    from .rare import _signatures
+
+    e = _Emitter(context, builder, sig, args, FORWARD_ARGS)
+    b, k, add, mul, load, isz, zero = builder, e.k, e.add, e.mul, e.load, e.isz, e.zero
+    ops, ops_shape = e.array("ops")
+    info, info_shape = e.array("stage_info")
+    src_t, src_shape = e.array("stage_src")
+    dst_t, dst_shape = e.array("stage_dst")
+    seed, seed_shape = e.array("seed")
+    A, A_shape = e.array("A")
+    P, P_shape = e.array("P")
+    bx, bx_shape = e.array("bx")
+    X, X_shape = e.array("X")
+    WX, _ = e.array("WX")
+    S0, S0_shape = e.array("S0")
+    consts, consts_shape = e.array("consts")
+    biases, _ = e.array("biases")
+    peeps, peeps_shape = e.array("peeps")
+    W, _ = e.array("W")
+    K, _ = e.array("K")
+    TMP, TMP_shape = e.array("TMP")
+    R, _ = e.array("R")
+    out, out_shape = e.array("out")
+    T, B, H, r0, r1 = (e.scalar(n) for n in ("T", "B", "H", "r0", "r1"))
+    wx_panels, out_at, out_step, xr = (e.scalar(n) for n in ("wx_panels", "out_at", "out_step", "xr"))
+    fpp, fpr = e.scalar("fpp"), e.scalar("fpr")
+    nr = b.sub(r1, r0)
+    e0 = mul(r0, H)
+    ne = b.sub(mul(r1, H), e0)
+    ab = add(R, mul(k(ip.R_AB), isz))  # (alpha, beta) = (1, 0)
+    mw = b.udiv(TMP_shape[0], B)  # TMP is [B, mw]: each range owns its rows
+    I_, nx, nxh = X_shape[2], P_shape[1], bx_shape[0]
+    pp = add(P, mul(r0, nx, isz))
+    W_ops, W_info = ops_shape[1], info_shape[1]
+    W_src, W_dst, W_seed = mul(src_shape[1], src_shape[2]), mul(dst_shape[1], dst_shape[2]), mul(seed_shape[1], seed_shape[2])
+
+    def at(v: ir.Value) -> ir.Value:  # the address of rows r0.. of the arena value at element v
+        return add(A, mul(add(v, e0), isz))
+
+    def panels(*mnk_a_lda_bp_c_ldc: ir.Value) -> None:  # the microkernel: C = A @ W's panels (acc 0, rows of A)
+        e.call(fpp, PANELS_SIG, [*mnk_a_lda_bp_c_ldc, k(0), k(0)])
+
+    def step(t: ir.Value) -> None:
+        def projection() -> None:  # this step's input projection, rows r0..r1: P = X[t] @ Wx
+            xa = add(X, mul(add(mul(t, X_shape[1]), r0), I_, isz))
+            with b.if_else(b.icmp_signed("!=", wx_panels, k(0))) as (yes, no):
+                with yes:
+                    panels(nr, nxh, I_, xa, I_, WX, pp, nx)
+                with no:
+                    e.gemm_blas(nr, nxh, I_, xa, I_, WX, nxh, pp, nx, ab, isz)
+
+        e.when(b.icmp_signed(">", nxh, k(0)), projection)
+        e.loop(ops_shape[0], lambda r: one_op(t, r))
+
+    def one_op(t: ir.Value, r: ir.Value) -> None:
+        row = mul(r, W_ops)
+
+        def col(c: int) -> ir.Value:
+            return load(ops, add(row, k(c)))
+
+        code, aux = col(ip.C_CODE), col(ip.C_AUX)
+        d, a, bb, c = (add(col(cc), mul(t, col(cm))) for cc, cm in ((ip.C_DC, ip.C_DM), (ip.C_AC, ip.C_AM),
+                                                                     (ip.C_BC, ip.C_BM), (ip.C_CC, ip.C_CM)))  # fmt: skip
+        done = b.append_basic_block("op.done")
+        switch = b.switch(code, done)
+
+        def case(codes: tuple[int, ...], body: Callable[[], None]) -> None:
+            block = b.append_basic_block(f"op.{codes[0]}")
+            for v in codes:
+                switch.add_case(k(v), block)
+            b.position_at_end(block)
+            body()
+            b.branch(done)
+
+        def state() -> None:  # a copied state (the others are read in place from the tape)
+            def copy() -> None:
+                first = add(S0, mul(add(mul(aux, S0_shape[1]), e0), isz))
+                src = b.select(b.icmp_signed("==", t, k(0)), first, at(a))
+                e.op("copy", ne, [at(d), src])
+
+            e.when(e.eq(col(ip.C_BG), 1), copy)
+
+        def rare() -> None:
+            fwd = _signatures(e.R_type.dtype)[0]
+            e.call(fpr, fwd, [code, aux, d, a, bb, A, A_shape[0], X, X_shape[0], X_shape[1], X_shape[2], t, consts,
+                              consts_shape[0], peeps, peeps_shape[0], H, r0, r1, zero])  # fmt: skip
+
+        def unless_folded(body: Callable[[], None]) -> Callable[[], None]:
+            return lambda: e.when(e.eq(col(ip.C_FOLD), 0), body)
+
+        def loadp() -> None:
+            pc = mul(aux, H)
+            e.op_rows("add", H, nr, [(at(d), H), (add(P, mul(add(mul(r0, nx), pc), isz)), nx), (add(bx, mul(pc, isz)), k(0))])
+
+        def bias() -> None:
+            e.op_rows("copy", H, nr, [(at(d), H), (add(biases, mul(aux, H, isz)), k(0))])
+
+        def gemm() -> None:
+            irow = mul(aux, W_info)
+            ns, nk, woff, pan = (load(info, add(irow, k(c))) for c in (0, 1, 2, ip.C_PF))
+            width = mul(ns, H)
+            koff = add(load(info, add(irow, k(3))), mul(t, B, width))
+
+            def gather(i: ir.Value) -> None:  # K[t] = [src_0 | src_1 | ...], one row per batch row
+                s = add(mul(aux, W_src), mul(i, src_shape[2]))
+                src = add(load(src_t, add(s, k(ip.S_C))), mul(t, load(src_t, add(s, k(ip.S_M)))))
+                kr = add(K, mul(add(koff, mul(r0, width), mul(i, H)), isz))
+                e.op_rows("copy", H, nr, [(kr, width), (at(src), H)])
+
+            e.loop(ns, gather)
+            ow = mul(nk, H)  # out: TMP's rows r0..r1, [nr, nk*H], row stride mw
+            oo = mul(r0, mw)
+            ka = add(K, mul(add(koff, mul(r0, width)), isz))
+            tmp = add(TMP, mul(oo, isz))
+            with b.if_else(b.icmp_signed(">=", pan, k(0))) as (yes, no):
+                with yes:
+                    panels(nr, ow, width, ka, width, add(W, mul(pan, isz)), tmp, mw)
+                with no:
+                    e.gemm_blas(nr, ow, width, ka, width, add(W, mul(woff, isz)), ow, tmp, mw, ab, isz)
+
+            def unpack(kk: ir.Value) -> None:  # each destination: the product plus its seed, one pass
+                s = add(mul(aux, W_dst), mul(kk, dst_shape[2]))
+                dst = at(add(load(dst_t, add(s, k(ip.S_C))), mul(t, load(dst_t, add(s, k(ip.S_M))))))
+                q = add(mul(aux, W_seed), mul(kk, seed_shape[2]))
+                kind, sx = load(seed, q), load(seed, add(q, k(1)))
+                prod = add(TMP, mul(add(oo, mul(kk, H)), isz))
+                other = b.append_basic_block("seed.add")  # (SEED_ADD: the product added to what is there)
+                end = b.append_basic_block("seed.done")
+                sw = b.switch(kind, other)
+
+                def seeded(v: int, body: Callable[[], None]) -> None:
+                    block = b.append_basic_block(f"seed.{v}")
+                    sw.add_case(k(v), block)
+                    b.position_at_end(block)
+                    body()
+                    b.branch(end)
+
+                def with_p() -> None:  # the input projection's block and bias, folded in
+                    pc = mul(sx, H)
+                    e.op_rows("add3", H, nr, [(dst, H), (prod, mw), (add(P, mul(add(mul(r0, nx), pc), isz)), nx),
+                                              (add(bx, mul(pc, isz)), k(0))])  # fmt: skip
+
+                def with_bias() -> None:
+                    e.op_rows("add", H, nr, [(dst, H), (prod, mw), (add(biases, mul(sx, H, isz)), k(0))])
+
+                def with_const() -> None:
+                    e.op_rows("add_scalar", H, nr, [(dst, H), (prod, mw), (add(consts, mul(sx, isz)), k(0))])
+
+                seeded(ip.SEED_P, with_p)
+                seeded(ip.SEED_BIAS, with_bias)
+                seeded(ip.SEED_CONST, with_const)
+                b.position_at_end(other)
+                e.op_rows("add", H, nr, [(dst, H), (dst, H), (prod, mw)])
+                b.branch(end)
+                b.position_at_end(end)
+
+            e.loop(nk, unpack)
+
+        case((ip.OP_STATE,), state)
+        case((ip.OP_X, ip.OP_SUB, ip.OP_RELU, ip.OP_PEEP), rare)
+        case((ip.OP_CONST,), unless_folded(rare))
+        case((ip.OP_LOADP,), unless_folded(loadp))
+        case((ip.OP_BIAS,), unless_folded(bias))
+        case((ip.OP_GEMM,), gemm)
+        case((ip.OP_ADD,), lambda: e.op("add", ne, [at(d), at(a), at(bb)]))
+        case((ip.OP_MUL,), lambda: e.op("mul", ne, [at(d), at(a), at(bb)]))
+        case((ip.OP_BLEND,), lambda: e.op("blend", ne, [at(d), at(a), at(bb), at(c)]))
+        case((ip.OP_SIGMOID,), lambda: e.op("sigmoid", ne, [at(d), at(a)]))
+        case((ip.OP_TANH,), lambda: e.op("tanh", ne, [at(d), at(a)]))
+        b.position_at_end(done)
+
+    e.loop(T, step)
+
+    def output(t: ir.Value) -> None:  # the output's taped values to out[t, xr + r0 .. xr + r1]
+        o = add(out_at, mul(add(t, k(1)), out_step))
+        dst = add(out, mul(add(mul(t, out_shape[1]), xr, r0), H, isz))
+        e.op("copy", ne, [dst, at(o)])
+
+    e.loop(T, output)
+    return context.get_dummy_value()
+
+
+@intrinsic(prefer_literal=False)
+def forward(
+    typingctx: Any, ops: Any, stage_info: Any, stage_src: Any, stage_dst: Any, seed: Any, T: Any, B: Any, H: Any, A: Any, P: Any,
+    bx: Any, X: Any, WX: Any, wx_panels: Any, S0: Any, consts: Any, biases: Any, peeps: Any, W: Any, K: Any, TMP: Any, R: Any,
+    r0: Any, r1: Any, out: Any, out_at: Any, out_step: Any, xr: Any, fpp: Any, fpr: Any,
+) -> Any:  # fmt: skip
+    """``interp.forward_rows``' loop, on its arguments (``FORWARD_ARGS``)."""
+    args = (ops, stage_info, stage_src, stage_dst, seed, T, B, H, A, P, bx, X, WX, wx_panels, S0, consts, biases, peeps, W, K,
+            TMP, R, r0, r1, out, out_at, out_step, xr, fpp, fpr)  # fmt: skip
+    return types.void(*args), _forward
+
+
+def _backward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
+    from . import interp as ip
+    from .blas import JOBS_SIG
+    from .microkernel import NR, PANELS_SIG
+    from .rare import _signatures
+
+    e = _Emitter(context, builder, sig, args, BACKWARD_ARGS)
+    b, k, add, mul, load, isz, zero = builder, e.k, e.add, e.mul, e.load, e.isz, e.zero
+    ops, ops_shape = e.array("ops")
+    info, info_shape = e.array("stage_info")
+    src_t, src_shape = e.array("stage_src")
+    dst_t, dst_shape = e.array("stage_dst")
+    A, A_shape = e.array("A")
+    state_g, _ = e.array("state_g")
+    update_g, _ = e.array("update_g")
+    dOut, dOut_shape = e.array("dOut")
+    dS, dS_shape = e.array("dS")
+    peeps, peeps_shape = e.array("peeps")
+    WT, _ = e.array("WT")
+    DZ, _ = e.array("DZ")
+    TMP, TMP_shape = e.array("TMP")
+    G, G_shape = e.array("G")
+    dP, dP_shape = e.array("dP")
+    dX, dX_shape = e.array("dX")
+    dB, _ = e.array("dB")
+    dPeep, _ = e.array("dPeep")
+    dBx, _ = e.array("dBx")
+    R, _ = e.array("R")
+    jobs, jobs_shape = e.array("jobs")
+    PK, _ = e.array("PK")
+    T, B, H, r0, r1, xr, output_g, chunk, SB = (e.scalar(n) for n in ("T", "B", "H", "r0", "r1", "xr", "output_g", "chunk", "SB"))
+    fpp, fpk, fpj, fpr = (e.scalar(n) for n in ("fpp", "fpk", "fpj", "fpr"))
+
+    BH = mul(B, H)
+    nr = b.sub(r1, r0)
+    e0 = mul(r0, H)
+    ne = b.sub(mul(r1, H), e0)
+    ab = add(R, mul(k(ip.R_AB), isz))  # (alpha, beta) = (1, 0), then (1, 1)
+    mw = b.udiv(TMP_shape[0], B)  # TMP is [B, mw]: each range owns its rows
+    # dS [nS, B*H] is the carry: each state's gradient into the step before (see interp.backward_rows)
+    cq = add(dS, mul(e0, isz))  # state s's rows at cq + s * BH * isz
+    dPw = dP_shape[1]
+    W_ops, W_info = ops_shape[1], info_shape[1]
+    W_src, W_dst = mul(src_shape[1], src_shape[2]), mul(dst_shape[1], dst_shape[2])
+
+    def g_at(v: ir.Value) -> ir.Value:  # rows r0.. of gradient slot offset v in G
+        return add(G, mul(add(v, e0), isz))
+
+    def a_at(v: ir.Value) -> ir.Value:  # rows r0.. of the tape's value at element v in A
+        return add(A, mul(add(v, e0), isz))
+
+    e.loop(b.udiv(G_shape[0], BH), lambda slot: e.op("zero", ne, [g_at(mul(slot, BH))]))
+
+    def step(t: ir.Value) -> None:
+        slot = b.urem(t, SB)  # this step's row block in the rings DZ and dP
+        og = g_at(output_g)
+        e.op("add", ne, [og, og, add(dOut, mul(add(mul(t, dOut_shape[1]), xr, r0), H, isz))])
+
+        def carry(s: ir.Value) -> None:
+            ug = g_at(load(update_g, s))
+            cs = add(cq, mul(s, BH, isz))
+            e.op("add", ne, [ug, ug, cs])
+            e.when(b.icmp_signed("<", load(state_g, s), k(0)), lambda: e.op("zero", ne, [cs]))
+
+        e.loop(dS_shape[0], carry)
+        e.loop_down(ops_shape[0], lambda r: one_op(t, slot, r))
+        e.when(e.eq(slot, 0), lambda: weight_gradients(t))
+
+    def weight_gradients(t: ir.Value) -> None:  # the first step of a block: its weight gradients
+        left = b.sub(T, t)
+        n = b.select(b.icmp_signed("<", SB, left), SB, left)
+        e.call(fpj, JOBS_SIG, [jobs, jobs_shape[0], chunk, t, n, ab, isz, fpp, fpk, PK])
+
+    def one_op(t: ir.Value, slot: ir.Value, r: ir.Value) -> None:
+        row = mul(r, W_ops)
+
+        def col(c: int) -> ir.Value:
+            return load(ops, add(row, k(c)))
+
+        code, aux = col(ip.C_CODE), col(ip.C_AUX)
+        gd, ga, gb, gc = (col(c) for c in (ip.C_DG, ip.C_AG, ip.C_BG, ip.C_CG))
+        d, a, bb, c = (add(col(cc), mul(t, col(cm))) for cc, cm in ((ip.C_DC, ip.C_DM), (ip.C_AC, ip.C_AM),
+                                                                     (ip.C_BC, ip.C_BM), (ip.C_CC, ip.C_CM)))  # fmt: skip
+
+        def rare() -> None:
+            bwd = _signatures(e.R_type.dtype)[1]
+            e.call(fpr, bwd, [code, aux, gd, ga, gb, a, A, A_shape[0], G, G_shape[0], dX, dX_shape[0], dX_shape[1],
+                              dX_shape[2], t, peeps, peeps_shape[0], dPeep, H, r0, r1, zero])  # fmt: skip
+
+        def loadp() -> None:  # (denormals flushed to zero, NaN kept)
+            pc = mul(aux, H)
+            pb = col(ip.C_DPB)
+            grow = g_at(gd)
+            with b.if_else(b.icmp_signed(">=", pb, k(0))) as (yes, no):
+                with yes:
+                    prow = add(dP, mul(add(mul(add(mul(slot, B), r0), dPw), mul(pb, H)), isz))
+                    e.op_rows("b_loadp", H, nr, [(grow, H), (prow, dPw), (add(dBx, mul(pc, isz)), k(0))])
+                with no:  # the stage's DZ holds this gradient already
+                    e.op_rows("b_loadp_bias", H, nr, [(grow, H), (add(dBx, mul(pc, isz)), k(0))])
+
+        def gemm() -> None:
+            irow = mul(aux, W_info)
+            ns, nk, woff, pb = (load(info, add(irow, k(cc))) for cc in (0, 1, 2, ip.C_PB))
+            width = mul(nk, H)
+            zoff = add(load(info, add(irow, k(ip.C_ZR))), mul(slot, B, width))
+
+            def gather(kk: ir.Value) -> None:  # DZ[t] = [g_dst_0 | g_dst_1 | ...], denormals flushed to zero
+                src = load(dst_t, add(mul(aux, W_dst), mul(kk, dst_shape[2]), k(ip.S_G)))
+                zr = add(DZ, mul(add(zoff, mul(r0, width), mul(kk, H)), isz))
+                e.op_rows("flush_copy", H, nr, [(zr, width), (g_at(src), H)])
+
+            e.loop(nk, gather)
+            sw = mul(ns, H)
+            oo = mul(r0, mw)
+            panels_ok = b.or_(b.icmp_signed("<", pb, k(0)), e.eq(b.urem(H, k(NR)), 0))
+            direct = b.and_(e.eq(ns, 1), panels_ok)  # straight into the source's gradient: G[src] +=
+            first_src = load(src_t, add(mul(aux, W_src), k(ip.S_G)))
+            cp = b.select(direct, add(G, mul(add(first_src, e0), isz)), add(TMP, mul(oo, isz)))
+            ldc = b.select(direct, H, mw)
+            acc = b.select(direct, k(1), k(0))
+            za = add(DZ, mul(add(zoff, mul(r0, width)), isz))
+            with b.if_else(b.icmp_signed(">=", pb, k(0))) as (yes, no):
+                with yes:
+                    e.call(fpp, PANELS_SIG, [nr, sw, width, za, width, add(WT, mul(pb, isz)), cp, ldc, acc, k(0)])
+                with no:
+                    abk = add(ab, mul(acc, k(2), isz))
+                    e.gemm_blas(nr, sw, width, za, width, add(WT, mul(woff, isz)), sw, cp, ldc, abk, isz)
+
+            def scatter(i: ir.Value) -> None:  # TMP's columns of source i added to its gradient
+                grow = g_at(load(src_t, add(mul(aux, W_src), mul(i, src_shape[2]), k(ip.S_G))))
+                e.op_rows("add", H, nr, [(grow, H), (grow, H), (add(TMP, mul(add(oo, mul(i, H)), isz)), mw)])
+
+            e.when(b.not_(direct), lambda: e.loop(ns, scatter))
+
+        e.cases(code, [
+            ((ip.OP_STATE,), lambda: e.op("move", ne, [g_at(gd), add(cq, mul(aux, BH, isz))])),
+            ((ip.OP_X, ip.OP_CONST, ip.OP_SUB, ip.OP_RELU, ip.OP_PEEP), rare),
+            ((ip.OP_LOADP,), loadp),
+            ((ip.OP_BIAS,), lambda: e.op_rows("b_bias", H, nr, [(g_at(gd), H), (add(dB, mul(aux, H, isz)), k(0))])),
+            ((ip.OP_GEMM,), gemm),
+            ((ip.OP_ADD,), lambda: e.op("b_add", ne, [g_at(gd), g_at(ga), g_at(gb)])),
+            ((ip.OP_MUL,), lambda: e.op("b_mul", ne, [g_at(gd), g_at(ga), g_at(gb), a_at(a), a_at(bb)])),
+            ((ip.OP_BLEND,), lambda: e.op("b_blend", ne, [g_at(gd), g_at(ga), g_at(gb), g_at(gc), a_at(a), a_at(bb), a_at(c)])),
+            ((ip.OP_SIGMOID,), lambda: e.op("b_sigmoid", ne, [g_at(gd), g_at(ga), a_at(d)])),
+            ((ip.OP_TANH,), lambda: e.op("b_tanh", ne, [g_at(gd), g_at(ga), a_at(d)])),
+        ], lambda: None)  # fmt: skip
+
+    e.loop_down(T, step)
+    return context.get_dummy_value()
+
+
+@intrinsic(prefer_literal=False)
+def backward(
+    typingctx: Any, ops: Any, stage_info: Any, stage_src: Any, stage_dst: Any, T: Any, B: Any, H: Any, A: Any, state_g: Any,
+    update_g: Any, output_g: Any, dOut: Any, dS: Any, peeps: Any, WT: Any, DZ: Any, TMP: Any, G: Any, dP: Any, dX: Any, dB: Any,
+    dPeep: Any, dBx: Any, R: Any, r0: Any, r1: Any, xr: Any, jobs: Any, chunk: Any, SB: Any, PK: Any, fpp: Any, fpk: Any,
+    fpj: Any, fpr: Any,
+) -> Any:  # fmt: skip
+    """``interp.backward_rows``' loop, on its arguments (``BACKWARD_ARGS``)."""
+    args = (ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, TMP, G,
+            dP, dX, dB, dPeep, dBx, R, r0, r1, xr, jobs, chunk, SB, PK, fpp, fpk, fpj, fpr)  # fmt: skip
+    return types.void(*args), _backward
+
+
+__all__ = ["BACKWARD_ARGS", "FORWARD_ARGS", "backward", "forward"]
