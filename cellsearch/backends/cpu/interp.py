@@ -13,10 +13,12 @@ The backward clears each gradient slot as its op reads it, not the whole of G ev
 never live at once share a slot (``kernel.gradient_slots``); the weight gradients are summed a block
 of steps at a time while that block's output gradients are in cache (``backward_rows``).
 
-Every loop over a block's elements (the ops, the seeding, copies, the gradients' bookkeeping) is a
-vector op from ``vector`` (explicit vectors written in LLVM IR): here they are calls with addresses,
-so the interpreters stay small to compile. The float32 GEMMs (``microkernel``), the job runner
-(``blas.run_jobs``) and the rarely used ops (``rare``) are C functions called by address: an njit
+The two time loops themselves are written in LLVM IR (``ir_loops``: ``forward_rows`` and
+``backward_rows`` are one call each), which Numba's front end compiled in ~1 s each; their docstrings
+here describe them. Every loop over a block's elements (the ops, the seeding, copies, the gradients'
+bookkeeping) is a vector op from ``vector`` (explicit vectors written in LLVM IR). The float32 GEMMs
+(``microkernel``), the job runner (``blas.run_jobs``) and the rarely used ops (``rare``) are C
+functions called by address: an njit
 callee would be linked into, and compiled again inside, each kernel's module (a machine's first use
 compiles all this; ``ahead.py``). Addresses are taken only of arrays passed in: Numba frees a local
 array after its last use by name, however long its address lives on.
@@ -30,9 +32,9 @@ survive, so that divergence is detected.
 
 The interpreters compile at LLVM's -O1, not Numba's -O3 (``compiling``): their loops are explicit
 vectors already and the rest is the dispatch of a few ops per step, which -O3's extra passes did not
-speed up in A/Bs in one process, while they cost ~0.1 s (7 %) of each interpreter's ~1.6 s compile
-on a machine's first use (benchmarks/README.md, session 13). (-O0 would save ~0.35 s, but its code
-holds addresses Numba will not cache, and ran the search's small steps 10-15 % slower.)
+speed up in A/Bs in one process, while they cost ~0.1 s of each interpreter's first compile on a
+machine (benchmarks/README.md, session 13). (-O0 would save more, but its code held addresses Numba
+will not cache, and ran the search's small steps 10-15 % slower.)
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from numba.extending import intrinsic
 from . import vector
 
 I64 = ir.IntType(64)
+Body = Callable[[], None]  # code emitted where it is called
 # the arguments, as ``interp.forward_rows`` and ``interp.backward_rows`` take them
 FORWARD_ARGS = ("ops stage_info stage_src stage_dst seed T B H A P bx X WX wx_panels S0 consts biases peeps W K TMP R r0 r1 "
                 "out out_at out_step xr fpp fpr").split()  # fmt: skip
@@ -86,9 +87,7 @@ class _Emitter:
         with cgutils.for_range(self.b, count) as lp:
             body(self.b.sub(self.b.sub(count, lp.index), self.k(1)))
 
-    def cases(
-        self, value: ir.Value, cases: list[tuple[tuple[int, ...], Callable[[], None]]], default: Callable[[], None]
-    ) -> None:
+    def cases(self, value: ir.Value, cases: list[tuple[tuple[int, ...], Body]], default: Body) -> None:
         """A switch on ``value``: the body of the first entry whose values hold it, else ``default``."""
         b = self.b
         other = b.append_basic_block("case.other")
@@ -106,7 +105,7 @@ class _Emitter:
         b.branch(done)
         b.position_at_end(done)
 
-    def when(self, cond: ir.Value, body: Callable[[], None]) -> None:  # if cond: body()
+    def when(self, cond: ir.Value, body: Body) -> None:  # if cond: body()
         with self.b.if_then(cond):
             body()
 
@@ -202,16 +201,6 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
         code, aux = col(ip.C_CODE), col(ip.C_AUX)
         d, a, bb, c = (add(col(cc), mul(t, col(cm))) for cc, cm in ((ip.C_DC, ip.C_DM), (ip.C_AC, ip.C_AM),
                                                                      (ip.C_BC, ip.C_BM), (ip.C_CC, ip.C_CM)))  # fmt: skip
-        done = b.append_basic_block("op.done")
-        switch = b.switch(code, done)
-
-        def case(codes: tuple[int, ...], body: Callable[[], None]) -> None:
-            block = b.append_basic_block(f"op.{codes[0]}")
-            for v in codes:
-                switch.add_case(k(v), block)
-            b.position_at_end(block)
-            body()
-            b.branch(done)
 
         def state() -> None:  # a copied state (the others are read in place from the tape)
             def copy() -> None:
@@ -226,7 +215,7 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
             e.call(fpr, fwd, [code, aux, d, a, bb, A, A_shape[0], X, X_shape[0], X_shape[1], X_shape[2], t, consts,
                               consts_shape[0], peeps, peeps_shape[0], H, r0, r1, zero])  # fmt: skip
 
-        def unless_folded(body: Callable[[], None]) -> Callable[[], None]:
+        def unless_folded(body: Body) -> Body:
             return lambda: e.when(e.eq(col(ip.C_FOLD), 0), body)
 
         def loadp() -> None:
@@ -265,16 +254,6 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
                 q = add(mul(aux, W_seed), mul(kk, seed_shape[2]))
                 kind, sx = load(seed, q), load(seed, add(q, k(1)))
                 prod = add(TMP, mul(add(oo, mul(kk, H)), isz))
-                other = b.append_basic_block("seed.add")  # (SEED_ADD: the product added to what is there)
-                end = b.append_basic_block("seed.done")
-                sw = b.switch(kind, other)
-
-                def seeded(v: int, body: Callable[[], None]) -> None:
-                    block = b.append_basic_block(f"seed.{v}")
-                    sw.add_case(k(v), block)
-                    b.position_at_end(block)
-                    body()
-                    b.branch(end)
 
                 def with_p() -> None:  # the input projection's block and bias, folded in
                     pc = mul(sx, H)
@@ -287,28 +266,26 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
                 def with_const() -> None:
                     e.op_rows("add_scalar", H, nr, [(dst, H), (prod, mw), (add(consts, mul(sx, isz)), k(0))])
 
-                seeded(ip.SEED_P, with_p)
-                seeded(ip.SEED_BIAS, with_bias)
-                seeded(ip.SEED_CONST, with_const)
-                b.position_at_end(other)
-                e.op_rows("add", H, nr, [(dst, H), (dst, H), (prod, mw)])
-                b.branch(end)
-                b.position_at_end(end)
+                def added() -> None:  # SEED_ADD: the product added to what is there
+                    e.op_rows("add", H, nr, [(dst, H), (dst, H), (prod, mw)])
+
+                e.cases(kind, [((ip.SEED_P,), with_p), ((ip.SEED_BIAS,), with_bias), ((ip.SEED_CONST,), with_const)], added)
 
             e.loop(nk, unpack)
 
-        case((ip.OP_STATE,), state)
-        case((ip.OP_X, ip.OP_SUB, ip.OP_RELU, ip.OP_PEEP), rare)
-        case((ip.OP_CONST,), unless_folded(rare))
-        case((ip.OP_LOADP,), unless_folded(loadp))
-        case((ip.OP_BIAS,), unless_folded(bias))
-        case((ip.OP_GEMM,), gemm)
-        case((ip.OP_ADD,), lambda: e.op("add", ne, [at(d), at(a), at(bb)]))
-        case((ip.OP_MUL,), lambda: e.op("mul", ne, [at(d), at(a), at(bb)]))
-        case((ip.OP_BLEND,), lambda: e.op("blend", ne, [at(d), at(a), at(bb), at(c)]))
-        case((ip.OP_SIGMOID,), lambda: e.op("sigmoid", ne, [at(d), at(a)]))
-        case((ip.OP_TANH,), lambda: e.op("tanh", ne, [at(d), at(a)]))
-        b.position_at_end(done)
+        e.cases(code, [
+            ((ip.OP_STATE,), state),
+            ((ip.OP_X, ip.OP_SUB, ip.OP_RELU, ip.OP_PEEP), rare),
+            ((ip.OP_CONST,), unless_folded(rare)),
+            ((ip.OP_LOADP,), unless_folded(loadp)),
+            ((ip.OP_BIAS,), unless_folded(bias)),
+            ((ip.OP_GEMM,), gemm),
+            ((ip.OP_ADD,), lambda: e.op("add", ne, [at(d), at(a), at(bb)])),
+            ((ip.OP_MUL,), lambda: e.op("mul", ne, [at(d), at(a), at(bb)])),
+            ((ip.OP_BLEND,), lambda: e.op("blend", ne, [at(d), at(a), at(bb), at(c)])),
+            ((ip.OP_SIGMOID,), lambda: e.op("sigmoid", ne, [at(d), at(a)])),
+            ((ip.OP_TANH,), lambda: e.op("tanh", ne, [at(d), at(a)])),
+        ], lambda: None)  # fmt: skip
 
     e.loop(T, step)
 
