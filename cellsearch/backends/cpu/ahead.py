@@ -2,8 +2,10 @@
 compiles the forward.
 
 The executor (``interp.py``) compiles once per machine and dtype, then loads from Numba's disk cache
-(~0.3 s). That one compile is ~2 s for the forward and ~2 s for the backward, and Numba compiles
-under one lock per process, so a cold first training step took ~4.5 s on one core. When the
+(~0.3 s). That one compile is ~1.6 s for the forward (its loop, the microkernel and the packed GEMM)
+and ~1.3 s for the backward (its loop and the job runner), and Numba compiles under one lock per
+process, so a cold first training step takes ~3-4 s on one core (it was ~4.5 s before the loops were
+written in LLVM IR, ``ir_loops.py``), ~2.2-2.7 s with this. When the
 backward is not in the cache yet, ``start`` launches ``python -m cellsearch.backends.cpu.ahead``,
 which compiles a kernel's backward for the argument types a real one passes (the same call path on
 a made-up one-step problem, not run) and the job runner it calls, and exits once Numba has written
