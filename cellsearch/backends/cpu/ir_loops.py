@@ -138,7 +138,7 @@ class _Emitter:
 def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
     from . import interp as ip  # (the tables' columns and op codes; interp imports this module)
     from .microkernel import PANELS_SIG
-    from .rare import _signatures
+    from .rare import signatures
 
     e = _Emitter(context, builder, sig, args, FORWARD_ARGS)
     b, k, add, mul, load, isz, zero = builder, e.k, e.add, e.mul, e.load, e.isz, e.zero
@@ -211,7 +211,7 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
             e.when(e.eq(col(ip.C_BG), 1), copy)
 
         def rare() -> None:
-            fwd = _signatures(e.R_type.dtype)[0]
+            fwd = signatures(e.R_type.dtype)[0]
             e.call(fpr, fwd, [code, aux, d, a, bb, A, A_shape[0], X, X_shape[0], X_shape[1], X_shape[2], t, consts,
                               consts_shape[0], peeps, peeps_shape[0], H, r0, r1, zero])  # fmt: skip
 
@@ -314,7 +314,7 @@ def _backward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
     from . import interp as ip
     from .blas import JOBS_SIG
     from .microkernel import NR, PANELS_SIG
-    from .rare import _signatures
+    from .rare import signatures
 
     e = _Emitter(context, builder, sig, args, BACKWARD_ARGS)
     b, k, add, mul, load, isz, zero = builder, e.k, e.add, e.mul, e.load, e.isz, e.zero
@@ -395,7 +395,7 @@ def _backward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
                                                                      (ip.C_BC, ip.C_BM), (ip.C_CC, ip.C_CM)))  # fmt: skip
 
         def rare() -> None:
-            bwd = _signatures(e.R_type.dtype)[1]
+            bwd = signatures(e.R_type.dtype)[1]
             e.call(fpr, bwd, [code, aux, gd, ga, gb, a, A, A_shape[0], G, G_shape[0], dX, dX_shape[0], dX_shape[1],
                               dX_shape[2], t, peeps, peeps_shape[0], dPeep, H, r0, r1, zero])  # fmt: skip
 

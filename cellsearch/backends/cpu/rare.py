@@ -130,14 +130,15 @@ def rare_backward(
 _I, _U = types.int64, types.uint64
 
 
-def _signatures(like: Any) -> tuple[Any, Any]:
+def signatures(like: Any) -> tuple[Any, Any]:
+    """The C signatures of ``rare_forward`` and ``rare_backward`` for values of Numba type ``like``."""
     fwd = types.void(_I, _I, _U, _U, _U, _U, _I, _U, _I, _I, _I, _I, _U, _I, _U, _I, _I, _I, _I, like)
     bwd = types.void(_I, _I, _U, _U, _U, _U, _U, _I, _U, _I, _U, _I, _I, _I, _I, _U, _I, _U, _I, _I, _I, like)
     return fwd, bwd
 
 
 for _dt in (types.float32, types.float64):
-    _fwd, _bwd = _signatures(_dt)
+    _fwd, _bwd = signatures(_dt)
     FUNCTIONS[f"rare_forward_{_dt}"] = (rare_forward, _fwd)
     FUNCTIONS[f"rare_backward_{_dt}"] = (rare_backward, _bwd)
 
@@ -149,14 +150,14 @@ def _callers() -> tuple[Any, Any]:
     @intrinsic(prefer_literal=False)
     def forward(typingctx: Any, fn: Any, code: Any, aux: Any, d: Any, a: Any, b: Any, pA: Any, nA: Any, pX: Any, T: Any, B: Any,
                 I: Any, t: Any, pC: Any, nC: Any, pP: Any, nP: Any, H: Any, r0: Any, r1: Any, like: Any) -> Any:  # fmt: skip
-        sig = _signatures(like)[0]
+        sig = signatures(like)[0]
         return types.void(types.uintp, *sig.args), lambda ctx, bld, sg, args: call_c(ctx, bld, sig, sg, args)
 
     @intrinsic(prefer_literal=False)
     def backward(typingctx: Any, fn: Any, code: Any, aux: Any, gd: Any, ga: Any, gb: Any, a: Any, pA: Any, nA: Any, pG: Any,
                  nG: Any, pdX: Any, T: Any, B: Any, I: Any, t: Any, pP: Any, nP: Any, pdP: Any, H: Any, r0: Any, r1: Any,
                  like: Any) -> Any:  # fmt: skip
-        sig = _signatures(like)[1]
+        sig = signatures(like)[1]
         return types.void(types.uintp, *sig.args), lambda ctx, bld, sg, args: call_c(ctx, bld, sig, sg, args)
 
     return forward, backward
@@ -170,4 +171,4 @@ def rare_name(direction: str, dtype: np.dtype) -> str:
     return f"rare_{direction}_{np.dtype(dtype).name}"
 
 
-__all__ = ["RARE", "call_rare_backward", "call_rare_forward", "rare_backward", "rare_forward", "rare_name"]
+__all__ = ["RARE", "call_rare_backward", "call_rare_forward", "rare_backward", "rare_forward", "rare_name", "signatures"]
