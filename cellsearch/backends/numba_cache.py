@@ -8,10 +8,18 @@ in cellsearch's own files there; every other library's cache stays where Numba p
 per source folder (its name and a hash of its path, as Numba names them), so two installs never
 share an index. Numba writes its index and data files through a temporary file and a rename, so
 processes compiling at once cannot corrupt it.
+
+Numba keys a cached function by its own source file (a hash of it), but a kernel's compiled code
+also holds its neighbours': the intrinsics of ``cpu/vector.py``, the loops of ``cpu/ir_loops.py``,
+the microkernel's tiles. So the stamp here adds a digest of every source file of ``backends/``
+(``sources_digest``): after any change there, every kernel compiles afresh rather than running stale
+code. (With ``NUMBA_CACHE_DIR`` set, Numba's own locator and stamp apply.)
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -33,6 +41,17 @@ def kernels_dir() -> Path:
     except ImportError as e:  # pragma: no cover - a dependency
         raise ConfigError("platformdirs is missing: pip install platformdirs") from e
     return Path(platformdirs.user_cache_dir("cellsearch")) / "kernels"
+
+
+@functools.cache
+def sources_digest(root: Path = _PACKAGE / "backends") -> bytes:
+    """A digest of every ``.py`` file under ``root`` (names and contents), read once per process."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(b"\0")
+        h.update(path.read_bytes())
+    return h.digest()
 
 
 def install() -> None:
@@ -64,6 +83,9 @@ def install() -> None:
 
         def get_cache_path(self) -> str:
             return self._cache_path
+
+        def get_source_stamp(self) -> Any:  # this file's stamp, and the backends' sources (see above)
+            return (super().get_source_stamp(), sources_digest())
 
         @classmethod
         def from_function(cls, py_func: Any, py_file: str) -> Any:

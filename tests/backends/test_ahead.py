@@ -149,3 +149,51 @@ def test_interpreters_compile_at_their_own_optimisation_level(monkeypatch):
     with interp.compiling("backward", np.dtype(np.float32)):
         assert int(config.OPT) == 0
     assert int(config.OPT) == 0
+
+
+def test_sources_digest_follows_every_backend_file(tmp_path):
+    from cellsearch.backends.numba_cache import sources_digest
+
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "cpu" / "b.py").write_text("y = 2\n")
+    first = sources_digest.__wrapped__(tmp_path)
+    assert sources_digest.__wrapped__(tmp_path) == first
+    (tmp_path / "cpu" / "b.py").write_text("y = 3\n")
+    second = sources_digest.__wrapped__(tmp_path)
+    assert second != first
+    (tmp_path / "cpu" / "c.py").write_text("")
+    assert sources_digest.__wrapped__(tmp_path) != second
+
+
+DIGEST_SCRIPT = """
+import sys, numpy as np
+import cellsearch.backends.numba_cache as nc
+if sys.argv[1] != "same":
+    nc.sources_digest = lambda root=None: b"another tree"  # as after an edit to, say, ir_loops.py
+from cellsearch.backends import compile
+from cellsearch.backends.cpu import interp
+from cellsearch.ir.params import init_params
+from cellsearch.zoo import load
+cell = load("gru")
+params = init_params(cell, 3, 5, np.random.default_rng(0), dtype=np.float32)
+compile(cell, "cpu").forward(params, np.zeros((2, 2, 3), np.float32))
+s = interp.forward_rows.stats
+print(sum(s.cache_hits.values()), sum(s.cache_misses.values()))
+"""
+
+
+def test_an_edit_to_any_backend_file_invalidates_the_cached_kernels(tmp_path):
+    """A kernel cached under $CELLSEARCH_CACHE_DIR is loaded while the backends' sources are the same,
+    and compiled again when any of them differs (not only its own file: Numba's stamp alone)."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(CELLSEARCH_CACHE_DIR=str(tmp_path / "cs"), CELLSEARCH_COMPILE_AHEAD="0")
+
+    def run(which):
+        out = subprocess.run([sys.executable, "-c", DIGEST_SCRIPT, which], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return tuple(int(v) for v in out.stdout.split())
+
+    assert run("same") == (0, 1)  # cold: compiled and cached
+    assert run("same") == (1, 0)  # loaded
+    assert run("other") == (0, 1)  # another tree: compiled again
