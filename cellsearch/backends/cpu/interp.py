@@ -49,8 +49,6 @@ from numba.core import config
 from numba.core.compiler_lock import global_compiler_lock
 
 from . import ir_loops, vector
-from .blas import gemm_at
-from .microkernel import call_panels
 
 #: LLVM's optimisation level for the interpreters' first compile (Numba's own, ``NUMBA_OPT``, if lower)
 OPT = 1
@@ -133,19 +131,6 @@ S_G, S_C, S_M = 0, 1, 2
 C_PF, C_PB = 6, 7
 # and a third: where the stage's ring of output gradients starts in DZ (``backward_rows``)
 C_ZR = 8
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _step_gemm(M, N, K, a, wp, woff, panels, c, ldc, ab, isz, acc, fpp):
-    """A stage's per-step GEMM: C[M, N] (row stride ldc) (+)= A[M, K] (address a, rows of K) @ the
-    stage's weights in the flat array at wp: as panels at offset ``panels`` where the weights were
-    packed (float32: the microkernel), else the plain [K, N] matrix at offset woff through BLAS;
-    ``+=`` where acc is nonzero (ab: the address of the (alpha, beta) pairs (1, 0), (1, 1); fpp: the
-    microkernel's address, ``microkernel.address("panels")``)."""
-    if panels >= 0:
-        call_panels(fpp, M, N, K, a, K, wp + np.uint64(panels) * isz, c, ldc, acc, 0)
-    else:
-        gemm_at(False, False, M, N, K, a, K, wp + woff * isz, N, c, ldc, ab + (np.uint64(2) * isz if acc else np.uint64(0)), isz)
 
 
 @njit(cache=True, error_model="numpy")

@@ -49,6 +49,14 @@ class _Emitter:
         self.isz = ir.Constant(I64, context.get_abi_sizeof(context.get_value_type(self.R_type.dtype)))
         R = context.make_array(self.R_type)(context, builder, self.vals["R"])
         self.zero = builder.load(builder.gep(R.data, [ir.Constant(I64, vector.R_ZERO)]))  # (0 in the dtype)
+        # every array argument's data address (i64) and shape
+        self.addr: dict[str, ir.Value] = {}
+        self.shape: dict[str, list[ir.Value]] = {}
+        for name, ty in self.types.items():
+            if isinstance(ty, types.Array):
+                ary = context.make_array(ty)(context, builder, self.vals[name])
+                self.addr[name] = builder.ptrtoint(ary.data, I64)
+                self.shape[name] = cgutils.unpack_tuple(builder, ary.shape)
 
     def k(self, v: int) -> ir.Constant:
         return ir.Constant(I64, v)
@@ -58,10 +66,17 @@ class _Emitter:
         v, ty = self.vals[name], self.types[name]
         return self.ctx.cast(self.b, v, ty, types.int64)
 
-    def array(self, name: str) -> tuple[ir.Value, list[ir.Value]]:
-        """An array argument's data address (i64) and its shape."""
-        ary = self.ctx.make_array(self.types[name])(self.ctx, self.b, self.vals[name])
-        return self.b.ptrtoint(ary.data, I64), cgutils.unpack_tuple(self.b, ary.shape)
+    def addrs(self, names: str) -> list[ir.Value]:
+        """The data addresses of the array arguments ``names`` (space-separated)."""
+        return [self.addr[n] for n in names.split()]
+
+    def row(self, name: str) -> ir.Value:
+        """Elements per entry of the array argument ``name``'s first axis (a C-contiguous table's row)."""
+        return self.mul(self.k(1), *self.shape[name][1:])
+
+    def scalars(self, names: str) -> list[ir.Value]:
+        """The integer arguments ``names`` (space-separated), as i64."""
+        return [self.scalar(n) for n in names.split()]
 
     def add(self, *vs: ir.Value) -> ir.Value:
         out = vs[0]
@@ -142,37 +157,19 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
 
     e = _Emitter(context, builder, sig, args, FORWARD_ARGS)
     b, k, add, mul, load, isz, zero = builder, e.k, e.add, e.mul, e.load, e.isz, e.zero
-    ops, ops_shape = e.array("ops")
-    info, info_shape = e.array("stage_info")
-    src_t, src_shape = e.array("stage_src")
-    dst_t, dst_shape = e.array("stage_dst")
-    seed, seed_shape = e.array("seed")
-    A, A_shape = e.array("A")
-    P, P_shape = e.array("P")
-    bx, bx_shape = e.array("bx")
-    X, X_shape = e.array("X")
-    WX, _ = e.array("WX")
-    S0, S0_shape = e.array("S0")
-    consts, consts_shape = e.array("consts")
-    biases, _ = e.array("biases")
-    peeps, peeps_shape = e.array("peeps")
-    W, _ = e.array("W")
-    K, _ = e.array("K")
-    TMP, TMP_shape = e.array("TMP")
-    R, _ = e.array("R")
-    out, out_shape = e.array("out")
-    T, B, H, r0, r1 = (e.scalar(n) for n in ("T", "B", "H", "r0", "r1"))
-    wx_panels, out_at, out_step, xr = (e.scalar(n) for n in ("wx_panels", "out_at", "out_step", "xr"))
-    fpp, fpr = e.scalar("fpp"), e.scalar("fpr")
+    ops, info, src_t, dst_t, seed, A, P, bx, X, WX, S0, consts, biases, peeps, W, K, TMP, R, out = e.addrs(
+        "ops stage_info stage_src stage_dst seed A P bx X WX S0 consts biases peeps W K TMP R out"
+    )
+    T, B, H, r0, r1, wx_panels, out_at, out_step, xr, fpp, fpr = e.scalars("T B H r0 r1 wx_panels out_at out_step xr fpp fpr")
+    shape = e.shape
     nr = b.sub(r1, r0)
     e0 = mul(r0, H)
     ne = b.sub(mul(r1, H), e0)
     ab = add(R, mul(k(ip.R_AB), isz))  # (alpha, beta) = (1, 0)
-    mw = b.udiv(TMP_shape[0], B)  # TMP is [B, mw]: each range owns its rows
-    I_, nx, nxh = X_shape[2], P_shape[1], bx_shape[0]
+    mw = b.udiv(shape["TMP"][0], B)  # TMP is [B, mw]: each range owns its rows
+    I_, nx, nxh = shape["X"][2], shape["P"][1], shape["bx"][0]
     pp = add(P, mul(r0, nx, isz))
-    W_ops, W_info = ops_shape[1], info_shape[1]
-    W_src, W_dst, W_seed = mul(src_shape[1], src_shape[2]), mul(dst_shape[1], dst_shape[2]), mul(seed_shape[1], seed_shape[2])
+    W_ops, W_info, W_src, W_dst, W_seed = (e.row(n) for n in ("ops", "stage_info", "stage_src", "stage_dst", "seed"))
 
     def at(v: ir.Value) -> ir.Value:  # the address of rows r0.. of the arena value at element v
         return add(A, mul(add(v, e0), isz))
@@ -182,7 +179,7 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
 
     def step(t: ir.Value) -> None:
         def projection() -> None:  # this step's input projection, rows r0..r1: P = X[t] @ Wx
-            xa = add(X, mul(add(mul(t, X_shape[1]), r0), I_, isz))
+            xa = add(X, mul(add(mul(t, shape["X"][1]), r0), I_, isz))
             with b.if_else(b.icmp_signed("!=", wx_panels, k(0))) as (yes, no):
                 with yes:
                     panels(nr, nxh, I_, xa, I_, WX, pp, nx)
@@ -190,7 +187,7 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
                     e.gemm_blas(nr, nxh, I_, xa, I_, WX, nxh, pp, nx, ab, isz)
 
         e.when(b.icmp_signed(">", nxh, k(0)), projection)
-        e.loop(ops_shape[0], lambda r: one_op(t, r))
+        e.loop(shape["ops"][0], lambda r: one_op(t, r))
 
     def one_op(t: ir.Value, r: ir.Value) -> None:
         row = mul(r, W_ops)
@@ -204,7 +201,7 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
 
         def state() -> None:  # a copied state (the others are read in place from the tape)
             def copy() -> None:
-                first = add(S0, mul(add(mul(aux, S0_shape[1]), e0), isz))
+                first = add(S0, mul(add(mul(aux, shape["S0"][1]), e0), isz))
                 src = b.select(b.icmp_signed("==", t, k(0)), first, at(a))
                 e.op("copy", ne, [at(d), src])
 
@@ -212,8 +209,8 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
 
         def rare() -> None:
             fwd = signatures(e.R_type.dtype)[0]
-            e.call(fpr, fwd, [code, aux, d, a, bb, A, A_shape[0], X, X_shape[0], X_shape[1], X_shape[2], t, consts,
-                              consts_shape[0], peeps, peeps_shape[0], H, r0, r1, zero])  # fmt: skip
+            e.call(fpr, fwd, [code, aux, d, a, bb, A, shape["A"][0], X, shape["X"][0], shape["X"][1], shape["X"][2], t, consts,
+                              shape["consts"][0], peeps, shape["peeps"][0], H, r0, r1, zero])  # fmt: skip
 
         def unless_folded(body: Body) -> Body:
             return lambda: e.when(e.eq(col(ip.C_FOLD), 0), body)
@@ -232,7 +229,7 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
             koff = add(load(info, add(irow, k(3))), mul(t, B, width))
 
             def gather(i: ir.Value) -> None:  # K[t] = [src_0 | src_1 | ...], one row per batch row
-                s = add(mul(aux, W_src), mul(i, src_shape[2]))
+                s = add(mul(aux, W_src), mul(i, shape["stage_src"][2]))
                 src = add(load(src_t, add(s, k(ip.S_C))), mul(t, load(src_t, add(s, k(ip.S_M)))))
                 kr = add(K, mul(add(koff, mul(r0, width), mul(i, H)), isz))
                 e.op_rows("copy", H, nr, [(kr, width), (at(src), H)])
@@ -249,9 +246,9 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
                     e.gemm_blas(nr, ow, width, ka, width, add(W, mul(woff, isz)), ow, tmp, mw, ab, isz)
 
             def unpack(kk: ir.Value) -> None:  # each destination: the product plus its seed, one pass
-                s = add(mul(aux, W_dst), mul(kk, dst_shape[2]))
+                s = add(mul(aux, W_dst), mul(kk, shape["stage_dst"][2]))
                 dst = at(add(load(dst_t, add(s, k(ip.S_C))), mul(t, load(dst_t, add(s, k(ip.S_M))))))
-                q = add(mul(aux, W_seed), mul(kk, seed_shape[2]))
+                q = add(mul(aux, W_seed), mul(kk, shape["seed"][2]))
                 kind, sx = load(seed, q), load(seed, add(q, k(1)))
                 prod = add(TMP, mul(add(oo, mul(kk, H)), isz))
 
@@ -291,7 +288,7 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
 
     def output(t: ir.Value) -> None:  # the output's taped values to out[t, xr + r0 .. xr + r1]
         o = add(out_at, mul(add(t, k(1)), out_step))
-        dst = add(out, mul(add(mul(t, out_shape[1]), xr, r0), H, isz))
+        dst = add(out, mul(add(mul(t, shape["out"][1]), xr, r0), H, isz))
         e.op("copy", ne, [dst, at(o)])
 
     e.loop(T, output)
@@ -318,42 +315,22 @@ def _backward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
 
     e = _Emitter(context, builder, sig, args, BACKWARD_ARGS)
     b, k, add, mul, load, isz, zero = builder, e.k, e.add, e.mul, e.load, e.isz, e.zero
-    ops, ops_shape = e.array("ops")
-    info, info_shape = e.array("stage_info")
-    src_t, src_shape = e.array("stage_src")
-    dst_t, dst_shape = e.array("stage_dst")
-    A, A_shape = e.array("A")
-    state_g, _ = e.array("state_g")
-    update_g, _ = e.array("update_g")
-    dOut, dOut_shape = e.array("dOut")
-    dS, dS_shape = e.array("dS")
-    peeps, peeps_shape = e.array("peeps")
-    WT, _ = e.array("WT")
-    DZ, _ = e.array("DZ")
-    TMP, TMP_shape = e.array("TMP")
-    G, G_shape = e.array("G")
-    dP, dP_shape = e.array("dP")
-    dX, dX_shape = e.array("dX")
-    dB, _ = e.array("dB")
-    dPeep, _ = e.array("dPeep")
-    dBx, _ = e.array("dBx")
-    R, _ = e.array("R")
-    jobs, jobs_shape = e.array("jobs")
-    PK, _ = e.array("PK")
-    T, B, H, r0, r1, xr, output_g, chunk, SB = (e.scalar(n) for n in ("T", "B", "H", "r0", "r1", "xr", "output_g", "chunk", "SB"))
-    fpp, fpk, fpj, fpr = (e.scalar(n) for n in ("fpp", "fpk", "fpj", "fpr"))
+    ops, info, src_t, dst_t, A, state_g, update_g, dOut, dS, peeps, WT, DZ, TMP, G, dP, dX, dB, dPeep, dBx, R, jobs, PK = e.addrs(
+        "ops stage_info stage_src stage_dst A state_g update_g dOut dS peeps WT DZ TMP G dP dX dB dPeep dBx R jobs PK"
+    )
+    T, B, H, r0, r1, xr, output_g, chunk, SB, fpp, fpk, fpj, fpr = e.scalars("T B H r0 r1 xr output_g chunk SB fpp fpk fpj fpr")
+    shape = e.shape
 
     BH = mul(B, H)
     nr = b.sub(r1, r0)
     e0 = mul(r0, H)
     ne = b.sub(mul(r1, H), e0)
     ab = add(R, mul(k(ip.R_AB), isz))  # (alpha, beta) = (1, 0), then (1, 1)
-    mw = b.udiv(TMP_shape[0], B)  # TMP is [B, mw]: each range owns its rows
+    mw = b.udiv(shape["TMP"][0], B)  # TMP is [B, mw]: each range owns its rows
     # dS [nS, B*H] is the carry: each state's gradient into the step before (see interp.backward_rows)
     cq = add(dS, mul(e0, isz))  # state s's rows at cq + s * BH * isz
-    dPw = dP_shape[1]
-    W_ops, W_info = ops_shape[1], info_shape[1]
-    W_src, W_dst = mul(src_shape[1], src_shape[2]), mul(dst_shape[1], dst_shape[2])
+    dPw = shape["dP"][1]
+    W_ops, W_info, W_src, W_dst = (e.row(n) for n in ("ops", "stage_info", "stage_src", "stage_dst"))
 
     def g_at(v: ir.Value) -> ir.Value:  # rows r0.. of gradient slot offset v in G
         return add(G, mul(add(v, e0), isz))
@@ -361,12 +338,12 @@ def _backward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
     def a_at(v: ir.Value) -> ir.Value:  # rows r0.. of the tape's value at element v in A
         return add(A, mul(add(v, e0), isz))
 
-    e.loop(b.udiv(G_shape[0], BH), lambda slot: e.op("zero", ne, [g_at(mul(slot, BH))]))
+    e.loop(b.udiv(shape["G"][0], BH), lambda slot: e.op("zero", ne, [g_at(mul(slot, BH))]))
 
     def step(t: ir.Value) -> None:
         slot = b.urem(t, SB)  # this step's row block in the rings DZ and dP
         og = g_at(output_g)
-        e.op("add", ne, [og, og, add(dOut, mul(add(mul(t, dOut_shape[1]), xr, r0), H, isz))])
+        e.op("add", ne, [og, og, add(dOut, mul(add(mul(t, shape["dOut"][1]), xr, r0), H, isz))])
 
         def carry(s: ir.Value) -> None:
             ug = g_at(load(update_g, s))
@@ -374,14 +351,14 @@ def _backward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
             e.op("add", ne, [ug, ug, cs])
             e.when(b.icmp_signed("<", load(state_g, s), k(0)), lambda: e.op("zero", ne, [cs]))
 
-        e.loop(dS_shape[0], carry)
-        e.loop_down(ops_shape[0], lambda r: one_op(t, slot, r))
+        e.loop(shape["dS"][0], carry)
+        e.loop_down(shape["ops"][0], lambda r: one_op(t, slot, r))
         e.when(e.eq(slot, 0), lambda: weight_gradients(t))
 
     def weight_gradients(t: ir.Value) -> None:  # the first step of a block: its weight gradients
         left = b.sub(T, t)
         n = b.select(b.icmp_signed("<", SB, left), SB, left)
-        e.call(fpj, JOBS_SIG, [jobs, jobs_shape[0], chunk, t, n, ab, isz, fpp, fpk, PK])
+        e.call(fpj, JOBS_SIG, [jobs, shape["jobs"][0], chunk, t, n, ab, isz, fpp, fpk, PK])
 
     def one_op(t: ir.Value, slot: ir.Value, r: ir.Value) -> None:
         row = mul(r, W_ops)
@@ -396,8 +373,8 @@ def _backward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
 
         def rare() -> None:
             bwd = signatures(e.R_type.dtype)[1]
-            e.call(fpr, bwd, [code, aux, gd, ga, gb, a, A, A_shape[0], G, G_shape[0], dX, dX_shape[0], dX_shape[1],
-                              dX_shape[2], t, peeps, peeps_shape[0], dPeep, H, r0, r1, zero])  # fmt: skip
+            e.call(fpr, bwd, [code, aux, gd, ga, gb, a, A, shape["A"][0], G, shape["G"][0], dX, shape["dX"][0], shape["dX"][1],
+                              shape["dX"][2], t, peeps, shape["peeps"][0], dPeep, H, r0, r1, zero])  # fmt: skip
 
         def loadp() -> None:  # (denormals flushed to zero, NaN kept)
             pc = mul(aux, H)
@@ -417,7 +394,7 @@ def _backward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
             zoff = add(load(info, add(irow, k(ip.C_ZR))), mul(slot, B, width))
 
             def gather(kk: ir.Value) -> None:  # DZ[t] = [g_dst_0 | g_dst_1 | ...], denormals flushed to zero
-                src = load(dst_t, add(mul(aux, W_dst), mul(kk, dst_shape[2]), k(ip.S_G)))
+                src = load(dst_t, add(mul(aux, W_dst), mul(kk, shape["stage_dst"][2]), k(ip.S_G)))
                 zr = add(DZ, mul(add(zoff, mul(r0, width), mul(kk, H)), isz))
                 e.op_rows("flush_copy", H, nr, [(zr, width), (g_at(src), H)])
 
@@ -439,7 +416,7 @@ def _backward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
                     e.gemm_blas(nr, sw, width, za, width, add(WT, mul(woff, isz)), sw, cp, ldc, abk, isz)
 
             def scatter(i: ir.Value) -> None:  # TMP's columns of source i added to its gradient
-                grow = g_at(load(src_t, add(mul(aux, W_src), mul(i, src_shape[2]), k(ip.S_G))))
+                grow = g_at(load(src_t, add(mul(aux, W_src), mul(i, shape["stage_src"][2]), k(ip.S_G))))
                 e.op_rows("add", H, nr, [(grow, H), (grow, H), (add(TMP, mul(add(oo, mul(i, H)), isz)), mw)])
 
             e.when(b.not_(direct), lambda: e.loop(ns, scatter))

@@ -116,14 +116,14 @@ N_PTRS = 7
 N_ROW_PTRS = 4
 
 
-def _emit(context: Any, builder: ir.IRBuilder, sig: Any, n: ir.Value, ptrs: list[ir.Value], R: ir.Value, body: Body) -> None:
+def _emit(context: Any, builder: ir.IRBuilder, R_type: Any, n: ir.Value, ptrs: list[ir.Value], R: ir.Value, body: Body) -> None:
     """``body`` over elements 0..n of the operands at ptrs (typed pointers): whole vectors, then one
-    element at a time."""
-    dtype = sig.args[-1].dtype
+    element at a time (R: the constants, an array of Numba type ``R_type``)."""
+    dtype = R_type.dtype
     el = context.get_value_type(dtype)
     width = 16 if dtype == types.float32 else 8
     i64 = ir.IntType(64)
-    Ra = context.make_array(sig.args[-1])(context, builder, R)
+    Ra = context.make_array(R_type)(context, builder, R)
     consts = [builder.load(builder.gep(Ra.data, [ir.Constant(i64, k)])) for k in range(R_TINY + 1)]
     vec = ir.VectorType(el, width)
 
@@ -153,7 +153,7 @@ def emit(context: Any, builder: ir.IRBuilder, R_type: Any, R: ir.Value, body: Bo
     directly (``forward_ir``)."""
     el = context.get_value_type(R_type.dtype)
     ptrs = [builder.inttoptr(a, el.as_pointer()) for a in addrs]
-    _emit(context, builder, types.void(R_type), n, ptrs, R, body)
+    _emit(context, builder, R_type, n, ptrs, R, body)
 
 
 def emit_rows(context: Any, builder: ir.IRBuilder, R_type: Any, R: ir.Value, body: Body, n: ir.Value, rows: ir.Value,
@@ -172,7 +172,7 @@ def emit_rows(context: Any, builder: ir.IRBuilder, R_type: Any, R: ir.Value, bod
     r = builder.phi(i64)
     r.add_incoming(zero, pre)
     ptrs = [builder.gep(b, [builder.mul(r, st)]) for b, (_, st) in zip(bases, operands, strict=True)]
-    _emit(context, builder, types.void(R_type), n, ptrs, R, body)
+    _emit(context, builder, R_type, n, ptrs, R, body)
     nxt = builder.add(r, ir.Constant(i64, 1))
     r.add_incoming(nxt, builder.basic_block)
     builder.cbranch(builder.icmp_signed("<", nxt, rows), head, done)
