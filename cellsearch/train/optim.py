@@ -28,15 +28,6 @@ Array = np.ndarray
 
 
 @njit(cache=True, error_model="numpy")
-def _sum_squares(g):  # pragma: no cover - njit
-    s = 0.0
-    for i in range(g.size):
-        v = np.float64(g[i])
-        s += v * v
-    return s
-
-
-@njit(cache=True, error_model="numpy")
 def _sum_squares_by_part(g, parts):  # pragma: no cover - njit
     """``global_norm``'s sum over the parts ``g[parts[i, 0]:parts[i, 1]]``: each part's float64
     squares summed in order, then the parts' sums in the rows' order (what the per-array loop does)."""
@@ -61,7 +52,10 @@ def global_norm(grads: dict[str, Array]) -> float:
     total = 0.0
     for g in grads.values():
         g = np.asarray(g)
-        total += _sum_squares(g.reshape(-1)) if _flat(g) else float(np.sum(np.square(g, dtype=np.float64)))
+        if _flat(g):  # (one part: 0.0 plus its sum, which is its sum)
+            total += _sum_squares_by_part(g.reshape(-1), np.array([[0, g.size]], dtype=np.int64))
+        else:
+            total += float(np.sum(np.square(g, dtype=np.float64)))
     return float(np.sqrt(total))
 
 
@@ -157,9 +151,13 @@ class Adam:
         if self._mv is None:
             self._mv = (np.zeros_like(p), np.zeros_like(p))
         m, v = self._mv
-        f = p.dtype.type
-        _adam(p, g, m, v, f(self.beta1), f(1.0 - self.beta1), f(self.beta2), f(1.0 - self.beta2), f(self.lr / c1), f(c2),
-              f(self.eps))  # fmt: skip
+        _adam(p, g, m, v, *self._scalars(p.dtype, c1, c2))
+
+    def _scalars(self, dtype: np.dtype, c1: float, c2: float) -> tuple[np.floating, ...]:
+        """``_adam``'s scalars for this step (c1, c2: the bias corrections), in the arrays' dtype."""
+        f = dtype.type
+        b1, b2 = self.beta1, self.beta2
+        return f(b1), f(1.0 - b1), f(b2), f(1.0 - b2), f(self.lr / c1), f(c2), f(self.eps)
 
     def step(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
         self.t += 1
@@ -172,9 +170,7 @@ class Adam:
                 self.v[k] = np.zeros_like(g)
             m, v, p = self.m[k], self.v[k], params[k]
             if _flat(p, g, m, v):
-                f = p.dtype.type
-                _adam(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), f(b1), f(1.0 - b1), f(b2), f(1.0 - b2),
-                      f(self.lr / c1), f(c2), f(self.eps))  # fmt: skip
+                _adam(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), *self._scalars(p.dtype, c1, c2))
                 continue
             m *= b1
             m += (1.0 - b1) * g
