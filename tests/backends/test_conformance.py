@@ -244,3 +244,34 @@ def test_cpu_float32_at_panel_widths(H, threads):
     cells += [random_cell(np.random.default_rng(1000 + s), name=f"random{s}") for s in range(6)]
     compared = sum(check(c, "cpu", np.float32, seed=7, T=15, B=5 * threads, I=7, H=H, threads=threads) for c in cells)
     assert compared >= len(cells) - 1
+
+
+def _run_bytes(cell, dtype, threads, seed, T=5, B=7, I=4, H=6):
+    """Every array a forward and backward return, as bytes (the input's gradient included)."""
+    rng = np.random.default_rng(seed)
+    I = H if cell.x_elementwise else I
+    params = {k: v.astype(dtype) for k, v in init_params(cell, I, H, rng).items()}
+    x = rng.normal(scale=0.5, size=(T, B, I)).astype(dtype)
+    s0 = {s: rng.normal(scale=0.5, size=(B, H)).astype(dtype) for s in cell.states}
+    kern = compile(cell, "cpu", dtype, threads=threads)
+    f = kern.forward(params, x, s0)
+    g = kern.backward(params, f.tape, rng.normal(size=(T, B, H)).astype(dtype), {s: v * 0.5 for s, v in s0.items()})
+    arrays = [f.outputs, g.x, *(f.states[s] for s in cell.states), *(g.state0[s] for s in cell.states)]
+    return [a.tobytes() for a in arrays] + [g.params[n].tobytes() for n in sorted(g.params)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_cpu_row_tiles_give_the_same_bits(dtype, threads, monkeypatch):
+    """The ops between GEMMs run a tile of rows at a time (``kernel.tile_rows``): every op's values
+    and gradients row by row as one pass over all rows gives them, so the same bytes, with tiles of
+    1 and 2 rows (a short last tile) against one tile for all rows: zoo cells and random cells."""
+    from cellsearch.backends.cpu import kernel
+
+    cells = [zoo.get(n) for n in zoo.names()] + [random_cell(np.random.default_rng(2000 + s)) for s in range(20)]
+    for cell in cells:
+        monkeypatch.setattr(kernel, "TILE_ELEMENTS", 1 << 30)
+        whole = _run_bytes(cell, dtype, threads, seed=4)
+        for per_tile in (6, 12):  # H = 6: 1 and 2 rows
+            monkeypatch.setattr(kernel, "TILE_ELEMENTS", per_tile)
+            assert _run_bytes(cell, dtype, threads, seed=4) == whole, f"{cell.name}: tiles of {per_tile // 6} rows"

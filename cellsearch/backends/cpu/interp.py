@@ -122,6 +122,14 @@ C_DG, C_DC, C_DM, C_AG, C_AC, C_AM, C_BG, C_BC, C_BM, C_CG, C_CC, C_CM = range(2
 # (``seed``: per stage destination (kind, index), kinds SEED_*); C_DPB is the block of dP a LOADP
 # writes its gradient to, -1 where the stage's DZ already holds it
 C_FOLD, C_DPB = 14, 15
+# and three for the row tiles (``kernel.cpu_tables``): the ops between two GEMMs run a tile of C_TILE
+# rows at a time, every op on it before the next tile (rows never interact; a tile's values stay in
+# L1 from op to op). C_NEXT, on each forward run's first op (op 0 and every GEMM; -1 elsewhere): the
+# op after its last. C_PREV, on each backward run's first op (the last op and every op just before a
+# GEMM; -1 elsewhere), walking down: its last op (a GEMM or op 0), and C_SCAT the GEMM just above it
+# (whose product's scatter it starts with), else -1. C_TILE: on the runs' first ops.
+C_NEXT, C_PREV, C_SCAT, C_TILE = 16, 17, 18, 19
+N_OPS_COLS = 20
 SEED_ADD, SEED_P, SEED_BIAS, SEED_CONST = 0, 1, 2, 3
 # columns of the stage tables (one row per source or destination): g offset, const, tmul
 S_G, S_C, S_M = 0, 1, 2
@@ -141,6 +149,10 @@ def forward_rows(
     """The whole time loop for batch rows r0..r1 (rows of an RNN never interact); then the output's
     values, taped at ``out_at + (t + 1) * out_step`` in A, copied to ``out[t, xr + r0 .. xr + r1]``
     (by this thread: a chunk's copy runs in parallel with the others').
+
+    Each step's ops run as runs from one GEMM to the next (``C_NEXT``): the GEMM's product over all
+    rows, then the run's ops (the GEMM's unpacking first) a tile of ``C_TILE`` rows at a time, every op
+    on one tile before the next, so a tile's values pass from op to op in L1.
 
     The input projection is computed step by step: at the start of step t, P [B, row stride
     P.shape[1]] = X[t] @ Wx (WX: Wx packed as panels where ``wx_panels``, float32's microkernel;
@@ -166,7 +178,12 @@ def backward_rows(
     blocks that no DZ holds, ``C_DPB``) are rings of SB steps x B rows, and when the walk reaches a
     block's first step it runs chunk ``chunk``'s ``jobs`` (``blas.run_jobs``: ``dW += DZ^T @ K``,
     ``dWx += x^T @ dP``, ...) on them while they are in cache. PK: the scratch of the packed GEMM
-    (its address fpk; fpp the per-step microkernel's, fpj ``blas.run_jobs``', all ``microkernel.address``)."""
+    (its address fpk; fpp the per-step microkernel's, fpj ``blas.run_jobs``', all ``microkernel.address``).
+
+    As the forward, the ops between GEMMs run a tile of rows at a time: walking down from a run's
+    first op (``C_PREV``) each tile adds the product of the GEMM above (``C_SCAT``) to its sources'
+    gradients, runs the ops, and gathers the gradients of the GEMM that ends the run, whose product
+    over all rows follows."""
     ir_loops.backward(ops, stage_info, stage_src, stage_dst, T, B, H, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ,
                       TMP, G, dP, dX, dB, dPeep, dBx, R, r0, r1, xr, jobs, chunk, SB, PK, fpp, fpk, fpj, fpr)  # fmt: skip
 

@@ -11,8 +11,11 @@ the job runner, the rare ops), BLAS through Numba's own ``numba_xxgemm`` for flo
 gave the Numba code's bytes, float32 and float64, one and two threads).
 
 Forward, per step t: the step's input projection into P (rows r0..r1), then every op of the table
-in order, each operand at ``A + (const + t * tmul + r0 * H) * itemsize``; after the loop, the
-output's taped values copied to ``out``. Backward: the reverse walk (``interp.backward_rows``' doc).
+in order, each operand's rows q.. at ``A + (const + t * tmul + q * H) * itemsize``, the ops between
+two GEMMs a tile of rows q..q' at a time; after the loop, the output's taped values copied to
+``out``. Backward: the reverse walk (``interp.backward_rows``' doc). Row tiles keep each row's
+sequence of operations (and the sums over rows in row order), so they give the same bytes as one
+pass over all rows (tests/backends/test_conformance.py, ``test_cpu_row_tiles_give_the_same_bits``).
 The tables' columns are ``interp``'s (``C_*``, ``S_*``, ``SEED_*``).
 """
 
@@ -163,16 +166,15 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
     T, B, H, r0, r1, wx_panels, out_at, out_step, xr, fpp, fpr = e.scalars("T B H r0 r1 wx_panels out_at out_step xr fpp fpr")
     shape = e.shape
     nr = b.sub(r1, r0)
-    e0 = mul(r0, H)
-    ne = b.sub(mul(r1, H), e0)
+    ne = mul(nr, H)
     ab = add(R, mul(k(ip.R_AB), isz))  # (alpha, beta) = (1, 0)
     mw = b.udiv(shape["TMP"][0], B)  # TMP is [B, mw]: each range owns its rows
     I_, nx, nxh = shape["X"][2], shape["P"][1], shape["bx"][0]
     pp = add(P, mul(r0, nx, isz))
     W_ops, W_info, W_src, W_dst, W_seed = (e.row(n) for n in ("ops", "stage_info", "stage_src", "stage_dst", "seed"))
 
-    def at(v: ir.Value) -> ir.Value:  # the address of rows r0.. of the arena value at element v
-        return add(A, mul(add(v, e0), isz))
+    def at(v: ir.Value, q: ir.Value) -> ir.Value:  # the address of rows q.. of the arena value at element v
+        return add(A, mul(add(v, mul(q, H)), isz))
 
     def panels(*mnk_a_lda_bp_c_ldc: ir.Value) -> None:  # the microkernel: C = A @ W's panels (acc 0, rows of A)
         e.call(fpp, PANELS_SIG, [*mnk_a_lda_bp_c_ldc, k(0), k(0)])
@@ -187,13 +189,59 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
                     e.gemm_blas(nr, nxh, I_, xa, I_, WX, nxh, pp, nx, ab, isz)
 
         e.when(b.icmp_signed(">", nxh, k(0)), projection)
-        e.loop(shape["ops"][0], lambda r: one_op(t, r))
+        e.loop(shape["ops"][0], lambda r: e.when(b.icmp_signed(">=", load(ops, add(mul(r, W_ops), k(ip.C_NEXT))), k(0)),
+                                                 lambda: run(t, r)))  # fmt: skip
 
-    def one_op(t: ir.Value, r: ir.Value) -> None:
+    def run(t: ir.Value, r: ir.Value) -> None:
+        """The ops from r (a GEMM, or op 0) to the next GEMM: the GEMM's product over rows r0..r1 first,
+        then the rest a tile of rows at a time (rows never interact), so their values stay in L1."""
+        head = mul(r, W_ops)
+        end, tile = load(ops, add(head, k(ip.C_NEXT))), load(ops, add(head, k(ip.C_TILE)))
+        e.when(e.eq(load(ops, add(head, k(ip.C_CODE))), ip.OP_GEMM), lambda: product(t, load(ops, add(head, k(ip.C_AUX)))))
+
+        def one_tile(i: ir.Value) -> None:
+            q0 = add(r0, mul(i, tile))
+            q1 = b.select(b.icmp_signed("<", add(q0, tile), r1), add(q0, tile), r1)
+            e.loop(b.sub(end, r), lambda j: one_op(t, add(r, j), q0, q1))
+
+        e.loop(b.sdiv(add(nr, b.sub(tile, k(1))), tile), one_tile)
+
+    def stage(g: ir.Value, t: ir.Value) -> tuple[ir.Value, ...]:  # GEMM stage g's (ns, nk, W offset, panels, K offset)
+        irow = mul(g, W_info)
+        ns, nk, woff, pan = (load(info, add(irow, k(c))) for c in (0, 1, 2, ip.C_PF))
+        return ns, nk, woff, pan, add(load(info, add(irow, k(3))), mul(t, B, ns, H))
+
+    def product(t: ir.Value, g: ir.Value) -> None:  # stage g's sources into K[t], their product into TMP (rows r0..r1)
+        ns, nk, woff, pan, koff = stage(g, t)
+        width = mul(ns, H)
+
+        def gather(i: ir.Value) -> None:  # K[t] = [src_0 | src_1 | ...], one row per batch row
+            s = add(mul(g, W_src), mul(i, shape["stage_src"][2]))
+            src = add(load(src_t, add(s, k(ip.S_C))), mul(t, load(src_t, add(s, k(ip.S_M)))))
+            kr = add(K, mul(add(koff, mul(r0, width), mul(i, H)), isz))
+            e.op_rows("copy", H, nr, [(kr, width), (at(src, r0), H)])
+
+        e.loop(ns, gather)
+        ow = mul(nk, H)  # out: TMP's rows r0..r1, [nr, nk*H], row stride mw
+        ka = add(K, mul(add(koff, mul(r0, width)), isz))
+        tmp = add(TMP, mul(r0, mw, isz))
+        with b.if_else(b.icmp_signed(">=", pan, k(0))) as (yes, no):
+            with yes:
+                panels(nr, ow, width, ka, width, add(W, mul(pan, isz)), tmp, mw)
+            with no:
+                e.gemm_blas(nr, ow, width, ka, width, add(W, mul(woff, isz)), ow, tmp, mw, ab, isz)
+
+    def one_op(t: ir.Value, r: ir.Value, q0: ir.Value, q1: ir.Value) -> None:  # op r on rows q0..q1
         row = mul(r, W_ops)
+        n = b.sub(q1, q0)
+        eq0 = mul(q0, H)
+        ne = mul(n, H)
 
         def col(c: int) -> ir.Value:
             return load(ops, add(row, k(c)))
+
+        def val(v: ir.Value) -> ir.Value:
+            return at(v, q0)
 
         code, aux = col(ip.C_CODE), col(ip.C_AUX)
         d, a, bb, c = (add(col(cc), mul(t, col(cm))) for cc, cm in ((ip.C_DC, ip.C_DM), (ip.C_AC, ip.C_AM),
@@ -201,74 +249,54 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
 
         def state() -> None:  # a copied state (the others are read in place from the tape)
             def copy() -> None:
-                first = add(S0, mul(add(mul(aux, shape["S0"][1]), e0), isz))
-                src = b.select(b.icmp_signed("==", t, k(0)), first, at(a))
-                e.op("copy", ne, [at(d), src])
+                first = add(S0, mul(add(mul(aux, shape["S0"][1]), eq0), isz))
+                src = b.select(b.icmp_signed("==", t, k(0)), first, val(a))
+                e.op("copy", ne, [val(d), src])
 
             e.when(e.eq(col(ip.C_BG), 1), copy)
 
         def rare() -> None:
             fwd = signatures(e.R_type.dtype)[0]
             e.call(fpr, fwd, [code, aux, d, a, bb, A, shape["A"][0], X, shape["X"][0], shape["X"][1], shape["X"][2], t, consts,
-                              shape["consts"][0], peeps, shape["peeps"][0], H, r0, r1, zero])  # fmt: skip
+                              shape["consts"][0], peeps, shape["peeps"][0], H, q0, q1, zero])  # fmt: skip
 
         def unless_folded(body: Body) -> Body:
             return lambda: e.when(e.eq(col(ip.C_FOLD), 0), body)
 
+        def p_at(block: ir.Value) -> ir.Value:  # rows q0.. of the input projection's block
+            return add(P, mul(add(mul(q0, nx), mul(block, H)), isz))
+
         def loadp() -> None:
-            pc = mul(aux, H)
-            e.op_rows("add", H, nr, [(at(d), H), (add(P, mul(add(mul(r0, nx), pc), isz)), nx), (add(bx, mul(pc, isz)), k(0))])
+            e.op_rows("add", H, n, [(val(d), H), (p_at(aux), nx), (add(bx, mul(aux, H, isz)), k(0))])
 
         def bias() -> None:
-            e.op_rows("copy", H, nr, [(at(d), H), (add(biases, mul(aux, H, isz)), k(0))])
+            e.op_rows("copy", H, n, [(val(d), H), (add(biases, mul(aux, H, isz)), k(0))])
 
-        def gemm() -> None:
-            irow = mul(aux, W_info)
-            ns, nk, woff, pan = (load(info, add(irow, k(c))) for c in (0, 1, 2, ip.C_PF))
-            width = mul(ns, H)
-            koff = add(load(info, add(irow, k(3))), mul(t, B, width))
+        def unpack() -> None:  # each destination of stage aux: the product (in TMP) plus its seed, one pass
+            nk = load(info, add(mul(aux, W_info), k(1)))
 
-            def gather(i: ir.Value) -> None:  # K[t] = [src_0 | src_1 | ...], one row per batch row
-                s = add(mul(aux, W_src), mul(i, shape["stage_src"][2]))
-                src = add(load(src_t, add(s, k(ip.S_C))), mul(t, load(src_t, add(s, k(ip.S_M)))))
-                kr = add(K, mul(add(koff, mul(r0, width), mul(i, H)), isz))
-                e.op_rows("copy", H, nr, [(kr, width), (at(src), H)])
-
-            e.loop(ns, gather)
-            ow = mul(nk, H)  # out: TMP's rows r0..r1, [nr, nk*H], row stride mw
-            oo = mul(r0, mw)
-            ka = add(K, mul(add(koff, mul(r0, width)), isz))
-            tmp = add(TMP, mul(oo, isz))
-            with b.if_else(b.icmp_signed(">=", pan, k(0))) as (yes, no):
-                with yes:
-                    panels(nr, ow, width, ka, width, add(W, mul(pan, isz)), tmp, mw)
-                with no:
-                    e.gemm_blas(nr, ow, width, ka, width, add(W, mul(woff, isz)), ow, tmp, mw, ab, isz)
-
-            def unpack(kk: ir.Value) -> None:  # each destination: the product plus its seed, one pass
+            def one(kk: ir.Value) -> None:
                 s = add(mul(aux, W_dst), mul(kk, shape["stage_dst"][2]))
-                dst = at(add(load(dst_t, add(s, k(ip.S_C))), mul(t, load(dst_t, add(s, k(ip.S_M))))))
+                dst = val(add(load(dst_t, add(s, k(ip.S_C))), mul(t, load(dst_t, add(s, k(ip.S_M))))))
                 q = add(mul(aux, W_seed), mul(kk, shape["seed"][2]))
                 kind, sx = load(seed, q), load(seed, add(q, k(1)))
-                prod = add(TMP, mul(add(oo, mul(kk, H)), isz))
+                prod = add(TMP, mul(add(mul(q0, mw), mul(kk, H)), isz))
 
                 def with_p() -> None:  # the input projection's block and bias, folded in
-                    pc = mul(sx, H)
-                    e.op_rows("add3", H, nr, [(dst, H), (prod, mw), (add(P, mul(add(mul(r0, nx), pc), isz)), nx),
-                                              (add(bx, mul(pc, isz)), k(0))])  # fmt: skip
+                    e.op_rows("add3", H, n, [(dst, H), (prod, mw), (p_at(sx), nx), (add(bx, mul(sx, H, isz)), k(0))])
 
                 def with_bias() -> None:
-                    e.op_rows("add", H, nr, [(dst, H), (prod, mw), (add(biases, mul(sx, H, isz)), k(0))])
+                    e.op_rows("add", H, n, [(dst, H), (prod, mw), (add(biases, mul(sx, H, isz)), k(0))])
 
                 def with_const() -> None:
-                    e.op_rows("add_scalar", H, nr, [(dst, H), (prod, mw), (add(consts, mul(sx, isz)), k(0))])
+                    e.op_rows("add_scalar", H, n, [(dst, H), (prod, mw), (add(consts, mul(sx, isz)), k(0))])
 
                 def added() -> None:  # SEED_ADD: the product added to what is there
-                    e.op_rows("add", H, nr, [(dst, H), (dst, H), (prod, mw)])
+                    e.op_rows("add", H, n, [(dst, H), (dst, H), (prod, mw)])
 
                 e.cases(kind, [((ip.SEED_P,), with_p), ((ip.SEED_BIAS,), with_bias), ((ip.SEED_CONST,), with_const)], added)
 
-            e.loop(nk, unpack)
+            e.loop(nk, one)
 
         e.cases(code, [
             ((ip.OP_STATE,), state),
@@ -276,12 +304,12 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
             ((ip.OP_CONST,), unless_folded(rare)),
             ((ip.OP_LOADP,), unless_folded(loadp)),
             ((ip.OP_BIAS,), unless_folded(bias)),
-            ((ip.OP_GEMM,), gemm),
-            ((ip.OP_ADD,), lambda: e.op("add", ne, [at(d), at(a), at(bb)])),
-            ((ip.OP_MUL,), lambda: e.op("mul", ne, [at(d), at(a), at(bb)])),
-            ((ip.OP_BLEND,), lambda: e.op("blend", ne, [at(d), at(a), at(bb), at(c)])),
-            ((ip.OP_SIGMOID,), lambda: e.op("sigmoid", ne, [at(d), at(a)])),
-            ((ip.OP_TANH,), lambda: e.op("tanh", ne, [at(d), at(a)])),
+            ((ip.OP_GEMM,), unpack),
+            ((ip.OP_ADD,), lambda: e.op("add", ne, [val(d), val(a), val(bb)])),
+            ((ip.OP_MUL,), lambda: e.op("mul", ne, [val(d), val(a), val(bb)])),
+            ((ip.OP_BLEND,), lambda: e.op("blend", ne, [val(d), val(a), val(bb), val(c)])),
+            ((ip.OP_SIGMOID,), lambda: e.op("sigmoid", ne, [val(d), val(a)])),
+            ((ip.OP_TANH,), lambda: e.op("tanh", ne, [val(d), val(a)])),
         ], lambda: None)  # fmt: skip
 
     e.loop(T, step)
@@ -289,7 +317,7 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
     def output(t: ir.Value) -> None:  # the output's taped values to out[t, xr + r0 .. xr + r1]
         o = add(out_at, mul(add(t, k(1)), out_step))
         dst = add(out, mul(add(mul(t, shape["out"][1]), xr, r0), H, isz))
-        e.op("copy", ne, [dst, at(o)])
+        e.op("copy", ne, [dst, at(o, r0)])
 
     e.loop(T, output)
     return context.get_dummy_value()
@@ -323,36 +351,38 @@ def _backward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
 
     BH = mul(B, H)
     nr = b.sub(r1, r0)
-    e0 = mul(r0, H)
-    ne = b.sub(mul(r1, H), e0)
+    ne = mul(nr, H)
     ab = add(R, mul(k(ip.R_AB), isz))  # (alpha, beta) = (1, 0), then (1, 1)
     mw = b.udiv(shape["TMP"][0], B)  # TMP is [B, mw]: each range owns its rows
     # dS [nS, B*H] is the carry: each state's gradient into the step before (see interp.backward_rows)
-    cq = add(dS, mul(e0, isz))  # state s's rows at cq + s * BH * isz
     dPw = shape["dP"][1]
     W_ops, W_info, W_src, W_dst = (e.row(n) for n in ("ops", "stage_info", "stage_src", "stage_dst"))
 
-    def g_at(v: ir.Value) -> ir.Value:  # rows r0.. of gradient slot offset v in G
-        return add(G, mul(add(v, e0), isz))
+    def g_at(v: ir.Value, q: ir.Value) -> ir.Value:  # rows q.. of gradient slot offset v in G
+        return add(G, mul(add(v, mul(q, H)), isz))
 
-    def a_at(v: ir.Value) -> ir.Value:  # rows r0.. of the tape's value at element v in A
-        return add(A, mul(add(v, e0), isz))
+    def a_at(v: ir.Value, q: ir.Value) -> ir.Value:  # rows q.. of the tape's value at element v in A
+        return add(A, mul(add(v, mul(q, H)), isz))
 
-    e.loop(b.udiv(shape["G"][0], BH), lambda slot: e.op("zero", ne, [g_at(mul(slot, BH))]))
+    def carry_at(s: ir.Value, q: ir.Value) -> ir.Value:  # rows q.. of state s's carry in dS
+        return add(dS, mul(add(mul(s, BH), mul(q, H)), isz))
+
+    e.loop(b.udiv(shape["G"][0], BH), lambda slot: e.op("zero", ne, [g_at(mul(slot, BH), r0)]))
 
     def step(t: ir.Value) -> None:
         slot = b.urem(t, SB)  # this step's row block in the rings DZ and dP
-        og = g_at(output_g)
+        og = g_at(output_g, r0)
         e.op("add", ne, [og, og, add(dOut, mul(add(mul(t, shape["dOut"][1]), xr, r0), H, isz))])
 
         def carry(s: ir.Value) -> None:
-            ug = g_at(load(update_g, s))
-            cs = add(cq, mul(s, BH, isz))
+            ug = g_at(load(update_g, s), r0)
+            cs = carry_at(s, r0)
             e.op("add", ne, [ug, ug, cs])
             e.when(b.icmp_signed("<", load(state_g, s), k(0)), lambda: e.op("zero", ne, [cs]))
 
         e.loop(shape["dS"][0], carry)
-        e.loop_down(shape["ops"][0], lambda r: one_op(t, slot, r))
+        e.loop_down(shape["ops"][0], lambda r: e.when(b.icmp_signed(">=", load(ops, add(mul(r, W_ops), k(ip.C_PREV))), k(0)),
+                                                      lambda: run(t, slot, r)))  # fmt: skip
         e.when(e.eq(slot, 0), lambda: weight_gradients(t))
 
     def weight_gradients(t: ir.Value) -> None:  # the first step of a block: its weight gradients
@@ -360,11 +390,71 @@ def _backward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
         n = b.select(b.icmp_signed("<", SB, left), SB, left)
         e.call(fpj, JOBS_SIG, [jobs, shape["jobs"][0], chunk, t, n, ab, isz, fpp, fpk, PK])
 
-    def one_op(t: ir.Value, slot: ir.Value, r: ir.Value) -> None:
+    def stage(g: ir.Value) -> tuple[ir.Value, ...]:
+        """GEMM stage g's ns, nk, W offset, panels offset, and whether its product goes straight into
+        its one source's gradient (G[src] +=) rather than through TMP."""
+        irow = mul(g, W_info)
+        ns, nk, woff, pb = (load(info, add(irow, k(cc))) for cc in (0, 1, 2, ip.C_PB))
+        panels_ok = b.or_(b.icmp_signed("<", pb, k(0)), e.eq(b.urem(H, k(NR)), 0))
+        return ns, nk, woff, pb, b.and_(e.eq(ns, 1), panels_ok)
+
+    def run(t: ir.Value, slot: ir.Value, r: ir.Value) -> None:
+        """Walking down from op r to the next GEMM (or op 0) a tile of rows at a time: the scatter of
+        the product of the GEMM just above first, then the ops, the GEMM's gather last; then that
+        GEMM's product over rows r0..r1."""
+        head = mul(r, W_ops)
+        lo, above, tile = (load(ops, add(head, k(c))) for c in (ip.C_PREV, ip.C_SCAT, ip.C_TILE))
+
+        def one_tile(i: ir.Value) -> None:
+            q0 = add(r0, mul(i, tile))
+            q1 = b.select(b.icmp_signed("<", add(q0, tile), r1), add(q0, tile), r1)
+            e.when(b.icmp_signed(">=", above, k(0)), lambda: scatter(load(ops, add(mul(above, W_ops), k(ip.C_AUX))), q0, q1))
+            e.loop(add(b.sub(r, lo), k(1)), lambda j: one_op(t, slot, b.sub(r, j), q0, q1))
+
+        e.loop(b.sdiv(add(nr, b.sub(tile, k(1))), tile), one_tile)
+        lo_row = mul(lo, W_ops)
+        e.when(e.eq(load(ops, add(lo_row, k(ip.C_CODE))), ip.OP_GEMM), lambda: product(slot, load(ops, add(lo_row, k(ip.C_AUX)))))
+
+    def product(slot: ir.Value, g: ir.Value) -> None:  # stage g: DZ[t] @ W^T, rows r0..r1, into G[src] or TMP
+        ns, nk, woff, pb, direct = stage(g)
+        width = mul(nk, H)
+        zoff = add(load(info, add(mul(g, W_info), k(ip.C_ZR))), mul(slot, B, width))
+        sw = mul(ns, H)
+        first_src = load(src_t, add(mul(g, W_src), k(ip.S_G)))
+        cp = b.select(direct, g_at(first_src, r0), add(TMP, mul(r0, mw, isz)))
+        ldc = b.select(direct, H, mw)
+        acc = b.select(direct, k(1), k(0))
+        za = add(DZ, mul(add(zoff, mul(r0, width)), isz))
+        with b.if_else(b.icmp_signed(">=", pb, k(0))) as (yes, no):
+            with yes:
+                e.call(fpp, PANELS_SIG, [nr, sw, width, za, width, add(WT, mul(pb, isz)), cp, ldc, acc, k(0)])
+            with no:
+                abk = add(ab, mul(acc, k(2), isz))
+                e.gemm_blas(nr, sw, width, za, width, add(WT, mul(woff, isz)), sw, cp, ldc, abk, isz)
+
+    def scatter(g: ir.Value, q0: ir.Value, q1: ir.Value) -> None:  # stage g's product in TMP added to its sources' gradients
+        ns, _, _, _, direct = stage(g)
+        n = b.sub(q1, q0)
+
+        def one(i: ir.Value) -> None:
+            grow = g_at(load(src_t, add(mul(g, W_src), mul(i, shape["stage_src"][2]), k(ip.S_G))), q0)
+            e.op_rows("add", H, n, [(grow, H), (grow, H), (add(TMP, mul(add(mul(q0, mw), mul(i, H)), isz)), mw)])
+
+        e.when(b.not_(direct), lambda: e.loop(ns, one))
+
+    def one_op(t: ir.Value, slot: ir.Value, r: ir.Value, q0: ir.Value, q1: ir.Value) -> None:  # op r on rows q0..q1
         row = mul(r, W_ops)
+        n = b.sub(q1, q0)
+        ne = mul(n, H)
 
         def col(c: int) -> ir.Value:
             return load(ops, add(row, k(c)))
+
+        def gv(v: ir.Value) -> ir.Value:
+            return g_at(v, q0)
+
+        def av(v: ir.Value) -> ir.Value:
+            return a_at(v, q0)
 
         code, aux = col(ip.C_CODE), col(ip.C_AUX)
         gd, ga, gb, gc = (col(c) for c in (ip.C_DG, ip.C_AG, ip.C_BG, ip.C_CG))
@@ -374,64 +464,42 @@ def _backward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
         def rare() -> None:
             bwd = signatures(e.R_type.dtype)[1]
             e.call(fpr, bwd, [code, aux, gd, ga, gb, a, A, shape["A"][0], G, shape["G"][0], dX, shape["dX"][0], shape["dX"][1],
-                              shape["dX"][2], t, peeps, shape["peeps"][0], dPeep, H, r0, r1, zero])  # fmt: skip
+                              shape["dX"][2], t, peeps, shape["peeps"][0], dPeep, H, q0, q1, zero])  # fmt: skip
 
         def loadp() -> None:  # (denormals flushed to zero, NaN kept)
             pc = mul(aux, H)
             pb = col(ip.C_DPB)
-            grow = g_at(gd)
+            grow = gv(gd)
             with b.if_else(b.icmp_signed(">=", pb, k(0))) as (yes, no):
                 with yes:
-                    prow = add(dP, mul(add(mul(add(mul(slot, B), r0), dPw), mul(pb, H)), isz))
-                    e.op_rows("b_loadp", H, nr, [(grow, H), (prow, dPw), (add(dBx, mul(pc, isz)), k(0))])
+                    prow = add(dP, mul(add(mul(add(mul(slot, B), q0), dPw), mul(pb, H)), isz))
+                    e.op_rows("b_loadp", H, n, [(grow, H), (prow, dPw), (add(dBx, mul(pc, isz)), k(0))])
                 with no:  # the stage's DZ holds this gradient already
-                    e.op_rows("b_loadp_bias", H, nr, [(grow, H), (add(dBx, mul(pc, isz)), k(0))])
+                    e.op_rows("b_loadp_bias", H, n, [(grow, H), (add(dBx, mul(pc, isz)), k(0))])
 
-        def gemm() -> None:
+        def gather() -> None:  # DZ[t] = [g_dst_0 | g_dst_1 | ...], denormals flushed to zero (rows q0..q1)
             irow = mul(aux, W_info)
-            ns, nk, woff, pb = (load(info, add(irow, k(cc))) for cc in (0, 1, 2, ip.C_PB))
-            width = mul(nk, H)
+            width = mul(load(info, add(irow, k(1))), H)
             zoff = add(load(info, add(irow, k(ip.C_ZR))), mul(slot, B, width))
 
-            def gather(kk: ir.Value) -> None:  # DZ[t] = [g_dst_0 | g_dst_1 | ...], denormals flushed to zero
+            def one(kk: ir.Value) -> None:
                 src = load(dst_t, add(mul(aux, W_dst), mul(kk, shape["stage_dst"][2]), k(ip.S_G)))
-                zr = add(DZ, mul(add(zoff, mul(r0, width), mul(kk, H)), isz))
-                e.op_rows("flush_copy", H, nr, [(zr, width), (g_at(src), H)])
+                zr = add(DZ, mul(add(zoff, mul(q0, width), mul(kk, H)), isz))
+                e.op_rows("flush_copy", H, n, [(zr, width), (gv(src), H)])
 
-            e.loop(nk, gather)
-            sw = mul(ns, H)
-            oo = mul(r0, mw)
-            panels_ok = b.or_(b.icmp_signed("<", pb, k(0)), e.eq(b.urem(H, k(NR)), 0))
-            direct = b.and_(e.eq(ns, 1), panels_ok)  # straight into the source's gradient: G[src] +=
-            first_src = load(src_t, add(mul(aux, W_src), k(ip.S_G)))
-            cp = b.select(direct, add(G, mul(add(first_src, e0), isz)), add(TMP, mul(oo, isz)))
-            ldc = b.select(direct, H, mw)
-            acc = b.select(direct, k(1), k(0))
-            za = add(DZ, mul(add(zoff, mul(r0, width)), isz))
-            with b.if_else(b.icmp_signed(">=", pb, k(0))) as (yes, no):
-                with yes:
-                    e.call(fpp, PANELS_SIG, [nr, sw, width, za, width, add(WT, mul(pb, isz)), cp, ldc, acc, k(0)])
-                with no:
-                    abk = add(ab, mul(acc, k(2), isz))
-                    e.gemm_blas(nr, sw, width, za, width, add(WT, mul(woff, isz)), sw, cp, ldc, abk, isz)
-
-            def scatter(i: ir.Value) -> None:  # TMP's columns of source i added to its gradient
-                grow = g_at(load(src_t, add(mul(aux, W_src), mul(i, shape["stage_src"][2]), k(ip.S_G))))
-                e.op_rows("add", H, nr, [(grow, H), (grow, H), (add(TMP, mul(add(oo, mul(i, H)), isz)), mw)])
-
-            e.when(b.not_(direct), lambda: e.loop(ns, scatter))
+            e.loop(load(info, add(irow, k(1))), one)
 
         e.cases(code, [
-            ((ip.OP_STATE,), lambda: e.op("move", ne, [g_at(gd), add(cq, mul(aux, BH, isz))])),
+            ((ip.OP_STATE,), lambda: e.op("move", ne, [gv(gd), carry_at(aux, q0)])),
             ((ip.OP_X, ip.OP_CONST, ip.OP_SUB, ip.OP_RELU, ip.OP_PEEP), rare),
             ((ip.OP_LOADP,), loadp),
-            ((ip.OP_BIAS,), lambda: e.op_rows("b_bias", H, nr, [(g_at(gd), H), (add(dB, mul(aux, H, isz)), k(0))])),
-            ((ip.OP_GEMM,), gemm),
-            ((ip.OP_ADD,), lambda: e.op("b_add", ne, [g_at(gd), g_at(ga), g_at(gb)])),
-            ((ip.OP_MUL,), lambda: e.op("b_mul", ne, [g_at(gd), g_at(ga), g_at(gb), a_at(a), a_at(bb)])),
-            ((ip.OP_BLEND,), lambda: e.op("b_blend", ne, [g_at(gd), g_at(ga), g_at(gb), g_at(gc), a_at(a), a_at(bb), a_at(c)])),
-            ((ip.OP_SIGMOID,), lambda: e.op("b_sigmoid", ne, [g_at(gd), g_at(ga), a_at(d)])),
-            ((ip.OP_TANH,), lambda: e.op("b_tanh", ne, [g_at(gd), g_at(ga), a_at(d)])),
+            ((ip.OP_BIAS,), lambda: e.op_rows("b_bias", H, n, [(gv(gd), H), (add(dB, mul(aux, H, isz)), k(0))])),
+            ((ip.OP_GEMM,), gather),
+            ((ip.OP_ADD,), lambda: e.op("b_add", ne, [gv(gd), gv(ga), gv(gb)])),
+            ((ip.OP_MUL,), lambda: e.op("b_mul", ne, [gv(gd), gv(ga), gv(gb), av(a), av(bb)])),
+            ((ip.OP_BLEND,), lambda: e.op("b_blend", ne, [gv(gd), gv(ga), gv(gb), gv(gc), av(a), av(bb), av(c)])),
+            ((ip.OP_SIGMOID,), lambda: e.op("b_sigmoid", ne, [gv(gd), gv(ga), av(d)])),
+            ((ip.OP_TANH,), lambda: e.op("b_tanh", ne, [gv(gd), gv(ga), av(d)])),
         ], lambda: None)  # fmt: skip
 
     e.loop_down(T, step)

@@ -72,6 +72,31 @@ class _CpuTables:
     g_slots: int
 
 
+#: elements of each value a row tile holds (``tile_rows``)
+TILE_ELEMENTS = 1024
+
+
+def tile_rows(B: int, H: int) -> int:
+    """Rows per tile of the ops between GEMMs: ~TILE_ELEMENTS elements of each value (4 KiB in float32)."""
+    return max(1, min(B, TILE_ELEMENTS // max(H, 1)))
+
+
+def _runs(plan: Plan, ops: Array, tile: int) -> None:
+    """The runs of ops between GEMMs and their row tiles, in the columns ``interp.C_NEXT`` .. ``C_TILE``."""
+    n = len(plan.program)
+    gemms = [r for r, ins in enumerate(plan.program) if ins.code == Code.GEMM]
+    if 0 in gemms:  # (lowering reads the states first: a GEMM's sources come before it)
+        raise ValueError("a plan's first op is a GEMM: the backward's runs would drop its scatter")
+    starts = sorted({0, *gemms})
+    for i, r in enumerate(starts):  # forward: op 0 and each GEMM up to the next GEMM
+        ops[r, interp.C_NEXT] = starts[i + 1] if i + 1 < len(starts) else n
+    tops = sorted({n - 1, *(g - 1 for g in gemms if g > 0)}, reverse=True)
+    for r in tops:  # backward, walking down: from the last op or the op below a GEMM, down to a GEMM or op 0
+        ops[r, interp.C_PREV] = max([g for g in gemms if g <= r], default=0)
+        ops[r, interp.C_SCAT] = r + 1 if r + 1 < n and plan.program[r + 1].code == Code.GEMM else -1
+    ops[:, interp.C_TILE] = tile
+
+
 def _cpu_tables(plan: Plan, tb: Tables, B: int, H: int, SB: int, panels: bool) -> _CpuTables:
     info = np.full((tb.stage_info.shape[0], 9), -1, dtype=np.int64)
     info[:, :6] = tb.stage_info
@@ -87,9 +112,10 @@ def _cpu_tables(plan: Plan, tb: Tables, B: int, H: int, SB: int, panels: bool) -
             info[g, interp.C_PF], info[g, interp.C_PB] = plain + sizes[0], plain + sizes[1]
             sizes[0] += panels_size(ns * H, nk * H)
             sizes[1] += panels_size(nk * H, ns * H)
-    ops = np.full((tb.ops.shape[0], 16), -1, dtype=np.int64)
+    ops = np.full((tb.ops.shape[0], interp.N_OPS_COLS), -1, dtype=np.int64)
     ops[:, :14] = tb.ops
     ops[:, interp.C_FOLD] = 0
+    _runs(plan, ops, tile_rows(B, H))
     seed = np.zeros((*tb.stage_dst.shape[:2], 2), dtype=np.int64)
     seeding = {ins.dst: r for r, ins in enumerate(plan.program) if ins.code in (Code.LOADP, Code.BIAS, Code.CONST)}
     kinds = {Code.LOADP: interp.SEED_P, Code.BIAS: interp.SEED_BIAS, Code.CONST: interp.SEED_CONST}
