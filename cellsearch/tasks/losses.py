@@ -17,6 +17,9 @@ masked steps are never read, so padding may hold anything, NaN included.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -54,38 +57,86 @@ def _clean(pred: np.ndarray, counted: NDArray[np.bool_]) -> Array:
 def cross_entropy(logits: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[float, np.ndarray]:
     """Softmax cross-entropy: ``ℓ = logsumexp(z) − z[y]``; ``∂ℓ/∂z = softmax(z) − onehot(y)``.
 
-    ``logits`` ``[T, B, K]``, ``y`` integer class ids ``[T, B]`` (read only where counted).
+    ``logits`` ``[T, B, K]``, ``y`` integer class ids ``[T, B]`` (read only where counted). Three
+    passes: each step's ``z − max`` in compiled code, NumPy's (vectorised) exp over all of it, then the
+    sums, the loss and the gradient in compiled code (``_kernels``). NumPy alone took ~15 passes and
+    cost a third of the recurrent kernels' time at the search's sizes; a compiled exp is scalar.
     """
-    w, counted, total = _weights(logits, mask, "cross_entropy")
+    w, _, total = _weights(logits, mask, "cross_entropy")
     if y.shape != logits.shape[:2]:
         raise ShapeError(f"cross_entropy: targets must be [T, B] = {logits.shape[:2]} (got shape {y.shape})")
     if not np.issubdtype(y.dtype, np.integer):
         raise ShapeError(f"cross_entropy: targets must be integer class ids (got dtype {y.dtype})")
-    T, B, K = logits.shape
-    ids = np.where(counted, y, 0).astype(np.int64)
-    if ids.size and not (ids.min() >= 0 and ids.max() < K):
+    K = logits.shape[2]
+    z = logits if logits.dtype in (np.float32, np.float64) else np.asarray(logits, dtype=np.float64)
+    z, y, w = np.ascontiguousarray(z), np.ascontiguousarray(y, dtype=np.int64), np.ascontiguousarray(w)
+    shifted, finish = _kernels()
+    e = np.empty(z.shape, dtype=np.float64)
+    top = shifted(z, w, e)
+    np.exp(e, out=e)
+    d = np.empty(z.shape, dtype=_grad_dtype(logits))
+    loss, bad = finish(z, y, w, total, top, e, d)
+    if bad:
         raise ShapeError(f"cross_entropy: counted targets must be class ids in [0, {K - 1}]")
-    z = _clean(logits, counted)
-    top = _max_last(z)
-    e = np.exp(z - top)
-    s = e.sum(axis=2, keepdims=True)
-    lse = (top + np.log(s))[..., 0]
-    at = (np.arange(T)[:, None], np.arange(B)[None, :], ids)  # each step's target class
-    picked = z[at]
-    loss = float(np.sum(w * (lse - picked)) / total)
-    d = e / s
-    d[at] -= 1.0
-    d *= (w / total)[..., None]
-    return loss, d.astype(_grad_dtype(logits))
+    return float(loss), d
 
 
-def _max_last(z: Array) -> Array:
-    """``z.max(axis=2, keepdims=True)``; for a few classes, over a copy with the classes first (NumPy
-    reduces a short last axis one output at a time, ~50 ns each, and a first axis as whole rows): the
-    same values (a max is exact, and NaN propagates either way)."""
-    if z.shape[2] > 16 or z.size == 0:
-        return z.max(axis=2, keepdims=True)
-    return np.ascontiguousarray(np.moveaxis(z, 2, 0)).max(axis=0)[..., None]
+@functools.cache
+def _kernels() -> tuple[Any, Any]:
+    """``_shifted`` and ``_finish`` compiled by Numba (cached on disk), imported at the first loss: the
+    task layer itself stays NumPy only (tests/tasks/test_task_options.py)."""
+    from numba import njit
+
+    return tuple(njit(cache=True, error_model="numpy")(f) for f in (_shifted, _finish))  # type: ignore[return-value]
+
+
+def _shifted(z, w, e):  # pragma: no cover - compiled
+    """Each counted step's max over its K logits (a NaN logit makes it NaN, so the step's loss is NaN:
+    divergence is seen), and ``e = z − max`` in float64 (0 on steps of weight 0, never read)."""
+    T, B, K = z.shape
+    top = np.zeros((T, B))
+    for t in range(T):
+        for b in range(B):
+            if not w[t, b] > 0.0:
+                for k in range(K):
+                    e[t, b, k] = 0.0
+                continue
+            m = np.float64(z[t, b, 0])
+            for k in range(1, K):
+                v = np.float64(z[t, b, k])
+                if v > m or v != v:
+                    m = v
+            top[t, b] = m
+            for k in range(K):
+                e[t, b, k] = np.float64(z[t, b, k]) - m
+    return top
+
+
+def _finish(z, y, w, total, top, e, d):  # pragma: no cover - compiled
+    """With e = exp(z − max): per counted step ``s = Σ e``, ``ℓ = max + log(s) − z[y]``, the gradient
+    ``(e / s − [k = y]) · w / total`` into d (zero on steps of weight 0). Returns (``Σ w·ℓ / total``,
+    True if a counted target is out of range)."""
+    T, B, K = z.shape
+    acc = 0.0
+    for t in range(T):
+        for b in range(B):
+            wt = w[t, b]
+            if not wt > 0.0:
+                for k in range(K):
+                    d[t, b, k] = 0.0
+                continue
+            c = y[t, b]
+            if c < 0 or c >= K:
+                return acc, True
+            s = 0.0
+            for k in range(K):
+                s += e[t, b, k]
+            acc += wt * (top[t, b] + np.log(s) - np.float64(z[t, b, c]))
+            scale = wt / total
+            for k in range(K):
+                p = e[t, b, k] / s
+                d[t, b, k] = (p - 1.0 if k == c else p) * scale
+    return acc / total, False
 
 
 def binary_cross_entropy(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> tuple[float, np.ndarray]:
