@@ -10,7 +10,8 @@ reads the panel from cache and A once. The vectors are portable LLVM: on a machi
 LLVM splits them into narrower registers; the result is the same up to the order of the sums.
 
 The same microkernel runs the weight gradients (``gemm_packed``: ``x^T @ dz`` over blocks of batch
-rows, both operands packed per block) and the per-step input projection. The kernels call both
+rows, both operands read in place where their rows are close, else packed per block) and the
+per-step input projection. The kernels call both
 GEMMs as C functions by address (``address``, ``call_panels``, ``call_packed``), compiled once per
 machine: as njit callees they would be compiled again inside each kernel.
 """
@@ -205,14 +206,14 @@ _tile1 = _tile(1)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _tiles(M, a, sr, sk, step, b, c, ldc, K, acc):  # pragma: no cover - njit
+def _tiles(M, a, sr, sk, step, b, c, ldc, K, acc, ldb=NR):  # pragma: no cover - njit
     """Rows 0..M of ``C[:, 32] (+)= A @ B`` by tiles of SH = 12, 4, then 1 rows: 24 of the 32 vector
     registers hold the product (8 rows measured 2-9 % slower: each k reloads B's two vectors for fewer
     rows). The block of SH rows from row i starts i*step bytes from a, and its element (r, k) is
     ``r*sr + k*sk`` floats into it: a row-major A (sr = lda, sk = 1, step = lda*4), or A packed as
     strips of SH rows, each [K, SH] (sr = 1, sk = SH, step = K*4)."""
     i = np.int64(0)
-    nr = np.int64(NR)
+    nr = np.int64(ldb)
     while i + SH <= M:
         _tile_sh(a + np.uint64(i * step), sr, sk, b, nr, c + np.uint64(i * ldc * 4), ldc, K, acc)
         i += SH
@@ -254,14 +255,44 @@ def gemm_scratch(M: int, N: int) -> int:
     return KC * (-(-M // SH) * SH + padded(N)) + M * NR
 
 
+#: ``gemm_packed`` reads A and B in place where both rows are at most this many floats apart
+DIRECT_LD = 512
+
+
 @njit(cache=True, error_model="numpy")
 def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp):  # pragma: no cover - njit
     """Float32 ``C[M, N] (+)= A^T @ B`` (``+=`` where acc is nonzero) with A stored [K, M] at address a
     (leading dimension lda), B [K, N] and C [M, N] row-major (ldb, ldc): the weight gradients, sums
-    over batch rows (``x^T @ dz``). Each block of up to KC rows is packed into the scratch at sp
-    (``gemm_scratch`` floats): B as panels of 32 columns, A's columns as strips of SH rows;
+    over batch rows (``x^T @ dz``). C is touched only in its N columns.
+
+    Where A's and B's rows are at most DIRECT_LD floats apart, the microkernel's tiles read both in
+    place for B's whole panels of 32 columns (A^T's rows: sr = 1, sk = lda; B's panel: its columns,
+    ldb apart): packing them cost a fifth of the GEMM at the search's sizes (H = 32), while with rows
+    further apart (H = 256: 3-4 KiB, a page per k) the packed operands were 4-5 % faster. The rest
+    (and all of it otherwise) goes through ``_packed_blocks``. The same sums in the same order either
+    way: the same bytes."""
+    M = np.int64(M)
+    N = np.int64(N)
+    K = np.int64(K)
+    lda = np.int64(lda)
+    ldb = np.int64(ldb)
+    n0 = np.int64(0)
+    if K > 0 and lda <= DIRECT_LD and ldb <= DIRECT_LD:
+        n0 = (N // NR) * NR
+        for j in range(n0 // NR):
+            cj = c + np.uint64(j * NR * 4)
+            _tiles(M, a, np.int64(1), lda, np.int64(4), b + np.uint64(j * NR * 4), cj, np.int64(ldc), K, acc, ldb)
+    if N > n0:
+        o = np.uint64(n0 * 4)
+        _packed_blocks(M, N - n0, K, a, lda, b + o, ldb, c + o, ldc, acc, sp, fpp)
+
+
+@njit(cache=True, error_model="numpy")
+def _packed_blocks(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp):  # pragma: no cover - njit
+    """``gemm_packed`` with its operands packed: each block of up to KC rows is packed into the scratch
+    at sp (``gemm_scratch`` floats): B as panels of 32 columns, A's columns as strips of SH rows;
     ``gemm_panels`` (the per-step GEMMs' microkernel, its C function at address fpp) multiplies them.
-    C is touched only in its N columns (the last, partial panel's product goes through the scratch)."""
+    The last, partial panel's product goes through the scratch."""
     M = np.int64(M)
     N = np.int64(N)
     K = np.int64(K)
