@@ -7,7 +7,6 @@ from numba import njit
 from cellsearch.backends.cpu.microkernel import (
     DIRECT_LD,
     NR,
-    _packed_blocks,
     address,
     call_packed,
     gemm_packed,
@@ -96,23 +95,19 @@ def test_gemm_packed_matches_numpy(M, K, N, acc, by_address):
     assert (C[:M, N:] == C0[:M, N:]).all() and (C[M] == C0[M]).all()
 
 
-@njit
-def _run_blocks(M, N, K, A, lda, B, ldb, C, ldc, acc, S, fpp):
-    _packed_blocks(M, N, K, A.ctypes.data, lda, B.ctypes.data, ldb, C.ctypes.data, ldc, acc, S.ctypes.data, fpp)
-
-
 @pytest.mark.parametrize("M,K,N", [(96, 128, 32), (13, 300, 70), (128, 129, 96), (5, 3, 7)])
 def test_gemm_packed_in_place_gives_the_packed_bytes(M, K, N):
-    """Rows close enough together (``DIRECT_LD``): whole panels read in place, the rest packed; the
-    same sums in the same order as packing all of it, so the same bytes."""
-    assert max(M, N) + 3 <= DIRECT_LD
+    """Rows close enough together (``DIRECT_LD``): whole panels read in place, the rest packed; rows
+    further apart: all of it packed. The same sums in the same order, so the same bytes."""
     rng = np.random.default_rng(M + K + N)
-    At, B = rng.normal(size=(K, M + 2)).astype(np.float32), rng.normal(size=(K, N + 3)).astype(np.float32)
+    At, B = rng.normal(size=(K, M)).astype(np.float32), rng.normal(size=(K, N)).astype(np.float32)
     C0 = rng.normal(size=(M, N)).astype(np.float32)
     out = []
-    for run in (_run_packed, _run_blocks):
+    for ld in (max(M, N) + 3, DIRECT_LD + 1):  # in place, then packed
+        Ap, Bp = np.zeros((K, ld), np.float32), np.zeros((K, ld), np.float32)
+        Ap[:, :M], Bp[:, :N] = At, B
         C = C0.copy()
-        run(M, N, K, At, M + 2, B, N + 3, C, N, 1, np.empty(gemm_scratch(M, N), np.float32), np.uint64(address("panels")))
+        _run_packed(M, N, K, Ap, ld, Bp, ld, C, N, 1, np.empty(gemm_scratch(M, N), np.float32), np.uint64(address("panels")))
         out.append(C.tobytes())
     assert out[0] == out[1]
 

@@ -231,18 +231,25 @@ def _tiles(M, a, sr, sk, step, b, c, ldc, K, acc, ldb=NR):  # pragma: no cover -
 def gemm_panels(M, N, K, a, lda, bp, c, ldc, acc, strips):  # pragma: no cover - njit
     """Float32 ``C[M, ceil(N/32)*32] (+)= A[M, K] @ W`` with W packed by ``pack_panels`` at address bp,
     C row-major at c (ldc floats; it must hold the padded columns), ``+=`` where acc is nonzero; A
-    row-major at a (lda floats), or with ``strips`` as ``gemm_packed`` packs it: strips of SH rows,
-    each [K, SH] (the rows' k-th elements side by side)."""
+    row-major at a (lda floats). ``strips`` other than 0 is ``gemm_packed``'s: 1, A as it packs it,
+    strips of SH rows, each [K, SH] (the rows' k-th elements side by side); 2 or more, A stored
+    transposed ([K, M], lda floats apart) and B not packed but row-major at bp, its rows ``strips``
+    floats apart (N a multiple of 32: whole panels only)."""
     M = np.int64(M)
     K = np.int64(K)
     lda = np.int64(lda)
     ldc = np.int64(ldc)
-    for j in range((np.int64(N) + NR - 1) // NR):  # (constant strides in each branch: the tiles' loops stay lean)
-        pj, cj = bp + np.uint64(j * K * NR * 4), c + np.uint64(j * NR * 4)
-        if strips:
-            _tiles(M, a, np.int64(1), np.int64(SH), K * 4, pj, cj, ldc, K, acc)
-        else:
-            _tiles(M, a, lda, np.int64(1), lda * 4, pj, cj, ldc, K, acc)
+    strips = np.int64(strips)
+    for j in range((np.int64(N) + NR - 1) // NR):  # (constant strides in the per-step branch: its tiles' loops stay lean)
+        cj = c + np.uint64(j * NR * 4)
+        if strips == 0:
+            _tiles(M, a, lda, np.int64(1), lda * 4, bp + np.uint64(j * K * NR * 4), cj, ldc, K, acc)
+        else:  # (the weight gradients': their strides as values, so one more copy of the tiles, not two)
+            packed = strips == 1
+            sk = np.int64(SH) if packed else lda
+            step = K * 4 if packed else np.int64(4)
+            pj = bp + np.uint64(j * K * NR * 4 if packed else j * NR * 4)
+            _tiles(M, a, np.int64(1), sk, step, pj, cj, ldc, K, acc, np.int64(NR) if packed else strips)
 
 
 #: rows of B (the sum's length) packed at once by ``gemm_packed``: its scratch holds KC rows of A and B
@@ -265,40 +272,28 @@ def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp):  # pragma: no co
     (leading dimension lda), B [K, N] and C [M, N] row-major (ldb, ldc): the weight gradients, sums
     over batch rows (``x^T @ dz``). C is touched only in its N columns.
 
-    Where A's and B's rows are at most DIRECT_LD floats apart, the microkernel's tiles read both in
-    place for B's whole panels of 32 columns (A^T's rows: sr = 1, sk = lda; B's panel: its columns,
-    ldb apart): packing them cost a fifth of the GEMM at the search's sizes (H = 32), while with rows
-    further apart (H = 256: 3-4 KiB, a page per k) the packed operands were 4-5 % faster. The rest
-    (and all of it otherwise) goes through ``_packed_blocks``. The same sums in the same order either
-    way: the same bytes."""
-    M = np.int64(M)
-    N = np.int64(N)
-    K = np.int64(K)
-    lda = np.int64(lda)
-    ldb = np.int64(ldb)
-    n0 = np.int64(0)
-    if K > 0 and lda <= DIRECT_LD and ldb <= DIRECT_LD:
-        n0 = (N // NR) * NR
-        for j in range(n0 // NR):
-            cj = c + np.uint64(j * NR * 4)
-            _tiles(M, a, np.int64(1), lda, np.int64(4), b + np.uint64(j * NR * 4), cj, np.int64(ldc), K, acc, ldb)
-    if N > n0:
-        o = np.uint64(n0 * 4)
-        _packed_blocks(M, N - n0, K, a, lda, b + o, ldb, c + o, ldc, acc, sp, fpp)
-
-
-@njit(cache=True, error_model="numpy")
-def _packed_blocks(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp):  # pragma: no cover - njit
-    """``gemm_packed`` with its operands packed: each block of up to KC rows is packed into the scratch
-    at sp (``gemm_scratch`` floats): B as panels of 32 columns, A's columns as strips of SH rows;
-    ``gemm_panels`` (the per-step GEMMs' microkernel, its C function at address fpp) multiplies them.
-    The last, partial panel's product goes through the scratch."""
+    Where A's and B's rows are at most DIRECT_LD floats apart, ``gemm_panels`` (the per-step GEMMs'
+    microkernel, its C function at address fpp) reads both in place for B's whole panels of 32
+    columns: packing them cost a fifth of this GEMM at the search's sizes (H = 32), while with rows
+    further apart (H = 256: 3-4 KiB, a page per k) packed operands were 4-5 % faster. Otherwise, and
+    for a last partial panel, each block of up to KC rows is packed into the scratch at sp
+    (``gemm_scratch`` floats): B as panels of 32 columns, A's columns as strips of SH rows, which
+    ``gemm_panels`` multiplies; the partial panel's product goes through the scratch. The same sums
+    in the same order either way: the same bytes."""
     M = np.int64(M)
     N = np.int64(N)
     K = np.int64(K)
     lda = np.int64(lda)
     ldb = np.int64(ldb)
     ldc = np.int64(ldc)
+    if K > 0 and lda <= DIRECT_LD and ldb <= DIRECT_LD and N >= NR:
+        n0 = (N // NR) * NR
+        call_panels(fpp, M, n0, K, a, lda, b, c, ldc, acc, ldb)  # (ldb >= N >= 32: the in-place mode)
+        if n0 == N:
+            return
+        b += np.uint64(n0 * 4)
+        c += np.uint64(n0 * 4)
+        N -= n0
     nf = N // NR  # whole panels
     nb = (N + NR - 1) // NR
     ao = KC * nb * NR  # in the scratch: B's panels, then A's strips, then the partial panel's product [M, 32]
