@@ -52,7 +52,7 @@ from . import ir_loops, vector
 
 #: LLVM's optimisation level for the interpreters' first compile (Numba's own, ``NUMBA_OPT``, if lower)
 OPT = 1
-_compiled: set[tuple[str, str]] = set()
+_compiled: set[tuple[str, Any]] = set()
 
 
 @contextmanager
@@ -72,7 +72,7 @@ def _opt(level: int) -> Iterator[None]:
 def compiling(which: str, dtype: np.dtype) -> Any:
     """Around an interpreter's call (``which``: its name): the first one in this process for
     ``dtype`` compiles it (or loads it from the cache) at ``OPT``; later ones change nothing."""
-    key = (which, np.dtype(dtype).name)
+    key = (which, dtype)  # (a dtype hashes as its type: no ``.name``, which NumPy computes in Python)
     if key in _compiled:
         return nullcontext()
     _compiled.add(key)
