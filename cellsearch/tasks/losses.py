@@ -68,6 +68,8 @@ def cross_entropy(logits: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[
     if not np.issubdtype(y.dtype, np.integer):
         raise ShapeError(f"cross_entropy: targets must be integer class ids (got dtype {y.dtype})")
     K = logits.shape[2]
+    if K == 0:  # (no class for any target; the compiled passes read each step's first logit)
+        raise ShapeError("cross_entropy: counted targets must be class ids in [0, -1]")
     z = logits if logits.dtype in (np.float32, np.float64) else np.asarray(logits, dtype=np.float64)
     z, y, w = np.ascontiguousarray(z), np.ascontiguousarray(y, dtype=np.int64), np.ascontiguousarray(w)
     shifted, finish = _kernels()

@@ -152,6 +152,7 @@ def test_gradient_dtype_follows_predictions(rng):
         (lambda: mean_squared_error(np.zeros((2, 3, 1)), np.zeros((2, 3, 1)), np.full((2, 3), np.nan)), "finite"),
         (lambda: mean_squared_error(np.zeros((2, 3, 1)), np.zeros((2, 3, 1)), np.full((2, 3), np.inf)), "finite"),
         (lambda: cross_entropy(np.zeros((2, 3, 4)), np.full((2, 3), -1), np.ones((2, 3))), "class ids in [0, 3]"),
+        (lambda: cross_entropy(np.zeros((2, 3, 0)), np.zeros((2, 3), dtype=int), np.ones((2, 3))), "class ids in [0, -1]"),
         (lambda: binary_cross_entropy(np.zeros((2, 3, 2)), np.zeros((2, 3, 1)), np.ones((2, 3))), "targets must have"),
     ],
 )

@@ -479,7 +479,8 @@ def _backward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
 
         def gather() -> None:  # DZ[t] = [g_dst_0 | g_dst_1 | ...], denormals flushed to zero (rows q0..q1)
             irow = mul(aux, W_info)
-            width = mul(load(info, add(irow, k(1))), H)
+            nk = load(info, add(irow, k(1)))
+            width = mul(nk, H)
             zoff = add(load(info, add(irow, k(ip.C_ZR))), mul(slot, B, width))
 
             def one(kk: ir.Value) -> None:
@@ -487,7 +488,7 @@ def _backward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
                 zr = add(DZ, mul(add(zoff, mul(q0, width), mul(kk, H)), isz))
                 e.op_rows("flush_copy", H, n, [(zr, width), (gv(src), H)])
 
-            e.loop(load(info, add(irow, k(1))), one)
+            e.loop(nk, one)
 
         e.cases(code, [
             ((ip.OP_STATE,), lambda: e.op("move", ne, [gv(gd), carry_at(aux, q0)])),

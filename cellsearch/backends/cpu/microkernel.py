@@ -210,8 +210,9 @@ def _tiles(M, a, sr, sk, step, b, c, ldc, K, acc, ldb=NR):  # pragma: no cover -
     """Rows 0..M of ``C[:, 32] (+)= A @ B`` by tiles of SH = 12, 4, then 1 rows: 24 of the 32 vector
     registers hold the product (8 rows measured 2-9 % slower: each k reloads B's two vectors for fewer
     rows). The block of SH rows from row i starts i*step bytes from a, and its element (r, k) is
-    ``r*sr + k*sk`` floats into it: a row-major A (sr = lda, sk = 1, step = lda*4), or A packed as
-    strips of SH rows, each [K, SH] (sr = 1, sk = SH, step = K*4)."""
+    ``r*sr + k*sk`` floats into it: a row-major A (sr = lda, sk = 1, step = lda*4), A packed as
+    strips of SH rows, each [K, SH] (sr = 1, sk = SH, step = K*4), or A stored transposed (sr = 1,
+    sk = lda, step = 4). Row k of B's 32 columns is ``k*ldb`` floats from b (a packed panel: 32)."""
     i = np.int64(0)
     nr = np.int64(ldb)
     while i + SH <= M:
