@@ -123,6 +123,17 @@ class _Emitter:
         b.branch(done)
         b.position_at_end(done)
 
+    def row_tiles(self, r0: ir.Value, r1: ir.Value, tile: ir.Value, body: Callable[[ir.Value, ir.Value], None]) -> None:
+        """``body(q0, q1)`` for rows r0..r1 cut into tiles of ``tile`` rows (the last may be shorter)."""
+        b = self.b
+
+        def one(i: ir.Value) -> None:
+            q0 = self.add(r0, self.mul(i, tile))
+            end = self.add(q0, tile)
+            body(q0, b.select(b.icmp_signed("<", end, r1), end, r1))
+
+        self.loop(b.sdiv(self.add(b.sub(r1, r0), b.sub(tile, self.k(1))), tile), one)
+
     def when(self, cond: ir.Value, body: Body) -> None:  # if cond: body()
         with self.b.if_then(cond):
             body()
@@ -199,12 +210,7 @@ def _forward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
         end, tile = load(ops, add(head, k(ip.C_NEXT))), load(ops, add(head, k(ip.C_TILE)))
         e.when(e.eq(load(ops, add(head, k(ip.C_CODE))), ip.OP_GEMM), lambda: product(t, load(ops, add(head, k(ip.C_AUX)))))
 
-        def one_tile(i: ir.Value) -> None:
-            q0 = add(r0, mul(i, tile))
-            q1 = b.select(b.icmp_signed("<", add(q0, tile), r1), add(q0, tile), r1)
-            e.loop(b.sub(end, r), lambda j: one_op(t, add(r, j), q0, q1))
-
-        e.loop(b.sdiv(add(nr, b.sub(tile, k(1))), tile), one_tile)
+        e.row_tiles(r0, r1, tile, lambda q0, q1: e.loop(b.sub(end, r), lambda j: one_op(t, add(r, j), q0, q1)))
 
     def stage(g: ir.Value, t: ir.Value) -> tuple[ir.Value, ...]:  # GEMM stage g's (ns, nk, W offset, panels, K offset)
         irow = mul(g, W_info)
@@ -405,13 +411,11 @@ def _backward(context: Any, builder: ir.IRBuilder, sig: Any, args: Any) -> Any:
         head = mul(r, W_ops)
         lo, above, tile = (load(ops, add(head, k(c))) for c in (ip.C_PREV, ip.C_SCAT, ip.C_TILE))
 
-        def one_tile(i: ir.Value) -> None:
-            q0 = add(r0, mul(i, tile))
-            q1 = b.select(b.icmp_signed("<", add(q0, tile), r1), add(q0, tile), r1)
+        def one_tile(q0: ir.Value, q1: ir.Value) -> None:
             e.when(b.icmp_signed(">=", above, k(0)), lambda: scatter(load(ops, add(mul(above, W_ops), k(ip.C_AUX))), q0, q1))
             e.loop(add(b.sub(r, lo), k(1)), lambda j: one_op(t, slot, b.sub(r, j), q0, q1))
 
-        e.loop(b.sdiv(add(nr, b.sub(tile, k(1))), tile), one_tile)
+        e.row_tiles(r0, r1, tile, one_tile)
         lo_row = mul(lo, W_ops)
         e.when(e.eq(load(ops, add(lo_row, k(ip.C_CODE))), ip.OP_GEMM), lambda: product(slot, load(ops, add(lo_row, k(ip.C_AUX)))))
 
