@@ -131,6 +131,9 @@ EDGE_CELLS = {
         "r = sigmoid(linear(x, bias=none))\nc = f * c + i * tanh(linear(x, bias=none) + linear(r * h, bias=none))\n"
         "h = tanh(c) * sigmoid(linear(x, h, c, bias=-0.5))\nreturn h\n"
     ),
+    # a source twice in one linear: its two weights summed into one block (x's, then h's)
+    "x_twice": "state(h)\nh = tanh(linear(x, x, h))\nreturn h\n",
+    "h_twice": "state(c, h)\nc = sigmoid(linear(x, h, h)) * c + tanh(linear(c, x))\nh = tanh(c)\nreturn h\n",
 }
 
 
@@ -204,6 +207,42 @@ def test_cpu_reuses_its_buffers_call_after_call(name, dtype, threads):
             compare(f"{where} d{p_name}", g.params[p_name], gr.params[p_name], TOL[dtype])
         for s in cell.states:
             compare(f"{where} d{s}0", g.state0[s], gr.state0[s], TOL[dtype])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_cpu_reads_parameters_updated_in_place(dtype, threads):
+    """A training loop updates its parameters in place: the kernel, which keeps the addresses of the
+    arrays its last call was given, reads their new values at every call. Arrays it must convert (of
+    another dtype, or not contiguous) are converted at every call; a wrong shape is refused."""
+    from cellsearch import ShapeError, parse
+
+    cell = parse(EDGE_CELLS["h_twice"], name="h_twice")
+    ref, kern = compile(cell, "reference"), compile(cell, "cpu", dtype, threads=threads)
+    rng = np.random.default_rng(11)
+    params = {k: v.astype(dtype) for k, v in init_params(cell, 4, 5, rng).items()}
+    x, d_out = rng.normal(size=(6, 3, 4)), rng.normal(size=(6, 3, 5))
+    for step in range(4):
+        given = dict(params)
+        if step == 2:  # one converted from float64, one a transposed view
+            name, other = sorted(given)[:2]
+            given[name] = given[name].astype(np.float64)
+            given[other] = np.ascontiguousarray(given[other].T).T
+        p64 = {k: np.asarray(v, dtype=np.float64) for k, v in given.items()}
+        gr = ref.backward(p64, ref.forward(p64, x).tape, d_out)
+        f = kern.forward(given, x.astype(dtype))
+        g = kern.backward(given, f.tape, d_out.astype(dtype))
+        compare(f"step {step} output", f.outputs, ref.forward(p64, x).outputs, TOL[dtype])
+        for name in gr.params:
+            compare(f"step {step} d{name}", g.params[name], gr.params[name], TOL[dtype])
+        for v in params.values():  # an optimiser's step, in place
+            v *= dtype(0.8)
+            v += rng.normal(size=v.shape).astype(dtype) * dtype(0.3)
+    bad = dict(params)
+    name = next(iter(bad))
+    bad[name] = np.zeros(bad[name].shape + (1,), dtype=dtype)
+    with pytest.raises(ShapeError):
+        kern.backward(bad, f.tape, d_out.astype(dtype))
 
 
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])

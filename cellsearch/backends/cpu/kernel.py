@@ -3,8 +3,9 @@
 Same API as the reference: ``forward(params, x, state0) -> Forward`` and
 ``backward(params, tape, d_out, d_state_T) -> Gradients``. Everything runs inside the two njit
 calls: the input projection step by step, the recurrent GEMMs, the elementwise ops, and the weight
-gradients block by block as the reverse walk goes (``blas.Jobs``); around them, Python packs the
-weights and sums the chunks' gradients.
+gradients block by block as the reverse walk goes (``blas.Jobs``); around them, one call each moves
+the parameters into the buffers the kernels read and sums the chunks' gradients into the named ones
+(``moves``, over tables built once per shape).
 
 The kernel keeps its work buffers between calls of the same shape (a training loop calls it with
 the same shapes again and again): a tape is valid until the kernel's next ``forward``; ``backward``
@@ -26,10 +27,10 @@ from ...ir.cell import Cell
 from ...ir.params import ParamSpec, param_specs
 from ...lowering import Code, Plan, lower
 from ..reference import Forward, Gradients, check_params, infer_hidden, initial_states
-from ..tables import Tables, pack_weights, tables, unpack_gradients, unpack_recipe
-from . import ahead, interp
+from ..tables import Tables, tables, unpack_recipe
+from . import ahead, interp, moves
 from .blas import J_A, Jobs, warm
-from .microkernel import NR, address, gemm_scratch, pack_panels, padded, panels_size
+from .microkernel import NR, address, gemm_scratch, padded, panels_size
 from .rare import RARE, rare_name
 
 Array = np.ndarray
@@ -200,6 +201,70 @@ def gradient_slots(plan: Plan) -> tuple[list[int], int]:
     return slot, max(len(ends), 1)
 
 
+class _Packed:
+    """Parameters as a kernel reads them: named arrays moved into one buffer (``views``: its parts)
+    by one ``moves.pack`` over a table built once per workspace. Each move's source is a parameter,
+    whose address the table takes at each call, unless the call passes the very arrays of the last
+    one (a training loop updates its parameters in place): then the table is as it was. (Held, those
+    arrays cannot be freed and their addresses reused.) Where the regions' moves leave an element
+    alone (a term of no parameter, the panels' padding), it stays the zero it was made with."""
+
+    def __init__(self, dtype: np.dtype, size: int, regions: dict[str, tuple[int, tuple[int, ...]]]) -> None:
+        self.dtype = dtype
+        self.buf = aligned(size, dtype, zero=True)
+        self.views = {name: self.buf[o : o + math.prod(shape)].reshape(shape) for name, (o, shape) in regions.items()}
+        self.names: list[str] = []  # the sources, in the order of their first move
+        self.shapes: list[tuple[int, ...]] = []  # and their shapes
+        self.rows: list[list[int]] = []
+        self.sources: list[int] = []  # each move's source: an index into names
+        self.table = np.zeros((0, moves.WIDTH), dtype=np.int64)
+        self.src = np.zeros(0, dtype=np.int64)
+        self.held: list[Array] = []  # the arrays the table's addresses point into (the last call's, or copies)
+
+    def add(self, name: str, shape: tuple[int, ...], dst: int, kind: int, a: int, b: int, K: int = 0, add: bool = False) -> None:
+        """A move of parameter ``name`` (row-major ``shape``) to ``dst`` (``moves``' doc)."""
+        if name not in self.names:
+            self.names.append(name)
+            self.shapes.append(shape)
+        R, C = (1, shape[0]) if len(shape) == 1 else shape
+        self.rows.append(moves.row(0, R, C, C, 1, dst, kind, a, b, K=K, add=add))
+        self.sources.append(self.names.index(name))
+
+    def done(self) -> _Packed:
+        self.table = np.array(self.rows, dtype=np.int64).reshape(-1, moves.WIDTH)
+        self.src = np.array(self.sources, dtype=np.int64)
+        return self
+
+    def fill(self, params: Mapping[str, Array]) -> dict[str, Array]:
+        """The buffer's views, holding ``params`` (every name the moves read; shapes checked here when
+        the arrays are not the last call's)."""
+        given = [params[n] for n in self.names]
+        if len(given) != len(self.held) or any(a is not h for a, h in zip(given, self.held, strict=True)):
+            dt = self.dtype
+            held = []
+            for name, a, shape in zip(self.names, given, self.shapes, strict=True):
+                a = np.asarray(a)
+                if a.shape != shape:  # (the moves would read past its end)
+                    raise ShapeError(f"parameter {name!r} has shape {a.shape}; this kernel's call expects {shape}")
+                held.append(a if a.dtype == dt and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=dt))
+            self.held = held  # (an array converted here is new: the next call converts again)
+            if len(self.src):
+                addrs = np.array([a.ctypes.data for a in held], dtype=np.int64)
+                self.table[:, moves.M_SRC] = addrs[self.src]
+        if len(self.table):
+            moves.pack(self.table, self.buf)
+        return self.views
+
+
+def _regions(parts: list[tuple[str, tuple[int, ...], int]]) -> tuple[dict[str, tuple[int, tuple[int, ...]]], int]:
+    """Regions of one buffer, each on a cache line: (name, shape, elements) -> ({name: (offset, shape)}, size)."""
+    out, at = {}, 0
+    for name, shape, n in parts:
+        out[name] = (at, shape)
+        at += _lines(max(n, 1))
+    return out, at
+
+
 @dataclass
 class _Backward:
     """A workspace's buffers for the backward's gradients (zeroed by each call) and the table of the
@@ -218,6 +283,10 @@ class _Backward:
     jobs: Array  # the job table (``Jobs.table``)
     x_rows: list[int]  # its rows whose A is x (one chunk: x is the tape's own, its address set by each call)
     keep: Jobs  # the Jobs that holds the views the table points into
+    weights: _Packed  # the backward's weights (WT, peeps; WxTo with x's gradient) from the parameters
+    grads: Array  # the moves (``moves``) of the chunks' gradients, summed, into the named ones' buffer
+    grad_views: list[tuple[str, int, tuple[int, ...]]]  # each named gradient: (name, offset, shape) in that buffer
+    grad_size: int
 
     def zero(self) -> None:
         for a in (*self.dWt, self.dWxo, self.dX, self.dB, self.dPeep, self.dBx):
@@ -246,10 +315,10 @@ class _Workspace:
     TMP: Array  # [C, tmp_size]
     G: Array  # [C, g_size]
     # made at first use, then kept (a training loop calls with the same shapes again and again, and at
-    # small sizes the allocations and the job table cost as much as the kernel): the weights packed as
-    # panels ("forward", "backward", "x": ``CpuKernel._with_panels``) and the backward's gradient
-    # buffers and job table, with and without x's gradient (``_Backward``)
-    panels: dict[str, Array] = field(default_factory=dict)
+    # small sizes the allocations and the job table cost as much as the kernel): the forward's weights
+    # as it reads them (``_Packed``) and the backward's gradient buffers and job table, with and
+    # without x's gradient (``_Backward``)
+    forward: _Packed | None = None
     zero_states: Array | None = None  # [C, nS, Bp*H] zeros: the initial states when none are given
     backward: dict[bool, _Backward] = field(default_factory=dict)
 
@@ -419,7 +488,6 @@ class CpuKernel:
         self._generation = 0
         self._specs: dict[tuple[int, int], list[ParamSpec]] = {}
         self._fns: dict[str, tuple[np.uint64, ...]] = {}
-        self._recipes: dict[int, list[Any]] = {}  # unpack_recipe for H
 
     def _chunks(self, B: int) -> int:
         return max(1, min(self.threads or 1, B))
@@ -432,25 +500,85 @@ class CpuKernel:
             self._ws[key] = _workspace(self.plan, T, B, I, H, key[-1], self.dtype)
         return self._ws[key]
 
-    def _with_panels(self, W: Array, ws: _Workspace, H: int, forward: bool) -> Array:
-        """The stages' weights W (flat, each stage [ns*H, nk*H]), then each stage's weights packed as
-        panels (C_PF; the backward's, C_PB, of their transposes), in the workspace's buffer for them;
-        W itself where there are no panels."""
-        cpu = ws.cpu
-        size = cpu.panels[0 if forward else 1]
-        if size == 0:
-            return W
-        key = "forward" if forward else "backward"
-        if key not in ws.panels:  # the plain weights' part is not read: every stage has panels
-            ws.panels[key] = aligned(_lines(W.size) + size, W.dtype)
-        out = ws.panels[key]
+    def _stage_moves(self, pk: _Packed, ws: _Workspace, H: int, at: int, forward: bool) -> None:
+        """Moves of the stages' weights into ``pk``'s buffer from element ``at``: float32, as panels
+        of W (forward, at C_PF) or of W^T (backward, at C_PB); float64, W [ns*H, nk*H] itself or its
+        transpose. Weights summed from several parameters come in ``pack_weights``' order."""
+        info = ws.cpu.stage_info
+        panels = self.dtype == np.float32
         for g, st in enumerate(self.plan.stages):
             ns, nk = len(st.srcs), len(st.dsts)
-            K, N = (ns * H, nk * H) if forward else (nk * H, ns * H)
-            woff = int(cpu.stage_info[g, 2])
-            poff = int(cpu.stage_info[g, interp.C_PF if forward else interp.C_PB])
-            pack_panels(W[woff : woff + K * N], K, N, out[poff : poff + panels_size(K, N)], not forward)
-        return out
+            woff = int(info[g, 2])
+            for kk, row in enumerate(st.terms):
+                for i, names in enumerate(row):
+                    if panels and forward:  # W[i*H + r, kk*H + c]
+                        move = (at + int(info[g, interp.C_PF]), moves.PANEL, i * H, kk * H, ns * H)
+                    elif panels:  # W^T[kk*H + c, i*H + r]
+                        move = (at + int(info[g, interp.C_PB]), moves.PANEL_T, kk * H, i * H, nk * H)
+                    elif forward:
+                        move = (at + woff + (i * nk * H + kk) * H, moves.AFFINE, nk * H, 1, 0)
+                    else:
+                        move = (at + woff + (kk * ns * H + i) * H, moves.AFFINE, 1, ns * H, 0)
+                    for j, name in enumerate(names):
+                        pk.add(name, (H, H), *move, add=j > 0)
+
+    def _stage_size(self, ws: _Workspace, H: int, forward: bool) -> int:
+        """Elements of the stages' weights as ``_stage_moves`` writes them (float32: the panels after
+        the plain weights' room, which is not written: the offsets C_PF and C_PB count from there)."""
+        plain = _lines(sum(len(st.srcs) * len(st.dsts) * H * H for st in self.plan.stages))
+        return plain + ws.cpu.panels[0 if forward else 1] if self.dtype == np.float32 else plain
+
+    @staticmethod
+    def _vector_moves(pk: _Packed, names: tuple[str, ...], at: int, H: int) -> None:  # vectors [H], one after another
+        for j, name in enumerate(names):
+            pk.add(name, (H,), at + j * H, moves.AFFINE, 0, 1)
+
+    def _forward_weights(self, ws: _Workspace, I: int, H: int) -> _Packed:
+        """The forward's weights (``_Packed``): "W" the stages' (``_stage_moves``), "WX" the input
+        projection's (float32: panels; else [I, NX*H]), "bx" its biases [NX*H], "biases" [n_biases, H],
+        "peeps" [n_peeps, H]."""
+        p, dt = self.plan, self.dtype
+        NX = len(p.xblocks)
+        panels = dt == np.float32 and NX > 0
+        wx = panels_size(I, NX * H) if panels else I * NX * H
+        regions, size = _regions([("W", (self._stage_size(ws, H, True),), self._stage_size(ws, H, True)),
+                                  ("WX", (wx,), wx), ("bx", (NX * H,), NX * H),
+                                  ("biases", (len(p.biases), H), len(p.biases) * H),
+                                  ("peeps", (len(p.peeps), H), len(p.peeps) * H)])  # fmt: skip
+        pk = _Packed(dt, size, regions)
+        self._stage_moves(pk, ws, H, regions["W"][0], True)
+        wxo = regions["WX"][0]
+        for i, blk in enumerate(p.xblocks):
+            for j, name in enumerate(blk.weights):
+                if panels:
+                    pk.add(name, (I, H), wxo, moves.PANEL, 0, i * H, K=I, add=j > 0)
+                else:
+                    pk.add(name, (I, H), wxo + i * H, moves.AFFINE, NX * H, 1, add=j > 0)
+        bxo = regions["bx"][0]
+        for i, blk in enumerate(p.xblocks):
+            if blk.bias is not None:
+                pk.add(blk.bias, (H,), bxo + i * H, moves.AFFINE, 0, 1)
+        self._vector_moves(pk, p.biases, regions["biases"][0], H)
+        self._vector_moves(pk, p.peeps, regions["peeps"][0], H)
+        return pk.done()
+
+    def _backward_weights(self, ws: _Workspace, I: int, H: int, order: list[int], grad_x: bool) -> _Packed:
+        """The backward's weights (``_Packed``): "WT" the stages' transposed (``_stage_moves``),
+        "peeps" [n_peeps, H], and with ``grad_x`` "WxTo" [NX*H, I]: Wx^T, its H-row blocks in the
+        order ``order`` (where the weight-gradient jobs read it)."""
+        p, dt = self.plan, self.dtype
+        NX = len(p.xblocks) if grad_x else 0
+        wt = self._stage_size(ws, H, False)
+        regions, size = _regions([("WT", (wt,), wt), ("peeps", (len(p.peeps), H), len(p.peeps) * H),
+                                  ("WxTo", (NX * H, I), NX * H * I)])  # fmt: skip
+        pk = _Packed(dt, size, regions)
+        self._stage_moves(pk, ws, H, regions["WT"][0], False)
+        self._vector_moves(pk, p.peeps, regions["peeps"][0], H)
+        wxo = regions["WxTo"][0]
+        for pos, i in enumerate(order if grad_x else []):  # WxTo[pos*H + c, r] = Wx_i[r, c]
+            for j, name in enumerate(p.xblocks[i].weights):
+                pk.add(name, (I, H), wxo + pos * H * I, moves.AFFINE, 1, I, add=j > 0)
+        return pk.done()
 
     def _gemm(self, which: str) -> np.uint64:
         """The address of the float32 GEMM ``which`` (``microkernel.address``; 0 for float64, which
@@ -476,10 +604,6 @@ class CpuKernel:
         has none (it is never called then, nor compiled)."""
         return np.uint64(address(rare_name(direction, self.dtype)) if self._rare_ops else 0)
 
-    def _weights(self, params: Mapping[str, Array], I: int, H: int, transposed: bool) -> tuple[Array, Array, Array, Array, Array]:
-        w = pack_weights(self.plan, params, I, H, self.dtype, transposed)
-        return w.Wx, w.bx, w.biases, w.peeps, w.stages
-
     def forward(self, params: Mapping[str, Array], x: Array, state0: Mapping[str, Array] | None = None) -> Forward:
         p = self.plan
         dt = self.dtype
@@ -491,8 +615,12 @@ class CpuKernel:
         if (I, H) not in self._specs:
             self._specs = {(I, H): param_specs(self.cell, I, H)}
         check_params(self._specs[(I, H)], params)
-        Wx, bx, biases, peeps, W = self._weights(params, I, H, transposed=False)
         ws = self._get_workspace(T, B, I, H)
+        if ws.forward is None:
+            ws.forward = self._forward_weights(ws, I, H)
+        w = ws.forward.fill(params)
+        W, WX, bx, biases, peeps = w["W"], w["WX"], w["bx"], w["biases"], w["peeps"]
+        wx_panels = dt == np.float32 and WX.size > 0  # the input projection's weights as panels (float32's microkernel)
         C, Bp, tb = ws.chunks, ws.Bp, ws.tables
         nS = len(p.states)
         if state0:
@@ -509,15 +637,6 @@ class CpuKernel:
                 ws.A[:, off : off + Bp * H] = S0[:, i]
         consts = self._consts
         head = (ws.cpu.ops, ws.cpu.stage_info, tb.stage_src, tb.stage_dst, ws.cpu.seed, T, Bp, H)
-        W = self._with_panels(W, ws, H, forward=True)
-        # the input projection's weights: as panels for float32's microkernel (per step, in the loop)
-        wx_panels = dt == np.float32 and Wx.size > 0
-        WX = Wx.ravel()
-        if wx_panels:
-            if "x" not in ws.panels:
-                ws.panels["x"] = aligned(panels_size(I, Wx.shape[1]), dt)
-            WX = ws.panels["x"]
-            pack_panels(Wx.ravel(), I, Wx.shape[1], WX, False)
         out = np.empty((T, B, H), dtype=dt)  # the output's values, copied from the tape by the kernel's threads
         o_at, o_step = self._tape_at(ws, p.output_slot, H)
         fns = self._functions("forward")
@@ -548,9 +667,7 @@ class CpuKernel:
         V = ws.A[:, o : o + ws.Bp * H].reshape(ws.chunks, ws.Bp, H)
         return V[0].copy() if ws.chunks == 1 else _from_chunks(ws, V, 0)
 
-    def _backward_buffers(
-        self, ws: _Workspace, T: int, I: int, H: int, bshape: tuple[int, ...], pshape: tuple[int, ...], grad_x: bool
-    ) -> _Backward:
+    def _backward_buffers(self, ws: _Workspace, T: int, I: int, H: int, grad_x: bool) -> _Backward:
         """The gradient buffers and weight-gradient jobs of ``backward`` for this workspace (built
         once per workspace and ``grad_x``). The weight gradients are summed by each chunk's thread as
         its reverse walk goes, a block of SB steps at a time (then over the chunks): per recurrent
@@ -581,7 +698,8 @@ class CpuKernel:
         # columns, whichever blocks they are)
         order = [i for _, blocks in groups for i in blocks if i >= 0]
         dWxo = aligned((C, I, NX * H), dt, zero=True)
-        WxTo = np.zeros((NX * H, I) if grad_x else (0, I), dtype=dt)
+        weights = self._backward_weights(ws, I, H, order, grad_x)
+        WxTo = weights.views["WxTo"]
         x_rows: list[int] = []
         r0 = 0
         for ms, blocks in groups:
@@ -597,20 +715,60 @@ class CpuKernel:
                                  k=(n * H, 0), strides=(0, 0, Bp * I), transposed=False)  # fmt: skip
                 r0 += n * H
         PK = aligned((C, _lines(gemm_scratch(*jobs.widest)) if dt == np.float32 else 1), np.float32)
+        dB = np.zeros((C, len(p.biases), H), dtype=dt)
+        dPeep = np.zeros((C, len(p.peeps), H), dtype=dt)
+        dBx = np.zeros((C, NX * H), dtype=dt)
+        grads, views, size = self._gradient_moves(H, I, dWt, dWxo, order, dBx, dB, dPeep)
         return _Backward(
             dWt=dWt,
             dWxo=dWxo,
             order=order,
             WxTo=WxTo,
             dX=dX,
-            dB=np.zeros((C, *bshape), dtype=dt),
-            dPeep=np.zeros((C, *pshape), dtype=dt),
-            dBx=np.zeros((C, NX * H), dtype=dt),
+            dB=dB,
+            dPeep=dPeep,
+            dBx=dBx,
             PK=PK,
             jobs=jobs.table(),
             x_rows=x_rows if C == 1 else [],
             keep=jobs,
+            weights=weights,
+            grads=grads,
+            grad_views=views,
+            grad_size=size,
         )
+
+    def _gradient_moves(
+        self, H: int, I: int, dWt: list[Array], dWxo: Array, order: list[int], dBx: Array, dB: Array, dPeep: Array
+    ) -> tuple[Array, list[tuple[str, int, tuple[int, ...]]], int]:
+        """The moves (``moves``) that sum the chunks' gradients into each named parameter's, one after
+        another in one buffer: the table, each gradient's (name, offset, shape) and the size. The
+        sums are ``unpack_gradients``' over the chunks' sums, in its order (``unpack_recipe``): the
+        same bytes as NumPy's ``sum(axis=0)`` and then ``unpack_gradients``."""
+        C = dWxo.shape[0]
+        rows: list[list[int]] = []
+        views: list[tuple[str, int, tuple[int, ...]]] = []
+        at = 0
+        pos = {i: n for n, i in enumerate(order)}  # x block -> its column block in dWxo
+        shapes = {s.name: s.shape for s in param_specs(self.cell, I, H)}
+        for name, parts in unpack_recipe(self.plan, H):
+            shape = shapes[name]
+            R, Cn = (1, shape[0]) if len(shape) == 1 else shape
+            for j, (which, index, rs, cs) in enumerate(parts):
+                if which == 0:  # dWx[:, block's columns]: [I, H] of dWxo [C, I, NX*H], at its column block
+                    src, strides, cstride = dWxo[0, :, pos[cs.start // H] * H :], (dWxo.shape[2], 1), dWxo[0].size
+                elif which == 1:  # its bias, dbx[block's columns]: [H] of dBx [C, NX*H]
+                    src, strides, cstride = dBx[0, cs.start :], (0, 1), dBx[0].size
+                elif which == 2:  # dWs[g][rs, cs] = dWt[g]'s sum over chunks, transposed: [cs, rs] of [C, nk*H, ns*H]
+                    d = dWt[index]
+                    src, strides, cstride = d[0, cs.start :, rs.start :], (1, d.shape[2]), d[0].size
+                else:  # dB[index] or dPeep[index]: [H] of [C, n, H]
+                    d = dB if which == 3 else dPeep
+                    src, strides, cstride = d[0, index], (0, 1), d[0].size
+                rows.append(moves.row(src.ctypes.data, R, Cn, *strides, at, moves.AFFINE, Cn, 1, add=j > 0, n=C, ns=cstride))
+            views.append((name, at, shape))
+            at += R * Cn
+        return np.array(rows, dtype=np.int64).reshape(-1, moves.WIDTH), views, at
 
     def backward(
         self,
@@ -629,11 +787,9 @@ class CpuKernel:
         x = tape.x
         T, B, I = x.shape
         H = tape.hidden_size
-        # the stages' weights transposed: packed so by _with_panels where there are panels (float32)
-        Wx, _, biases, peeps, WT = self._weights(params, I, H, transposed=self.dtype != np.float32)
         ws = self._get_workspace(T, B, I, H)
         C, Bp, cpu = ws.chunks, ws.Bp, ws.cpu
-        nS, NX = len(p.states), len(p.xblocks)
+        nS = len(p.states)
         dOut = np.zeros((T, B, H), dtype=dt) if d_out is None else np.ascontiguousarray(d_out, dtype=dt)
         dS = np.zeros((nS, B, H), dtype=dt)
         if d_state_T is not None:
@@ -646,18 +802,17 @@ class CpuKernel:
             dS = _to_chunks(ws, dS, 1, np.zeros((C, nS, Bp, H), dtype=dt)).reshape(C, nS, Bp * H)
         bw = ws.backward.get(grad_x)
         if bw is None:
-            bw = ws.backward[grad_x] = self._backward_buffers(ws, T, I, H, biases.shape, peeps.shape, grad_x)
+            bw = ws.backward[grad_x] = self._backward_buffers(ws, T, I, H, grad_x)
         bw.zero()
+        w = bw.weights.fill(params)  # (with grad_x: Wx^T in dWxo's block order, where the jobs read it)
+        WT, peeps = w["WT"], w["peeps"]
         if C == 1:  # the one chunk's x is the tape's own (the forward read it in place)
             xa = x.ctypes.data
             for r in bw.x_rows:
                 bw.jobs[r, J_A] = xa
-        dX, dB, dPeep, dBx, dWt, dWxo, order = bw.dX, bw.dB, bw.dPeep, bw.dBx, bw.dWt, bw.dWxo, bw.order
-        if grad_x:  # Wx^T, its blocks in dWxo's column order, where the jobs read it
-            np.copyto(bw.WxTo, Wx.reshape(I, NX, H)[:, order].reshape(I, NX * H).T)
+        dX, dB, dPeep, dBx = bw.dX, bw.dB, bw.dPeep, bw.dBx
         PK, SB = bw.PK, ws.SB
         head = (cpu.ops, cpu.stage_info, cpu.stage_src, cpu.stage_dst, T, Bp, H)
-        WT = self._with_panels(WT, ws, H, forward=False)
         tail = (cpu.state_g, cpu.update_g, cpu.output_g)
         ahead.wait(dt, C > 1)  # (a first use: ahead.py's child compiles the backward and the job runner)
         fns = self._functions("backward")
@@ -669,13 +824,9 @@ class CpuKernel:
             else:
                 interp.backward_kernel_split(*head, ws.A, *tail, dOut, dS, peeps, WT, ws.DZ, ws.TMP, ws.G, ws.dP, dX, dB, dPeep,
                                              dBx, self._R, bw.jobs, ws.rows, SB, PK, *fns)  # fmt: skip
-        dWs = [d.sum(axis=0).T if C > 1 else d[0].T for d in dWt]
-        dWx = dWxo.sum(axis=0) if C > 1 else dWxo[0]
-        if order != sorted(order):
-            dWx = dWx.reshape(I, NX, H)[:, np.argsort(order)].reshape(I, NX * H)
-        if H not in self._recipes:
-            self._recipes = {H: unpack_recipe(p, H)}
-        grads = unpack_gradients(p, H, dWx, dBx.sum(axis=0), dWs, dB.sum(axis=0), dPeep.sum(axis=0), self._recipes[H])
+        flat = np.empty(bw.grad_size, dtype=dt)  # the named gradients, summed over the chunks (new arrays)
+        moves.sums(bw.grads, flat)
+        grads = {name: flat[o : o + math.prod(shape)].reshape(shape) for name, o, shape in bw.grad_views}
         if C == 1:
             dx, dS = dX[0].copy() if grad_x else dX, dS[0].reshape(nS, B, H)  # (dX is the workspace's)
         else:
