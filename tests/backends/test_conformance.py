@@ -240,7 +240,7 @@ def test_cpu_reads_parameters_updated_in_place(dtype, threads):
             v += rng.normal(size=v.shape).astype(dtype) * dtype(0.3)
     bad = dict(params)
     name = next(iter(bad))
-    bad[name] = np.zeros(bad[name].shape + (1,), dtype=dtype)
+    bad[name] = np.zeros((*bad[name].shape, 1), dtype=dtype)
     with pytest.raises(ShapeError):
         kern.backward(bad, f.tape, d_out.astype(dtype))
 
