@@ -15,6 +15,7 @@ on an older tape raises.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -239,7 +240,7 @@ class _Packed:
         """The buffer's views, holding ``params`` (every name the moves read; shapes checked here when
         the arrays are not the last call's)."""
         given = [params[n] for n in self.names]
-        if len(given) != len(self.held) or any(a is not h for a, h in zip(given, self.held, strict=True)):
+        if len(given) != len(self.held) or not all(map(operator.is_, given, self.held)):
             dt = self.dtype
             held = []
             for name, a, shape in zip(self.names, given, self.shapes, strict=True):
@@ -285,7 +286,7 @@ class _Backward:
     keep: Jobs  # the Jobs that holds the views the table points into
     weights: _Packed  # the backward's weights (WT, peeps; WxTo with x's gradient) from the parameters
     grads: Array  # the moves (``moves``) of the chunks' gradients, summed, into the named ones' buffer
-    grad_views: list[tuple[str, int, tuple[int, ...]]]  # each named gradient: (name, offset, shape) in that buffer
+    grad_views: list[tuple[str, int, int, tuple[int, ...]]]  # each named gradient: (name, start, end, shape) there
     grad_size: int
 
     def zero(self) -> None:
@@ -740,14 +741,14 @@ class CpuKernel:
 
     def _gradient_moves(
         self, H: int, I: int, dWt: list[Array], dWxo: Array, order: list[int], dBx: Array, dB: Array, dPeep: Array
-    ) -> tuple[Array, list[tuple[str, int, tuple[int, ...]]], int]:
+    ) -> tuple[Array, list[tuple[str, int, int, tuple[int, ...]]], int]:
         """The moves (``moves``) that sum the chunks' gradients into each named parameter's, one after
-        another in one buffer: the table, each gradient's (name, offset, shape) and the size. The
+        another in one buffer: the table, each gradient's (name, start, end, shape) and the size. The
         sums are ``unpack_gradients``' over the chunks' sums, in its order (``unpack_recipe``): the
         same bytes as NumPy's ``sum(axis=0)`` and then ``unpack_gradients``."""
         C = dWxo.shape[0]
         rows: list[list[int]] = []
-        views: list[tuple[str, int, tuple[int, ...]]] = []
+        views: list[tuple[str, int, int, tuple[int, ...]]] = []
         at = 0
         pos = {i: n for n, i in enumerate(order)}  # x block -> its column block in dWxo
         shapes = {s.name: s.shape for s in param_specs(self.cell, I, H)}
@@ -766,7 +767,7 @@ class CpuKernel:
                     d = dB if which == 3 else dPeep
                     src, strides, cstride = d[0, index], (0, 1), d[0].size
                 rows.append(moves.row(src.ctypes.data, R, Cn, *strides, at, moves.AFFINE, Cn, 1, add=j > 0, n=C, ns=cstride))
-            views.append((name, at, shape))
+            views.append((name, at, at + R * Cn, shape))
             at += R * Cn
         return np.array(rows, dtype=np.int64).reshape(-1, moves.WIDTH), views, at
 
@@ -826,7 +827,7 @@ class CpuKernel:
                                              dBx, self._R, bw.jobs, ws.rows, SB, PK, *fns)  # fmt: skip
         flat = np.empty(bw.grad_size, dtype=dt)  # the named gradients, summed over the chunks (new arrays)
         moves.sums(bw.grads, flat)
-        grads = {name: flat[o : o + math.prod(shape)].reshape(shape) for name, o, shape in bw.grad_views}
+        grads = {name: flat[o:e].reshape(shape) for name, o, e, shape in bw.grad_views}
         if C == 1:
             dx, dS = dX[0].copy() if grad_x else dX, dS[0].reshape(nS, B, H)  # (dX is the workspace's)
         else:
