@@ -31,24 +31,42 @@ def test_panels_as_pack_panels(K, N, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_blocks_into_a_bigger_matrix_and_added(dtype):
-    """Two blocks side by side into [6, 2*H] (affine), the second one's transpose added onto the first:
-    the sum is NumPy's (first + second), element by element."""
-    rng = np.random.default_rng(0)
-    H = 20
+@pytest.mark.parametrize("H", [20, 32])
+def test_blocks_into_a_bigger_matrix_and_added(H, dtype):
+    """Blocks side by side into [6, 2*H] (affine), then added onto: ``a`` again onto the first (a row
+    16 at a time where it can), ``b``'s transpose onto the second (one element at a time): the sums
+    are NumPy's, element by element."""
+    rng = np.random.default_rng(H)
     a, b = rng.normal(size=(6, H)).astype(dtype), rng.normal(size=(H, 6)).astype(dtype)
     out = np.zeros((6, 2 * H), dtype)
     table = np.array(
         [
             moves.row(a.ctypes.data, 6, H, H, 1, 0, moves.AFFINE, 2 * H, 1),
             moves.row(a.ctypes.data, 6, H, H, 1, H, moves.AFFINE, 2 * H, 1),
+            moves.row(a.ctypes.data, 6, H, H, 1, 0, moves.AFFINE, 2 * H, 1, add=True),
             moves.row(b.ctypes.data, H, 6, 6, 1, H, moves.AFFINE, 1, 2 * H, add=True),  # b^T added at columns H..
         ],
         np.int64,
     )
     moves.pack(table, out.ravel())
-    np.testing.assert_array_equal(out[:, :H], a)
+    assert out[:, :H].tobytes() == (a + a).tobytes()
     assert out[:, H:].tobytes() == (a + b.T).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("K,N", [(16, 64), (8, 40)])
+def test_panels_added(K, N, dtype):
+    """A matrix moved in as panels, then a second one added onto it: ``pack_panels`` of their sum."""
+    rng = np.random.default_rng(N)
+    W, V = rng.normal(size=(K, N)).astype(dtype), rng.normal(size=(K, N)).astype(dtype)
+    want = np.zeros(panels_size(K, N), dtype)
+    pack_panels((W + V).ravel(), K, N, want, False)
+    out = np.zeros(panels_size(K, N), dtype)
+    table = np.array(
+        [moves.row(m.ctypes.data, K, N, N, 1, 0, moves.PANEL, 0, 0, K=K, add=i > 0) for i, m in enumerate((W, V))], np.int64
+    )
+    moves.pack(table, out)
+    assert out.tobytes() == want.tobytes()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])

@@ -28,103 +28,89 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 NR = 32  # columns of a panel: two 16-float vectors
-SH = 12  # rows of the tallest tile, and of A's strips as ``gemm_packed`` packs it (see ``_tiles``)
+SH = 12  # rows of the tallest tile, and of A's strips as ``gemm_packed`` packs it (see ``_emit_tiles``)
 _W = 16  # floats per vector
 
 
-def _tile(MR: int) -> Any:
-    """An intrinsic ``tile(a, sr, sk, b, ldb, c, ldc, K, acc)``: ``C[MR, 32] (+)= A[MR, K] @ B[K, 32]``
-    with element (r, k) of A at float offset ``r*sr + k*sk`` from address a (row-major A: sr = its
-    leading dimension, sk = 1; A stored transposed: sr = 1, sk = its leading dimension), row k of B
-    (32 floats) ``k*ldb`` floats from b (a packed panel: ldb = 32), C row-major at c (ldc). ``acc``
+def _emit_tile(builder: ir.IRBuilder, MR: int, *args: ir.Value) -> None:
+    """``C[MR, 32] (+)= A[MR, K] @ B[K, 32]`` in IR, args ``(a, sr, sk, b, ldb, c, ldc, K, acc)`` (i64):
+    element (r, k) of A at float offset ``r*sr + k*sk`` from address a (row-major A: sr = its leading
+    dimension, sk = 1; A stored transposed: sr = 1, sk = its leading dimension), row k of B (32
+    floats) ``k*ldb`` floats from b (a packed panel: ldb = 32), C row-major at c (ldc). ``acc``
     nonzero: the tile starts from C's values, else from zero."""
+    a_addr, sr_v, sk_v, b_addr, ldb_v, c_addr, ldc_v, k_n, acc_v = args
+    i64 = ir.IntType(64)
+    f32 = ir.FloatType()
+    vec = ir.VectorType(f32, _W)
+    fptr, vptr = f32.as_pointer(), vec.as_pointer()
+    A = builder.inttoptr(a_addr, fptr)
+    B = builder.inttoptr(b_addr, fptr)
+    C = builder.inttoptr(c_addr, fptr)
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{_W}f32")
+    zero = ir.Constant(vec, [0.0] * _W)
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), _W), [0] * _W)
+    undef = ir.Constant(vec, ir.Undefined)
 
-    @intrinsic(prefer_literal=False)
-    def tile(typingctx: Any, a: Any, sr: Any, sk: Any, b: Any, ldb: Any, c: Any, ldc: Any, K: Any, acc: Any) -> Any:
-        ip = types.intp
-        sig = types.void(types.uintp, ip, ip, types.uintp, ip, types.uintp, ip, ip, ip)
+    def const(v: int) -> ir.Constant:
+        return ir.Constant(i64, v)
 
-        def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
-            a_addr, sr_v, sk_v, b_addr, ldb_v, c_addr, ldc_v, k_n, acc_v = args
-            i64 = ir.IntType(64)
-            f32 = ir.FloatType()
-            vec = ir.VectorType(f32, _W)
-            fptr, vptr = f32.as_pointer(), vec.as_pointer()
-            A = builder.inttoptr(a_addr, fptr)
-            B = builder.inttoptr(b_addr, fptr)
-            C = builder.inttoptr(c_addr, fptr)
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{_W}f32")
-            zero = ir.Constant(vec, [0.0] * _W)
-            mask = ir.Constant(ir.VectorType(ir.IntType(32), _W), [0] * _W)
-            undef = ir.Constant(vec, ir.Undefined)
-
-            def const(v: int) -> ir.Constant:
-                return ir.Constant(i64, v)
-
-            cptrs = [
-                builder.bitcast(builder.gep(C, [builder.add(builder.mul(const(r), ldc_v), const(_W * v))]), vptr)
-                for r in range(MR)
-                for v in range(2)
-            ]
-            # the starting values: C's tile (acc != 0) or zeros
-            first = builder.basic_block
-            load = builder.append_basic_block("tile.load")
-            start = builder.append_basic_block("tile.start")
-            builder.cbranch(builder.icmp_signed("!=", acc_v, const(0)), load, start)
-            builder.position_at_end(load)
-            loaded = [builder.load(p, align=4) for p in cptrs]
-            builder.branch(start)
-            builder.position_at_end(start)
-            init = []
-            for v in loaded:
-                phi = builder.phi(vec)
-                phi.add_incoming(zero, first)
-                phi.add_incoming(v, load)
-                init.append(phi)
-            rows = [builder.mul(const(r), sr_v) for r in range(MR)]
-            entry = builder.basic_block
-            loop = builder.append_basic_block("tile.loop")
-            done = builder.append_basic_block("tile.done")
-            builder.cbranch(builder.icmp_signed(">", k_n, const(0)), loop, done)
-            builder.position_at_end(loop)
-            k = builder.phi(i64)
-            k.add_incoming(const(0), entry)
-            accs = []
-            for v in init:
-                phi = builder.phi(vec)
-                phi.add_incoming(v, entry)
-                accs.append(phi)
-            brow = builder.mul(k, ldb_v)
-            bv = [
-                builder.load(builder.bitcast(builder.gep(B, [builder.add(brow, const(_W * v))]), vptr), align=4) for v in range(2)
-            ]
-            kofs = builder.mul(k, sk_v)
-            new = []
-            for r in range(MR):
-                av = builder.load(builder.gep(A, [builder.add(rows[r], kofs)]))
-                ab = builder.shuffle_vector(builder.insert_element(undef, av, ir.Constant(ir.IntType(32), 0)), undef, mask)
-                for v in range(2):
-                    new.append(builder.call(fma, [ab, bv[v], accs[2 * r + v]]))
-            k1 = builder.add(k, const(1))
-            end = builder.basic_block
-            k.add_incoming(k1, end)
-            for phi, n in zip(accs, new, strict=True):
-                phi.add_incoming(n, end)
-            builder.cbranch(builder.icmp_signed("<", k1, k_n), loop, done)
-            builder.position_at_end(done)
-            results = []
-            for v, n in zip(init, new, strict=True):  # every phi first, then the stores
-                res = builder.phi(vec)
-                res.add_incoming(v, entry)
-                res.add_incoming(n, end)
-                results.append(res)
-            for p, res in zip(cptrs, results, strict=True):
-                builder.store(res, p, align=4)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return tile
+    cptrs = [
+        builder.bitcast(builder.gep(C, [builder.add(builder.mul(const(r), ldc_v), const(_W * v))]), vptr)
+        for r in range(MR)
+        for v in range(2)
+    ]
+    # the starting values: C's tile (acc != 0) or zeros
+    first = builder.basic_block
+    load = builder.append_basic_block("tile.load")
+    start = builder.append_basic_block("tile.start")
+    builder.cbranch(builder.icmp_signed("!=", acc_v, const(0)), load, start)
+    builder.position_at_end(load)
+    loaded = [builder.load(p, align=4) for p in cptrs]
+    builder.branch(start)
+    builder.position_at_end(start)
+    init = []
+    for v in loaded:
+        phi = builder.phi(vec)
+        phi.add_incoming(zero, first)
+        phi.add_incoming(v, load)
+        init.append(phi)
+    rows = [builder.mul(const(r), sr_v) for r in range(MR)]
+    entry = builder.basic_block
+    loop = builder.append_basic_block("tile.loop")
+    done = builder.append_basic_block("tile.done")
+    builder.cbranch(builder.icmp_signed(">", k_n, const(0)), loop, done)
+    builder.position_at_end(loop)
+    k = builder.phi(i64)
+    k.add_incoming(const(0), entry)
+    accs = []
+    for v in init:
+        phi = builder.phi(vec)
+        phi.add_incoming(v, entry)
+        accs.append(phi)
+    brow = builder.mul(k, ldb_v)
+    bv = [builder.load(builder.bitcast(builder.gep(B, [builder.add(brow, const(_W * v))]), vptr), align=4) for v in range(2)]
+    kofs = builder.mul(k, sk_v)
+    new = []
+    for r in range(MR):
+        av = builder.load(builder.gep(A, [builder.add(rows[r], kofs)]))
+        ab = builder.shuffle_vector(builder.insert_element(undef, av, ir.Constant(ir.IntType(32), 0)), undef, mask)
+        for v in range(2):
+            new.append(builder.call(fma, [ab, bv[v], accs[2 * r + v]]))
+    k1 = builder.add(k, const(1))
+    end = builder.basic_block
+    k.add_incoming(k1, end)
+    for phi, n in zip(accs, new, strict=True):
+        phi.add_incoming(n, end)
+    builder.cbranch(builder.icmp_signed("<", k1, k_n), loop, done)
+    builder.position_at_end(done)
+    results = []
+    for v, n in zip(init, new, strict=True):  # every phi first, then the stores
+        res = builder.phi(vec)
+        res.add_incoming(v, entry)
+        res.add_incoming(n, end)
+        results.append(res)
+    for p, res in zip(cptrs, results, strict=True):
+        builder.store(res, p, align=4)
 
 
 def _scalar_access() -> tuple[Any, Any]:
@@ -200,32 +186,77 @@ def _mover(n: int) -> Any:
 
 _move32 = _mover(NR)
 _move_strip = _mover(SH)
-_tile_sh = _tile(SH)
-_tile4 = _tile(4)
-_tile1 = _tile(1)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _tiles(M, a, sr, sk, step, b, c, ldc, K, acc, ldb=NR):  # pragma: no cover - njit
+def _emit_tiles(b: ir.IRBuilder, M: ir.Value, a: ir.Value, sr: ir.Value, sk: ir.Value, step: ir.Value, bp: ir.Value,
+                c: ir.Value, ldc: ir.Value, K: ir.Value, acc: ir.Value, ldb: ir.Value) -> None:  # fmt: skip
     """Rows 0..M of ``C[:, 32] (+)= A @ B`` by tiles of SH = 12, 4, then 1 rows: 24 of the 32 vector
     registers hold the product (8 rows measured 2-9 % slower: each k reloads B's two vectors for fewer
     rows). The block of SH rows from row i starts i*step bytes from a, and its element (r, k) is
     ``r*sr + k*sk`` floats into it: a row-major A (sr = lda, sk = 1, step = lda*4), A packed as
     strips of SH rows, each [K, SH] (sr = 1, sk = SH, step = K*4), or A stored transposed (sr = 1,
-    sk = lda, step = 4). Row k of B's 32 columns is ``k*ldb`` floats from b (a packed panel: 32)."""
-    i = np.int64(0)
-    nr = np.int64(ldb)
-    while i + SH <= M:
-        _tile_sh(a + np.uint64(i * step), sr, sk, b, nr, c + np.uint64(i * ldc * 4), ldc, K, acc)
-        i += SH
-    base = a + np.uint64(i * step)
-    r = np.int64(0)
-    while i + r + 4 <= M:
-        _tile4(base + np.uint64(r * sr * 4), sr, sk, b, nr, c + np.uint64((i + r) * ldc * 4), ldc, K, acc)
-        r += 4
-    while i + r < M:
-        _tile1(base + np.uint64(r * sr * 4), sr, sk, b, nr, c + np.uint64((i + r) * ldc * 4), ldc, K, acc)
-        r += 1
+    sk = lda, step = 4). Row k of B's 32 columns is ``k*ldb`` floats from bp (a packed panel: 32)."""
+    i64 = ir.IntType(64)
+
+    def k(v: int) -> ir.Constant:
+        return ir.Constant(i64, v)
+
+    n_sh = b.sdiv(M, k(SH))
+    with cgutils.for_range(b, n_sh) as lp:  # tiles of SH rows
+        i = b.mul(lp.index, k(SH))
+        _emit_tile(b, SH, b.add(a, b.mul(i, step)), sr, sk, bp, ldb, b.add(c, b.mul(b.mul(i, ldc), k(4))), ldc, K, acc)
+    i = b.mul(n_sh, k(SH))
+    base, rest = b.add(a, b.mul(i, step)), b.sub(M, i)
+
+    def rows(MR: int, r0: ir.Value, count: ir.Value) -> None:  # tiles of MR rows from row i + r0
+        with cgutils.for_range(b, count) as lp:
+            r = b.add(r0, b.mul(lp.index, k(MR)))
+            ar = b.add(base, b.mul(b.mul(r, sr), k(4)))
+            _emit_tile(b, MR, ar, sr, sk, bp, ldb, b.add(c, b.mul(b.mul(b.add(i, r), ldc), k(4))), ldc, K, acc)
+
+    n4 = b.sdiv(rest, k(4))
+    rows(4, k(0), n4)
+    rows(1, b.mul(n4, k(4)), b.sub(rest, b.mul(n4, k(4))))
+
+
+def _emit_panels(b: ir.IRBuilder, M: ir.Value, N: ir.Value, K: ir.Value, a: ir.Value, lda: ir.Value, bp: ir.Value,
+                 c: ir.Value, ldc: ir.Value, acc: ir.Value, strips: ir.Value) -> None:  # fmt: skip
+    """``gemm_panels``' body: for each panel of 32 columns, its tiles (``_emit_tiles``)."""
+    i64 = ir.IntType(64)
+
+    def k(v: int) -> ir.Constant:
+        return ir.Constant(i64, v)
+
+    with cgutils.for_range(b, b.sdiv(b.add(N, k(NR - 1)), k(NR))) as lp:
+        j = lp.index
+        cj = b.add(c, b.mul(j, k(NR * 4)))
+        with b.if_else(b.icmp_signed("==", strips, k(0))) as (per_step, other):
+            with per_step:  # (constant strides here: the tiles' loops stay lean)
+                pj = b.add(bp, b.mul(b.mul(j, K), k(NR * 4)))
+                _emit_tiles(b, M, a, lda, k(1), b.mul(lda, k(4)), pj, cj, ldc, K, acc, k(NR))
+            with other:  # (the weight gradients': their strides as values, so one more copy of the tiles, not two)
+                packed = b.icmp_signed("==", strips, k(1))
+                sk = b.select(packed, k(SH), lda)
+                step = b.select(packed, b.mul(K, k(4)), k(4))
+                pj = b.add(bp, b.select(packed, b.mul(b.mul(j, K), k(NR * 4)), b.mul(j, k(NR * 4))))
+                _emit_tiles(b, M, a, k(1), sk, step, pj, cj, ldc, K, acc, b.select(packed, k(NR), strips))
+
+
+def _panels_intrinsic() -> Any:
+    """An intrinsic ``panels(*gemm_panels' arguments)``: ``_emit_panels``."""
+
+    @intrinsic(prefer_literal=False)
+    def panels(typingctx: Any, M: Any, N: Any, K: Any, a: Any, lda: Any, bp: Any, c: Any, ldc: Any, acc: Any, strips: Any) -> Any:
+        def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+            _emit_panels(builder, *args)
+            return context.get_dummy_value()
+
+        return PANELS_SIG, codegen
+
+    return panels
+
+
+_panels = _panels_intrinsic()
 
 
 @njit(cache=True, error_model="numpy")
@@ -236,21 +267,7 @@ def gemm_panels(M, N, K, a, lda, bp, c, ldc, acc, strips):  # pragma: no cover -
     strips of SH rows, each [K, SH] (the rows' k-th elements side by side); 2 or more, A stored
     transposed ([K, M], lda floats apart) and B not packed but row-major at bp, its rows ``strips``
     floats apart (N a multiple of 32: whole panels only)."""
-    M = np.int64(M)
-    K = np.int64(K)
-    lda = np.int64(lda)
-    ldc = np.int64(ldc)
-    strips = np.int64(strips)
-    for j in range((np.int64(N) + NR - 1) // NR):  # (constant strides in the per-step branch: its tiles' loops stay lean)
-        cj = c + np.uint64(j * NR * 4)
-        if strips == 0:
-            _tiles(M, a, lda, np.int64(1), lda * 4, bp + np.uint64(j * K * NR * 4), cj, ldc, K, acc)
-        else:  # (the weight gradients': their strides as values, so one more copy of the tiles, not two)
-            packed = strips == 1
-            sk = np.int64(SH) if packed else lda
-            step = K * 4 if packed else np.int64(4)
-            pj = bp + np.uint64(j * K * NR * 4 if packed else j * NR * 4)
-            _tiles(M, a, np.int64(1), sk, step, pj, cj, ldc, K, acc, np.int64(NR) if packed else strips)
+    _panels(M, N, K, a, lda, bp, c, ldc, acc, strips)  # (written in IR: Numba's front end took ~0.4 s of its compile)
 
 
 #: rows of B (the sum's length) packed at once by ``gemm_packed``: its scratch holds KC rows of A and B

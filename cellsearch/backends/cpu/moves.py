@@ -35,6 +35,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import interp
 from .microkernel import NR
 
 M_SRC, M_R, M_C, M_RS, M_CS, M_N, M_NS, M_DST, M_K, M_A, M_B, M_KIND, M_ADD = range(13)
@@ -59,7 +60,9 @@ def _emit(summed: bool) -> Any:
         def k(v: int) -> ir.Constant:
             return ir.Constant(I64, v)
 
-        acc = cgutils.alloca_once(b, ir.ArrayType(context.get_value_type(buf_ty.dtype), COLS))
+        fty = context.get_value_type(buf_ty.dtype)
+        acc = cgutils.alloca_once(b, ir.ArrayType(fty, COLS))
+        vty, isz = ir.VectorType(fty, COLS), context.get_abi_sizeof(fty)
         with cgutils.for_range(b, n_moves) as move:
             row = b.mul(move.index, width)
             cells = (b.load(b.gep(tab.data, [b.add(row, k(c))])) for c in range(WIDTH))
@@ -94,6 +97,35 @@ def _emit(summed: bool) -> Any:
                             v = b.load(b.gep(acc, [k(0), c]))
                             b.store(b.fadd(b.load(d), v) if adds else v, d)
 
+            def copy_into(first: Any, cols: Any, offset: Any, r: Any, c0: Any) -> None:
+                # COLS elements in a row on both sides (the common case: a row of a parameter into
+                # a row of a matrix or of a panel): one vector; else one element at a time
+                nn0 = b.and_(b.add(bb, c0), k(NR - 1))
+                rows_in = b.select(
+                    on_panels, b.and_(b.not_(is_t), b.icmp_signed("<=", nn0, k(NR - COLS))), b.icmp_signed("==", bb, k(1))
+                )
+                whole = b.and_(b.and_(b.icmp_signed("==", cs, k(1)), b.icmp_signed("==", cols, k(COLS))), rows_in)
+                with b.if_else(whole) as (vec, one):
+                    with vec:
+                        d = b.bitcast(b.gep(buf.data, [offset(r, c0)]), vty.as_pointer())
+                        v = b.load(b.bitcast(first, vty.as_pointer()), align=isz)
+                        with b.if_else(adding) as (yes, no):  # (adding: a parameter summed from several sites, rare)
+                            with yes:
+                                b.store(b.fadd(b.load(d, align=isz), v), d, align=isz)
+                            with no:
+                                b.store(v, d, align=isz)
+                    with one:  # (the destination a constant step apart, but where a row crosses panels)
+                        step = b.select(on_panels, b.select(is_t, k(NR), k(1)), bb)
+                        crosses = b.and_(b.and_(on_panels, b.not_(is_t)), b.icmp_signed(">", b.add(nn0, cols), k(NR)))
+                        start = b.gep(buf.data, [offset(r, c0)])
+                        with b.if_else(crosses) as (apart, linear):
+                            for where, at in ((apart, lambda c: b.gep(buf.data, [offset(r, b.add(c0, c))])),
+                                              (linear, lambda c: b.gep(start, [b.mul(c, step)]))):  # fmt: skip
+                                with where, cgutils.for_range(b, cols) as lc:
+                                    d = at(lc.index)
+                                    v = b.load(b.gep(first, [b.mul(lc.index, cs)]))
+                                    b.store(b.select(adding, b.fadd(b.load(d), v), v), d)
+
             # columns COLS at a time, each for every row: a transposed source or destination is read or
             # written a few cache lines at a time, not a line per element
             with cgutils.for_range(b, b.sdiv(b.add(C, k(COLS - 1)), k(COLS))) as lb:
@@ -103,14 +135,7 @@ def _emit(summed: bool) -> Any:
                 with cgutils.for_range(b, R) as lr:
                     r = lr.index
                     first = b.gep(src, [b.add(b.mul(r, rs), b.mul(c0, cs))])
-                    if summed:
-                        sum_into(first, cols, offset, r, c0)
-                    else:  # (adding: a parameter summed from several sites, rare)
-                        with cgutils.for_range(b, cols) as lc:
-                            c = lc.index
-                            d = b.gep(buf.data, [offset(r, b.add(c0, c))])
-                            v = b.load(b.gep(first, [b.mul(c, cs)]))
-                            b.store(b.select(adding, b.fadd(b.load(d), v), v), d)
+                    (sum_into if summed else copy_into)(first, cols, offset, r, c0)
         return context.get_dummy_value()
 
     return codegen
@@ -130,18 +155,29 @@ _pack, _sums = _intrinsic(False), _intrinsic(True)
 
 
 @njit(cache=True, error_model="numpy")
-def pack(table, buf):  # pragma: no cover - njit
-    """Every move of ``table`` (int64 [n, WIDTH], the module's doc; ``n`` is 1) into ``buf`` (flat
-    float32 or float64): the parameters into a kernel's buffer."""
+def _pack_all(table, buf):  # pragma: no cover - njit
     _pack(table, buf)
 
 
 @njit(cache=True, error_model="numpy")
-def sums(table, buf):  # pragma: no cover - njit
-    """Every move of ``table`` (kind AFFINE, ``n`` blocks summed) into ``buf``: the chunks' gradients
-    into the named ones (compiled apart from ``pack``: only the backward uses it, and a machine's first
-    forward compiles less)."""
+def _sum_all(table, buf):  # pragma: no cover - njit
     _sums(table, buf)
+
+
+def pack(table: np.ndarray, buf: np.ndarray) -> None:
+    """Every move of ``table`` (int64 [n, WIDTH], the module's doc; ``n`` is 1) into ``buf`` (flat
+    float32 or float64): the parameters into a kernel's buffer. Compiled at ``interp.OPT`` (-O1: a
+    third of -O3's compile; the rows the vectors move run as fast)."""
+    with interp.compiling("moves.pack", buf.dtype):
+        _pack_all(table, buf)
+
+
+def sums(table: np.ndarray, buf: np.ndarray) -> None:
+    """Every move of ``table`` (kind AFFINE, ``n`` blocks summed) into ``buf``: the chunks' gradients
+    into the named ones (compiled apart from ``pack``, in ahead.py's child on a machine's first use:
+    only the backward calls it)."""
+    with interp.compiling("moves.sums", buf.dtype):
+        _sum_all(table, buf)
 
 
 def row(
