@@ -2,16 +2,17 @@
 compiles the forward.
 
 The executor (``interp.py``) compiles once per machine and dtype, then loads from Numba's disk cache
-(~0.3 s). That one compile is ~1.6 s for the forward (its loop, the microkernel and the packed GEMM)
-and ~1.3 s for the backward (its loop and the job runner), and Numba compiles under one lock per
-process, so a cold first training step takes ~3-4 s on one core (it was ~4.5 s before the loops were
-written in LLVM IR, ``ir_loops.py``), ~2.2-2.7 s with this. When the
-backward is not in the cache yet, ``start`` launches ``python -m cellsearch.backends.cpu.ahead``,
-which compiles a kernel's backward for the argument types a real one passes (the same call path on
-a made-up one-step problem, not run) and the job runner it calls, and exits once Numba has written
-them to the cache; the first ``backward`` here ``wait``s for it and then loads them from the cache. If the child
-fails or is slow, the backward compiles here as before: only time is at stake, never results. Numba
-writes cache files atomically, so processes compiling the same function at once do no harm.
+(~0.3 s). That one compile is ~1.2 s for the forward's loop and ~1.3 s for the backward's, ~0.25 s for
+each C function they call (the two GEMMs, the job runner: their loops written in LLVM IR too) and
+~0.1 s for each of the moves (``moves.py``), and Numba compiles under one lock per process, so a cold
+first training step takes ~3-3.5 s on one core, ~2.1-2.6 s with this. When the backward is not in the
+cache yet, ``start`` launches ``python -m cellsearch.backends.cpu.ahead``, which compiles a kernel's
+backward for the argument types a real one passes (the same call path on a made-up one-step problem,
+not run) and exits once Numba has written it to the cache, while this process compiles the forward,
+then the C functions and moves the backward calls; the first ``backward`` here ``wait``s for the
+child and then loads its loop from the cache. If the child fails or is slow, the backward compiles
+here as before: only time is at stake, never results. Numba writes cache files atomically, so
+processes compiling the same function at once do no harm.
 
 Nothing is started when the backward is already cached, or with ``CELLSEARCH_COMPILE_AHEAD=0``.
 """
@@ -90,8 +91,9 @@ def wait(dtype: np.dtype, split: bool) -> None:
 def _compile_backward(dtype: np.dtype, threads: int) -> None:
     """Compile a kernel's backward for the argument types a real backward passes, through the same
     call path on a made-up one-step problem, without running it: Numba compiles it and writes it to
-    the cache, and the job runner it calls (``blas.run_jobs``); the two GEMMs compile in the parent,
-    around its forward."""
+    the cache. The C functions it calls (the GEMMs, the job runner) and the moves compile in the
+    parent, around its forward (``CpuKernel.forward``, ``moves.first_use``): so the two processes
+    end together."""
     from importlib import resources
 
     from numba import typeof
@@ -100,15 +102,16 @@ def _compile_backward(dtype: np.dtype, threads: int) -> None:
     from ...dsl import parse
     from ...ir.params import param_specs
     from . import kernel as kernel_module
+    from . import moves
     from .kernel import CpuKernel, CpuTape
-    from .microkernel import address
 
     def compile_only(dispatcher: Any) -> Any:
         return lambda *args: dispatcher.compile(tuple(typeof(a) for a in args))
 
     interp.backward_rows = compile_only(interp.backward_rows)
     interp.backward_kernel_split = compile_only(interp.backward_kernel_split)
-    kernel_module.address = lambda which: address(which) if which == "jobs" else 0  # the job runner: here
+    kernel_module.address = lambda which: 0  # (the C functions it calls compile in the parent, after its forward,
+    moves.pack = moves.sums = lambda table, buf: None  # and so do the moves)
     lstm = parse((resources.files(zoo) / "lstm.cell").read_text(encoding="utf-8"), name="lstm")  # not the whole zoo
     kernel = CpuKernel(lstm, dtype, threads=threads)
     T, B, I, H = 1, threads, 1, 1

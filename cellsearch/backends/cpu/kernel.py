@@ -588,15 +588,13 @@ class CpuKernel:
 
     def _functions(self, which: str) -> tuple[np.uint64, ...]:
         """The addresses of the C functions a ``which`` ("forward", "backward") kernel calls, each
-        compiled (or loaded) at its first use ("packed": the backward's GEMM alone)."""
+        compiled (or loaded) at its first use."""
         fns = self._fns.get(which)
         if fns is None:
             if which == "forward":
                 fns = (self._gemm("panels"), self._rare("forward"))
-            elif which == "backward":
-                fns = (self._gemm("panels"), self._gemm("packed"), np.uint64(address("jobs")), self._rare("backward"))
             else:
-                fns = (self._gemm(which),)
+                fns = (self._gemm("panels"), self._gemm("packed"), np.uint64(address("jobs")), self._rare("backward"))
             self._fns[which] = fns
         return fns
 
@@ -649,7 +647,8 @@ class CpuKernel:
                 interp.forward_kernel_split(*head, ws.A, ws.P, bx, x, ws.X, WX, wx_panels, S0, consts, biases, peeps, W, ws.K,
                                             ws.TMP, self._R, ws.rows, out, o_at, o_step, *fns)  # fmt: skip
         self._generation += 1
-        self._functions("packed")  # the backward's GEMM (a first use: compiled here while ahead.py's child compiles the backward)
+        self._functions("backward")  # (a first use: the backward's C functions compile here, ahead.py's child compiles it)
+        moves.first_use(dt)  # (and the gradients' moves)
         states = {s: self._last(ws, u, T, H) for s, u in zip(p.states, p.update_slots, strict=True)}
         tape = CpuTape(x, ws.A, ws.K, I, H, self._generation)
         return Forward(out, states, tape)  # type: ignore[arg-type]

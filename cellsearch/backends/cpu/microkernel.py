@@ -113,37 +113,6 @@ def _emit_tile(builder: ir.IRBuilder, MR: int, *args: ir.Value) -> None:
         builder.store(res, p, align=4)
 
 
-def _scalar_access() -> tuple[Any, Any]:
-    """Intrinsics ``load(addr, i)``: the float32 at float offset i from address addr, and
-    ``store(addr, i, v)``."""
-
-    @intrinsic(prefer_literal=False)
-    def load(typingctx: Any, addr: Any, i: Any) -> Any:
-        sig = types.float32(types.uintp, types.intp)
-
-        def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
-            ptr = builder.inttoptr(args[0], ir.FloatType().as_pointer())
-            return builder.load(builder.gep(ptr, [args[1]]), align=4)
-
-        return sig, codegen
-
-    @intrinsic(prefer_literal=False)
-    def store(typingctx: Any, addr: Any, i: Any, v: Any) -> Any:
-        sig = types.void(types.uintp, types.intp, types.float32)
-
-        def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
-            ptr = builder.inttoptr(args[0], ir.FloatType().as_pointer())
-            builder.store(args[2], builder.gep(ptr, [args[1]]), align=4)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return load, store
-
-
-_load, _store = _scalar_access()
-
-
 def _int_access() -> Any:
     """An intrinsic ``load_i64(addr, i)``: the int64 at offset i (in int64s) from address addr."""
 
@@ -161,31 +130,6 @@ def _int_access() -> Any:
 
 
 load_i64 = _int_access()
-
-
-def _mover(n: int) -> Any:
-    """An intrinsic ``move(src, dst)``: n floats from address src to address dst, as vectors."""
-
-    @intrinsic(prefer_literal=False)
-    def move(typingctx: Any, src: Any, dst: Any) -> Any:
-        sig = types.void(types.uintp, types.uintp)
-
-        def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
-            w = min(n, _W)
-            vptr = ir.VectorType(ir.FloatType(), w).as_pointer()
-            for v in range(n // w):
-                off = ir.Constant(ir.IntType(64), 4 * w * v)
-                val = builder.load(builder.inttoptr(builder.add(args[0], off), vptr), align=4)
-                builder.store(val, builder.inttoptr(builder.add(args[1], off), vptr), align=4)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return move
-
-
-_move32 = _mover(NR)
-_move_strip = _mover(SH)
 
 
 def _emit_tiles(b: ir.IRBuilder, M: ir.Value, a: ir.Value, sr: ir.Value, sk: ir.Value, step: ir.Value, bp: ir.Value,
@@ -284,6 +228,145 @@ def gemm_scratch(M: int, N: int) -> int:
 DIRECT_LD = 512
 
 
+def _emit_packed(b: ir.IRBuilder, M: ir.Value, N: ir.Value, K: ir.Value, a: ir.Value, lda: ir.Value, bm: ir.Value,
+                 ldb: ir.Value, c: ir.Value, ldc: ir.Value, acc: ir.Value, sp: ir.Value, fpp: ir.Value) -> None:  # fmt: skip
+    """``gemm_packed``'s body (its doc), in IR."""
+    i64, f32 = ir.IntType(64), ir.FloatType()
+    fptr = f32.as_pointer()
+    zero = ir.Constant(f32, 0.0)
+
+    def k(v: int) -> ir.Constant:
+        return ir.Constant(i64, v)
+
+    def mul(*vs: ir.Value) -> ir.Value:
+        out = vs[0]
+        for v in vs[1:]:
+            out = b.mul(out, v)
+        return out
+
+    def at(base: ir.Value, i: ir.Value) -> ir.Value:  # the float i floats from address base
+        return b.gep(b.inttoptr(base, fptr), [i])
+
+    def byte(base: ir.Value, i: ir.Value) -> ir.Value:  # address base + i floats
+        return b.add(base, mul(i, k(4)))
+
+    def panels(*args: ir.Value) -> None:
+        fnty = ir.FunctionType(ir.VoidType(), [i64] * 10)
+        b.call(b.inttoptr(fpp, fnty.as_pointer()), list(args))
+
+    def move(n: int, src: ir.Value, dst: ir.Value) -> None:  # n floats, as vectors
+        w = min(n, _W)
+        vptr = ir.VectorType(f32, w).as_pointer()
+        for v in range(n // w):
+            val = b.load(b.inttoptr(b.add(src, k(4 * w * v)), vptr), align=4)
+            b.store(val, b.inttoptr(b.add(dst, k(4 * w * v)), vptr), align=4)
+
+    def ceil(x: ir.Value, d: int) -> ir.Value:
+        return b.sdiv(b.add(x, k(d - 1)), k(d))
+
+    # where both operands' rows are close: whole panels of B read in place
+    direct = b.and_(
+        b.and_(b.icmp_signed(">", K, k(0)), b.icmp_signed(">=", N, k(NR))),
+        b.and_(b.icmp_signed("<=", lda, k(DIRECT_LD)), b.icmp_signed("<=", ldb, k(DIRECT_LD))),
+    )
+    n0 = b.select(direct, mul(b.sdiv(N, k(NR)), k(NR)), k(0))
+    with b.if_then(direct):
+        panels(M, n0, K, a, lda, bm, c, ldc, acc, ldb)  # (ldb >= N >= 32: the in-place mode)
+    bm, c, N = byte(bm, n0), byte(c, n0), b.sub(N, n0)
+    nf, nb = b.sdiv(N, k(NR)), ceil(N, NR)
+    ao = mul(k(KC), nb, k(NR))  # in the scratch: B's panels, then A's strips, then the partial panel's product [M, 32]
+    to = b.add(ao, mul(k(KC), ceil(M, SH), k(SH)))
+    ns = ceil(M, SH)
+    with b.if_then(b.icmp_signed(">", N, k(0))), b.if_else(b.icmp_signed("==", K, k(0))) as (empty, blocks):
+        with empty, b.if_then(b.icmp_signed("==", acc, k(0))):  # C = 0 (nothing to sum)
+            with cgutils.for_range(b, M) as li, cgutils.for_range(b, N) as lq:
+                b.store(zero, at(c, b.add(mul(li.index, ldc), lq.index)))
+        with blocks, cgutils.for_range(b, ceil(K, KC)) as lk:
+            k0 = mul(lk.index, k(KC))
+            left = b.sub(K, k0)
+            kn = b.select(b.icmp_signed("<", left, k(KC)), left, k(KC))
+            ac = b.select(b.or_(b.icmp_signed("!=", acc, k(0)), b.icmp_signed(">", k0, k(0))), k(1), k(0))
+            with cgutils.for_range(b, kn) as lkk:  # B's panels [nb][kn][32], zero past N
+                kk = lkk.index
+                brow = mul(b.add(k0, kk), ldb)
+                with cgutils.for_range(b, nb) as lj:
+                    j = lj.index
+                    dst = mul(b.add(mul(j, kn), kk), k(NR))
+                    with b.if_else(b.icmp_signed("<", j, nf)) as (whole, part):
+                        with whole:
+                            move(NR, byte(bm, b.add(brow, mul(j, k(NR)))), byte(sp, dst))
+                        with part, cgutils.for_range(b, k(NR)) as lq:
+                            col = b.add(mul(j, k(NR)), lq.index)
+                            inside = b.icmp_signed("<", col, N)
+                            src = at(bm, b.select(inside, b.add(brow, col), k(0)))  # (0: a safe place, not read)
+                            with b.if_else(inside) as (yes, no):
+                                with yes:
+                                    v_in = b.load(src)
+                                    blk_in = b.basic_block
+                                with no:
+                                    blk_out = b.basic_block
+                            v = b.phi(f32)
+                            v.add_incoming(v_in, blk_in)
+                            v.add_incoming(zero, blk_out)
+                            b.store(v, at(sp, b.add(dst, lq.index)))
+            with cgutils.for_range(b, kn) as lkk:  # A's columns as strips of SH rows [ns][kn][SH], zero past M
+                kk = lkk.index
+                arow = mul(b.add(k0, kk), lda)
+                with cgutils.for_range(b, ns) as lq:
+                    q = lq.index
+                    dst = b.add(ao, mul(b.add(mul(q, kn), kk), k(SH)))
+                    with b.if_else(b.icmp_signed("<=", b.add(mul(q, k(SH)), k(SH)), M)) as (whole, part):
+                        with whole:
+                            move(SH, byte(a, b.add(arow, mul(q, k(SH)))), byte(sp, dst))
+                        with part, cgutils.for_range(b, k(SH)) as lr:
+                            row = b.add(mul(q, k(SH)), lr.index)
+                            inside = b.icmp_signed("<", row, M)
+                            with b.if_else(inside) as (yes, no):
+                                with yes:
+                                    v_in = b.load(at(a, b.add(arow, row)))
+                                    blk_in = b.basic_block
+                                with no:
+                                    blk_out = b.basic_block
+                            v = b.phi(f32)
+                            v.add_incoming(v_in, blk_in)
+                            v.add_incoming(zero, blk_out)
+                            b.store(v, at(sp, b.add(dst, lr.index)))
+            strips = byte(sp, ao)
+            with b.if_then(b.icmp_signed(">", nf, k(0))):
+                panels(M, mul(nf, k(NR)), kn, strips, kn, sp, c, ldc, ac, k(1))
+            with b.if_then(b.icmp_signed(">", nb, nf)):  # the last columns: their product into the scratch, then into C
+                panels(M, k(NR), kn, strips, kn, byte(sp, mul(nf, kn, k(NR))), byte(sp, to), k(NR), k(0), k(1))
+                cols = b.sub(N, mul(nf, k(NR)))
+                adding = b.icmp_signed("!=", ac, k(0))
+                with cgutils.for_range(b, M) as li, cgutils.for_range(b, cols) as lq:
+                    i, q = li.index, lq.index
+                    v = b.load(at(sp, b.add(to, b.add(mul(i, k(NR)), q))))
+                    ci = at(c, b.add(mul(i, ldc), b.add(mul(nf, k(NR)), q)))
+                    with b.if_else(adding) as (yes, no):
+                        with yes:
+                            b.store(b.fadd(b.load(ci), v), ci)
+                        with no:
+                            b.store(v, ci)
+
+
+def _packed_intrinsic() -> Any:
+    """An intrinsic ``packed(*gemm_packed's arguments)``: ``_emit_packed``."""
+
+    @intrinsic(prefer_literal=False)
+    def packed(typingctx: Any, M: Any, N: Any, K: Any, a: Any, lda: Any, b: Any, ldb: Any, c: Any, ldc: Any, acc: Any,
+               sp: Any, fpp: Any) -> Any:  # fmt: skip
+        def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+            _emit_packed(builder, *args)
+            return context.get_dummy_value()
+
+        return PACKED_SIG, codegen
+
+    return packed
+
+
+_packed = _packed_intrinsic()
+
+
 @njit(cache=True, error_model="numpy")
 def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp):  # pragma: no cover - njit
     """Float32 ``C[M, N] (+)= A^T @ B`` (``+=`` where acc is nonzero) with A stored [K, M] at address a
@@ -298,65 +381,7 @@ def gemm_packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp):  # pragma: no co
     (``gemm_scratch`` floats): B as panels of 32 columns, A's columns as strips of SH rows, which
     ``gemm_panels`` multiplies; the partial panel's product goes through the scratch. The same sums
     in the same order either way: the same bytes."""
-    M = np.int64(M)
-    N = np.int64(N)
-    K = np.int64(K)
-    lda = np.int64(lda)
-    ldb = np.int64(ldb)
-    ldc = np.int64(ldc)
-    if K > 0 and lda <= DIRECT_LD and ldb <= DIRECT_LD and N >= NR:
-        n0 = (N // NR) * NR
-        call_panels(fpp, M, n0, K, a, lda, b, c, ldc, acc, ldb)  # (ldb >= N >= 32: the in-place mode)
-        if n0 == N:
-            return
-        b += np.uint64(n0 * 4)
-        c += np.uint64(n0 * 4)
-        N -= n0
-    nf = N // NR  # whole panels
-    nb = (N + NR - 1) // NR
-    ao = KC * nb * NR  # in the scratch: B's panels, then A's strips, then the partial panel's product [M, 32]
-    to = ao + KC * ((M + SH - 1) // SH) * SH
-    zero = np.float32(0.0)
-    if K == 0:
-        if acc == 0:
-            for i in range(M):
-                for q in range(N):
-                    _store(c, i * ldc + q, zero)
-        return
-    k0 = np.int64(0)
-    while k0 < K:
-        kn = min(KC, K - k0)
-        ac = np.int64(1) if (acc != 0 or k0 > 0) else np.int64(0)
-        for kk in range(kn):  # B's panels [nb][kn][32], zero past N
-            brow = (k0 + kk) * ldb
-            for j in range(nb):
-                dst = (j * kn + kk) * NR
-                if j < nf:
-                    _move32(b + np.uint64((brow + j * NR) * 4), sp + np.uint64(dst * 4))
-                else:
-                    for q in range(NR):
-                        _store(sp, dst + q, _load(b, brow + j * NR + q) if j * NR + q < N else zero)
-        ns = (M + SH - 1) // SH  # A's columns as strips of SH rows [ns][kn][SH], zero past M
-        for kk in range(kn):
-            arow = (k0 + kk) * lda
-            for q in range(ns):
-                dst = ao + (q * kn + kk) * SH
-                if q * SH + SH <= M:
-                    _move_strip(a + np.uint64((arow + q * SH) * 4), sp + np.uint64(dst * 4))
-                else:
-                    for r in range(SH):
-                        _store(sp, dst + r, _load(a, arow + q * SH + r) if q * SH + r < M else zero)
-        if nf > 0:
-            call_panels(fpp, M, nf * NR, kn, sp + np.uint64(ao * 4), kn, sp, c, ldc, ac, 1)
-        if nb > nf:  # the last columns: their product into the scratch, then added to (or written over) C's
-            call_panels(fpp, M, NR, kn, sp + np.uint64(ao * 4), kn, sp + np.uint64(nf * kn * NR * 4), sp + np.uint64(to * 4),
-                        NR, 0, 1)  # fmt: skip
-            for i in range(M):
-                for q in range(N - nf * NR):
-                    v = _load(sp, to + i * NR + q)
-                    ci = i * ldc + nf * NR + q
-                    _store(c, ci, _load(c, ci) + v if ac != 0 else v)
-        k0 += kn
+    _packed(M, N, K, a, lda, b, ldb, c, ldc, acc, sp, fpp)  # (written in IR: Numba's front end took ~0.5 s of its compile)
 
 
 _I64, _U64 = types.int64, types.uint64

@@ -18,11 +18,13 @@ buffer's element
   (``microkernel.pack_panels``: ``(n // 32) * K * 32 + k * 32 + n % 32`` from ``dst``);
 - ``kind`` PANEL_T: the same with (k, n) = (a + c, b + r): the block's transpose.
 
-The loops are written in LLVM IR (as ``ir_loops``'s), so each function's first compile on a machine
-is ~0.2-0.3 s (Numba's front end on them as Python loops: ~0.5 s), ``pack``'s in the forward's
-process while ahead.py's child compiles the backward (the first cold step: no slower, in alternated
-runs). Moves of one parameter summed from several sites come in the order ``tables.pack_weights``
-sums them, so the bytes are NumPy's (tests/backends/test_moves.py).
+The loops are written in LLVM IR (as ``ir_loops``'s) and compiled at -O1 (``interp.OPT``), so each
+function's first compile on a machine is ~0.1 s (at -O3 ~0.25 s; Numba's front end on them as Python
+loops ~0.5 s): whole rows of 16 move as one vector, which -O1 leaves as fast as -O3's code; a transposed
+block moves one element at a time, at about NumPy's speed. Both compile in the forward's process
+(``first_use``) while ahead.py's child compiles the backward. Moves of one parameter summed from
+several sites come in the order ``tables.pack_weights`` sums them, so the bytes are NumPy's
+(tests/backends/test_moves.py).
 """
 
 from __future__ import annotations
@@ -166,18 +168,28 @@ def _sum_all(table, buf):  # pragma: no cover - njit
 
 def pack(table: np.ndarray, buf: np.ndarray) -> None:
     """Every move of ``table`` (int64 [n, WIDTH], the module's doc; ``n`` is 1) into ``buf`` (flat
-    float32 or float64): the parameters into a kernel's buffer. Compiled at ``interp.OPT`` (-O1: a
-    third of -O3's compile; the rows the vectors move run as fast)."""
+    float32 or float64): the parameters into a kernel's buffer."""
     with interp.compiling("moves.pack", buf.dtype):
         _pack_all(table, buf)
 
 
 def sums(table: np.ndarray, buf: np.ndarray) -> None:
     """Every move of ``table`` (kind AFFINE, ``n`` blocks summed) into ``buf``: the chunks' gradients
-    into the named ones (compiled apart from ``pack``, in ahead.py's child on a machine's first use:
-    only the backward calls it)."""
+    into the named ones."""
     with interp.compiling("moves.sums", buf.dtype):
         _sum_all(table, buf)
+
+
+_used: set[np.dtype] = set()
+
+
+def first_use(dtype: np.dtype) -> None:
+    """Compile ``sums`` for ``dtype`` (or load it from the cache), once per process: the forward calls
+    this, so that on a machine's first use it compiles there while ahead.py's child compiles the
+    backward."""
+    if dtype not in _used:
+        _used.add(dtype)
+        sums(np.zeros((0, WIDTH), dtype=np.int64), np.zeros(1, dtype=dtype))
 
 
 def row(
@@ -197,4 +209,4 @@ def strides(a: np.ndarray) -> tuple[int, int]:
     return (0, s[0]) if a.ndim == 1 else (s[0], s[1])
 
 
-__all__ = ["AFFINE", "PANEL", "PANEL_T", "WIDTH", "pack", "row", "strides", "sums"]
+__all__ = ["AFFINE", "PANEL", "PANEL_T", "WIDTH", "first_use", "pack", "row", "strides", "sums"]
