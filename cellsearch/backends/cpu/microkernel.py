@@ -13,7 +13,10 @@ The same microkernel runs the weight gradients (``gemm_packed``: ``x^T @ dz`` ov
 rows, both operands read in place where their rows are close, else packed per block) and the
 per-step input projection. The kernels call both
 GEMMs as C functions by address (``address``, ``call_panels``, ``call_packed``), compiled once per
-machine: as njit callees they would be compiled again inside each kernel.
+machine: as njit callees they would be compiled again inside each kernel. Their loops are LLVM IR
+written at that compile (``_emit_panels``, ``_emit_packed``, the tile ``_emit_tile``), as the
+interpreters' are (``ir_loops``): Numba's front end on them as Python loops took ~0.5 s of each
+first compile (benchmarks/README.md, session 15).
 """
 
 from __future__ import annotations
