@@ -134,8 +134,8 @@ SEED_ADD, SEED_P, SEED_BIAS, SEED_CONST = 0, 1, 2, 3
 # columns of the stage tables (one row per source or destination): g offset, const, tmul
 S_G, S_C, S_M = 0, 1, 2
 # two columns the cpu backend appends to the stage info table: where the stage's weight panels
-# (microkernel.pack_panels) start in W (forward) and in WT (backward), after the plain weights; -1
-# where the GEMM goes to BLAS instead (float64)
+# (microkernel.pack_panels) start in W (forward) and in WT (backward), which then hold the panels
+# alone; -1 where the GEMM goes to BLAS instead (float64: W and WT hold the plain matrices)
 C_PF, C_PB = 6, 7
 # and a third: where the stage's ring of output gradients starts in DZ (``backward_rows``)
 C_ZR = 8

@@ -106,12 +106,11 @@ def _cpu_tables(plan: Plan, tb: Tables, B: int, H: int, SB: int, panels: bool) -
     for g, st in enumerate(plan.stages):
         info[g, interp.C_ZR] = ring
         ring += SB * B * len(st.dsts) * H
-    plain = _lines(sum(len(st.srcs) * len(st.dsts) * H * H for st in plan.stages))  # the panels: after W, on a line
     sizes = [0, 0]
-    if panels:
+    if panels:  # (then W and WT hold the panels alone)
         for g, st in enumerate(plan.stages):
             ns, nk = len(st.srcs), len(st.dsts)
-            info[g, interp.C_PF], info[g, interp.C_PB] = plain + sizes[0], plain + sizes[1]
+            info[g, interp.C_PF], info[g, interp.C_PB] = sizes[0], sizes[1]
             sizes[0] += panels_size(ns * H, nk * H)
             sizes[1] += panels_size(nk * H, ns * H)
     ops = np.full((tb.ops.shape[0], interp.N_OPS_COLS), -1, dtype=np.int64)
@@ -524,10 +523,11 @@ class CpuKernel:
                         pk.add(name, (H, H), *move, add=j > 0)
 
     def _stage_size(self, ws: _Workspace, H: int, forward: bool) -> int:
-        """Elements of the stages' weights as ``_stage_moves`` writes them (float32: the panels after
-        the plain weights' room, which is not written: the offsets C_PF and C_PB count from there)."""
-        plain = _lines(sum(len(st.srcs) * len(st.dsts) * H * H for st in self.plan.stages))
-        return plain + ws.cpu.panels[0 if forward else 1] if self.dtype == np.float32 else plain
+        """Elements of the stages' weights as ``_stage_moves`` writes them: float32, the panels alone
+        (at C_PF, C_PB); float64, the plain matrices."""
+        if self.dtype == np.float32:
+            return int(ws.cpu.panels[0 if forward else 1])
+        return sum(len(st.srcs) * len(st.dsts) * H * H for st in self.plan.stages)
 
     @staticmethod
     def _vector_moves(pk: _Packed, names: tuple[str, ...], at: int, H: int) -> None:  # vectors [H], one after another
@@ -542,8 +542,8 @@ class CpuKernel:
         NX = len(p.xblocks)
         panels = dt == np.float32 and NX > 0
         wx = panels_size(I, NX * H) if panels else I * NX * H
-        regions, size = _regions([("W", (self._stage_size(ws, H, True),), self._stage_size(ws, H, True)),
-                                  ("WX", (wx,), wx), ("bx", (NX * H,), NX * H),
+        w = self._stage_size(ws, H, True)
+        regions, size = _regions([("W", (w,), w), ("WX", (wx,), wx), ("bx", (NX * H,), NX * H),
                                   ("biases", (len(p.biases), H), len(p.biases) * H),
                                   ("peeps", (len(p.peeps), H), len(p.peeps) * H)])  # fmt: skip
         pk = _Packed(dt, size, regions)
