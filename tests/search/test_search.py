@@ -98,9 +98,12 @@ def test_sigkill_mid_generation_then_resume_matches_an_uninterrupted_run(tmp_pat
 
 def test_failures_are_data_diverged_and_timeout_are_stored(tmp_path: Path) -> None:
     (tmp_path / "explode.cell").write_text("state(h)\nh = relu(linear(x, h) + h * 10000)\nreturn h\n")
+    # 600 GEMM stages a step: ~17 ms a step here, so the 1-s budget ends it by step ~60, where it would
+    # train 110-200 steps before its patience ran out (1.9-2.2 s; 120 stages took 0.3-0.6 s once the
+    # kernels' calls got cheaper, and finished inside the budget)
     deep = ["state(h)", "t0 = tanh(linear(x, h))"]
-    deep += [f"t{k} = tanh(linear(t{k - 1}, h))" for k in range(1, 120)]
-    deep += ["h = t119", "return h"]
+    deep += [f"t{k} = tanh(linear(t{k - 1}, h))" for k in range(1, 600)]
+    deep += ["h = t599", "return h"]
     (tmp_path / "deep.cell").write_text("\n".join(deep) + "\n")
     cfg = tiny_config(tmp_path / "f.toml", generations=1, workers=0, steps=400, time_budget=1.0,
                       seed_cells='"lstm", "gru", "explode.cell", "deep.cell"')  # fmt: skip
