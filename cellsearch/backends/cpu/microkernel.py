@@ -267,6 +267,17 @@ def _emit_packed(b: ir.IRBuilder, M: ir.Value, N: ir.Value, K: ir.Value, a: ir.V
     def ceil(x: ir.Value, d: int) -> ir.Value:
         return b.sdiv(b.add(x, k(d - 1)), k(d))
 
+    def or_zero(inside: ir.Value, ptr: ir.Value) -> ir.Value:  # the float at ptr where inside, else 0 (ptr not read)
+        with b.if_else(inside) as (yes, no):
+            with yes:
+                loaded, from_yes = b.load(ptr), b.basic_block
+            with no:
+                from_no = b.basic_block
+        v = b.phi(f32)
+        v.add_incoming(loaded, from_yes)
+        v.add_incoming(zero, from_no)
+        return v
+
     # where both operands' rows are close: whole panels of B read in place
     direct = b.and_(
         b.and_(b.icmp_signed(">", K, k(0)), b.icmp_signed(">=", N, k(NR))),
@@ -300,17 +311,7 @@ def _emit_packed(b: ir.IRBuilder, M: ir.Value, N: ir.Value, K: ir.Value, a: ir.V
                             move(NR, byte(bm, b.add(brow, mul(j, k(NR)))), byte(sp, dst))
                         with part, cgutils.for_range(b, k(NR)) as lq:
                             col = b.add(mul(j, k(NR)), lq.index)
-                            inside = b.icmp_signed("<", col, N)
-                            src = at(bm, b.select(inside, b.add(brow, col), k(0)))  # (0: a safe place, not read)
-                            with b.if_else(inside) as (yes, no):
-                                with yes:
-                                    v_in = b.load(src)
-                                    blk_in = b.basic_block
-                                with no:
-                                    blk_out = b.basic_block
-                            v = b.phi(f32)
-                            v.add_incoming(v_in, blk_in)
-                            v.add_incoming(zero, blk_out)
+                            v = or_zero(b.icmp_signed("<", col, N), at(bm, b.add(brow, col)))
                             b.store(v, at(sp, b.add(dst, lq.index)))
             with cgutils.for_range(b, kn) as lkk:  # A's columns as strips of SH rows [ns][kn][SH], zero past M
                 kk = lkk.index
@@ -323,16 +324,7 @@ def _emit_packed(b: ir.IRBuilder, M: ir.Value, N: ir.Value, K: ir.Value, a: ir.V
                             move(SH, byte(a, b.add(arow, mul(q, k(SH)))), byte(sp, dst))
                         with part, cgutils.for_range(b, k(SH)) as lr:
                             row = b.add(mul(q, k(SH)), lr.index)
-                            inside = b.icmp_signed("<", row, M)
-                            with b.if_else(inside) as (yes, no):
-                                with yes:
-                                    v_in = b.load(at(a, b.add(arow, row)))
-                                    blk_in = b.basic_block
-                                with no:
-                                    blk_out = b.basic_block
-                            v = b.phi(f32)
-                            v.add_incoming(v_in, blk_in)
-                            v.add_incoming(zero, blk_out)
+                            v = or_zero(b.icmp_signed("<", row, M), at(a, b.add(arow, row)))
                             b.store(v, at(sp, b.add(dst, lr.index)))
             strips = byte(sp, ao)
             with b.if_then(b.icmp_signed(">", nf, k(0))):

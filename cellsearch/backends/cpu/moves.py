@@ -43,7 +43,7 @@ from .microkernel import NR
 M_SRC, M_R, M_C, M_RS, M_CS, M_N, M_NS, M_DST, M_K, M_A, M_B, M_KIND, M_ADD = range(13)
 WIDTH = 13
 AFFINE, PANEL, PANEL_T = 0, 1, 2
-COLS = 16  # a block's columns moved at a time (``_codegen``)
+COLS = 16  # a block's columns moved at a time (``_emit``)
 
 I64 = ir.IntType(64)
 
@@ -57,12 +57,12 @@ def _emit(summed: bool) -> Any:
         tab = context.make_array(tab_ty)(context, b, args[0])
         buf = context.make_array(buf_ty)(context, b, args[1])
         n_moves, width = cgutils.unpack_tuple(b, tab.shape)
-        fptr = context.get_value_type(buf_ty.dtype).as_pointer()
+        fty = context.get_value_type(buf_ty.dtype)
+        fptr = fty.as_pointer()
 
         def k(v: int) -> ir.Constant:
             return ir.Constant(I64, v)
 
-        fty = context.get_value_type(buf_ty.dtype)
         acc = cgutils.alloca_once(b, ir.ArrayType(fty, COLS))
         vty, isz = ir.VectorType(fty, COLS), context.get_abi_sizeof(fty)
         with cgutils.for_range(b, n_moves) as move:
@@ -203,10 +203,4 @@ def row(
     return out
 
 
-def strides(a: np.ndarray) -> tuple[int, int]:
-    """(row, column) strides of a 1-D or 2-D array in elements (a 1-D array is one row)."""
-    s = [st // a.itemsize for st in a.strides]
-    return (0, s[0]) if a.ndim == 1 else (s[0], s[1])
-
-
-__all__ = ["AFFINE", "PANEL", "PANEL_T", "WIDTH", "first_use", "pack", "row", "strides", "sums"]
+__all__ = ["AFFINE", "PANEL", "PANEL_T", "WIDTH", "first_use", "pack", "row", "sums"]
