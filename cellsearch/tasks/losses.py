@@ -89,6 +89,9 @@ def _kernels() -> tuple[Any, Any]:
     task layer itself stays NumPy only (tests/tasks/test_task_options.py)."""
     from numba import njit
 
+    from ..numba_cache import install
+
+    install()  # their Numba cache under cellsearch's cache dir, whatever was imported first
     return tuple(njit(cache=True, error_model="numpy")(f) for f in (_shifted, _finish))  # type: ignore[return-value]
 
 

@@ -24,6 +24,10 @@ from collections.abc import Iterable
 import numpy as np
 from numba import njit
 
+from ..numba_cache import install
+
+install()  # before the decorators below: their Numba cache goes under cellsearch's cache dir, not the sources'
+
 Array = np.ndarray
 
 

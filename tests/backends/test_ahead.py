@@ -97,6 +97,23 @@ def test_kernels_are_cached_under_cellsearchs_cache_dir(tmp_path):
     assert out.stdout.strip().startswith(str(tmp_path / "numba"))
 
 
+def test_every_cached_kernel_goes_under_cellsearchs_cache_dir_whatever_is_imported_first(tmp_path):
+    """The optimisers' and the losses' njit functions cache there too, in a process that imports
+    their module before (or without) the cpu backend: no cache files beside the package's sources."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["CELLSEARCH_CACHE_DIR"] = str(tmp_path / "cs")
+    code = (
+        "from cellsearch.train import optim\n"
+        "from cellsearch.tasks import losses\n"
+        "print(optim._adam._cache._cache_path)\n"
+        "print(losses._kernels()[0]._cache._cache_path)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    paths = out.stdout.strip().splitlines()
+    assert len(paths) == 2 and all(p.startswith(str(tmp_path / "cs" / "kernels")) for p in paths), paths
+
+
 def test_without_platformdirs_numba_keeps_its_places():
     """An environment without platformdirs (a dependency; some GPU images lack it) still runs: with
     no CELLSEARCH_CACHE_DIR the locator is not installed and Numba caches where it always does."""
@@ -152,7 +169,7 @@ def test_interpreters_compile_at_their_own_optimisation_level(monkeypatch):
 
 
 def test_sources_digest_follows_every_backend_file(tmp_path):
-    from cellsearch.backends.numba_cache import sources_digest
+    from cellsearch.numba_cache import sources_digest
 
     (tmp_path / "cpu").mkdir()
     (tmp_path / "a.py").write_text("x = 1\n")
@@ -168,7 +185,7 @@ def test_sources_digest_follows_every_backend_file(tmp_path):
 
 DIGEST_SCRIPT = """
 import sys, numpy as np
-import cellsearch.backends.numba_cache as nc
+import cellsearch.numba_cache as nc
 if sys.argv[1] != "same":
     nc.sources_digest = lambda root=None: b"another tree"  # as after an edit to, say, ir_loops.py
 from cellsearch.backends import compile

@@ -150,7 +150,9 @@ def test_tasks_import_only_numpy_stdlib_and_errors():
                     continue  # a sibling inside cellsearch.tasks
                 assert node.level in (0, 2), f"{path.name}: import from level {node.level}"
                 if node.level == 2:
-                    assert node.module == "errors", f"{path.name}: imports ..{node.module}"
+                    # (and the losses' kernel installs Numba's cache locator where it compiles them, at first use)
+                    late = path.name == "losses.py" and node.module == "numba_cache" and node.col_offset > 0
+                    assert node.module == "errors" or late, f"{path.name}: imports ..{node.module}"
                     continue
                 mods = [node.module]
             else:

@@ -1,6 +1,6 @@
 """The Numba CPU backend."""
 
-from ..numba_cache import install
+from ...numba_cache import install
 
 install()  # before the kernels' modules: their Numba cache goes under cellsearch's cache dir
 

@@ -24,10 +24,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 CACHE_ENV = "CELLSEARCH_CACHE_DIR"
-_PACKAGE = Path(__file__).resolve().parents[1]
+_PACKAGE = Path(__file__).resolve().parent
 _installed = False
 
 
