@@ -89,12 +89,16 @@ def test_a_worker_killed_midway_loses_nothing_and_stores_each_evaluation_once(pg
     victims = [a for a in history if a.id in killed and a.status != "done"]
     assert victims, "no kill landed in the middle of an evaluation"
     for v in victims:
-        assert v.status == "lost" and ("is gone" in v.reason or "no heartbeat" in v.reason), (v.status, v.reason)
+        # lost: the driver saw its worker gone (or its heartbeat stop) first; superseded: Dask re-ran the task on
+        # another worker and that attempt finished before the driver's grace ran out (the run's end closes it)
+        lost = v.status == "lost" and ("is gone" in v.reason or "no heartbeat" in v.reason)
+        superseded = v.status == "superseded" and "another attempt" in v.reason
+        assert lost or superseded, (v.status, v.reason)
         again = [a for a in history if a.key == v.key and a.id > v.id]
         assert any(a.status == "done" and a.worker != v.worker for a in again), "the killed worker's evaluation was not run again"
         assert rows[v.key].worker != v.worker
     assert not [a for a in history if a.status == "running"]
-    assert {a.status for a in history} <= {"done", "lost"}
+    assert {a.status for a in history} <= {"done", "lost", "superseded"}
 
 
 # ---- SQLite with several writing processes ----------------------------------------------------------
