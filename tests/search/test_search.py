@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -213,8 +214,9 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path: Path) -> None:
     # its first evaluations (a loaded CI machine once let 50 generations finish first)
     cfg = tiny_config(tmp_path / "t.toml", generations=1000, workers=1, steps=40)
     db = tmp_path / "c.db"
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}  # (SIGABRT then prints every thread's stack: see below)
     proc = subprocess.Popen([sys.executable, "-m", "cellsearch", "run", str(cfg), "--db", str(db), "--name", "c"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
     deadline = time.time() + 120
     while time.time() < deadline:
         if db.exists():
@@ -226,7 +228,12 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # (once in a full local run, not reproduced in 40 tries alone): where it hangs
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=30)
+        pytest.fail(f"no exit within 60 s of Ctrl-C; its threads when aborted:\n{err[-6000:]}")
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "--resume c" in err
     assert query(db, "runs")[0]["status"] == "interrupted"
