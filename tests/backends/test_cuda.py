@@ -467,33 +467,44 @@ def test_kernels_compile_to_ptx():
     checked without a GPU; needs NVVM, e.g. pip install 'cuda-toolkit[nvrtc,nvvm]'). No float64
     instruction in the float32 kernels, and no local memory (the accumulators stay in registers); the
     units schedule's warp GEMM keeps its integer work down (``ptx.counts``: shuffles, and
-    instructions around each fused multiply-add)."""
+    instructions around each fused multiply-add). The kernels compile side by side in a process pool
+    (NVVM is single-threaded; one after the other they took ~190 s here)."""
     if SIMULATED:
         pytest.skip("the simulator does not compile")
     pytest.importorskip("numba.cuda")
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
     from numba import cuda
 
-    from cellsearch.backends.cuda.ptx import compile_ptx, counts, signatures
+    from cellsearch.backends.cuda.ptx import compile_counts, signatures
 
     coop = (False, True) if cuda.is_available() else (False,)  # grid sync's typing asks the driver for the device
-    for dt in (np.float32, np.float64):
-        for label, k, sig in signatures(dt, coop):
-            try:
-                ptx = compile_ptx(k, sig)
-            except Exception as e:  # NVVM/NVRTC not installed: nothing to check here
-                if "nvvm" in str(e).lower() or "nvrtc" in str(e).lower() or "NotFound" in type(e).__name__:
-                    pytest.skip(f"NVVM is not installed: {str(e).splitlines()[0]}")
-                raise
-            c = counts(ptx)
-            assert c["local"] == 0 and ".local" not in ptx, f"{label} uses local memory"
-            if dt == np.float32:
-                assert c["f64"] == 0, f"{label} computes in float64"
-            if dt == np.float32 and label.startswith(("forward_units warp 4x4", "backward_units warp 4x4")):
-                # session 10's build: 160 shuffles (a butterfly per sum), 3.4 / 3.9 instructions per fma in the blocks that
-                # hold one; now 31 and ~2.1 / 2.3
-                assert c["warp"] < 40 and c["per_fma"] < 3.0, (label, c)
-            if dt == np.float32 and label.startswith(("forward_loop rows8", "backward_loop rows8")):
-                assert c["per_fma"] < 6.0, (label, c)  # signed indices: 9.2 / 10.2; unsigned, the rows' offsets found once: ~4.5
+    try:
+        compile_counts("float32", "fill")  # the smallest kernel, here: NVVM present?
+    except Exception as e:  # NVVM/NVRTC not installed: nothing to check here
+        if "nvvm" in str(e).lower() or "nvrtc" in str(e).lower() or "NotFound" in type(e).__name__:
+            pytest.skip(f"NVVM is not installed: {str(e).splitlines()[0]}")
+        raise
+    jobs = [
+        (np.dtype(dt).name, label, c) for dt in (np.float32, np.float64) for c in coop for label, _, _ in signatures(dt, (c,))
+    ]
+    jobs.sort(key=lambda j: "_units" not in j[1])  # the long ones first: the pool ends together
+    assert len(jobs) >= 34
+    workers = max(1, min(len(os.sched_getaffinity(0)), 4))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = dict(zip(jobs, pool.map(compile_counts, *zip(*jobs, strict=True)), strict=True))
+    for (dt, label, _), c in results.items():
+        assert c["local"] == 0 and c["local_text"] == 0, f"{label} uses local memory"
+        if dt == "float32":
+            assert c["f64"] == 0, f"{label} computes in float64"
+        if dt == "float32" and label.startswith(("forward_units warp 4x4", "backward_units warp 4x4")):
+            # session 10's build: 160 shuffles (a butterfly per sum), 3.4 / 3.9 instructions per fma in the blocks that
+            # hold one; now 31 and ~2.1 / 2.3
+            assert c["warp"] < 40 and c["per_fma"] < 3.0, (label, c)
+        if dt == "float32" and label.startswith(("forward_loop rows8", "backward_loop rows8")):
+            assert c["per_fma"] < 6.0, (label, c)  # signed indices: 9.2 / 10.2; unsigned, the rows' offsets found once: ~4.5
 
 
 @needs_cuda

@@ -11,6 +11,7 @@ what runs.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from typing import Any
@@ -87,6 +88,21 @@ def compile_ptx(kernel: Any, sig: tuple, cc: tuple[int, int] = (9, 0)) -> str:
 
     ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc)
     return str(ptx)
+
+
+@functools.cache
+def _signatures(dtype: str, cooperative: bool) -> dict[str, tuple[Any, tuple]]:
+    return {label: (kernel, sig) for label, kernel, sig in signatures(dtype, (cooperative,))}
+
+
+def compile_counts(dtype: str, label: str, cooperative: bool = False) -> dict[str, float]:
+    """``counts`` of the PTX of the kernel ``label`` of ``signatures(dtype, (cooperative,))``, and
+    ``local_text``: 1 where the PTX mentions local memory at all (a declaration included), else 0. A
+    function of plain values, so that a process pool can compile the kernels side by side (each
+    compile is single-threaded NVVM work: the units loops take 10-15 s each)."""
+    kernel, sig = _signatures(dtype, cooperative)[label]
+    ptx = compile_ptx(kernel, sig)
+    return {**counts(ptx), "local_text": int(".local" in ptx)}
 
 
 _INSTRUCTION = re.compile(r"^\s+(?:@!?%p\d+\s+)?([a-z][a-z0-9]*)((?:\.[a-z0-9]+)*)")
