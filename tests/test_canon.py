@@ -200,3 +200,20 @@ def test_deep_chains_print_as_lines_the_parser_reads_back() -> None:
     again = parse(cell.text)
     assert again == cell and again.hash == cell.hash
     assert max(line.count("(") for line in cell.text.splitlines()) <= 2 * 8 + 2
+
+
+def test_tie_breakers_are_skipped_only_where_they_cannot_change_the_order(monkeypatch):
+    """canonicalize computes the state-name and label colours (its heap's tie-breakers) only where two
+    nodes share a structural colour; computing them always gives the same cells for the zoo and 300
+    random cells, among them cells with nodes alike (the other path)."""
+    import cellsearch.ir.canon as canon
+    from cellsearch.ir.random import random_cell
+
+    inputs = [zoo.get(n) for n in zoo.names()] + [random_cell(np.random.default_rng(s)) for s in range(300)]
+    alike = [c for c in inputs if len(set(canon.colours(c.nodes, c.states, c.updates, c.output))) < len(c.nodes)]
+    assert alike, "no input took the tie-breaking path"
+    fast = [recanonicalize(c) for c in inputs]
+    monkeypatch.setattr(canon, "_SKIP_UNUSED_TIE_BREAKERS", False)
+    slow = [recanonicalize(c) for c in inputs]
+    assert [c.text for c in fast] == [c.text for c in slow]
+    assert fast == slow and [c.hash for c in fast] == [c.hash for c in slow]
