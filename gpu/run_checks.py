@@ -140,7 +140,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "gpu" / "results"))
     ap.add_argument("--quick", action="store_true", help="3 rounds instead of 7; the sweeps at the issue's lstm config only")
-    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=None, help="timing rounds of every part (default 7, the population's 5)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: tests,kernels,population,schedules,sweep")
     ap.add_argument("--configs", default=None, help="B,T,I,H;... instead of the benchmark's configs (the sweep uses the last)")
     ap.add_argument("--tests-timeout", type=float, default=360, help="seconds the conformance suite may take")
@@ -187,7 +187,7 @@ def main() -> int:
         kernel_rows(order[:1])
     if "population" not in skip:
         log(f"population: {args.population} random cells, one step each, concurrent vs one by one")
-        res = population_throughput(args.population, parse_config(args.population_config), rounds=3 if args.quick else 5)
+        res = population_throughput(args.population, parse_config(args.population_config), rounds=args.rounds or (3 if args.quick else 5))
         log(json.dumps(res))
         (out / "population.json").write_text(json.dumps({"machine": info, **res}, indent=2))
     if "kernels" not in skip:
