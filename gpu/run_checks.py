@@ -187,7 +187,8 @@ def main() -> int:
         kernel_rows(order[:1])
     if "population" not in skip:
         log(f"population: {args.population} random cells, one step each, concurrent vs one by one")
-        res = population_throughput(args.population, parse_config(args.population_config), rounds=args.rounds or (3 if args.quick else 5))
+        pop_rounds = args.rounds or (3 if args.quick else 5)
+        res = population_throughput(args.population, parse_config(args.population_config), rounds=pop_rounds)
         log(json.dumps(res))
         (out / "population.json").write_text(json.dumps({"machine": info, **res}, indent=2))
     if "kernels" not in skip:
