@@ -4,7 +4,9 @@ platformdirs' ``user_cache_dir("cellsearch")/kernels`` (the same root as the dat
 Numba's default for a package is the ``__pycache__`` beside its sources, which a read-only or shared
 install cannot take and where stale entries pile up next to the code. ``install()`` adds a cache
 locator, consulted after ``NUMBA_CACHE_DIR`` (set, it still wins), that sends the functions defined
-in cellsearch's own files there; every other library's cache stays where Numba puts it. One folder
+in cellsearch's own files there (the cpu backend, the optimisers and the losses install it in Numba's
+caching; the cuda backend in numba-cuda's, which keeps its own); every other library's cache stays
+where Numba puts it. One folder
 per source folder (its name and a hash of its path, as Numba names them), so two installs never
 share an index. Numba writes its index and data files through a temporary file and a rename, so
 processes compiling at once cannot corrupt it.
@@ -28,7 +30,7 @@ from .errors import ConfigError
 
 CACHE_ENV = "CELLSEARCH_CACHE_DIR"
 _PACKAGE = Path(__file__).resolve().parent
-_installed = False
+_installed: set[str] = set()  # the caching modules the locator is in
 
 
 def kernels_dir() -> Path:
@@ -54,25 +56,27 @@ def sources_digest(root: Path = _PACKAGE / "backends") -> bytes:
     return h.digest()
 
 
-def install() -> None:
-    """Register the locator (once; before the modules with ``cache=True`` kernels are imported)."""
-    global _installed
-    if _installed:
+def install(caching_module: str = "numba.core.caching") -> None:
+    """Register the locator (once per module; before the modules with ``cache=True`` kernels are
+    imported) in Numba's caching module, or with ``"numba.cuda.core.caching"`` in numba-cuda's, which
+    keeps a list of its own (the cuda backend's ``load``)."""
+    if caching_module in _installed:
         return
-    _installed = True
+    _installed.add(caching_module)
     if not os.environ.get(CACHE_ENV, ""):
         try:
             import platformdirs  # noqa: F401
         except ImportError:  # a dependency, but an environment without it still runs: Numba's own places
             return
-    from numba.core import caching
+    import importlib
 
     try:
+        caching = importlib.import_module(caching_module)
         base: Any = caching._CacheLocator
         mixin: Any = caching._SourceFileBackedLocatorMixin
         impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")  # noqa: B009 (renamed in numba 0.62)
         classes = impl._locator_classes
-    except AttributeError:  # another Numba's internals: keep its default places
+    except (AttributeError, ImportError):  # another Numba's internals: keep its default places
         return
 
     class CellsearchCacheLocator(mixin, base):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from cellsearch.backends import compile
 from cellsearch.backends.cpu import ahead, interp
@@ -112,6 +113,25 @@ def test_every_cached_kernel_goes_under_cellsearchs_cache_dir_whatever_is_import
     assert out.returncode == 0, out.stderr
     paths = out.stdout.strip().splitlines()
     assert len(paths) == 2 and all(p.startswith(str(tmp_path / "cs" / "kernels")) for p in paths), paths
+
+
+def test_cuda_kernels_are_cached_under_cellsearchs_cache_dir_too(tmp_path):
+    """numba-cuda keeps a locator list of its own: the cuda backend's ``load`` installs the locator there,
+    so a cuda kernel's cache goes under $CELLSEARCH_CACHE_DIR/kernels too (asked of the locator itself:
+    the simulator, here, compiles nothing to cache)."""
+    pytest.importorskip("numba.cuda")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(CELLSEARCH_CACHE_DIR=str(tmp_path / "cs"), NUMBA_ENABLE_CUDASIM="1")
+    code = (
+        "from cellsearch.backends.cuda import load, kernels\n"
+        "from numba.cuda.core import caching\n"
+        "load()\n"
+        "loc = next(c for c in caching.CacheImpl._locator_classes if c.__name__ == 'CellsearchCacheLocator')\n"
+        "print(loc.from_function(kernels.element_ops.__wrapped__, kernels.__file__).get_cache_path())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith(str(tmp_path / "cs" / "kernels")), out.stdout
 
 
 def test_without_platformdirs_numba_keeps_its_places():

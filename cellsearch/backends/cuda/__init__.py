@@ -20,6 +20,9 @@ def load() -> Any:
             "the cuda backend found no usable NVIDIA GPU (driver or device missing); "
             "set NUMBA_ENABLE_CUDASIM=1 to run it in Numba's CUDA simulator"
         )
+    from ...numba_cache import install
+
+    install("numba.cuda.core.caching")  # before any kernel is made: their cache under cellsearch's cache dir
     from . import kernel
 
     return kernel
