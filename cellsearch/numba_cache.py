@@ -6,9 +6,8 @@ install cannot take and where stale entries pile up next to the code. ``install(
 locator, consulted after ``NUMBA_CACHE_DIR`` (set, it still wins), that sends the functions defined
 in cellsearch's own files there (the cpu backend, the optimisers and the losses install it in Numba's
 caching; the cuda backend in numba-cuda's, which keeps its own); every other library's cache stays
-where Numba puts it. One folder
-per source folder (its name and a hash of its path, as Numba names them), so two installs never
-share an index. Numba writes its index and data files through a temporary file and a rename, so
+where Numba puts it. One folder per source folder (its name and a hash of its path, as Numba names
+them), so two installs never share an index. Numba writes its index and data files through a temporary file and a rename, so
 processes compiling at once cannot corrupt it.
 
 Numba keys a cached function by its own source file (a hash of it), but a kernel's compiled code

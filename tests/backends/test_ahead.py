@@ -85,33 +85,34 @@ def test_nothing_started_when_cached_or_switched_off(monkeypatch):
     assert ahead._children == {("float64", True): None}
 
 
+def _cache_paths(code: str, tmp_path, **env: str) -> list[str]:
+    """The lines ``code`` prints in a fresh process with $CELLSEARCH_CACHE_DIR = tmp_path/cs and no
+    NUMBA_CACHE_DIR unless ``env`` sets it."""
+    full = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    full.update(CELLSEARCH_CACHE_DIR=str(tmp_path / "cs"), **env)
+    out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()
+
+
 def test_kernels_are_cached_under_cellsearchs_cache_dir(tmp_path):
     """Without NUMBA_CACHE_DIR the executor's Numba cache goes under $CELLSEARCH_CACHE_DIR/kernels
     (else the user cache dir), not beside the package's sources; NUMBA_CACHE_DIR still wins."""
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env["CELLSEARCH_CACHE_DIR"] = str(tmp_path / "cs")
     code = "from cellsearch.backends.cpu import interp; print(interp.backward_rows._cache._cache_path)"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.strip().startswith(str(tmp_path / "cs" / "kernels"))
-    env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.strip().startswith(str(tmp_path / "numba"))
+    assert _cache_paths(code, tmp_path)[0].startswith(str(tmp_path / "cs" / "kernels"))
+    assert _cache_paths(code, tmp_path, NUMBA_CACHE_DIR=str(tmp_path / "numba"))[0].startswith(str(tmp_path / "numba"))
 
 
 def test_every_cached_kernel_goes_under_cellsearchs_cache_dir_whatever_is_imported_first(tmp_path):
     """The optimisers' and the losses' njit functions cache there too, in a process that imports
     their module before (or without) the cpu backend: no cache files beside the package's sources."""
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env["CELLSEARCH_CACHE_DIR"] = str(tmp_path / "cs")
     code = (
         "from cellsearch.train import optim\n"
         "from cellsearch.tasks import losses\n"
         "print(optim._adam._cache._cache_path)\n"
         "print(losses._kernels()[0]._cache._cache_path)"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    paths = out.stdout.strip().splitlines()
+    paths = _cache_paths(code, tmp_path)
     assert len(paths) == 2 and all(p.startswith(str(tmp_path / "cs" / "kernels")) for p in paths), paths
 
 
@@ -120,8 +121,6 @@ def test_cuda_kernels_are_cached_under_cellsearchs_cache_dir_too(tmp_path):
     so a cuda kernel's cache goes under $CELLSEARCH_CACHE_DIR/kernels too (asked of the locator itself:
     the simulator, here, compiles nothing to cache)."""
     pytest.importorskip("numba.cuda")
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env.update(CELLSEARCH_CACHE_DIR=str(tmp_path / "cs"), NUMBA_ENABLE_CUDASIM="1")
     code = (
         "from cellsearch.backends.cuda import load, kernels\n"
         "from numba.cuda.core import caching\n"
@@ -129,9 +128,8 @@ def test_cuda_kernels_are_cached_under_cellsearchs_cache_dir_too(tmp_path):
         "loc = next(c for c in caching.CacheImpl._locator_classes if c.__name__ == 'CellsearchCacheLocator')\n"
         "print(loc.from_function(kernels.element_ops.__wrapped__, kernels.__file__).get_cache_path())"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().startswith(str(tmp_path / "cs" / "kernels")), out.stdout
+    paths = _cache_paths(code, tmp_path, NUMBA_ENABLE_CUDASIM="1")
+    assert paths and paths[0].startswith(str(tmp_path / "cs" / "kernels")), paths
 
 
 def test_without_platformdirs_numba_keeps_its_places():

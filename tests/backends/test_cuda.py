@@ -473,7 +473,6 @@ def test_kernels_compile_to_ptx():
         pytest.skip("the simulator does not compile")
     pytest.importorskip("numba.cuda")
     import multiprocessing
-    import os
     from concurrent.futures import ProcessPoolExecutor
 
     from numba import cuda
