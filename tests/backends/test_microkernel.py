@@ -15,6 +15,7 @@ from cellsearch.backends.cpu.microkernel import (
     pack_panels,
     padded,
     panels_size,
+    tile_shape,
 )
 
 
@@ -120,3 +121,65 @@ def test_gemm_packed_keeps_nan_and_inf():
     C = np.zeros((8, 40), dtype=np.float32)
     _run_packed(8, 40, 4, At, 8, B, 40, C, 40, 0, np.empty(gemm_scratch(8, 40), dtype=np.float32), np.uint64(address("panels")))
     assert np.isnan(C[2]).all() and np.isposinf(C[5]).all() and (C[0] == 4).all()
+
+
+def test_tile_shape_follows_the_vector_registers():
+    """AVX-512's 32 registers: 12-row tiles of two 16-float vectors; AVX2's (and SSE's) 16: 6-row tiles
+    of two 8-float (4-float) vectors, which divide the 32-column panels."""
+    assert tile_shape("+avx,+avx2,+fma,+avx512f,+avx512bw") == (16, (12, 4, 1))
+    assert tile_shape("+avx,+avx2,+fma,-avx512f") == (8, (6, 4, 2, 1))
+    assert tile_shape("+sse2,-avx,-avx2") == (4, (6, 4, 2, 1))
+    for width, heights in (tile_shape("+avx512f"), tile_shape("+avx")):
+        assert NR % (2 * width) == 0 and heights[-1] == 1
+
+
+_NARROW = """
+import sys
+import numpy as np
+from cellsearch.backends.cpu import microkernel as mk
+sys.path.insert(0, {tests!r})
+from test_microkernel import _products
+print(mk._W, mk.SH)
+sys.stdout.buffer.write(_products())
+"""
+
+
+def _products() -> bytes:
+    """The bytes of a per-step GEMM and a weight gradient's (partial tiles and panels in both)."""
+    rng = np.random.default_rng(5)
+    M, K, N = 29, 70, 77
+    A, W = rng.normal(size=(M, K)).astype(np.float32), rng.normal(size=(K, N)).astype(np.float32)
+    Bp = np.empty(panels_size(K, N), np.float32)
+    pack_panels(W.ravel(), K, N, Bp, False)
+    C = np.zeros((M, padded(N)), np.float32)
+    _run(M, N, K, A, K, Bp, C, padded(N))
+    At, B = rng.normal(size=(K, M)).astype(np.float32), rng.normal(size=(K, N)).astype(np.float32)
+    D = np.zeros((M, N), np.float32)
+    for ld in (N, DIRECT_LD + 1):  # in place, then packed
+        Ap, Bq = np.zeros((K, ld), np.float32), np.zeros((K, ld), np.float32)
+        Ap[:, :M], Bq[:, :N] = At, B
+        _run_packed(M, N, K, Ap, ld, Bq, ld, D, N, 1, np.empty(gemm_scratch(M, N), np.float32), np.uint64(address("panels")))
+    return C.tobytes() + D.tobytes()
+
+
+def test_a_narrower_tile_gives_the_same_bytes(tmp_path):
+    """The tiles' shape follows the machine, but every element's sum runs over k in order: compiled for
+    this CPU less its widest vectors (AVX-512, else AVX and FMA), in a fresh process, the GEMMs give
+    this process's bytes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from llvmlite import binding
+
+    flags = binding.get_host_cpu_features().flatten().split(",")
+    drop = ("+avx512",) if "+avx512f" in flags else ("+avx", "+fma", "+f16c", "+vaes", "+vpclmulqdq")
+    narrow = ",".join("-" + f[1:] if f.startswith(drop) else f for f in flags)
+    env = {**os.environ, "NUMBA_CPU_FEATURES": narrow, "NUMBA_CACHE_DIR": str(tmp_path)}
+    code = _NARROW.format(tests=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    shape, _, out = done.stdout.partition(b"\n")
+    assert int(shape.split()[0]) < tile_shape(binding.get_host_cpu_features().flatten())[0]
+    assert out == _products()

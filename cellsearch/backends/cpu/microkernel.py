@@ -30,17 +30,40 @@ from numba import cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-NR = 32  # columns of a panel: two 16-float vectors
-SH = 12  # rows of the tallest tile, and of A's strips as ``gemm_packed`` packs it (see ``_emit_tiles``)
-_W = 16  # floats per vector
+NR = 32  # columns of a panel
+
+
+def _features() -> str:
+    """The CPU features Numba compiles for (its own rule: ``NUMBA_CPU_FEATURES`` where set, else the host's)."""
+    from llvmlite import binding
+    from numba.core import config
+
+    return str(config.CPU_FEATURES) if config.CPU_FEATURES is not None else str(binding.get_host_cpu_features().flatten())
+
+
+def tile_shape(features: str) -> tuple[int, tuple[int, ...]]:
+    """(floats per vector register, the tiles' heights tallest first) for a CPU with these features. A
+    tile is two vectors wide and keeps its product in registers over the whole sum: with AVX-512's 32
+    registers 12 rows x 32 columns (24 of them), with AVX2's (or SSE's) 16, 6 rows x 16 (or 8) columns
+    (12 of them): a 12-row tile of 8-float vectors spilled and ran at a third of the core's rate
+    (benchmarks/README.md, session 17). A panel of 32 columns is then 1, 2 or 4 tiles wide."""
+    flags = set(features.split(","))
+    if "+avx512f" in flags:
+        return 16, (12, 4, 1)
+    return (8 if "+avx" in flags else 4), (6, 4, 2, 1)
+
+
+_W, _HEIGHTS = tile_shape(_features())
+SH = _HEIGHTS[0]  # rows of the tallest tile, and of A's strips as ``gemm_packed`` packs it (see ``_emit_tiles``)
+_TC = 2 * _W  # columns of a tile
 
 
 def _emit_tile(builder: ir.IRBuilder, MR: int, *args: ir.Value) -> None:
-    """``C[MR, 32] (+)= A[MR, K] @ B[K, 32]`` in IR, args ``(a, sr, sk, b, ldb, c, ldc, K, acc)`` (i64):
-    element (r, k) of A at float offset ``r*sr + k*sk`` from address a (row-major A: sr = its leading
-    dimension, sk = 1; A stored transposed: sr = 1, sk = its leading dimension), row k of B (32
-    floats) ``k*ldb`` floats from b (a packed panel: ldb = 32), C row-major at c (ldc). ``acc``
-    nonzero: the tile starts from C's values, else from zero."""
+    """``C[MR, TC] (+)= A[MR, K] @ B[K, TC]`` in IR (TC = ``_TC`` columns: two vectors), args ``(a, sr,
+    sk, b, ldb, c, ldc, K, acc)`` (i64): element (r, k) of A at float offset ``r*sr + k*sk`` from
+    address a (row-major A: sr = its leading dimension, sk = 1; A stored transposed: sr = 1, sk = its
+    leading dimension), row k of B (TC floats) ``k*ldb`` floats from b (a packed panel: ldb = 32), C
+    row-major at c (ldc). ``acc`` nonzero: the tile starts from C's values, else from zero."""
     a_addr, sr_v, sk_v, b_addr, ldb_v, c_addr, ldc_v, k_n, acc_v = args
     i64 = ir.IntType(64)
     f32 = ir.FloatType()
@@ -137,33 +160,36 @@ load_i64 = _int_access()
 
 def _emit_tiles(b: ir.IRBuilder, M: ir.Value, a: ir.Value, sr: ir.Value, sk: ir.Value, step: ir.Value, bp: ir.Value,
                 c: ir.Value, ldc: ir.Value, K: ir.Value, acc: ir.Value, ldb: ir.Value) -> None:  # fmt: skip
-    """Rows 0..M of ``C[:, 32] (+)= A @ B`` by tiles of SH = 12, 4, then 1 rows: 24 of the 32 vector
-    registers hold the product (8 rows measured 2-9 % slower: each k reloads B's two vectors for fewer
-    rows). The block of SH rows from row i starts i*step bytes from a, and its element (r, k) is
-    ``r*sr + k*sk`` floats into it: a row-major A (sr = lda, sk = 1, step = lda*4), A packed as
-    strips of SH rows, each [K, SH] (sr = 1, sk = SH, step = K*4), or A stored transposed (sr = 1,
-    sk = lda, step = 4). Row k of B's 32 columns is ``k*ldb`` floats from bp (a packed panel: 32)."""
+    """Rows 0..M of ``C[:, 32] (+)= A @ B``: the panel's 32 columns as ``32 / TC`` blocks of ``TC``
+    (one after the other: a block's rows of B stay in L1 over its tiles), each by tiles of the
+    heights ``_HEIGHTS`` (with AVX-512: SH = 12, then 4, then 1 rows; 24 of the 32 vector registers
+    hold the product; 8 rows measured 2-9 % slower: each k reloads B's two vectors for fewer rows). The
+    block of SH rows from row i starts i*step bytes from a, and its element (r, k) is ``r*sr + k*sk``
+    floats into it: a row-major A (sr = lda, sk = 1, step = lda*4), A packed as strips of SH rows,
+    each [K, SH] (sr = 1, sk = SH, step = K*4), or A stored transposed (sr = 1, sk = lda, step = 4).
+    Row k of B's 32 columns is ``k*ldb`` floats from bp (a packed panel: 32). Each element's sum runs
+    over k in order whatever the tiles' shape: the same bits on every machine."""
     i64 = ir.IntType(64)
 
     def k(v: int) -> ir.Constant:
         return ir.Constant(i64, v)
 
-    n_sh = b.sdiv(M, k(SH))
-    with cgutils.for_range(b, n_sh) as lp:  # tiles of SH rows
-        i = b.mul(lp.index, k(SH))
-        _emit_tile(b, SH, b.add(a, b.mul(i, step)), sr, sk, bp, ldb, b.add(c, b.mul(b.mul(i, ldc), k(4))), ldc, K, acc)
-    i = b.mul(n_sh, k(SH))
-    base, rest = b.add(a, b.mul(i, step)), b.sub(M, i)
-
-    def rows(MR: int, r0: ir.Value, count: ir.Value) -> None:  # tiles of MR rows from row i + r0
-        with cgutils.for_range(b, count) as lp:
-            r = b.add(r0, b.mul(lp.index, k(MR)))
-            ar = b.add(base, b.mul(b.mul(r, sr), k(4)))
-            _emit_tile(b, MR, ar, sr, sk, bp, ldb, b.add(c, b.mul(b.mul(b.add(i, r), ldc), k(4))), ldc, K, acc)
-
-    n4 = b.sdiv(rest, k(4))
-    rows(4, k(0), n4)
-    rows(1, b.mul(n4, k(4)), b.sub(rest, b.mul(n4, k(4))))
+    for col in range(0, NR, _TC):
+        bq, cq = b.add(bp, k(4 * col)), b.add(c, k(4 * col))
+        n_sh = b.sdiv(M, k(SH))
+        with cgutils.for_range(b, n_sh) as lp:  # tiles of SH rows
+            i = b.mul(lp.index, k(SH))
+            _emit_tile(b, SH, b.add(a, b.mul(i, step)), sr, sk, bq, ldb, b.add(cq, b.mul(b.mul(i, ldc), k(4))), ldc, K, acc)
+        i = b.mul(n_sh, k(SH))
+        base, rest = b.add(a, b.mul(i, step)), b.sub(M, i)
+        r0 = k(0)
+        for MR in _HEIGHTS[1:]:  # then tiles of fewer rows, from row i + r0
+            count = b.sdiv(b.sub(rest, r0), k(MR))
+            with cgutils.for_range(b, count) as lp:
+                r = b.add(r0, b.mul(lp.index, k(MR)))
+                ar = b.add(base, b.mul(b.mul(r, sr), k(4)))
+                _emit_tile(b, MR, ar, sr, sk, bq, ldb, b.add(cq, b.mul(b.mul(b.add(i, r), ldc), k(4))), ldc, K, acc)
+            r0 = b.add(r0, b.mul(count, k(MR)))
 
 
 def _emit_panels(b: ir.IRBuilder, M: ir.Value, N: ir.Value, K: ir.Value, a: ir.Value, lda: ir.Value, bp: ir.Value,
@@ -257,12 +283,14 @@ def _emit_packed(b: ir.IRBuilder, M: ir.Value, N: ir.Value, K: ir.Value, a: ir.V
         fnty = ir.FunctionType(ir.VoidType(), [i64] * 10)
         b.call(b.inttoptr(fpp, fnty.as_pointer()), list(args))
 
-    def move(n: int, src: ir.Value, dst: ir.Value) -> None:  # n floats, as vectors
-        w = min(n, _W)
-        vptr = ir.VectorType(f32, w).as_pointer()
-        for v in range(n // w):
-            val = b.load(b.inttoptr(b.add(src, k(4 * w * v)), vptr), align=4)
-            b.store(val, b.inttoptr(b.add(dst, k(4 * w * v)), vptr), align=4)
+    def move(n: int, src: ir.Value, dst: ir.Value) -> None:  # n floats, as vectors of up to _W
+        done = 0
+        while done < n:
+            w = min(n - done, _W)
+            vptr = ir.VectorType(f32, w).as_pointer()
+            val = b.load(b.inttoptr(b.add(src, k(4 * done)), vptr), align=4)
+            b.store(val, b.inttoptr(b.add(dst, k(4 * done)), vptr), align=4)
+            done += w
 
     def ceil(x: ir.Value, d: int) -> ir.Value:
         return b.sdiv(b.add(x, k(d - 1)), k(d))
