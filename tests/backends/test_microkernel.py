@@ -171,9 +171,11 @@ def test_a_narrower_tile_gives_the_same_bytes(tmp_path):
     import sys
     from pathlib import Path
 
-    from llvmlite import binding
+    from cellsearch.backends.cpu import microkernel
 
-    flags = binding.get_host_cpu_features().flatten().split(",")
+    flags = microkernel._features().split(",")  # what this process compiled for
+    if "+avx" not in flags:
+        pytest.skip("no vectors narrower than this CPU's to compile for")
     drop = ("+avx512",) if "+avx512f" in flags else ("+avx", "+fma", "+f16c", "+vaes", "+vpclmulqdq")
     narrow = ",".join("-" + f[1:] if f.startswith(drop) else f for f in flags)
     env = {**os.environ, "NUMBA_CPU_FEATURES": narrow, "NUMBA_CACHE_DIR": str(tmp_path)}
@@ -181,5 +183,5 @@ def test_a_narrower_tile_gives_the_same_bytes(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     shape, _, out = done.stdout.partition(b"\n")
-    assert int(shape.split()[0]) < tile_shape(binding.get_host_cpu_features().flatten())[0]
+    assert int(shape.split()[0]) < microkernel._W
     assert out == _products()
