@@ -38,7 +38,8 @@ def _features() -> str:
     from llvmlite import binding
     from numba.core import config
 
-    return str(config.CPU_FEATURES) if config.CPU_FEATURES is not None else str(binding.get_host_cpu_features().flatten())
+    features = getattr(config, "CPU_FEATURES", None)  # (set from the environment at Numba's import)
+    return str(features) if features is not None else str(binding.get_host_cpu_features().flatten())
 
 
 def tile_shape(features: str) -> tuple[int, tuple[int, ...]]:
