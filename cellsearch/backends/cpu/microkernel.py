@@ -4,10 +4,12 @@ Per step the kernels multiply a few rows of sources by the same weight matrix: `
 with b = the rows of a chunk (1-128), K and N a few hundred. OpenBLAS packs the weights again at
 every one of those calls and reached only 60-80 GF/s of the core's ~160 for them here (one thread,
 b = 32-64). Here the weights are packed once per forward or backward into panels of 32 columns
-(``pack_panels``), and a register-blocked tile written in LLVM IR (<16 x float> vectors, ``llvm.fma``)
-keeps 12 rows x 32 columns of the product in registers over the whole K loop, so each step's GEMM
-reads the panel from cache and A once. The vectors are portable LLVM: on a machine without AVX-512
-LLVM splits them into narrower registers; the result is the same up to the order of the sums.
+(``pack_panels``), and a register-blocked tile written in LLVM IR (``llvm.fma`` on vectors) keeps
+the product in registers over the whole K loop, so each step's GEMM reads the panel from cache and A
+once. The tile's shape follows the vector registers of the CPU Numba compiles for (``tile_shape``):
+12 rows x 32 columns with AVX-512, 6 rows x 16 columns with AVX2 (a 12 x 32 tile there spilled and
+ran at a third of the core's rate). Each element's sum runs over k in order whatever the shape, so
+the bytes are the same on every machine.
 
 The same microkernel runs the weight gradients (``gemm_packed``: ``x^T @ dz`` over blocks of batch
 rows, both operands read in place where their rows are close, else packed per block) and the
