@@ -130,6 +130,20 @@ def test_bench_kernels_json_contract(torch):
     assert row["median_ms"] > 0 and row["torch_median_ms"] > 0 and row["peak_gflops"] > 0
 
 
+def test_bench_flops_count_the_products_the_step_runs():
+    """GFLOP/s counts the forward and weight-gradient products of every weight and the gradient through
+    every weight whose input depends on a state or a parameter (the benchmark's x needs no gradient):
+    for LSTM and GRU, 2*B*T*(2*I + 3*H)*G*H with G gates."""
+    from cellsearch.bench.kernels import step_flops
+
+    B, T, I, H = 3, 5, 7, 11
+    assert step_flops(zoo.get("lstm"), B, T, I, H) == 2 * B * T * (2 * I + 3 * H) * 4 * H
+    assert step_flops(zoo.get("gru"), B, T, I, H) == 2 * B * T * (2 * I + 3 * H) * 3 * H
+    # tanh(x) needs no gradient; linear(x)'s output does (its weight), so the product over it counts 3 times
+    cell = parse("state(h)\nh = tanh(linear(tanh(x)) + linear(tanh(linear(x))) + linear(h))\nreturn h\n")
+    assert step_flops(cell, B, T, H, H) == 2 * B * T * (2 + 2 + 3 + 3) * H * H
+
+
 def test_bench_compile_rows():
     """`bench compile`: a cold first use, a later process loading the cache, the rare ops' one-time
     compile, and a new cell that costs no compilation (the executor is compiled once per machine,

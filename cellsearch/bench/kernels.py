@@ -3,9 +3,10 @@ backend, side by side with torch.nn.LSTM / torch.nn.GRU on the CPU in the same p
 
 Timings are medians of interleaved rounds (ours, torch, ours, torch, ...); at each switch a pause
 lets the other library's spinning threads go quiet and one untimed call warms up, since the machines
-here are shared and noisy; compare ratios within one run only. GFLOP/s
-counts 3 x 2*B*T*(MACs of all weights per step) (forward, and two GEMMs backward) against this
-machine's float32 matmul peak, measured in the same run through the same BLAS as the kernels.
+here are shared and noisy; compare ratios within one run only. GFLOP/s counts the matrix products
+a step needs (``step_flops``: forward and weight gradient for every weight, the gradient through
+every weight whose input needs one, which x does not) against this machine's float32 matmul peak,
+measured in the same run through the same BLAS as the kernels.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from ..backends import compile
 from ..errors import ConfigError
 from ..ir.cell import Cell
+from ..ir.ops import Op
 from ..ir.params import init_params, param_specs
 from ..zoo import get
 
@@ -53,8 +55,21 @@ class Row:
 
 
 def step_flops(cell: Cell, B: int, T: int, I: int, H: int) -> float:
-    macs = sum(s.shape[0] * s.shape[1] for s in param_specs(cell, I, H) if s.role == "weight")
-    return 3.0 * 2.0 * B * T * macs
+    """The floating-point operations of the matrix products one training step needs: the
+    forward's and the weight gradient's for every weight, and the gradient through every weight
+    whose input needs one — one that depends on a state or a parameter; ``x`` needs none here, as in
+    torch's step. The elementwise work is not counted."""
+    specs = param_specs(cell, I, H)
+    owners = {s.node for s in specs}
+    needs: list[bool] = []  # by node (the nodes are in topological order): does its gradient count?
+    for i, node in enumerate(cell.nodes):
+        needs.append(node.op is Op.STATE or i in owners or any(needs[a] for a in node.args))
+    macs = 0
+    for s in specs:
+        if s.role == "weight":
+            assert s.arg is not None
+            macs += (3 if needs[cell.nodes[s.node].args[s.arg]] else 2) * s.shape[0] * s.shape[1]
+    return 2.0 * B * T * macs
 
 
 def median_interleaved(fns: list[Callable[[], object]], rounds: int, pause: float = 0.25) -> list[float]:
