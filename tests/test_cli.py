@@ -144,6 +144,23 @@ def test_bench_flops_count_the_products_the_step_runs():
     assert step_flops(cell, B, T, H, H) == 2 * B * T * (2 + 2 + 3 + 3) * H * H
 
 
+def test_bench_verdicts_name_each_miss():
+    """The text format ends with the issue's targets judged on the run's rows: each miss named with its ratio."""
+    from cellsearch.bench.kernels import Row, verdicts
+
+    def row(cell: str, cfg: tuple[int, int, int, int], ratio: float, pct: float) -> Row:
+        return Row(cell, *cfg, "cpu", 1.0, 1.0 / ratio, ratio, 1.0, 1.0, 100.0, pct)
+
+    big, small = (128, 100, 64, 256), (32, 100, 8, 64)
+    lines = verdicts([row("lstm", small, 0.6, 30.0), row("lstm", big, 1.2, 49.0), row("gru", small, 0.3, 40.0),
+                      row("gru", big, 0.563, 84.6)])  # fmt: skip
+    assert lines[0] == "lstm at least as fast as torch (ours/torch <= 1): met at 1 of 2 configs; missed at 128,100,64,256 (1.200)"
+    assert lines[1] == "gru 2x faster than torch (ours/torch <= 0.5): met at 1 of 2 configs; missed at 128,100,64,256 (0.563)"
+    assert "lstm at 128,100,64,256: 49.0 % of the peak (target >= 50 %): missed" in lines
+    assert "gru at 128,100,64,256: 84.6 % of the peak (target >= 50 %): met" in lines
+    assert verdicts([row("gru", small, 0.5, 40.0)]) == ["gru 2x faster than torch (ours/torch <= 0.5): met at 1 of 1 configs"]
+
+
 def test_bench_compile_rows():
     """`bench compile`: a cold first use, a later process loading the cache, the rare ops' one-time
     compile, and a new cell that costs no compilation (the executor is compiled once per machine,

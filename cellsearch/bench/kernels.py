@@ -218,5 +218,33 @@ def machine() -> dict[str, Any]:
     return info
 
 
+#: the compiler issue's targets: ours / torch at most this, by cell (LSTM at least as fast, GRU 2x faster) ...
+RATIO_TARGETS = {"lstm": 1.0, "gru": 0.5}
+#: ... and at this config at least this share of the measured matmul peak
+PEAK_CONFIG, PEAK_TARGET = (128, 100, 64, 256), 50.0
+
+
+def verdicts(rows: list[Row]) -> list[str]:
+    """A line per target the rows can judge: the ratio targets by cell (how many configs meet it,
+    and each miss with its ratio), and the share of the peak at ``PEAK_CONFIG``."""
+    lines = []
+    for cell, target in RATIO_TARGETS.items():
+        judged = [r for r in rows if r.cell == cell and r.ratio is not None]
+        if not judged:
+            continue
+        missed = [r for r in judged if r.ratio is not None and r.ratio > target]
+        what = "at least as fast as torch" if target == 1.0 else f"{1 / target:g}x faster than torch"
+        line = f"{cell} {what} (ours/torch <= {target:g}): met at {len(judged) - len(missed)} of {len(judged)} configs"
+        if missed:
+            line += "; missed at " + ", ".join(f"{r.batch},{r.length},{r.input},{r.hidden} ({r.ratio:.3f})" for r in missed)
+        lines.append(line)
+    for r in rows:
+        if (r.batch, r.length, r.input, r.hidden) == PEAK_CONFIG and r.cell in RATIO_TARGETS:
+            state = "met" if r.percent_of_peak >= PEAK_TARGET else "missed"
+            lines.append(f"{r.cell} at {','.join(map(str, PEAK_CONFIG))}: {r.percent_of_peak:.1f} % of the peak "
+                         f"(target >= {PEAK_TARGET:g} %): {state}")  # fmt: skip
+    return lines
+
+
 def rows_as_dicts(rows: list[Row]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]

@@ -262,7 +262,7 @@ def bench_kernels_cmd(cells: str, configs: str, backend: str, rounds: int, fmt: 
     """
     from rich.progress import Progress
 
-    from ..bench.kernels import bench_kernels, machine, parse_config, rows_as_dicts
+    from ..bench.kernels import bench_kernels, machine, parse_config, rows_as_dicts, verdicts
 
     names = [c.strip() for c in cells.split(",") if c.strip()]
     for n in names:
@@ -291,6 +291,11 @@ def bench_kernels_cmd(cells: str, configs: str, backend: str, rounds: int, fmt: 
     click.echo(
         f"\nratio = ours / torch (< 1: cellsearch faster); peak {rows[0].peak_gflops} GF/s float32 matmul; {info.get('cpu', '?')}"
     )
+    lines = verdicts(rows)
+    if lines:
+        click.echo("targets (one run; the machine is shared, so compare ratios, not times):")
+        for line in lines:
+            click.echo(f"  {line}")
 
 
 @bench.command("compile")
