@@ -22,7 +22,7 @@ from ..backends import compile, compile_many
 from ..ir.params import init_params
 from ..ir.random import random_cell
 from ..zoo import get
-from .kernels import CONFIGS, TORCH_CELLS, step_flops
+from .kernels import CONFIGS, TORCH_CELLS, step_flops, timing_columns
 
 #: the CPU benchmark's configs, and two larger ones a GPU is for
 GPU_CONFIGS: tuple[tuple[int, int, int, int], ...] = (*CONFIGS, (64, 100, 256, 256), (256, 100, 512, 1024))
@@ -165,8 +165,6 @@ def bench_gpu(
             for fn in fns:  # warm up (compilation, allocations)
                 fn()
             med = median_interleaved(fns, rounds)
-            flops = step_flops(cell, B, T, I_, H)
-            t_ms = med[1] * 1e3 if len(med) > 1 else None
             rows.append(
                 GpuRow(
                     cell=name,
@@ -177,11 +175,7 @@ def bench_gpu(
                     backend="cuda",
                     dtype="float32",
                     **_geometry(kernel, B, H),
-                    median_ms=round(med[0] * 1e3, 3),
-                    torch_median_ms=None if t_ms is None else round(t_ms, 3),
-                    ratio=None if t_ms is None else round(med[0] * 1e3 / t_ms, 3),
-                    gflops=round(flops / med[0] / 1e9, 2),
-                    torch_gflops=None if t_ms is None else round(flops / (t_ms / 1e3) / 1e9, 2),
+                    **timing_columns(med, step_flops(cell, B, T, I_, H)),
                     device=dev,
                 )
             )

@@ -16,7 +16,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -84,6 +84,27 @@ def median_interleaved(fns: list[Callable[[], object]], rounds: int, pause: floa
             fn()
             times[i].append(time.perf_counter() - t0)
     return [float(np.median(t)) for t in times]
+
+
+class Timing(TypedDict):
+    median_ms: float
+    torch_median_ms: float | None
+    ratio: float | None  # ours / torch: < 1 is faster
+    gflops: float
+    torch_gflops: float | None
+
+
+def timing_columns(med: list[float], flops: float) -> Timing:
+    """A row's timing columns from the medians (seconds: ours, then torch's where it ran) and the
+    step's flops: median_ms, torch_median_ms, ratio (ours / torch), gflops, torch_gflops."""
+    t = med[1] if len(med) > 1 else None
+    return Timing(
+        median_ms=round(med[0] * 1e3, 3),
+        torch_median_ms=None if t is None else round(t * 1e3, 3),
+        ratio=None if t is None else round(med[0] / t, 3),
+        gflops=round(flops / med[0] / 1e9, 2),
+        torch_gflops=None if t is None else round(flops / t / 1e9, 2),
+    )
 
 
 def matmul_peak(rounds: int = 7, n: int = 1024) -> float:
@@ -159,8 +180,6 @@ def bench_kernels(
                 fn()
             peaks.append(matmul_peak())
             med = median_interleaved(fns, rounds)
-            flops = step_flops(cell, B, T, I_, H)
-            t_ms = med[1] * 1e3 if len(med) > 1 else None
             rows.append(
                 Row(
                     cell=name,
@@ -169,11 +188,7 @@ def bench_kernels(
                     input=I_,
                     hidden=H,
                     backend=backend,
-                    median_ms=round(med[0] * 1e3, 3),
-                    torch_median_ms=None if t_ms is None else round(t_ms, 3),
-                    ratio=None if t_ms is None else round(med[0] * 1e3 / t_ms, 3),
-                    gflops=round(flops / med[0] / 1e9, 2),
-                    torch_gflops=None if t_ms is None else round(flops / (t_ms / 1e3) / 1e9, 2),
+                    **timing_columns(med, step_flops(cell, B, T, I_, H)),
                     peak_gflops=0.0,  # filled in below, from the best of all peak measurements
                     percent_of_peak=0.0,
                 )
