@@ -133,6 +133,7 @@ SCHEDULE_VARIANTS = [
     {"schedule": "rows", "dot_unroll": 8},
     {"schedule": "units", "barrier": "grid", "warp_dots": False, "dot_unroll": 8},
     {"schedule": "units", "barrier": "grid", "warp_dots": False, "split_dot": True},
+    {"schedule": "units", "barrier": "grid", "fuse_ops": True},  # the default, the cell's elementwise ops as its own code
 ]
 
 

@@ -49,6 +49,7 @@ class GpuRow:
     warp_dots: bool | None  # units schedule: a warp per rows' dot products, lanes splitting the inner dimension
     warp_rows: int | None  # ... rows at a time
     warp_loads: int | None  # ... loads in flight per row and lane
+    fuse_ops: bool | None  # units schedule: the cell's elementwise ops as its own generated code
     median_ms: float
     torch_median_ms: float | None  # torch.nn.LSTM/GRU on the same GPU (cuDNN)
     ratio: float | None  # ours / torch: < 1 is faster
@@ -185,7 +186,8 @@ def bench_gpu(
 def _geometry(kernel: Any, B: int, H: int) -> dict[str, Any]:
     warp = kernel.warp_dots if kernel.schedule_for(B, H) == "units" else None
     return {**_schedule(kernel, B, H), "dot_unroll": kernel.dot_unroll, "split_dot": kernel.split_dot, "warp_dots": warp,
-            "warp_rows": kernel.warp_rows if warp else None, "warp_loads": kernel.warp_loads if warp else None}  # fmt: skip
+            "warp_rows": kernel.warp_rows if warp else None, "warp_loads": kernel.warp_loads if warp else None,
+            "fuse_ops": kernel.fuse_ops if warp is not None else None}  # fmt: skip
 
 
 def _schedule(kernel: Any, B: int, H: int) -> dict[str, Any]:
@@ -345,8 +347,12 @@ def loop_attribution(
     GEMMs outside the loop excluded) run on the cell's op table, on it without its elementwise ops,
     without its GEMM stages, and with no op at all (what remains: the loop itself, the state and
     output copies). The kernels interpret whatever table they are given, so the partial tables time
-    the same compiled code; their results are meaningless and discarded."""
+    the same compiled code; their results are meaningless and discarded. (Not with ``fuse_ops``: the
+    cell's own code runs its ops whatever the table says.)"""
     from numba import cuda
+
+    if options.get("fuse_ops"):
+        raise ValueError("loop_attribution times the interpreter on partial op tables; fuse_ops runs the cell's own code")
 
     from ..backends.cuda.kernels import OP_CONST, OP_GEMM
     from ..backends.tables import C_AUX, C_CODE

@@ -98,6 +98,9 @@ GEOMETRIES = {
         "threads_per_block": 256,
         "warp_dots": False,
     },  # the last threads idle
+    "units-fused": {"schedule": "units", "fuse_ops": True},  # the cell's elementwise ops as its own code
+    "units-fused-t5": {"schedule": "units", "fuse_ops": True, "threads_per_block": 5, "warp_dots": False},  # 12 elements
+    "units-fused-novalues": {"schedule": "units", "fuse_ops": True, "value_cache": False},  # no mirror: the interpreter
     "units-split-global8": {
         "schedule": "units",
         "split_dot": True,
@@ -304,6 +307,110 @@ def test_units_mirror_without_the_input_projection(monkeypatch, dtype):
     lay = kmod.CudaKernel(cell, dtype, **options).units_layout(B, H, forward=True)
     assert lay.vcache and not lay.pmirror
     check(cell, "cuda", dtype, seed=5, T=T, B=B, I=I, H=H, **options)
+
+
+#: cells whose step programs hold every elementwise opcode between them (with the edge cells: copied states)
+FUSED_CELLS = ["cifg", "gru", "indrnn", "mut1"]
+FUSED_EDGE_CELLS = ["shared_update", "delay_line", "input_state"]
+
+
+def _units_step(cell, seed, T, B, I, H, **options):
+    """One forward and backward of ``cell`` in the units schedule (float32): outputs, final states, every gradient."""
+    rng = np.random.default_rng(seed)
+    p = init_params(cell, I, H, rng, dtype=np.float32)
+    x = rng.normal(size=(T, B, I)).astype(np.float32)
+    s0 = {s: rng.normal(scale=0.5, size=(B, H)).astype(np.float32) for s in cell.states}
+    d_out = rng.normal(size=(T, B, H)).astype(np.float32)
+    d_state = {s: rng.normal(size=(B, H)).astype(np.float32) for s in cell.states}
+    kern = compile(cell, "cuda", np.float32, schedule="units", **options)
+    f = kern.forward(p, x, s0)
+    g = kern.backward(p, f.tape, d_out, d_state)
+    got = {"outputs": f.outputs.copy(), "dx": g.x, **{f"state {k}": v for k, v in f.states.items()}}
+    got.update({f"d{k}": v for k, v in g.params.items()})
+    got.update({f"d{k}0": v for k, v in g.state0.items()})
+    return kern, got
+
+
+@needs_cuda
+def test_fused_segments_give_the_interpreters_bits():
+    """``fuse_ops``: the cell's elementwise segments as generated code give the interpreter's results bit for bit
+    (the same arithmetic, op for op, on each element), forward and backward, for cells whose programs hold every
+    elementwise opcode, copied states, taped and scratch values, and random cells; and they did run: the mirror held
+    the block's values in both directions."""
+    from cellsearch.backends.cuda import fused
+
+    T, B, H = 4, 2, 3
+    cells = [zoo.get(n) for n in FUSED_CELLS] + [parse(EDGE_CELLS[n], name=n) for n in FUSED_EDGE_CELLS]
+    cells += [random_cell(np.random.default_rng(300 + s), name=f"random{s}") for s in range(2)]
+    seen = set()
+    for i, cell in enumerate(cells):
+        # the last cells with 5 threads for 6 elements: a thread steps to its next element (``advance``)
+        options = {"threads_per_block": 5, "warp_dots": False} if i >= len(cells) - 3 else {}
+        _, ref = _units_step(cell, i, T, B, H, H, **options)
+        kern, got = _units_step(cell, i, T, B, H, H, fuse_ops=True, **options)
+        assert kern.units_layout(B, H, forward=True).vcache and kern.units_layout(B, H, forward=False).vcache
+        prog, _ = kern._ws[(T, B, H, H)].extra["fused"]
+        for op in (op for seg in prog for op in seg):
+            seen.add(op.code)
+            seen.add(
+                "copied state"
+                if op.code == fused.STATE and op.flag == 1
+                else "taped"
+                if op.taped
+                else "scratch"
+                if op.scratch
+                else None
+            )
+        assert set(got) == set(ref)
+        for name in ref:
+            if ref[name] is None:
+                assert got[name] is None
+                continue
+            np.testing.assert_array_equal(got[name], ref[name], err_msg=f"{cell.name} {name}")
+    elementwise = set(range(14)) - {fused.GEMM}
+    assert elementwise | {"copied state", "taped", "scratch"} <= seen, sorted(map(str, seen))
+
+
+@needs_cuda
+def test_fused_segments_without_the_input_projection_mirrored(monkeypatch):
+    """``fuse_ops`` where the step's values fit in shared memory and the input projection's blocks do not: the
+    generated code reads LOADP from global memory, as the interpreter does."""
+    import cellsearch.backends.cuda.kernel as kmod
+    from cellsearch.lowering import lower
+
+    cell = zoo.get("lstm")
+    p = lower(cell)
+    T, B, I, H = 3, 2, 3, 3
+    E = B * (H if SIMULATED else 1)
+    monkeypatch.setattr(kmod, "shared_elements", lambda dt: (2 * p.n_taped + p.n_scratch) * E + E)
+    options = (
+        {"schedule": "units", "fuse_ops": True} if SIMULATED else {"schedule": "units", "fuse_ops": True, "units_per_block": 1}
+    )
+    kern = kmod.CudaKernel(cell, np.float64, **options)
+    lay = kern.units_layout(B, H, forward=True)
+    assert lay.vcache and not lay.pmirror
+    check(cell, "cuda", np.float64, seed=5, T=T, B=B, I=I, H=H, **options)
+
+
+def test_fused_source_is_straight_line_code():
+    """The generated segments hold no table read but the tape's addresses, no opcode test, and one element loop a
+    segment: lstm's step (two segments around its one GEMM stage) forward and backward."""
+    pytest.importorskip("numba.cuda")
+    from cellsearch.backends.cuda import fused
+    from cellsearch.backends.cuda.ptx import fused_program
+
+    prog, pmirror = fused_program("lstm")
+    assert [len(seg) for seg in prog] == [6, 9]
+    fwd = fused.forward_source(prog, pmirror)
+    bwd = fused.backward_source(prog)
+    assert fwd.count("while idx < Eb:") == 2 and bwd.count("while idx < Eb:") == 2
+    assert fwd.count("ops[") == 2 * sum(op.taped or op.scratch for seg in prog for op in seg)  # the tape's addresses only
+    assert "ops[" not in bwd and "code" not in fwd + bwd
+    assert fwd.count("math.tanh(") == 5  # three sigmoids, two tanh: once each per element
+    # every gradient the backward accumulates is loaded once and stored once per element
+    body = bwd.split("while idx < Eb:")[2]
+    stores = [line.split("]")[0] for line in body.splitlines() if line.strip().startswith("SH[")]
+    assert len(stores) == len(set(stores)) > 0
 
 
 @needs_cuda
@@ -522,9 +629,9 @@ def test_the_gpu_benchmark_and_its_script_run(tmp_path):
     assert [(r["cell"], r["batch"]) for r in kernels["rows"]] == [("lstm", 2), ("gru", 2)]  # (one config: the simulator is slow)
     assert len(json.loads((tmp_path / "rows_per_block.json").read_text())["rows"]) == 4
     sched = json.loads((tmp_path / "schedules.json").read_text())["rows"]
-    assert len(sched) == 11 and not any("error" in r for r in sched)  # eleven variants
+    assert len(sched) == 12 and not any("error" in r for r in sched)  # twelve variants
     got = [(r["schedule"], r["barrier"], r["warp_dots"], r["warp_rows"], r["warp_loads"], r["units_per_block"], r["value_cache"],
-            r["dot_unroll"], r["split_dot"]) for r in sched[:11]]  # fmt: skip
+            r["dot_unroll"], r["split_dot"]) for r in sched]  # fmt: skip
     assert got == [
         ("rows", None, None, None, None, None, None, 4, False),
         ("units", "grid", True, 4, 4, 3, True, 4, False),  # the simulator's units schedule: one block of all H = 3
@@ -537,7 +644,9 @@ def test_the_gpu_benchmark_and_its_script_run(tmp_path):
         ("rows", None, None, None, None, None, None, 8, False),
         ("units", "grid", False, None, None, 3, True, 8, False),
         ("units", "grid", False, None, None, 3, True, 4, True),
+        ("units", "grid", True, 4, 4, 3, True, 4, False),  # fuse_ops
     ]
+    assert [r["fuse_ops"] for r in sched] == [None] + [False] * 7 + [None, False, False, True]
     assert json.loads((tmp_path / "population.json").read_text())["cells"] == 2
 
 

@@ -56,6 +56,7 @@ from ..tables import (
     tables,
     unpack_gradients,
 )  # fmt: skip
+from . import fused
 from .kernels import (
     M_STATE,
     M_STRIDE,
@@ -292,7 +293,11 @@ class CudaKernel:
       (1, 2 or 4), its lanes splitting the inner dimension with ``warp_loads`` (4, 8 or 16) loads in
       flight per row (rows x loads at most 16: more leaves the loads in local memory), the partial
       sums added across the lanes in a fixed order; default on, 4 rows, 4 loads, the fastest measured
-      (gpu/README.md); the block's threads are then rounded up to a multiple of 32);
+      (gpu/README.md); the block's threads are then rounded up to a multiple of 32); ``fuse_ops``
+      (units: the cell's elementwise ops between two GEMM stages run as generated straight-line code,
+      ``fused.py``, where the block mirrors its values — no table read or opcode dispatch per op and
+      element, operands in registers; the same bits as the interpreter; costs a compilation per cell,
+      so default off: for long trainings of one cell, not a search's population);
     - ``threads_per_block`` (default min(4H, 256): a GEMM stage gives each thread one output column
       of its 4H, as LSTM's), ``stream`` (a ``numba.cuda`` stream; default a new one)."""
 
@@ -317,6 +322,7 @@ class CudaKernel:
         warp_dots: bool = True,
         warp_rows: int = 4,
         warp_loads: int = 4,
+        fuse_ops: bool = False,
     ) -> None:
         self.cell = cell
         self.dtype = np.dtype(dtype)
@@ -354,6 +360,7 @@ class CudaKernel:
         self.warp_dots = warp_dots
         self.warp_rows = warp_rows
         self.warp_loads = warp_loads
+        self.fuse_ops = fuse_ops
         self.rows_per_block = rows_per_block
         self.threads_per_block = threads_per_block
         self.stream = stream if stream is not None else cuda.stream()
@@ -381,9 +388,10 @@ class CudaKernel:
         n = self._threads(H)
         return min(MAX_THREADS, 32 * math.ceil(n / 32)) if self.warp_dots else n
 
-    def _unit_kernels(self) -> Any:
+    def _unit_kernels(self, ws: _Workspace | None = None) -> Any:
         warp = (self.warp_rows, self.warp_loads) if self.warp_dots else (4, 4)  # (unused without warp dots: one build)
-        return unit_kernels(self.dtype, self._cooperative(), self.dot_unroll, self.warp_dots, *warp)
+        fused = ws.extra.get("fused") if ws is not None else None
+        return unit_kernels(self.dtype, self._cooperative(), self.dot_unroll, self.warp_dots, *warp, fused)
 
     def schedule_for(self, B: int, H: int) -> str:
         """The time loop's schedule at batch size B and H units: units where it was measured faster
@@ -453,6 +461,9 @@ class CudaKernel:
 
         nS = len(p.states)
         NX = len(p.xblocks)
+        U = self.units_geometry(H)[0]
+        pmirror = self.units_layout(B, H, forward=True).pmirror
+        mirror = mirror_tables(p, tb, B, H, U, pmirror)
         offsets = []
         dWs = []
         for g, st in enumerate(p.stages):
@@ -464,8 +475,7 @@ class CudaKernel:
             ops=dev(tb.ops), info=dev(tb.stage_info), stage_src=dev(tb.stage_src), stage_dst=dev(tb.stage_dst),
             init_at=dev(tb.init_at), out_at=dev(np.array(tb.output_at, dtype=np.int64)),
             update_at=dev(tb.update_at), state_g=dev(tb.state_g), update_g=dev(tb.update_g),
-            stage_offsets=offsets, mirror=tuple(dev(m) for m in mirror_tables(p, tb, B, H, self.units_geometry(H)[0],
-                                                                       self.units_layout(B, H, forward=True).pmirror)),
+            stage_offsets=offsets, mirror=tuple(dev(m) for m in mirror),
             scratch0=tb.scratch0,
             A=empty(tb.arena), K=empty(tb.k_size), DZ=empty(tb.dz_size), G=empty(tb.g_size),
             P=empty(T * B, NX * H), dP=empty(T * B, NX * H), Y=empty(T, B, H), ST=empty(nS, B, H),
@@ -474,6 +484,8 @@ class CudaKernel:
             dWx=empty(I, NX * H), dbx=empty(NX * H), dWs=dWs,
             dB=empty(len(p.biases) * H), dPeep=empty(len(p.peeps) * H), X=empty(T, B, I),
         )  # fmt: skip
+        if self.fuse_ops:  # the cell's elementwise segments as its own code (the units schedule's mirror paths)
+            ws.extra["fused"] = (fused.program(tb, mirror[0], B * U), pmirror)
         self._ws[key] = ws
         return ws
 
@@ -569,7 +581,7 @@ class CudaKernel:
         if self.schedule_for(B, H) == "units":
             lay = self.units_layout(B, H, forward=True)
             bar = self._barrier_counter(ws)
-            ku = self._unit_kernels().forward_units
+            ku = self._unit_kernels(ws).forward_units
             ku[lay.blocks, self._units_threads(H), self.stream](
                 ws.ops, ws.info, ws.stage_src, ws.stage_dst, *ws.mirror, T, B, H, lay.units, p.n_taped, lay.cached, lay.w_n,
                 lay.vcache, self.split_dot, ws.scratch0, ws.init_at, ws.out_at, ws.update_at, ws.A, ws.P, x, state0, consts,
@@ -613,7 +625,7 @@ class CudaKernel:
             lay = self.units_layout(B, H, forward=False)
             bar = self._barrier_counter(ws)
             self._fill(ws.dX)
-            ku = self._unit_kernels().backward_units
+            ku = self._unit_kernels(ws).backward_units
             ku[lay.blocks, self._units_threads(H), self.stream](
                 ws.ops, ws.info, ws.stage_src, ws.stage_dst, *ws.mirror, T, B, H, lay.units, p.n_taped, lay.cached, lay.w_n,
                 lay.vcache, self.split_dot, ws.scratch0, tape.A, ws.state_g, ws.update_g, p.output_slot * B * H, d_out, ws.dS,

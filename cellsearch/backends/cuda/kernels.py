@@ -60,6 +60,7 @@ from ..tables import (
     S_G,
     S_M,
 )
+from .fused import Program, segment_functions
 
 # opcodes: keep in step with cellsearch.lowering.plan.Code (tests/test_tables.py checks)
 OP_STATE, OP_X, OP_CONST, OP_LOADP, OP_BIAS, OP_GEMM, OP_ADD, OP_SUB, OP_MUL, OP_BLEND, OP_SIGMOID, OP_TANH, OP_RELU, OP_PEEP = (
@@ -293,9 +294,15 @@ WARP_LOADS = (4, 8, 16)
 WARP_INFLIGHT = 16  # rows x loads: more, and NVVM leaves the loaded elements in local memory
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=32)
 def unit_kernels(
-    dtype: np.dtype, cooperative: bool, unroll: int = 4, warp: bool = False, wrows: int = 2, wloads: int = 8
+    dtype: np.dtype,
+    cooperative: bool,
+    unroll: int = 4,
+    warp: bool = False,
+    wrows: int = 2,
+    wloads: int = 8,
+    fused: tuple[Program, bool] | None = None,
 ) -> SimpleNamespace:
     """The time loop in the **units schedule**: block ``g`` owns hidden units ``[g*U, g*U + U)`` of
     every batch row (a block may own several such groups, ``gridDim.x * U`` apart: the simulator runs
@@ -337,7 +344,12 @@ def unit_kernels(
     The barrier: ``cooperative`` uses cooperative groups' grid sync (a cooperative launch, linking
     libcudadevrt); otherwise a counter in global memory (``bar``, zeroed before the launch) that
     every block increments and thread 0 of each spins on. Either needs every block resident at
-    once: the host launches at most one block per multiprocessor."""
+    once: the host launches at most one block per multiprocessor.
+
+    ``fused`` (a cell's ``fused.program`` and whether the forward mirrors the input projection): the
+    mirror paths' elementwise ops run as the cell's generated straight-line segments
+    (``fused.segment_functions``) instead of through the interpreter: kernels for that cell only,
+    compiled without Numba's on-disk cache."""
     dt = from_dtype(np.dtype(dtype))
     typ = np.dtype(dtype).type
     zero = typ(0)
@@ -364,6 +376,9 @@ def unit_kernels(
     NRED = MAX_RED * RP * CM if SIM and WARP else MAX_RED
     # unsigned indices on the GPU; the simulator's Python ints need no such care (and stay fast)
     u = int if SIM else np.uint64
+    FUSED = fused is not None
+    # a cell's own kernels close over its generated code: Numba's on-disk cache is for the shared ones
+    kernel_jit = cuda.jit(cache=not FUSED)
 
     if SIM:  # no warp shuffles in the simulator: the same sums, in the same order, through shared memory
 
@@ -575,6 +590,20 @@ def unit_kernels(
             ju -= Ug
             bb += u(1)
         return bb, ju
+
+    if fused is not None:
+        fwd_segment, bwd_segment = segment_functions(fused[0], fused[1], np.dtype(dtype), u, advance)
+    else:  # (never called: the kernels' calls sit under a constant False)
+
+        @cuda.jit(device=True, inline="always")
+        def fwd_segment(r, tu, par, last, SH, A, ops, v_at, Eu, g0u, tidu, bb0, ju0, Eb, nthu, dbb, dju, Ug1, Bu, Hu, X, P, S0,
+                        consts, biases, peeps):  # fmt: skip
+            return r + 1
+
+        @cuda.jit(device=True, inline="always")
+        def bwd_segment(r, tu, par, SH, v_at, g_at, Eu, g0u, tidu, bb0, ju0, Eb, nthu, dbb, dju, Ug1, Bu, Hu, dS, dX, dP, dBr,
+                        dPeepr, peeps):  # fmt: skip
+            return r
 
     @cuda.jit(device=True, inline="always")
     def geometry(B, H, U, g0, tid, nth):
@@ -788,7 +817,7 @@ def unit_kernels(
                     else:
                         backward_put(SH, D, vcache, stage_io, mio, aux, u(k), base, u(bb), Ugu, u(ju), Hu, u0u, v)
 
-    @cuda.jit(cache=True)
+    @kernel_jit
     def forward_units(ops, info, stage_src, stage_dst, mops, msrc, mdst, mmisc, T, B, H, U, NT, cached, w_n, vcache,
                       split, scratch0, init_at, out_at, update_at, A, P, X, S0, consts, biases, peeps, W, K, Y, ST,
                       bar):  # fmt: skip
@@ -843,7 +872,9 @@ def unit_kernels(
                     gather_row(SH, p_at + idx, Eu, P, (tu * Bu + bb, g0u + ju), Hu, NXu, kv)
                     idx += nthu
                     bb, ju = advance(bb, ju, dbb, dju, Ug1)
-            for r in range(ops.shape[0]):
+            r = -1  # a while loop: the cell's own code (``fused``) moves r past a whole segment
+            while r + 1 < ops.shape[0]:
+                r += 1
                 code = ops[r, C_CODE]
                 aux = ops[r, C_AUX]
                 dm = ops[r, C_DM]
@@ -883,6 +914,10 @@ def unit_kernels(
                     continue
                 flag = ops[r, C_BG]
                 if vcache:
+                    if FUSED:  # the segment that starts at op r, as the cell's own code; on to the op after it
+                        r = fwd_segment(r, tu, par, last, SH, A, ops, v_at, Eu, g0u, tidu, bb0, ju0, Eb, nthu, dbb, dju, Ug1, Bu,
+                                        Hu, X, P, S0, consts, biases, peeps) - 1  # fmt: skip
+                        continue
                     if tidu >= Eb:  # (a thread with no elements: the block has more threads than elements)
                         continue
                     dv = v_at + u(mops[r, pc])
@@ -923,7 +958,7 @@ def unit_kernels(
             else:
                 from_arena(ST, s, A, update_at[s, 0] + (T - 1) * update_at[s, 1], g0, gstep, U, B, H, tid, nth)
 
-    @cuda.jit(cache=True)
+    @kernel_jit
     def backward_units(ops, info, stage_src, stage_dst, mops, msrc, mdst, mmisc, T, B, H, U, NT, cached, w_n, vcache,
                        split, scratch0, A, state_g, update_g, output_g, dOut, dS, peeps, WT, DZ, G, dP, dX, dBr, dPeepr,
                        bar):  # fmt: skip
@@ -1004,7 +1039,9 @@ def unit_kernels(
                             G[update_g[s] + e] += dS[s, e]
                             if state_g[s] < 0:
                                 dS[s, e] = zero
-            for r in range(ops.shape[0] - 1, -1, -1):
+            r = ops.shape[0]  # (a while loop, as in the forward)
+            while r > 0:
+                r -= 1
                 code = ops[r, C_CODE]
                 aux = ops[r, C_AUX]
                 if code == OP_GEMM:
@@ -1039,6 +1076,10 @@ def unit_kernels(
                     stage_outputs(False, acc, kv, cbs, DZ, zoff, width, ns * Hu, u(info[aux, I_W]), ns, aux, cpre, cached, split,
                                   SH, WT, RED, U, B, H, tu, False, par, g_at, vcache, G, stage_src, msrc)  # fmt: skip
                     cuda.syncthreads()
+                    continue
+                if FUSED and vcache:  # the segment that ends at op r, as the cell's own code; on to the op before it
+                    r = bwd_segment(r, tu, par, SH, v_at, g_at, Eu, g0u, tidu, bb0, ju0, Eb, nthu, dbb, dju, Ug1, Bu, Hu, dS, dX,
+                                    dP, dBr, dPeepr, peeps)  # fmt: skip
                     continue
                 if code == OP_CONST:
                     continue

@@ -26,6 +26,24 @@ UNITS_VARIANTS = {
 }
 
 
+#: cells whose fused units kernels (``CudaKernel(fuse_ops=True)``) are compiled too, float32, warp 4 x 4
+FUSED_CELLS = ("lstm", "gru")
+
+
+def fused_program(name: str) -> Any:
+    """The zoo cell ``name``'s ``fused.program`` as the forward with the input projection mirrored
+    sees it (a program does not depend on the shape)."""
+    from ... import zoo
+    from ...lowering import lower
+    from ..tables import tables
+    from .fused import program
+    from .kernel import mirror_tables
+
+    plan = lower(zoo.get(name))
+    tb = tables(plan, 2, 2, 2)
+    return program(tb, mirror_tables(plan, tb, 2, 2, 2, True)[0], 4), True
+
+
 def signatures(dtype: Any, cooperative: tuple[bool, ...] = (False,), units_only: bool = False) -> list[tuple[str, Any, tuple]]:
     """(label, kernel, Numba signature) for every kernel of ``dtype`` as the host launches it: the rows
     schedule's loops at a few rows per block, the tiled GEMM and its helpers, and the units
@@ -79,6 +97,10 @@ def signatures(dtype: Any, cooperative: tuple[bool, ...] = (False,), units_only:
             tag = (f"warp {wrows}x{wloads}" if warp else f"thread unroll{unroll}") + (" grid" if coop else " atomic")
             out += [(f"forward_units {tag}", uk.forward_units, fwd_u), (f"backward_units {tag}", uk.backward_units, bwd_u),
                     (f"barriers {tag}", uk.barriers, (i64, bar))]  # fmt: skip
+        for name in FUSED_CELLS if dt == np.float32 else ():
+            uk = unit_kernels(dt, coop, 4, True, 4, 4, fused_program(name))
+            tag = f"fused {name} warp 4x4" + (" grid" if coop else " atomic")
+            out += [(f"forward_units {tag}", uk.forward_units, fwd_u), (f"backward_units {tag}", uk.backward_units, bwd_u)]
     return out
 
 
