@@ -53,7 +53,7 @@ def main() -> int:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 (out / "breakdown.json").write_text(json.dumps(rows, indent=2))
-                if args.attribution:
+                if args.attribution and not options.get("fuse_ops"):  # (the cell's own code ignores partial tables)
                     row = loop_attribution(cell, cfg, rounds=args.rounds, **options)
                     print(json.dumps(row), flush=True)
                     attributed.append(row)

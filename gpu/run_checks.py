@@ -6,7 +6,8 @@
 1. the conformance suite on the real GPU (``pytest -m cuda tests/backends/test_cuda.py``, no simulator);
 2. one training step of lstm and gru at the kernels benchmark's configs plus (64,100,256,256) and
    (256,100,512,1024), beside torch.nn.LSTM/GRU (cuDNN) on the same GPU: JSON rows, as the CPU
-   benchmark writes them (``kernels.json``), and the largest lstm config at each rows-per-block;
+   benchmark writes them (``kernels.json``; a row per ``--variants`` entry: CudaKernel options), and
+   the largest lstm config at each rows-per-block;
 3. the population check: 32 different random cells trained one step each, all on their own
    streams at once against one by one (``population.json``).
 
@@ -148,6 +149,8 @@ def main() -> int:
     ap.add_argument("--tests-k", default="", help="only the conformance tests this pytest -k expression selects")
     ap.add_argument("--population", type=int, default=32, help="cells in the population check")
     ap.add_argument("--population-config", default="32,100,8,64", help="B,T,I,H of the population check")
+    ap.add_argument("--variants", default="[{}]",
+                    help="JSON list of CudaKernel options: a kernels row for each (default: the defaults only)")  # fmt: skip
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,12 +180,15 @@ def main() -> int:
     order += [(cell, cfg) for cell in ("lstm", "gru") for cfg in configs if (cell, cfg) not in order]
     rows: list[dict] = []
 
+    variants = json.loads(args.variants)
+
     def kernel_rows(todo: list) -> None:
         for cell, cfg in todo:
-            got = bench_gpu([cell], [cfg], rounds=rounds, progress=log)
-            log(json.dumps(asdict(got[0])))
-            rows.extend(asdict(r) for r in got)
-            (out / "kernels.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+            for variant in variants:
+                got = bench_gpu([cell], [cfg], rounds=rounds, progress=log, **variant)
+                log(json.dumps(asdict(got[0])))
+                rows.extend(asdict(r) for r in got)
+                (out / "kernels.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
 
     if "kernels" not in skip:
         kernel_rows(order[:1])

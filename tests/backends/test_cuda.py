@@ -123,6 +123,8 @@ def test_launch_geometry(name, geometry):
     simulator a units-schedule grid is one block that walks every group of units, and keeps its
     weights and values in shared memory only when it owns one group: all of H.)"""
     options = GEOMETRIES[geometry]
+    if options.get("fuse_ops") and name != "lstm" and not SIMULATED:
+        pytest.skip("a cell's fused kernels compile for ~30 s on a GPU: lstm's here (test_fused_segments_* for the rest)")
     assert check(zoo.get(name), "cuda", np.float64, seed=4, T=3, B=3, I=2, H=4, **options)
 
 
@@ -309,9 +311,23 @@ def test_units_mirror_without_the_input_projection(monkeypatch, dtype):
     check(cell, "cuda", dtype, seed=5, T=T, B=B, I=I, H=H, **options)
 
 
-#: cells whose step programs hold every elementwise opcode between them (with the edge cells: copied states)
-FUSED_CELLS = ["cifg", "gru", "indrnn", "mut1"]
-FUSED_EDGE_CELLS = ["shared_update", "delay_line", "input_state"]
+#: one cell whose step program holds every elementwise opcode (X needs I == H), copied states (a's old value),
+#: taped and scratch values
+EVERY_OP = """state(c, h, a, b)
+a_old = a
+z = sigmoid(linear(x))
+r = sigmoid(linear(x, h))
+n = tanh(linear(x) + r * linear(h))
+i = sigmoid(linear(x, h) + peep(c))
+c = tanh(linear(r * h) + tanh(x)) * i + c * (1 - i)
+a = relu(linear(x) + peep(a))
+h = blend(h, n, z) - 0.5 * a * b
+b = a_old
+return h
+"""
+#: and in the simulator (where no cell costs a compilation) more: zoo cells, edge cells and random cells
+FUSED_CELLS = ["lstm", "cifg", "gru", "indrnn", "mut1"]
+FUSED_EDGE_CELLS = ["shared_update", "input_state"]
 
 
 def _units_step(cell, seed, T, B, I, H, **options):
@@ -340,12 +356,16 @@ def test_fused_segments_give_the_interpreters_bits():
     from cellsearch.backends.cuda import fused
 
     T, B, H = 4, 2, 3
-    cells = [zoo.get(n) for n in FUSED_CELLS] + [parse(EDGE_CELLS[n], name=n) for n in FUSED_EDGE_CELLS]
-    cells += [random_cell(np.random.default_rng(300 + s), name=f"random{s}") for s in range(2)]
+    cells = [parse(EVERY_OP, name="every_op"), parse(EVERY_OP, name="every_op")]
+    if SIMULATED:  # (on a GPU each cell's kernels compile for ~30 s: every_op, and lstm, which the benchmarks time)
+        cells += [zoo.get(n) for n in FUSED_CELLS] + [parse(EDGE_CELLS[n], name=n) for n in FUSED_EDGE_CELLS]
+        cells += [random_cell(np.random.default_rng(300 + s), name=f"random{s}") for s in range(2)]
+    else:
+        cells.append(zoo.get("lstm"))
     seen = set()
     for i, cell in enumerate(cells):
-        # the last cells with 5 threads for 6 elements: a thread steps to its next element (``advance``)
-        options = {"threads_per_block": 5, "warp_dots": False} if i >= len(cells) - 3 else {}
+        # every_op a second time, and the last two cells, with 5 threads for 6 elements: a thread steps to its next element
+        options = {"threads_per_block": 5, "warp_dots": False} if i == 1 or i >= len(cells) - 2 else {}
         _, ref = _units_step(cell, i, T, B, H, H, **options)
         kern, got = _units_step(cell, i, T, B, H, H, fuse_ops=True, **options)
         assert kern.units_layout(B, H, forward=True).vcache and kern.units_layout(B, H, forward=False).vcache
@@ -622,11 +642,14 @@ def test_the_gpu_benchmark_and_its_script_run(tmp_path):
 
     script = Path(__file__).resolve().parents[2] / "gpu" / "run_checks.py"
     cmd = [sys.executable, str(script), "--skip", "tests", "--configs", "2,3,2,3", "--rounds", "1", "--population", "2",
-           "--population-config", "1,2,2,2", "--out", str(tmp_path)]  # fmt: skip
+           "--population-config", "1,2,2,2", "--out", str(tmp_path),
+           "--variants", '[{}, {"schedule": "units", "fuse_ops": true}]']  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     kernels = json.loads((tmp_path / "kernels.json").read_text())
-    assert [(r["cell"], r["batch"]) for r in kernels["rows"]] == [("lstm", 2), ("gru", 2)]  # (one config: the simulator is slow)
+    # one config (the simulator is slow), each cell with the defaults (rows, here) and fused in the units schedule
+    got = [(r["cell"], r["batch"], r["schedule"], r["fuse_ops"]) for r in kernels["rows"]]
+    assert got == [("lstm", 2, "rows", None), ("lstm", 2, "units", True), ("gru", 2, "rows", None), ("gru", 2, "units", True)]
     assert len(json.loads((tmp_path / "rows_per_block.json").read_text())["rows"]) == 4
     sched = json.loads((tmp_path / "schedules.json").read_text())["rows"]
     assert len(sched) == 12 and not any("error" in r for r in sched)  # twelve variants
