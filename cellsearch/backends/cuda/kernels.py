@@ -491,14 +491,28 @@ def unit_kernels(
         return warp_sums(acc, RED, tid, lane)
 
     @cuda.jit(device=True, inline="always")
-    def warp_columns(cbs, c0, Ug, u0, H, cached, cb, width, woff):
-        """cbs[c]: where column c0 + c (output k = cc // Ug, unit u0 + cc % Ug) of a stage's weights
-        starts — in the block's cache (a column after another, ``width`` long) or in the global
-        matrix (from its row 0). Unsigned."""
+    def split_column(k, ju, Ug):
+        """(output, unit index) of the column ``ju`` columns after output k's first: ju reduced below
+        Ug by subtraction — a stage's columns are few (``ju`` < Ug + CM here), and a 64-bit division
+        is a long instruction sequence on a GPU (no integer divider), executed per pass."""
+        while ju >= Ug:
+            ju -= Ug
+            k += u(1)
+        return k, ju
+
+    @cuda.jit(device=True, inline="always")
+    def warp_columns(cbs, c0, kc, jc, Ug, u0, H, cached, cb, width, woff):
+        """cbs[c]: where column cc = c0 + c (output k = cc // Ug, unit u0 + cc % Ug; column c0 is
+        output kc's unit jc) of a stage's weights starts — in the block's cache (a column after
+        another, ``width`` long) or in the global matrix (from its row 0). Unsigned, no division."""
+        k, ju = kc, jc
         for c in range(CM):
             cc = c0 + u(c)
-            k = cc // Ug
-            cbs[c] = cb + cc * width if cached else woff + k * H + u0 + cc - k * Ug
+            cbs[c] = cb + cc * width if cached else woff + k * H + u0 + ju
+            ju += u(1)
+            if ju >= Ug:
+                ju = u(0)
+                k += u(1)
 
     if cooperative:
 
@@ -776,8 +790,9 @@ def unit_kernels(
             NC = n_out * Ugu
             cb = cpre * Ugu
             if WARP:
+                kc, jc = u(0), u(0)  # column c0 is output kc's unit jc (no division per pass: ``split_column``)
                 for c0 in range(u(0), NC, u(CM)):
-                    warp_columns(cbs, c0, Ugu, u0u, Hu, cached, cb, width, woff)
+                    warp_columns(cbs, c0, kc, jc, Ugu, u0u, Hu, cached, cb, width, woff)
                     for p0 in range(u(0), Bu, u(nwarp * RP)):
                         rb = p0 + u(wid * RP)
                         v = warp_outputs(acc, kv, cbs, M, moff, width, rb, Bu - u(1), cached, SH, Wg, ncol, NC - c0, RED, tid,
@@ -786,12 +801,12 @@ def unit_kernels(
                         q = x // u(CM)
                         c = x - q * u(CM)
                         if (lane & LOW) == 0 and c < NC - c0 and rb + q < Bu:
-                            k = (c0 + c) // Ugu
-                            ju = c0 + c - k * Ugu
+                            k, ju = split_column(kc, jc + c, Ugu)
                             if forward:
                                 forward_put(D, SH, vcache, stage_io, mio, aux, k, t, last, par, base, rb + q, Ugu, ju, Hu, u0u, v)
                             else:
                                 backward_put(SH, D, vcache, stage_io, mio, aux, k, base, rb + q, Ugu, ju, Hu, u0u, v)
+                    kc, jc = split_column(kc, jc + u(CM), Ugu)
                 continue
             NCi = np.int64(NC)
             wi = np.int64(width)
