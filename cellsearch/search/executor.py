@@ -240,6 +240,21 @@ def _init_worker() -> None:
     threading.Thread(target=orphaned, daemon=True, name="cellsearch-orphan-watch").start()
 
 
+#: seconds between the main thread's looks at its signals while it waits for a worker's result
+SIGNAL_POLL = 0.25
+
+
+def _wait_first(pending: set[Future[Any]]) -> tuple[set[Future[Any]], set[Future[Any]]]:
+    """``wait(pending, return_when=FIRST_COMPLETED)`` in short timed waits: a SIGINT that the kernel hands to
+    another thread of this process (the store's heartbeat, the progress display) only sets Python's flag, and
+    an untimed wait would not look at it until a result came — never, if a worker hangs. A timed wait
+    returns to the interpreter, which raises KeyboardInterrupt then."""
+    while True:
+        done, rest = wait(pending, timeout=SIGNAL_POLL, return_when=FIRST_COMPLETED)
+        if done:
+            return done, rest
+
+
 class LocalPool(_Bound):
     def __init__(
         self,
@@ -272,7 +287,7 @@ class LocalPool(_Bound):
         order = {fut: k for k, fut in enumerate(futures)}
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            done, pending = _wait_first(pending)
             for fut in sorted(done, key=order.__getitem__):  # finished together: commit in submission order
                 outcome = self._outcome(fut, futures[fut])
                 if outcome is None:
@@ -285,7 +300,7 @@ class LocalPool(_Bound):
         for spec in todo:  # isolation mode
             self._drop_pool()
             fut = self._fresh_pool().submit(run_tracked, spec, tracking)
-            wait([fut])
+            _wait_first({fut})
             outcome = self._outcome(fut, spec)
             if outcome is None:
                 self._drop_pool()
