@@ -94,7 +94,7 @@ def resources() -> dict:
     """Registers a thread and static shared memory a block of each float32 time-loop kernel compiled
     so far (the default unroll), a sorted list over its compiled signatures."""
     from cellsearch.backends.cuda.kernels import ROWS, kernels, unit_kernels
-    from cellsearch.backends.cuda.ptx import FUSED_CELLS, fused_program
+    from cellsearch.backends.cuda.ptx import fused_program
 
     f32 = np.dtype(np.float32)
     families = [(f"rows{r}", kernels(f32, r)) for r in ROWS]
@@ -102,7 +102,7 @@ def resources() -> dict:
         for warp, wr, wl in ((False, 4, 4), (True, 4, 4), (True, 2, 8), (True, 1, 16)):
             label = f"units-{'grid' if c else 'atomic'}" + (f"-warp{wr}x{wl}" if warp else "")
             families.append((label, unit_kernels(f32, c, 4, warp, wr, wl)))
-        for name in FUSED_CELLS:  # fuse_ops builds (the same program at every shape where the projection is mirrored)
+        for name in ("lstm", "gru"):  # fuse_ops builds (the same program at every shape where the projection is mirrored)
             label = f"units-{'grid' if c else 'atomic'}-warp4x4-fused-{name}"
             families.append((label, unit_kernels(f32, c, 4, True, 4, 4, fused_program(name))))
     found: dict = {}
