@@ -10,6 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+
+try:  # (module-level: the simulator swaps a kernel's global ``cuda`` for its fake module)
+    from numba import cuda
+except ImportError:
+    cuda = None
 from test_conformance import EDGE_CELLS, check
 
 from cellsearch import compile, init_params, parse, zoo
@@ -121,7 +126,8 @@ def test_launch_geometry(name, geometry):
     """Both schedules, any rows or units per block (partial last blocks included), threads per block,
     barrier, and what the units schedule keeps in shared memory give the same answers. (In the
     simulator a units-schedule grid is one block that walks every group of units, and keeps its
-    weights and values in shared memory only when it owns one group: all of H.)"""
+    weights and values in shared memory only when it owns one group: all of H; several blocks that run at once:
+    test_units_schedule_over_several_blocks.)"""
     options = GEOMETRIES[geometry]
     if options.get("fuse_ops") and name != "lstm" and not SIMULATED:
         pytest.skip("a cell's fused kernels compile for ~30 s on a GPU: lstm's here (test_fused_segments_* for the rest)")
@@ -154,12 +160,125 @@ def test_units_schedule_zoo_and_random_cells():
     assert compared >= len(zoo.names()) + 7
 
 
+needs_simulator = pytest.mark.skipif(not SIMULATED or WHY_NOT is not None, reason="needs Numba's CUDA simulator")
+
+#: the units schedule over several blocks, in the simulator with a launch's blocks run at once
+#: (``simgrid.concurrent_blocks``): (simulated multiprocessors, H, options). Two blocks of 2 units
+#: each owning one group (the mirror, the weight cache, a block's units starting past 0); 3 + 2 units
+#: (a partial last block); 4 groups over 3 blocks (the first walks two: no mirror); both barriers.
+SEVERAL_BLOCKS = {
+    "2x2": (2, 4, {}),
+    "3+2": (2, 5, {}),
+    "4x1-grid": (4, 4, {"barrier": "grid"}),
+    "3+2-fused": (2, 5, {"fuse_ops": True}),
+    "3+2-thread": (2, 5, {"warp_dots": False, "threads_per_block": 3}),
+    "3+2-novalues": (2, 5, {"value_cache": False}),
+    "2x2-global": (2, 4, {"value_cache": False, "weight_cache": False}),
+    "groups": (3, 4, {"units_per_block": 1}),
+    "2x2-split": (2, 4, {"split_dot": True, "warp_dots": False, "threads_per_block": 32}),
+    "3+2-warp2-8": (2, 5, {"warp_rows": 2, "warp_loads": 8}),
+    "3+2-warp1-16": (2, 5, {"warp_rows": 1, "warp_loads": 16}),
+}
+SEVERAL_BLOCKS_CASES = [("lstm", g) for g in SEVERAL_BLOCKS] + [
+    (name, g) for name in ("gru", "mut2") for g in ("3+2", "3+2-fused", "groups", "4x1-grid")
+]
+
+
+@needs_simulator
+@pytest.mark.parametrize("name,geometry", SEVERAL_BLOCKS_CASES)
+def test_units_schedule_over_several_blocks(name, geometry):
+    """The multi-block paths a GPU takes — a block's units starting past 0, a partial last block, the
+    grid barrier between blocks that really run at once — against the reference, without a GPU.
+    (Checked to catch a block that reads its elements at unit 0 instead of its own, and a barrier
+    that lets a block pass before the others arrive: both pass in the one-block simulator.)"""
+    from cellsearch.backends.cuda.simgrid import concurrent_blocks
+
+    sms, H, options = SEVERAL_BLOCKS[geometry]
+    with concurrent_blocks(sms, timeout=300):
+        kern = compile(zoo.get(name), "cuda", np.float64, schedule="units", **options)
+        U, blocks, one_group = kern.units_geometry(H)
+        assert blocks == min(sms, -(-H // U)) > 1 and one_group == (geometry != "groups")
+        assert check(zoo.get(name), "cuda", np.float64, seed=4, T=3, B=3, I=2, H=H, schedule="units", **options)
+
+
+@needs_simulator
+def test_units_schedule_zoo_and_random_cells_over_several_blocks():
+    """Every zoo cell (float64) and random cells (float32) in the units schedule over two blocks of
+    2 + 1 units that run at once, each block's values and weights in its shared memory; and the same
+    bits on every run, however the blocks interleave."""
+    from cellsearch.backends.cuda.simgrid import concurrent_blocks
+
+    compared = 0
+    THREADS = {"warp_dots": False, "threads_per_block": 4}
+    with concurrent_blocks(2, timeout=300):
+        assert compile(zoo.get("lstm"), "cuda", np.float64, schedule="units").units_layout(2, 3, False).blocks == 2
+        for name in zoo.names():  # (a thread per output: the warp dots' paths are the same for every cell)
+            compared += check(zoo.get(name), "cuda", np.float64, seed=2, schedule="units", **THREADS, **TINY)
+        for seed in range(4):
+            cell = random_cell(np.random.default_rng(200 + seed), name=f"random{seed}")
+            compared += check(cell, "cuda", np.float32, seed=seed, schedule="units", **THREADS, **TINY)
+        kern = compile(zoo.get("gru"), "cuda", np.float32, schedule="units")
+        rng = np.random.default_rng(7)
+        p = init_params(zoo.get("gru"), 3, 5, rng, dtype=np.float32)
+        x = rng.normal(size=(4, 3, 3)).astype(np.float32)
+        runs = []
+        for _ in range(2):
+            f = kern.forward(p, x)
+            runs.append((f.outputs.copy(), kern.backward(p, f.tape, np.ones_like(f.outputs)).params))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    for pname in runs[0][1]:
+        np.testing.assert_array_equal(runs[0][1][pname], runs[1][1][pname])
+    assert compared >= len(zoo.names()) + 3
+
+
+@needs_simulator
+def test_concurrent_blocks_run_at_once_and_fail_fast():
+    """simgrid's blocks run at once (block 1 reads what block 0 wrote before a grid sync; each has its
+    own shared memory), a failing block stops the launch instead of leaving the others waiting, and a
+    block that waits for ever is stopped at the time limit."""
+    from cellsearch.backends.cuda.simgrid import GridAborted, concurrent_blocks
+
+    @cuda.jit
+    def exchange(out):
+        sh = cuda.shared.array(1, np.float64)
+        b = cuda.blockIdx.x
+        if cuda.threadIdx.x == 0:
+            sh[0] = 10.0 * (b + 1)
+            out[b] = sh[0]
+        cuda.cg.this_grid().sync()
+        if cuda.threadIdx.x == 0:
+            out[2 + b] = out[1 - b] + sh[0]  # the other block's value, and this block's own shared word
+
+    @cuda.jit
+    def one_fails(out, bar):
+        if cuda.blockIdx.x == 1 and cuda.threadIdx.x == 0:
+            out[10] = 1.0  # out of bounds: raises in the simulator
+        if cuda.threadIdx.x == 0:
+            cuda.atomic.add(bar, 0, 1)
+            while cuda.atomic.add(bar, 0, 0) < 2:
+                pass
+
+    @cuda.jit
+    def waits_for_ever(bar):
+        while cuda.atomic.add(bar, 0, 0) < 1:
+            pass
+
+    out = np.zeros(4)
+    with concurrent_blocks(2):
+        exchange[2, 4](out)
+    assert out.tolist() == [10.0, 20.0, 30.0, 30.0]
+    with concurrent_blocks(2), pytest.raises(IndexError):
+        one_fails[2, 2](np.zeros(2), np.zeros(1, np.int32))
+    with concurrent_blocks(2, timeout=1.0), pytest.raises(GridAborted):
+        waits_for_ever[1, 1](np.zeros(1, np.int32))
+
+
 @needs_cuda
 def test_mirror_tables_at_both_parities_and_a_partial_group():
     """kernel.mirror_tables' finished offsets, against the arena's addresses evaluated at an even and an odd step
     (t = 2 and 3): a taped value's slot is its tape slot at the tape step's parity, a scratch value's its scratch slot
-    after both tape steps, times E = B*U — also where U does not divide H (the simulator runs one block of all H units,
-    so the kernels there never meet E != B*Ug). LOADP reads its projection block after the scratch values; every offset
+    after both tape steps, times E = B*U — also where U does not divide H (a partial last block: E != B*Ug, which the
+    kernels meet in test_units_schedule_over_several_blocks). LOADP reads its projection block after the scratch values; every offset
     stays inside the mirror the host sizes (units_layout)."""
     pytest.importorskip("numba.cuda")
     from cellsearch.backends.cuda.kernel import mirror_tables

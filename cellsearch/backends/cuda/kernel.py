@@ -88,6 +88,10 @@ MAX_THREADS = 256
 SCHEDULES = ("rows", "units")
 UNITS_MIN_H = 192  # the default schedule is units from this many hidden units (and at most half as many rows as SMs)
 BARRIERS = ("grid", "atomic")
+#: multiprocessors the units schedule spreads its blocks over in Numba's CUDA simulator: 1, as the
+#: simulator runs a launch's blocks one after another (a block waiting at a grid barrier would wait
+#: for ever); ``simgrid.concurrent_blocks(n)`` runs them at once and sets it to n for its duration
+SIMULATED_SMS = 1
 
 
 def simulated() -> bool:
@@ -403,8 +407,8 @@ class CudaKernel:
 
     def units_geometry(self, H: int) -> tuple[int, int, bool]:
         """The units schedule's (units per block, blocks, whether each block has one group)."""
-        sms = 1 if simulated() else _multiprocessors()
-        U = min(self.units_per_block or (H if simulated() else math.ceil(H / sms)), H)
+        sms = SIMULATED_SMS if simulated() else _multiprocessors()
+        U = min(self.units_per_block or math.ceil(H / sms), H)
         groups = math.ceil(H / U)
         blocks = min(groups, sms)  # every block resident at once: one per multiprocessor at most
         return U, blocks, blocks == groups
