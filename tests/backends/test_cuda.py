@@ -269,6 +269,43 @@ def test_concurrent_blocks_run_at_once_and_fail_fast():
         waits_for_ever[1, 1](np.zeros(1, np.int32))
 
 
+@needs_simulator
+def test_simulated_shared_arrays_are_one_per_block_when_threads_race(monkeypatch):
+    """The simulator's ``cuda.shared.array`` checks for a block's array and creates it unlocked: threads
+    preempted in between got arrays of their own (a wrong GEMM in CI). With ``fast_simulator`` every
+    thread gets the one array, however slow its creation (fails with the simulator's own method)."""
+    import threading
+    import time
+
+    from numba.cuda.simulator import kernelapi
+
+    from cellsearch.backends.cuda.simgrid import fast_simulator
+
+    fast_simulator()
+    shared = kernelapi.FakeCUDAShared(0)
+    real_empty = np.empty
+
+    def slow_empty(*args, **kwargs):
+        time.sleep(0.02)  # a thread preempted between looking for the array and storing it
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(np, "empty", slow_empty)
+    got = []
+    start = threading.Barrier(6)
+
+    def thread():
+        start.wait()
+        got.append(shared.array(4, np.float64))  # one line: one shared array
+
+    threads = [threading.Thread(target=thread) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 6 and all(a is got[0] for a in got)
+    assert shared.array(3, np.float64) is not got[0]  # another line, another array
+
+
 @needs_cuda
 def test_mirror_tables_at_both_parities_and_a_partial_group():
     """kernel.mirror_tables' finished offsets, against the arena's addresses evaluated at an even and an odd step

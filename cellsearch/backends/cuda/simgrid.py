@@ -15,7 +15,8 @@ a block that owns one group, the barrier itself) never ran without a GPU. Inside
   (``kernel.SIMULATED_SMS``), so a grid has up to ``n`` blocks, each with one group of units where
   H allows.
 
-A failing or hung block must not hang the caller: once any block fails, or after ``timeout`` seconds,
+It also makes the simulator faster and its shared arrays thread-safe (``fast_simulator``, for the
+process). A failing or hung block must not hang the caller: once any block fails, or after ``timeout`` seconds,
 the others' next atomic operation or grid sync raises, and the launch raises. For tests and kernel
 development only: it patches the simulator's classes for the duration of the ``with``. Needs
 ``NUMBA_ENABLE_CUDASIM=1``.
@@ -34,7 +35,49 @@ from numba import config as numba_config
 
 from . import kernel as kernel_module
 
-SWITCH_INTERVAL = 2e-4  # seconds: the interpreter's time slice while blocks run at once
+SWITCH_INTERVAL = 2e-4  # seconds: the interpreter's time slice for simulated kernels (``fast_simulator``)
+_SHARED_LOCK = threading.Lock()
+
+
+def fast_simulator() -> None:
+    """Make Numba's CUDA simulator faster and its shared arrays safe, for this process (idempotent):
+
+    - the interpreter's time slice goes to ``SWITCH_INTERVAL`` (0.2 ms, from 5): every simulated thread
+      is a Python thread and each block's manager polls them in a busy loop, so at 5 ms most of a
+      kernel's time was threads waiting their turn (~3x faster kernels);
+    - ``cuda.shared.array`` finds or creates a block's array under a lock. The simulator's own checks
+      for the array and creates it unlocked (and reads the whole stack in between): two threads of a
+      block preempted there got two different arrays for one shared array — one in 25 runs of a GEMM
+      at the shorter time slice gave a wrong product (found by CI: test_random_cells' dx)."""
+    if not getattr(numba_config, "ENABLE_CUDASIM", 0):
+        raise RuntimeError("fast_simulator is for Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1)")
+    import numpy as np
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+    shared_class = kernelapi.FakeCUDAShared
+    if getattr(shared_class.array, "_locked", False):
+        return
+    dynamic = shared_class.array
+
+    def array(self: Any, shape: Any, dtype: Any, alignment: Any = None) -> Any:
+        """As the simulator's: an array per (file, line) of the call, dynamic shared memory for shape 0."""
+        if shape == 0 or alignment is not None:  # (no lookup by caller there: the simulator's own)
+            return dynamic(self, shape, dtype, alignment)  # type: ignore[call-arg]
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        frame = sys._getframe(1)
+        caller = (frame.f_code.co_filename, frame.f_lineno)
+        with _SHARED_LOCK:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+
+    array._locked = True  # type: ignore[attr-defined]
+    shared_class.array = array  # type: ignore[method-assign]
 
 
 class GridAborted(RuntimeError):
@@ -166,11 +209,8 @@ def concurrent_blocks(sms: int = 4, timeout: float = 600.0) -> Iterator[None]:
         return orig_add(self, array, index, val)
 
     old_sms = kernel_module.SIMULATED_SMS
-    old_switch = sys.getswitchinterval()
+    fast_simulator()
     try:
-        # every simulated thread is a Python thread and each block's manager polls its threads in a busy
-        # loop: short interpreter time slices hand the turn on sooner (~3x faster kernels)
-        sys.setswitchinterval(min(old_switch, SWITCH_INTERVAL))
         sim_kernel.BlockManager = ConcurrentBlocks  # type: ignore[misc]
         kernelapi.FakeCUDAModule.shared = property(shared)  # type: ignore[method-assign, assignment]
         kernelapi.FakeCUDAModule.cg = property(cg)  # type: ignore[method-assign, assignment]
@@ -183,4 +223,3 @@ def concurrent_blocks(sms: int = 4, timeout: float = 600.0) -> Iterator[None]:
         kernelapi.FakeCUDAModule.cg = orig_cg  # type: ignore[method-assign]
         kernelapi.FakeCUDAAtomic.add = orig_add  # type: ignore[method-assign]
         kernel_module.SIMULATED_SMS = old_sms
-        sys.setswitchinterval(old_switch)
