@@ -30,6 +30,39 @@ def test_same_seed_same_numbers():
     assert a["history"] != c["history"]
 
 
+def test_an_evaluation_runs_blas_at_one_thread_wherever_it_runs():
+    """``evaluate`` holds BLAS at one thread while it trains, whatever the caller's setting, and
+    restores it: the same bits as a search's workers (which pin one thread) — BLAS's thread count
+    moved the last bits of ``cellsearch eval`` — and no BLAS threads spinning on a busy machine (~10x
+    slower). In a fresh process, where SciPy's BLAS (the one the kernels' np.dot calls) is loaded
+    only by the evaluation itself."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import json
+from threadpoolctl import threadpool_info, threadpool_limits
+from cellsearch import zoo
+from cellsearch.train import evaluate, make_hp
+seen = []
+tick = lambda step, steps, loss: seen.append(max(i["num_threads"] for i in threadpool_info()))
+hp = make_hp(steps=20, eval_every=10, eval_size=32)
+first = evaluate(zoo.get("lstm"), "copy", {"length": 5, "n": 3}, hp, progress=tick)
+mine = max(i["num_threads"] for i in threadpool_info())
+with threadpool_limits(1):
+    pinned = evaluate(zoo.get("lstm"), "copy", {"length": 5, "n": 3}, hp, progress=tick)
+print(json.dumps({"seen": sorted(set(seen)), "mine": mine, "same": first["history"] == pinned["history"]}))
+"""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "3", "OMP_NUM_THREADS": "3"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["seen"] == [1] and got["same"]
+    if (os.cpu_count() or 1) > 1:
+        assert got["mine"] > 1  # the caller's own setting, restored once the evaluation ended
+
+
 def test_divergence_is_data(monkeypatch):
     calls = {"n": 0}
     real = Model.loss_and_grads

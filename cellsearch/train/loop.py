@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..errors import ConfigError
 from ..ir.cell import Cell
@@ -178,7 +179,28 @@ def evaluate(
 
     With ``return_params`` the result also holds ``params``: the model's parameters (NumPy arrays,
     not JSON) that its metrics are for, the best validation's, or the initial ones when training
-    stopped before any validation; absent when the evaluation failed."""
+    stopped before any validation; absent when the evaluation failed.
+
+    BLAS runs at one thread for the evaluation, wherever it runs (``cellsearch eval``, ``inspect``,
+    a search's worker): BLAS's thread count can change the last bits of its products, so an
+    evaluation gives the same numbers as the search's workers (which pin one thread); and BLAS threads
+    spinning for a core on a busy machine made a small model's step ~10x slower. (The kernels' own
+    GEMMs are single-threaded unless the cpu backend's ``threads`` option splits the batch.)"""
+    import scipy.linalg.cython_blas  # noqa: F401 - the BLAS the kernels' np.dot calls: loaded now, so the limit holds it too
+
+    with threadpool_limits(1):
+        return _evaluate(cell, task, task_options, hp, seed, progress, return_params)
+
+
+def _evaluate(
+    cell: Cell,
+    task: str,
+    task_options: dict[str, Any] | None,
+    hp: HP | None,
+    seed: int,
+    progress: Callable[[int, int, float], None] | None,
+    return_params: bool,
+) -> dict[str, Any]:
     hp = hp or HP()
     task_options = dict(task_options or {})
     train_task, valid_task, test_task = _split_tasks(task, task_options)  # ConfigError escapes: bad input
