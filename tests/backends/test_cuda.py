@@ -182,6 +182,9 @@ SEVERAL_BLOCKS = {
     "2x2-split": (2, 4, {"split_dot": True, "warp_dots": False, "threads_per_block": 32}),
     "3+2-warp2-8": (2, 5, {"warp_rows": 2, "warp_loads": 8}),
     "3+2-warp1-16": (2, 5, {"warp_rows": 1, "warp_loads": 16}),
+    # 3 x 11 units, one warp a block: the forward's 44 columns in 6 passes of 8, the backward's 132-long dots
+    # over two tiles of 32 lanes x 4 loads (the second partial)
+    "3x11-passes": (3, 33, {"warp_loads": 4, "threads_per_block": 32}),
 }
 SEVERAL_BLOCKS_CASES = [("lstm", g) for g in SEVERAL_BLOCKS] + [
     (name, g) for name in ("gru", "mut2") for g in ("3+2", "3+2-fused", "groups", "4x1-grid")
