@@ -44,7 +44,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from ..backends import compile
 from ..backends.reference import ReferenceKernel
@@ -56,7 +55,7 @@ from ..ir.params import param_names
 from ..model import Model
 from ..tasks import make_task
 from ..tasks.base import Task
-from ..train.loop import HP, sequence_length
+from ..train.loop import HP, one_blas_thread, sequence_length
 
 Array = np.ndarray
 
@@ -456,8 +455,7 @@ def diagnose(
     if not 0 <= K <= T:
         raise ConfigError(f"max_lag must be in [0, {T}] for sequences of {T} steps (got {max_lag})")
     kernel = ReferenceKernel(cell, np.float64) if hp.backend == "reference" else compile(cell, hp.backend, np.float64)
-    kernel.forward(cp, x[:1, :1])  # loads the backend's BLAS, so that the limit below reaches it
-    with threadpool_limits(1):  # one step of a small batch at a time: BLAS threads would only fight
+    with one_blas_thread():  # one step of a small batch at a time: BLAS threads would only fight
         out = _measure(cell, cp, x, kernel, K, rng, trajectory, positions, jacobian_steps, dense_max)
     head = {
         "cell": cell.name,

@@ -166,6 +166,15 @@ def sequence_length(task: Task) -> int:
     return task.sample(np.random.default_rng(0), 16).steps
 
 
+def one_blas_thread() -> Any:
+    """A context in which every BLAS this process uses runs at one thread (``threadpool_limits``),
+    SciPy's — the one the kernels' np.dot calls, which loads only with the first kernel — loaded
+    first, so that the limit holds it too."""
+    import scipy.linalg.cython_blas  # noqa: F401
+
+    return threadpool_limits(1)
+
+
 def evaluate(
     cell: Cell,
     task: str,
@@ -186,9 +195,7 @@ def evaluate(
     evaluation gives the same numbers as the search's workers (which pin one thread); and BLAS threads
     spinning for a core on a busy machine made a small model's step ~10x slower. (The kernels' own
     GEMMs are single-threaded unless the cpu backend's ``threads`` option splits the batch.)"""
-    import scipy.linalg.cython_blas  # noqa: F401 - the BLAS the kernels' np.dot calls: loaded now, so the limit holds it too
-
-    with threadpool_limits(1):
+    with one_blas_thread():
         return _evaluate(cell, task, task_options, hp, seed, progress, return_params)
 
 

@@ -31,8 +31,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from numba import config as numba_config
-
 from . import kernel as kernel_module
 
 SWITCH_INTERVAL = 2e-4  # seconds: the interpreter's time slice for simulated kernels (``fast_simulator``)
@@ -49,7 +47,7 @@ def fast_simulator() -> None:
       for the array and creates it unlocked (and reads the whole stack in between): two threads of a
       block preempted there got two different arrays for one shared array — one in 25 runs of a GEMM
       at the shorter time slice gave a wrong product (found by CI: test_random_cells' dx)."""
-    if not getattr(numba_config, "ENABLE_CUDASIM", 0):
+    if not kernel_module.simulated():
         raise RuntimeError("fast_simulator is for Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1)")
     import numpy as np
     from numba.core import types
@@ -97,12 +95,16 @@ class _Launch:
         self.threads: list[threading.Thread] = []  # a thread per block, running the simulator's block
         self.errors: list[BaseException] = []
 
+    def stop(self) -> None:
+        """Every block stops at its next atomic operation or grid sync."""
+        self.failed.set()
+        self.grid.abort()
+
     def check(self) -> None:
         if self.failed.is_set():
             raise GridAborted("another block of this launch failed")
         if time.monotonic() > self.deadline:
-            self.failed.set()
-            self.grid.abort()
+            self.stop()
             raise GridAborted("the launch ran past its time limit (a block waits for one that never comes?)")
 
 
@@ -111,7 +113,7 @@ def concurrent_blocks(sms: int = 4, timeout: float = 600.0) -> Iterator[None]:
     """Run every launch's blocks at once (see the module's docstring); the units schedule spreads
     over ``sms`` simulated multiprocessors. ``timeout``: seconds a launch may take before its blocks
     are stopped and it raises ``GridAborted``."""
-    if not getattr(numba_config, "ENABLE_CUDASIM", 0):
+    if not kernel_module.simulated():
         raise RuntimeError("concurrent_blocks needs Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1)")
     from numba.cuda.simulator import kernel as sim_kernel
     from numba.cuda.simulator import kernelapi
@@ -150,8 +152,7 @@ def concurrent_blocks(sms: int = 4, timeout: float = 600.0) -> Iterator[None]:
                 try:
                     run_block(grid_point, *args)
                 except BaseException as err:  # handed to the launching thread
-                    launch.failed.set()
-                    launch.grid.abort()
+                    launch.stop()
                     launch.errors.append(err)
 
             thread = threading.Thread(target=body, name=f"block{grid_point}", daemon=True)
@@ -164,8 +165,7 @@ def concurrent_blocks(sms: int = 4, timeout: float = 600.0) -> Iterator[None]:
             with registry:
                 launches.pop(id(module), None)
             if any(t.is_alive() for t in launch.threads):
-                launch.failed.set()
-                launch.grid.abort()
+                launch.stop()
                 raise GridAborted(f"a block of the launch did not finish within {timeout:g} s")
             errors = [e for e in launch.errors if not isinstance(e, GridAborted)] or launch.errors
             if errors:
@@ -190,7 +190,7 @@ def concurrent_blocks(sms: int = 4, timeout: float = 600.0) -> Iterator[None]:
             try:
                 self.launch.grid.wait(max(0.0, self.launch.deadline - time.monotonic()))
             except threading.BrokenBarrierError:
-                self.launch.failed.set()
+                self.launch.stop()
                 raise GridAborted("the grid barrier broke: a block failed or the launch ran past its time") from None
 
     class Cg:
